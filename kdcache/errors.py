@@ -1,0 +1,72 @@
+"""One error hierarchy for kdcache.
+
+Every error a user can cause derives from :class:`KdcacheError`; the CLI turns
+them into a one-line message and a non-zero exit. Subclasses also derive from
+the builtin a caller would expect (``FileNotFoundError``, ``ValueError``), so
+library users can catch either.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "KdcacheError",
+    "ConfigError",
+    "DataError",
+    "DataNotFoundError",
+    "ModelError",
+    "CheckpointError",
+    "CacheError",
+    "CacheNotFoundError",
+    "CacheMismatchError",
+    "CacheIncompleteError",
+    "TeacherOutputError",
+    "DownloadUnavailableError",
+]
+
+
+class KdcacheError(Exception):
+    """Base class of every error kdcache raises on purpose."""
+
+
+class ConfigError(KdcacheError, ValueError):
+    """A configuration value or config file is invalid."""
+
+
+class DataError(KdcacheError, ValueError):
+    """A dataset is malformed: wrong dtype or shape, bad labels, unreadable image, unknown split."""
+
+
+class DataNotFoundError(DataError, FileNotFoundError):
+    """A dataset path does not exist."""
+
+
+class ModelError(KdcacheError, ValueError):
+    """Unknown model name or bad model arguments."""
+
+
+class CheckpointError(ModelError):
+    """A checkpoint or weights file cannot be loaded into the model (missing/unexpected keys, bad format)."""
+
+
+class DownloadUnavailableError(KdcacheError, RuntimeError):
+    """Something had to be downloaded but the network is not reachable."""
+
+
+class CacheError(KdcacheError):
+    """Base class of teacher-cache errors."""
+
+
+class CacheNotFoundError(CacheError, FileNotFoundError):
+    """The cache path does not exist or is not a kdcache store."""
+
+
+class CacheMismatchError(CacheError, ValueError):
+    """The cache belongs to another teacher, dataset, view spec, seed or target mode."""
+
+
+class CacheIncompleteError(CacheError):
+    """The cache lacks views a command needs (``done`` not set)."""
+
+
+class TeacherOutputError(CacheError, ArithmeticError):
+    """The teacher produced NaN or Inf; nothing of the affected block was marked done."""

@@ -1,0 +1,189 @@
+"""The model registry: named builder functions and ``create_model``.
+
+Builders are small functions that return an ``nn.Module``; they are registered
+with :func:`register_model`. :func:`create_model` resolves a name to a model:
+
+* a registered name (``cnn_small``, ``cifar_resnet56``, ``deit_tiny_patch4_32``, ...);
+* any torchvision classification model by name (``resnet18``, ``mobilenet_v2``), head resized;
+* ``timm:NAME`` when the optional ``timm`` extra is installed;
+* ``python:package.module:function`` for a user's own factory.
+
+Every created model carries a :class:`ModelCfg` in ``model.kdcache_cfg``: how to
+rebuild it (name + kwargs) and what input it expects (size, mean, std), so a
+checkpoint can recreate the model and a teacher's preprocessing travels with it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from torch import nn
+
+from kdcache.errors import ModelError
+
+__all__ = [
+    "ModelCfg",
+    "register_model",
+    "create_model",
+    "list_models",
+    "is_registered",
+    "model_cfg",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ModelCfg:
+    """How to rebuild a model and what input it expects."""
+
+    name: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    input_size: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "bilinear"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelCfg":
+        d = dict(d)
+        d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class _Entry:
+    name: str
+    builder: Callable[..., nn.Module]
+    tags: tuple[str, ...]
+    description: str
+
+
+_REGISTRY: dict[str, _Entry] = {}
+
+
+def register_model(fn: Callable[..., nn.Module] | None = None, *, name: str | None = None,
+                   tags: tuple[str, ...] = ()):
+    """Register a builder ``fn(*, num_classes, **kwargs) -> nn.Module`` under ``name`` (default: its name).
+
+    Usable bare (``@register_model``) or with arguments (``@register_model(tags=("student",))``).
+    The builder should set ``input_size``/``mean``/``std`` through :func:`set_model_cfg` when they
+    differ from the ImageNet defaults.
+    """
+
+    def wrap(f: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        key = name or f.__name__
+        if key in _REGISTRY:
+            raise ModelError(f"model {key!r} is registered twice")
+        doc = (f.__doc__ or "").strip().splitlines()
+        _REGISTRY[key] = _Entry(key, f, tuple(tags), doc[0] if doc else "")
+        return f
+
+    return wrap(fn) if fn is not None else wrap
+
+
+def _ensure_builtin_models() -> None:
+    # Importing the package registers every built-in architecture module.
+    importlib.import_module("kdcache.models")
+
+
+def list_models(tag: str | None = None) -> list[str]:
+    """Registered model names (sorted), optionally only those carrying ``tag``."""
+    _ensure_builtin_models()
+    return sorted(n for n, e in _REGISTRY.items() if tag is None or tag in e.tags)
+
+
+def model_description(name: str) -> str:
+    _ensure_builtin_models()
+    return _REGISTRY[name].description if name in _REGISTRY else ""
+
+
+def is_registered(name: str) -> bool:
+    _ensure_builtin_models()
+    return name in _REGISTRY
+
+
+def model_cfg(model: nn.Module) -> ModelCfg:
+    """The :class:`ModelCfg` a model was created with (raises ``ModelError`` for foreign modules)."""
+    cfg = getattr(model, "kdcache_cfg", None)
+    if not isinstance(cfg, ModelCfg):
+        raise ModelError(f"{type(model).__name__} was not built by kdcache.create_model")
+    return cfg
+
+
+def _torchvision_builder(name: str) -> Callable[..., nn.Module] | None:
+    from torchvision import models as tvm
+
+    try:
+        return tvm.get_model_builder(name)
+    except ValueError:
+        return None
+
+
+def _python_builder(spec: str) -> Callable[..., nn.Module]:
+    target = spec[len("python:"):]
+    mod_name, sep, fn_name = target.partition(":")
+    if not sep or not mod_name or not fn_name:
+        raise ModelError(f"model {spec!r}: expected 'python:package.module:function'")
+    try:
+        mod = importlib.import_module(mod_name)
+    except ImportError as e:
+        raise ModelError(f"model {spec!r}: cannot import {mod_name!r}: {e}") from e
+    fn = getattr(mod, fn_name, None)
+    if not callable(fn):
+        raise ModelError(f"model {spec!r}: {mod_name!r} has no callable {fn_name!r}")
+    return fn
+
+
+def create_model(name: str, *, num_classes: int, **overrides: Any) -> nn.Module:
+    """Build model ``name`` with a ``num_classes``-way head.
+
+    ``None`` values in ``overrides`` are dropped, so CLI flags can be passed straight through.
+    Raises :class:`~kdcache.errors.ModelError` with close matches for unknown names.
+    """
+    _ensure_builtin_models()
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ModelError(f"num_classes must be a positive integer, got {num_classes!r}")
+    kwargs = {k: v for k, v in overrides.items() if v is not None}
+    if name in _REGISTRY:
+        model = _REGISTRY[name].builder(num_classes=num_classes, **kwargs)
+    elif name.startswith("python:"):
+        model = _python_builder(name)(num_classes=num_classes, **kwargs)
+    elif name.startswith("timm:"):
+        from kdcache.models.timm_models import create_timm_model
+
+        model = create_timm_model(name[len("timm:"):], num_classes=num_classes, **kwargs)
+    elif (tv := _torchvision_builder(name)) is not None:
+        from kdcache.models.tv import create_torchvision_model
+
+        model = create_torchvision_model(name, num_classes=num_classes, **kwargs)
+    else:
+        close = difflib.get_close_matches(name, list_models(), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; run 'kdcache models' to list them"
+        raise ModelError(f"unknown model {name!r}{hint}")
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"model {name!r}: builder returned {type(model).__name__}, not an nn.Module")
+    prev = getattr(model, "kdcache_cfg", None)
+    base = prev if isinstance(prev, ModelCfg) else ModelCfg(name=name)
+    model.kdcache_cfg = dataclasses.replace(base, name=name, kwargs={"num_classes": num_classes, **kwargs})
+    return model
+
+
+def set_model_cfg(model: nn.Module, *, input_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                  interpolation: str = "bilinear") -> nn.Module:
+    """Attach a model's expected input (size, normalisation); :func:`create_model` fills name/kwargs."""
+    model.kdcache_cfg = ModelCfg(name="", input_size=int(input_size), mean=tuple(mean), std=tuple(std),
+                                 interpolation=interpolation)
+    return model
