@@ -1,0 +1,125 @@
+"""A self-contained, JSON-safe description of a view spec: enough to rebuild views without kdcache.
+
+The cache stores this next to the parameter arrays, so anyone with torchvision can
+replay a cached view (or audit what the teacher saw) from the arrays alone.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from kdcache.augment.params import param_array_specs
+
+if TYPE_CHECKING:
+    from kdcache.augment.spec import ViewSpec
+
+__all__ = ["describe_spec"]
+
+_TVF = "torchvision.transforms.v2.functional"
+
+
+def _ops(spec: ViewSpec) -> list[dict[str, Any]]:
+    s, interp, aa = spec.size, spec.interpolation, spec.antialias
+    ops: list[dict[str, Any]] = [
+        {
+            "name": "resized_crop",
+            "settings": {
+                "size": [s, s],
+                "scale": list(spec.scale),
+                "ratio": list(spec.ratio),
+                "interpolation": interp,
+                "antialias": aa,
+            },
+            "recorded": ["crop"],
+            "apply": (
+                f"x = {_TVF}.resized_crop(image, top, left, height, width, size=[{s}, {s}], "
+                f"interpolation={interp!r}, antialias={aa}) on the uint8 (3, H, W) source image, "
+                "with (top, left, height, width) = crop[i] in source pixels."
+            ),
+            "sampled_by": (
+                f"torchvision.transforms.v2.RandomResizedCrop({s}, scale={list(spec.scale)}, "
+                f"ratio={list(spec.ratio)}).make_params"
+            ),
+        },
+        {
+            "name": "horizontal_flip",
+            "settings": {"p": spec.flip_prob},
+            "recorded": ["flip"],
+            "apply": f"if flip[i]: x = {_TVF}.horizontal_flip(x) (still uint8).",
+        },
+        {
+            "name": "to_float_0_1",
+            "settings": {"dtype": "float32", "scale": True},
+            "recorded": [],
+            "apply": f"x = {_TVF}.to_dtype(x, torch.float32, scale=True), i.e. uint8 / 255 in [0, 1].",
+        },
+    ]
+    if spec.is_mixed:
+        ops.append(
+            {
+                "name": "mix",
+                "settings": {
+                    "mode": spec.mix,
+                    "mixup_alpha": spec.mixup_alpha,
+                    "cutmix_alpha": spec.cutmix_alpha,
+                    "mix_prob": spec.mix_prob,
+                },
+                "recorded": ["mix_kind", "mix_partner", "mix_lam", "mix_box", "partner_crop", "partner_flip"],
+                "apply": (
+                    "If mix_kind[i] == 0 x is unchanged. Otherwise build the partner view xp of dataset "
+                    "sample mix_partner[i] with the three ops above using partner_crop[i] and "
+                    "partner_flip[i]. mix_kind 1 (MixUp): x = x.mul(lam).add_(xp.mul(1 - lam)) in "
+                    "float32 with lam = mix_lam[i]. mix_kind 2 (CutMix): with (y0, x0, y1, x1) = "
+                    "mix_box[i] in output pixels, x[:, y0:y1, x0:x1] = xp[:, y0:y1, x0:x1]; mix_lam[i] "
+                    "is then 1 - box_area / size**2. The target weight of the sample itself is "
+                    "mix_lam[i], of the partner 1 - mix_lam[i]."
+                ),
+                "sampled_by": (
+                    "per view: mix if rand < mix_prob; for mode 'both' MixUp if rand < 0.5 else "
+                    "CutMix; partner uniform in [0, num_samples); partner crop and flip as above; "
+                    "lam from torchvision.transforms.v2.MixUp(alpha).make_params, box and "
+                    "area-corrected lam from torchvision.transforms.v2.CutMix(alpha).make_params "
+                    "on the output size"
+                ),
+            }
+        )
+    ops.append(
+        {
+            "name": "normalize",
+            "settings": {"mean": list(spec.mean), "std": list(spec.std)},
+            "recorded": [],
+            "apply": f"x = {_TVF}.normalize(x, mean={list(spec.mean)}, std={list(spec.std)}).",
+        }
+    )
+    return ops
+
+
+def describe_spec(spec: ViewSpec) -> dict[str, Any]:
+    """Op order, each op's fixed settings, how its recorded parameters are applied, and the array layout."""
+    ops = _ops(spec)
+    s = spec.size
+    return {
+        "spec": spec.to_dict(),
+        "input": "uint8 tensor (3, H, W), RGB",
+        "output": f"float32 tensor (3, {s}, {s}), normalised",
+        "op_order": [op["name"] for op in ops],
+        "ops": ops,
+        "param_arrays": {
+            name: {"shape": ["n", *shape], "dtype": dtype}
+            for name, (shape, dtype) in param_array_specs(spec).items()
+        },
+        "seeding": (
+            "Parameters of view v of the sample with key k under base seed b are drawn from torch's CPU "
+            "generator seeded with derive_view_seed(b, k, v) = first 8 bytes (big-endian) of "
+            "sha256(json.dumps(['kdcache.view-seed.v1', b, k, v], separators=(',', ':'), "
+            "ensure_ascii=False).encode('utf-8')) shifted right by 1. Replaying needs only the arrays."
+        ),
+        "eval_view": {
+            "op_order": ["resize", "center_crop", "to_float_0_1", "normalize"],
+            "apply": (
+                f"if min(H, W) != {s}: x = {_TVF}.resize(image, [{s}], interpolation={spec.interpolation!r}, "
+                f"antialias={spec.antialias}) (shorter side to {s}); x = {_TVF}.center_crop(x, [{s}, {s}]); "
+                f"then to_dtype(float32, scale=True) and normalize as above."
+            ),
+        },
+    }

@@ -1,0 +1,149 @@
+"""``ViewSpec``: the fixed settings of the replayable view pipeline.
+
+A spec holds no randomness. Together with the recorded per-view parameters
+(:class:`~kdcache.augment.params.ViewParams`) it determines every pixel of a view,
+so it is stored in the cache's attributes and compared before a student replays
+the cache. Validation happens in ``__post_init__`` so a bad value fails where it is
+written, with the value quoted, instead of deep inside a dump.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from kdcache.augment.describe import describe_spec
+from kdcache.errors import ConfigError
+
+__all__ = ["INTERPOLATIONS", "MIX_MODES", "ViewSpec"]
+
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+MIX_MODES = ("none", "mixup", "cutmix", "both")
+
+_TUPLE_FIELDS = ("scale", "ratio", "mean", "std")
+
+
+def _number(name: str, value: Any) -> float:
+    """``value`` as a finite float; bools and non-numbers are rejected (``True`` is not a probability)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"ViewSpec.{name} must be a number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ConfigError(f"ViewSpec.{name} must be finite, got {value!r}")
+    return value
+
+
+def _numbers(name: str, value: Any, length: int) -> tuple[float, ...]:
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != length:
+        raise ConfigError(f"ViewSpec.{name} must be a sequence of {length} numbers, got {value!r}")
+    try:
+        return tuple(_number(name, v) for v in value)
+    except ConfigError:
+        raise ConfigError(f"ViewSpec.{name} must hold {length} finite numbers, got {value!r}") from None
+
+
+def _probability(name: str, value: Any) -> float:
+    p = _number(name, value)
+    if not 0.0 <= p <= 1.0:
+        raise ConfigError(f"ViewSpec.{name} must lie in [0, 1], got {value!r}")
+    return p
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ConfigError(f"ViewSpec.{name} must be one of {', '.join(choices)}; got {value!r}")
+    return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class ViewSpec:
+    """Fixed settings of a training view: RandomResizedCrop, flip, optional MixUp/CutMix, normalisation.
+
+    ``size`` is the output side in pixels; ``scale`` and ``ratio`` bound the crop's area
+    fraction and aspect ratio exactly as in ``torchvision.transforms.v2.RandomResizedCrop``.
+    ``mix`` chooses ``none``, ``mixup``, ``cutmix`` or ``both`` (a 50/50 choice per view);
+    a view is mixed with probability ``mix_prob``.
+    """
+
+    size: int = 32
+    scale: tuple[float, float] = (0.25, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    interpolation: str = "bilinear"
+    antialias: bool = True
+    flip_prob: float = 0.5
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    mix: str = "none"
+    mixup_alpha: float = 0.8
+    cutmix_alpha: float = 1.0
+    mix_prob: float = 1.0
+
+    def __post_init__(self) -> None:
+        # Normalise containers and numbers so that equal specs compare and hash equal
+        # whether they came from Python literals, YAML lists or a cache's JSON attributes.
+        def put(name: str, value: Any) -> None:
+            object.__setattr__(self, name, value)
+
+        if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1:
+            raise ConfigError(f"ViewSpec.size must be a positive integer, got {self.size!r}")
+
+        scale = _numbers("scale", self.scale, 2)
+        if not 0.0 < scale[0] <= scale[1] <= 1.0:
+            raise ConfigError(f"ViewSpec.scale must satisfy 0 < min <= max <= 1, got {self.scale!r}")
+        put("scale", scale)
+
+        ratio = _numbers("ratio", self.ratio, 2)
+        if not 0.0 < ratio[0] <= ratio[1]:
+            raise ConfigError(f"ViewSpec.ratio must satisfy 0 < min <= max, got {self.ratio!r}")
+        put("ratio", ratio)
+
+        _choice("interpolation", self.interpolation, INTERPOLATIONS)
+        if not isinstance(self.antialias, bool):
+            raise ConfigError(f"ViewSpec.antialias must be true or false, got {self.antialias!r}")
+        put("flip_prob", _probability("flip_prob", self.flip_prob))
+
+        put("mean", _numbers("mean", self.mean, 3))
+        std = _numbers("std", self.std, 3)
+        if min(std) <= 0.0:
+            raise ConfigError(f"ViewSpec.std must be positive, got {self.std!r}")
+        put("std", std)
+
+        _choice("mix", self.mix, MIX_MODES)
+        for name in ("mixup_alpha", "cutmix_alpha"):
+            alpha = _number(name, getattr(self, name))
+            if alpha <= 0.0:
+                # Beta(alpha, alpha) is undefined for alpha <= 0.
+                raise ConfigError(f"ViewSpec.{name} must be positive, got {getattr(self, name)!r}")
+            put(name, alpha)
+        put("mix_prob", _probability("mix_prob", self.mix_prob))
+
+    @property
+    def is_mixed(self) -> bool:
+        """Whether views may blend two samples (then parameters carry a partner, λ and a box)."""
+        return self.mix != "none"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict (lists instead of tuples) that :meth:`from_dict` turns back into an equal spec."""
+        d = asdict(self)
+        for name in _TUPLE_FIELDS:
+            d[name] = list(d[name])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ViewSpec:
+        """Rebuild a spec from :meth:`to_dict` output (unknown keys: error; missing keys: defaults)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown ViewSpec field(s) {unknown!r}; known fields: {sorted(known)}")
+        d = dict(d)
+        for name in _TUPLE_FIELDS:
+            if name in d and isinstance(d[name], list):
+                d[name] = tuple(d[name])
+        return cls(**d)
+
+    def describe(self) -> dict[str, Any]:
+        """Everything needed to rebuild a view without kdcache (op order, settings, array layout, seeding)."""
+        return describe_spec(self)
