@@ -1,0 +1,1 @@
+"""The ``kdcache`` command line: a thin click front end over the library."""

@@ -1,0 +1,88 @@
+"""kdcache dump-teacher."""
+
+from __future__ import annotations
+
+import click
+
+from cli.options import config_option, data_options, echo_json, library_errors, runtime_options
+from kdcache.data import DataConfig
+from kdcache.engine import DumpConfig, TeacherSpec, dump_teacher
+from kdcache.utils import human_bytes, parse_key_values
+
+
+def view_options(f):
+    """Augmentation options (defaults: the teacher's input size, normalisation and interpolation)."""
+    f = click.option("--mix-prob", type=float, default=None, help="Probability that a view is mixed.")(f)
+    f = click.option("--cutmix-alpha", type=float, default=None, help="CutMix Beta(α, α).")(f)
+    f = click.option("--mixup-alpha", type=float, default=None, help="MixUp Beta(α, α).")(f)
+    f = click.option("--mix", type=click.Choice(["none", "mixup", "cutmix", "both"]), default=None,
+                     help="Mix each view with a partner sample (recorded, replayed exactly).")(f)
+    f = click.option("--flip-prob", type=float, default=None, help="Horizontal flip probability [0.5].")(f)
+    f = click.option("--ratio", type=float, nargs=2, default=None, help="RandomResizedCrop aspect ratio range.")(f)
+    f = click.option("--scale", type=float, nargs=2, default=None, help="RandomResizedCrop area range [0.25 1].")(f)
+    f = click.option("--interpolation", type=click.Choice(["bilinear", "bicubic", "nearest"]), default=None,
+                     help="Resize interpolation (default: the teacher's).")(f)
+    f = click.option("--size", type=click.IntRange(min=1), default=None,
+                     help="View side in pixels (default: the teacher's input size).")(f)
+    return f
+
+
+def view_overrides(kw: dict) -> dict:
+    keys = ("size", "interpolation", "scale", "ratio", "flip_prob", "mix", "mixup_alpha", "cutmix_alpha", "mix_prob")
+    out = {k: kw.pop(k) for k in keys}
+    for k in ("scale", "ratio"):
+        out[k] = tuple(out[k]) if out[k] else None
+    return {k: v for k, v in out.items() if v is not None}
+
+
+@click.command("dump-teacher")
+@config_option
+@data_options()
+@click.option("--teacher", default=None, help="Teacher model name (registered, torchvision, timm:NAME, python:mod:fn).")
+@click.option("--teacher-weights", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Teacher checkpoint or state dict (loaded with weights_only=True).")
+@click.option("--out", required=True, help="Cache path (a directory ending in .zarr, or an fsspec URL).")
+@click.option("--views", type=click.IntRange(min=1), default=None,
+              help="Augmented views per sample [4 for a new cache].")
+@click.option("--add-views", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Compute this many more views for an existing cache.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Base seed of every view's parameters.")
+@click.option("--targets", default="full", show_default=True, help="full | topk:K (raw logits of the top K).")
+@view_options
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--block-size", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="Samples per chunk (the unit of writing, resuming and reading).")
+@click.option("--amp/--no-amp", default=False, show_default=True, help="Mixed precision on CUDA.")
+@click.option("--storage-option", "storage_options", multiple=True, help="KEY=VALUE for fsspec URLs (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@runtime_options
+@library_errors
+def dump_teacher_cmd(data, split, limit, subset_seed, teacher, teacher_weights, out, views, add_views, seed,
+                     targets, batch_size, block_size, amp, storage_options, as_json, device, workers, progress,
+                     **view_kw):
+    """Run a teacher once over V augmented views of a dataset and cache its outputs.
+
+    Each view's augmentation parameters are recorded beside the teacher's logits, so
+    students replay the exact view. Rerunning the same command resumes an interrupted dump.
+
+    \b
+    Example:
+      kdcache dump-teacher --data hdf5:cifar10.h5 --teacher cifar_resnet56 \\
+          --teacher-weights resnet56.th --views 8 --out cifar-r56.zarr
+    """
+    cfg = DumpConfig(
+        data=DataConfig(source=data, split=split, limit=limit, subset_seed=subset_seed),
+        out=out, teacher=TeacherSpec(name=teacher, weights=teacher_weights), views=views, add_views=add_views,
+        seed=seed, targets=targets, view=view_overrides(view_kw), batch_size=batch_size, workers=workers,
+        block_size=block_size, device=device, amp=amp, storage_options=parse_key_values(storage_options) or None)
+    s = dump_teacher(cfg, progress=progress, log=click.echo)
+    if as_json:
+        echo_json(s.to_dict())
+        return
+    agree = f"{100 * s.label_agreement:.2f}%" if s.label_agreement is not None else "n/a"
+    click.echo(f"cache      {s.out}\n"
+               f"samples    {s.num_samples}\nviews      {s.num_views} (computed now: {s.views_computed})\n"
+               f"classes    {s.num_classes}\ntargets    {s.targets}\n"
+               f"on disk    {human_bytes(s.bytes_on_disk)}\ncoverage   {100 * s.done_fraction:.1f}% done\n"
+               f"agreement  {agree} (teacher argmax == label, over cached views)\n"
+               f"speed      {s.images_per_second:.1f} views/s ({s.seconds:.1f} s)")

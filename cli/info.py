@@ -1,0 +1,36 @@
+"""kdcache info."""
+
+from __future__ import annotations
+
+import click
+
+from cli.options import echo_json, library_errors
+from kdcache.cache.info import cache_info
+from kdcache.utils import human_bytes, parse_key_values
+
+
+@click.command("info")
+@click.argument("cache")
+@click.option("--json", "as_json", is_flag=True, help="Print everything as JSON.")
+@click.option("--storage-option", "storage_options", multiple=True, help="KEY=VALUE for fsspec URLs.")
+@library_errors
+def info_cmd(cache, as_json, storage_options):
+    """Metadata, coverage (done fraction), size on disk and bytes per view of a cache."""
+    i = cache_info(cache, storage_options=parse_key_values(storage_options) or None)
+    if as_json:
+        echo_json(i)
+        return
+    t, d, v = i["teacher"], i["dataset"], i["view_spec"]
+    agree = f"{100 * i['label_agreement']:.2f}%" if i["label_agreement"] is not None else "n/a"
+    bpv = f"{i['bytes_per_view']:.1f} B" if i["bytes_per_view"] is not None else "unknown"
+    click.echo(
+        f"cache        {i['path']} (format {i['kdcache_format']}, fingerprint {i['fingerprint'][:16]})\n"
+        f"teacher      {t.get('name')} (weights sha256 {str(t.get('weights_sha256'))[:16]}, "
+        f"input {t.get('input_size')})\n"
+        f"dataset      {d.get('source')} [{d.get('split')}], {i['num_samples']} samples, {i['num_classes']} classes\n"
+        f"views        {i['num_views']} per sample, seed {i['seed']}, size {v.get('size')}\n"
+        f"targets      {i['targets']}\n"
+        f"coverage     {100 * i['done_fraction']:.1f}% done ({i['views_done']} views; per view index: "
+        f"{i['views_done_per_view']})\n"
+        f"on disk      {human_bytes(i['bytes_on_disk'])}, {bpv} per view\n"
+        f"agreement    {agree} (teacher argmax == label)")

@@ -1,0 +1,38 @@
+"""The ``kdcache`` command group."""
+
+from __future__ import annotations
+
+import click
+
+from cli.dump import dump_teacher_cmd
+from cli.evaluate import evaluate_cmd
+from cli.info import info_cmd
+from cli.models import models_cmd
+from cli.quickstart import quickstart_cmd
+from cli.train import train_student_cmd, train_teacher_cmd
+from kdcache import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="kdcache")
+def cli():
+    """kdcache: run a vision teacher once over augmented views, cache its outputs, distil many students.
+
+    \b
+    Typical workflow:
+      kdcache dump-teacher  --data hdf5:cifar10.h5 --teacher cifar_resnet56 --teacher-weights r56.th --out c.zarr
+      kdcache train-student --data hdf5:cifar10.h5 --cache c.zarr --student resnet18 --out runs/r18
+    """
+
+
+for _cmd in (quickstart_cmd, dump_teacher_cmd, train_student_cmd, train_teacher_cmd, evaluate_cmd, info_cmd,
+             models_cmd):
+    cli.add_command(_cmd)
+
+
+def main() -> None:
+    cli(prog_name="kdcache")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""kdcache train-student and kdcache train-teacher."""
+
+from __future__ import annotations
+
+import click
+
+from cli.dump import view_options, view_overrides
+from cli.options import config_option, data_options, library_errors, runtime_options
+from kdcache.data import DataConfig
+from kdcache.train import LossConfig, TrainConfig, train_student, train_teacher
+from kdcache.utils import parse_key_values
+
+
+def optim_options(f):
+    f = click.option("--max-steps-per-epoch", type=click.IntRange(min=1), default=None,
+                     help="Cap the steps of each epoch (quick runs).")(f)
+    f = click.option("--resume", is_flag=True, help="Continue from OUT/last.pt.")(f)
+    f = click.option("--amp/--no-amp", default=False, show_default=True, help="Mixed precision on CUDA.")(f)
+    f = click.option("--grad-clip", type=float, default=None, help="Clip the gradient norm.")(f)
+    f = click.option("--label-smoothing", type=float, default=0.0, show_default=True)(f)
+    f = click.option("--warmup-epochs", type=float, default=1.0, show_default=True)(f)
+    f = click.option("--weight-decay", type=float, default=0.05, show_default=True)(f)
+    f = click.option("--min-lr", type=float, default=1e-5, show_default=True)(f)
+    f = click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak AdamW learning rate.")(f)
+    f = click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)(f)
+    f = click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)(f)
+    f = click.option("--seed", type=int, default=0, show_default=True)(f)
+    f = click.option("--val-split", default="test", show_default=True,
+                     help="Held-out split evaluated each epoch ('none' to skip).")(f)
+    f = click.option("--out", required=True, type=click.Path(file_okay=False),
+                     help="Run directory (checkpoints, metrics.jsonl, config.json).")(f)
+    return f
+
+
+def _common(data, split, limit, subset_seed, out, val_split, epochs, batch_size, lr, min_lr, weight_decay,
+            warmup_epochs, label_smoothing, grad_clip, amp, resume, max_steps_per_epoch, seed, device, workers):
+    return dict(
+        data=DataConfig(source=data, split=split, limit=limit, subset_seed=subset_seed), out=out,
+        val_split=None if str(val_split).lower() == "none" else val_split, epochs=epochs, batch_size=batch_size,
+        lr=lr, min_lr=min_lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs, grad_clip=grad_clip,
+        amp=amp, resume=resume, max_steps_per_epoch=max_steps_per_epoch, seed=seed, device=device,
+        workers=workers), label_smoothing
+
+
+def _report(result: dict) -> None:
+    best = result["best_top1"]
+    click.echo(f"best val top-1 {best:.2f}%  checkpoints: {result['best']}, {result['last']}"
+               if best >= 0 else f"checkpoints: {result['best']}, {result['last']}")
+
+
+@click.command("train-student")
+@config_option
+@data_options()
+@click.option("--cache", required=True, help="Teacher cache made by dump-teacher (path or fsspec URL).")
+@click.option("--student", required=True, help="Student model name (see 'kdcache models').")
+@click.option("--distill", type=click.Choice(["soft", "hard"]), default="soft", show_default=True,
+              help="soft: KL at temperature T (×T²); hard: CE on the teacher's argmax (DeiT).")
+@click.option("--no-distill", is_flag=True, help="Train the same student from labels only (the baseline).")
+@click.option("--alpha", type=float, default=0.5, show_default=True, help="Weight of the distillation loss.")
+@click.option("--temperature", "-T", type=float, default=4.0, show_default=True)
+@click.option("--topk-fill", type=click.Choice(["spread", "renorm"]), default="spread", show_default=True,
+              help="How a top-k cache's missing classes are rebuilt (docs/cache-format.md).")
+@click.option("--storage-option", "storage_options", multiple=True, help="KEY=VALUE for fsspec URLs.")
+@optim_options
+@runtime_options
+@library_errors
+def train_student_cmd(cache, student, distill, no_distill, alpha, temperature, topk_fill, storage_options,
+                      progress, **kw):
+    """Train a student from a teacher cache, replaying each cached view exactly.
+
+    The teacher is never loaded: each epoch takes one cached view per sample, rebuilds it from its
+    recorded parameters and learns from the teacher's targets for that view.
+
+    \b
+    Example:
+      kdcache train-student --cache cifar-r56.zarr --data hdf5:cifar10.h5 \\
+          --student deit_tiny_patch4_32_distilled --distill hard --epochs 100 --out runs/deit
+    """
+    common, ls = _common(**kw)
+    loss = LossConfig(distill="none" if no_distill else distill, alpha=alpha, temperature=temperature,
+                      label_smoothing=ls, topk_fill=topk_fill)
+    cfg = TrainConfig(model=student, cache=cache, loss=loss,
+                      storage_options=parse_key_values(storage_options) or None, **common)
+    _report(train_student(cfg, progress=progress, log=click.echo))
+
+
+@click.command("train-teacher")
+@config_option
+@data_options()
+@click.option("--teacher", required=True, help="Teacher model name (see 'kdcache models').")
+@click.option("--init-weights", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Fine-tune from these weights (checkpoint or state dict).")
+@view_options
+@optim_options
+@runtime_options
+@library_errors
+def train_teacher_cmd(teacher, init_weights, progress, **kw):
+    """Train or fine-tune a teacher on labels; writes a checkpoint dump-teacher accepts.
+
+    Every epoch draws a fresh augmented view per sample (seeded by seed, sample key and epoch).
+    """
+    view = view_overrides(kw)
+    common, ls = _common(**kw)
+    cfg = TrainConfig(model=teacher, init_weights=init_weights, view=view,
+                      loss=LossConfig(distill="none", label_smoothing=ls), **common)
+    _report(train_teacher(cfg, progress=progress, log=click.echo))

@@ -1,0 +1,17 @@
+"""The teacher cache (the only package that imports zarr). Format: docs/cache-format.md."""
+
+from kdcache.cache.identity import CacheIdentity, canonical_json, sha256_json
+from kdcache.cache.store import DEFAULT_BLOCK_SIZE, FORMAT_VERSION, CacheStore, is_url
+from kdcache.cache.targets import TargetMode, smallest_int_dtype
+
+__all__ = [
+    "CacheIdentity",
+    "CacheStore",
+    "DEFAULT_BLOCK_SIZE",
+    "FORMAT_VERSION",
+    "TargetMode",
+    "canonical_json",
+    "is_url",
+    "sha256_json",
+    "smallest_int_dtype",
+]

@@ -1,0 +1,52 @@
+"""What ``kdcache info`` reports about a cache: identity, coverage and footprint."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from kdcache.cache.store import CacheStore
+
+__all__ = ["cache_info", "label_agreement"]
+
+
+def cache_info(path: str, *, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    store = CacheStore.open(path, mode="r", storage_options=storage_options)
+    a = store.attrs
+    done = store.done()
+    n_views_done = int(done.sum())
+    size = store.nbytes_on_disk()
+    per_array: dict[str, dict[str, Any]] = {}
+    for name in [*store.view_array_names, "done"]:
+        arr = store.array(name)
+        per_array[name] = {"shape": list(arr.shape), "dtype": str(arr.dtype), "chunks": list(arr.chunks)}
+    return {
+        "path": store.path,
+        "kdcache_format": a["kdcache_format"],
+        "fingerprint": store.identity.fingerprint,
+        "num_samples": store.num_samples,
+        "num_views": store.num_views,
+        "num_classes": store.num_classes,
+        "targets": str(store.target_mode),
+        "block_size": store.block_size,
+        "teacher": a.get("teacher", {}),
+        "dataset": a.get("dataset", {}),
+        "view_spec": a.get("view_spec", {}),
+        "seed": store.identity.seed,
+        "done_fraction": float(done.mean()) if done.size else 0.0,
+        "views_done": n_views_done,
+        "views_done_per_view": [int(x) for x in done.sum(axis=0)],
+        "bytes_on_disk": size,
+        "bytes_per_view": (size / max(n_views_done, 1)) if size is not None else None,
+        "arrays": per_array,
+        "label_agreement": label_agreement(store, done),
+    }
+
+
+def label_agreement(store: CacheStore, done: np.ndarray) -> float | None:
+    """Fraction of complete views whose teacher argmax equals the sample's label."""
+    if not done.any():
+        return None
+    argmax = np.asarray(store.array("argmax")[:, : store.num_views])
+    return float((argmax == store.labels[:, None])[done].mean())

@@ -1,0 +1,285 @@
+"""The teacher cache: a versioned Zarr v3 group (format in docs/cache-format.md).
+
+Layout: per-sample arrays ``sample_key`` (N,) and ``label`` (N,); per-view arrays of
+shape (N, V, ...) — targets (``logits`` or ``topk_values``/``topk_indices``, and
+``argmax``), the view's recorded augmentation parameters (``crop``, ``flip``, mixing
+arrays), ``view_seed`` — and the completion mask ``done`` (N, V).
+
+Every per-view array is chunked (B, 1, ...): one *unit* of work is a block of B
+samples times one view, and it owns exactly one chunk of every per-view array.
+That gives the properties the dump engine and the readers rely on:
+
+* one view's targets for a block are contiguous (one chunk read per block per epoch);
+* different units never share a chunk, so several processes can write disjoint
+  units concurrently (zarr supports concurrent writes to different chunks);
+* ``done[block, v]`` is written only after the unit's data, so a crash leaves the unit
+  not-done and a rerun recomputes it; chunk existence is never used as a marker.
+
+Metadata (creating arrays, resizing for added views, attributes) is changed by one
+process only; creation marks the group ``ready`` last, so an interrupted creation is
+detected and redone.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+from kdcache.cache.identity import CacheIdentity
+from kdcache.cache.targets import TargetMode
+from kdcache.errors import CacheError, CacheIncompleteError, CacheMismatchError, CacheNotFoundError
+
+__all__ = ["CacheStore", "FORMAT_VERSION", "DEFAULT_BLOCK_SIZE", "is_url"]
+
+FORMAT_VERSION = 1
+DEFAULT_BLOCK_SIZE = 1024
+# Blosc(zstd) with byte shuffle: float16 logits and small integers compress best when
+# their high and low bytes are grouped; decoding is fast enough to never be the bottleneck.
+_COMPRESSOR = BloscCodec(cname="zstd", clevel=5, shuffle="shuffle")
+_KEY_CHUNK = 16384
+
+
+def is_url(path: str) -> bool:
+    return "://" in str(path)
+
+
+def _open_group(path: str, mode: str, storage_options: Mapping[str, Any] | None) -> zarr.Group:
+    kw: dict[str, Any] = {}
+    if storage_options and is_url(path):
+        kw["storage_options"] = dict(storage_options)
+    return zarr.open_group(str(path), mode=mode, **kw)
+
+
+class CacheStore:
+    """A handle on one cache. Use :meth:`create` or :meth:`open`; never construct directly."""
+
+    def __init__(self, group: zarr.Group, path: str, *, writable: bool):
+        self._g = group
+        self.path = str(path)
+        self.writable = writable
+        attrs = dict(group.attrs)
+        self.attrs: dict[str, Any] = attrs
+        self.identity = CacheIdentity.from_dict(attrs["identity"])
+        self.target_mode = TargetMode.parse(attrs["targets"])
+        self.num_samples = int(attrs["num_samples"])
+        self.num_classes = int(attrs["num_classes"])
+        self.block_size = int(attrs["block_size"])
+        self.view_array_names: list[str] = list(attrs["view_arrays"])
+        # The view count is read from the arrays (the authority) so a handle opened while
+        # another process adds views sees a consistent snapshot.
+        self.num_views = int(group["done"].shape[1])
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def create(
+        cls,
+        path: str,
+        *,
+        identity: CacheIdentity,
+        keys: Sequence[str],
+        labels: np.ndarray,
+        num_classes: int,
+        num_views: int,
+        param_arrays: Mapping[str, tuple[tuple[int, ...], Any]],
+        attrs: Mapping[str, Any],
+        block_size: int = DEFAULT_BLOCK_SIZE,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> "CacheStore":
+        """Create a new cache (overwriting whatever is at ``path``: callers check first)."""
+        n = len(keys)
+        if n == 0:
+            raise CacheError("cannot create a cache for an empty dataset")
+        if num_views < 1:
+            raise CacheError(f"num_views must be >= 1, got {num_views}")
+        mode = TargetMode.parse(identity.targets)
+        b = max(1, min(int(block_size), n))
+        g = _open_group(path, "w", storage_options)
+        # Identity first, `ready` last: an interrupted creation is recognisable and redone.
+        g.attrs.update({"kdcache_format": FORMAT_VERSION, "ready": False, "fingerprint": identity.fingerprint,
+                        "identity": identity.to_dict()})
+        g.create_array("sample_key", shape=(n,), chunks=(min(n, _KEY_CHUNK),), dtype=str)
+        g.create_array("label", shape=(n,), chunks=(min(n, _KEY_CHUNK),), dtype="int32",
+                       compressors=_COMPRESSOR, fill_value=0)
+        g["sample_key"][:] = np.asarray(list(keys), dtype=str)
+        g["label"][:] = np.asarray(labels, dtype=np.int32)
+        specs: dict[str, tuple[tuple[int, ...], np.dtype]] = {"view_seed": ((), np.dtype(np.int64))}
+        specs.update({k: (tuple(s), np.dtype(d)) for k, (s, d) in param_arrays.items()})
+        specs.update(mode.array_specs(num_classes))
+        for name, (trail, dtype) in specs.items():
+            g.create_array(name, shape=(n, num_views, *trail), chunks=(b, 1, *trail), dtype=dtype,
+                           compressors=_COMPRESSOR, fill_value=0)
+        g.create_array("done", shape=(n, num_views), chunks=(b, 1), dtype=bool, compressors=_COMPRESSOR,
+                       fill_value=False)
+        meta = dict(attrs)
+        meta.update({
+            "num_samples": n,
+            "num_views": num_views,
+            "num_classes": int(num_classes),
+            "targets": str(mode),
+            "block_size": b,
+            "view_arrays": list(specs),
+        })
+        g.attrs.update(meta)
+        g.attrs["ready"] = True
+        return cls(g, path, writable=True)
+
+    @classmethod
+    def open(cls, path: str, *, mode: str = "r", storage_options: Mapping[str, Any] | None = None
+             ) -> "CacheStore":
+        """Open an existing cache read-only (``mode="r"``) or for writing (``"r+"``)."""
+        if mode not in ("r", "r+"):
+            raise CacheError(f"invalid open mode {mode!r}")
+        if not is_url(path) and not os.path.exists(path):
+            raise CacheNotFoundError(f"cache not found: {path}")
+        try:
+            g = _open_group(path, mode, storage_options)
+        except (FileNotFoundError, zarr.errors.NodeNotFoundError) as e:
+            raise CacheNotFoundError(f"cache not found: {path}") from e
+        except (ValueError, zarr.errors.BaseZarrError) as e:
+            raise CacheNotFoundError(f"{path} is not a Zarr group ({e})") from e
+        attrs = dict(g.attrs)
+        if "kdcache_format" not in attrs:
+            raise CacheNotFoundError(f"{path} is a Zarr group but not a kdcache cache (no 'kdcache_format')")
+        if int(attrs["kdcache_format"]) > FORMAT_VERSION:
+            raise CacheError(f"{path} has cache format {attrs['kdcache_format']}, newer than this kdcache "
+                             f"supports ({FORMAT_VERSION}); upgrade kdcache")
+        if not attrs.get("ready"):
+            raise CacheIncompleteError(f"{path}: cache creation was interrupted; rerun dump-teacher to recreate it")
+        return cls(g, path, writable=(mode == "r+"))
+
+    @staticmethod
+    def peek_attrs(path: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+        """Attributes of the group at ``path``, or None when nothing is there."""
+        if not is_url(path) and not os.path.exists(path):
+            return None
+        try:
+            return dict(_open_group(path, "r", storage_options).attrs)
+        except (FileNotFoundError, zarr.errors.NodeNotFoundError):
+            return None
+        except (ValueError, zarr.errors.BaseZarrError) as e:
+            raise CacheError(f"{path} exists but is not a Zarr group ({e}); refusing to touch it") from e
+
+    def check_identity(self, expected: CacheIdentity) -> None:
+        """Raise :class:`CacheMismatchError` naming each differing part."""
+        diffs = expected.differences(self.identity)
+        if diffs:
+            raise CacheMismatchError(
+                f"{self.path} was made with a different configuration (requested != cached): " + "; ".join(diffs))
+
+    # ------------------------------------------------------------------ geometry
+    @property
+    def num_blocks(self) -> int:
+        return -(-self.num_samples // self.block_size)
+
+    def block_bounds(self, block: int) -> tuple[int, int]:
+        b0 = block * self.block_size
+        return b0, min(b0 + self.block_size, self.num_samples)
+
+    def array(self, name: str) -> zarr.Array:
+        return self._g[name]
+
+    @property
+    def keys(self) -> list[str]:
+        return [str(k) for k in self._g["sample_key"][:]]
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.asarray(self._g["label"][:], dtype=np.int64)
+
+    # ------------------------------------------------------------------ completion
+    def done(self) -> np.ndarray:
+        """The (N, V) completion mask."""
+        return np.asarray(self._g["done"][:, : self.num_views], dtype=bool)
+
+    def done_units(self) -> np.ndarray:
+        """(num_blocks, V) bool: unit (block, view) complete. A unit is done only as a whole."""
+        d = self.done()
+        starts = np.arange(0, self.num_samples, self.block_size)
+        return np.logical_and.reduceat(d, starts, axis=0)
+
+    def pending_units(self) -> list[tuple[int, int]]:
+        """Units not yet done, view-major (all blocks of view 0 first)."""
+        du = self.done_units()
+        return [(b, v) for v in range(self.num_views) for b in range(self.num_blocks) if not du[b, v]]
+
+    # ------------------------------------------------------------------ writing
+    def write_unit(self, block: int, view: int, arrays: Mapping[str, np.ndarray]) -> None:
+        """Write one unit's per-view arrays, then mark it done. ``arrays`` must cover every view array."""
+        if not self.writable:
+            raise CacheError(f"{self.path} is open read-only")
+        missing = set(self.view_array_names) - set(arrays)
+        extra = set(arrays) - set(self.view_array_names)
+        if missing or extra:
+            raise CacheError(f"unit arrays mismatch: missing {sorted(missing)}, unexpected {sorted(extra)}")
+        b0, b1 = self.block_bounds(block)
+        for name in self.view_array_names:
+            arr = self._g[name]
+            value = np.asarray(arrays[name])
+            if value.shape[0] != b1 - b0:
+                raise CacheError(f"{name}: unit has {value.shape[0]} rows, block {block} has {b1 - b0}")
+            _check_fits(name, value, arr.dtype)
+            arr[b0:b1, view] = value.astype(arr.dtype, copy=False)
+        self._g["done"][b0:b1, view] = True
+
+    def add_views(self, count: int) -> int:
+        """Grow every per-view array by ``count`` views (metadata only; one process). Returns the new V."""
+        if not self.writable:
+            raise CacheError(f"{self.path} is open read-only")
+        if count < 1:
+            raise CacheError(f"--add-views must be >= 1, got {count}")
+        new_v = self.num_views + int(count)
+        for name in [*self.view_array_names, "done"]:
+            arr = self._g[name]
+            arr.resize((arr.shape[0], new_v, *arr.shape[2:]))
+        self._g.attrs["num_views"] = new_v
+        self.num_views = new_v
+        return new_v
+
+    # ------------------------------------------------------------------ reading
+    def read_unit(self, block: int, view: int, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+        b0, b1 = self.block_bounds(block)
+        return {n: np.asarray(self._g[n][b0:b1, view]) for n in (names or self.view_array_names)}
+
+    def read_views(self, views_per_block: Sequence[int], names: Iterable[str] | None = None
+                   ) -> dict[str, np.ndarray]:
+        """Gather, for every sample, the arrays of the view chosen for its block.
+
+        One chunk-aligned read per block and array: the access pattern the chunking is made for.
+        """
+        names = list(names or self.view_array_names)
+        if len(views_per_block) != self.num_blocks:
+            raise CacheError(f"need one view per block ({self.num_blocks}), got {len(views_per_block)}")
+        out: dict[str, np.ndarray] = {}
+        for name in names:
+            arr = self._g[name]
+            buf = np.empty((self.num_samples, *arr.shape[2:]), dtype=arr.dtype)
+            for b, v in enumerate(views_per_block):
+                b0, b1 = self.block_bounds(b)
+                buf[b0:b1] = arr[b0:b1, int(v)]
+            out[name] = buf
+        return out
+
+    def nbytes_on_disk(self) -> int | None:
+        """Bytes the store takes on its filesystem (None when the store cannot tell)."""
+        if not is_url(self.path):
+            return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(self.path) for f in fs)
+        try:
+            import fsspec
+
+            fs, p = fsspec.core.url_to_fs(self.path)
+            return int(fs.du(p))
+        except Exception:  # noqa: BLE001 - size is informational; some filesystems cannot report it
+            return None
+
+
+def _check_fits(name: str, value: np.ndarray, dtype: np.dtype) -> None:
+    """Refuse silent wrap-around when narrowing integers (e.g. crop boxes stored as int16)."""
+    if np.issubdtype(dtype, np.integer) and value.size and np.issubdtype(value.dtype, np.integer):
+        info = np.iinfo(dtype)
+        if value.min() < info.min or value.max() > info.max:
+            raise CacheError(f"{name}: values [{value.min()}, {value.max()}] do not fit the cache's {dtype}")

@@ -1,0 +1,158 @@
+"""Building views in DataLoader workers: fresh draws for the dump, replays for training.
+
+Both sides use one :class:`~kdcache.augment.ViewPipeline`; the dump draws parameters
+from the (seed, key, view) generator and records them, the trainer rebuilds the view
+from the recorded parameters alone. Workers never touch the Zarr store (the parent
+hands them plain numpy arrays), which keeps forked workers safe with zarr's event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from kdcache.augment import ViewParams, ViewPipeline, derive_view_seed
+
+__all__ = ["ViewDraws", "ViewBatch", "UnitBatches", "ReplayViews", "EvalViews", "identity_collate"]
+
+
+def _images_for(dataset, indices: Sequence[int]) -> dict[int, torch.Tensor]:
+    """Decode each distinct sample once, with the source's block reads."""
+    uniq = sorted(set(int(i) for i in indices))
+    return dict(zip(uniq, dataset.get_images(uniq)))
+
+
+@dataclass
+class ViewBatch:
+    indices: np.ndarray          # (B,) sample indices
+    views: np.ndarray            # (B,) view indices
+    seeds: np.ndarray            # (B,) derived view seeds
+    params: list[ViewParams]
+    images: torch.Tensor         # (B, 3, S, S) float32, normalised
+
+    def pin_memory(self) -> "ViewBatch":
+        self.images = self.images.pin_memory()
+        return self
+
+
+class ViewDraws(Dataset):
+    """Items are (sample index, view index) pairs; each returns a freshly drawn, recorded view."""
+
+    def __init__(self, dataset, pipeline: ViewPipeline, seed: int):
+        self.dataset = dataset
+        self.pipeline = pipeline
+        self.seed = int(seed)
+        self.keys = list(dataset.keys)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def _draw(self, i: int, v: int) -> tuple[int, ViewParams]:
+        vs = derive_view_seed(self.seed, self.keys[i], v)
+        params = self.pipeline.make_params(vs, self.dataset.image_size(i), num_samples=len(self.dataset),
+                                           size_of=self.dataset.image_size)
+        return vs, params
+
+    def __getitems__(self, pairs: Sequence[tuple[int, int]]) -> ViewBatch:
+        drawn = [self._draw(int(i), int(v)) for i, v in pairs]
+        need = [int(i) for i, _ in pairs] + [p.partner for _, p in drawn if p.partner >= 0]
+        imgs = _images_for(self.dataset, need)
+        views = [
+            self.pipeline.apply(imgs[int(i)], p, imgs[p.partner] if p.partner >= 0 else None)
+            for (i, _), (_, p) in zip(pairs, drawn)
+        ]
+        return ViewBatch(
+            indices=np.array([i for i, _ in pairs], dtype=np.int64),
+            views=np.array([v for _, v in pairs], dtype=np.int64),
+            seeds=np.array([s for s, _ in drawn], dtype=np.int64),
+            params=[p for _, p in drawn],
+            images=torch.stack(views),
+        )
+
+    def __getitem__(self, pair: tuple[int, int]) -> ViewBatch:
+        return self.__getitems__([pair])
+
+
+def identity_collate(batch):
+    return batch
+
+
+class UnitBatches(Sampler[list[tuple[int, int]]]):
+    """Batches of (sample, view) pairs; every batch lies inside one unit (block × view)."""
+
+    def __init__(self, units: Sequence[tuple[int, int]], bounds, batch_size: int):
+        self.units = list(units)
+        self.bounds = bounds
+        self.batch_size = int(batch_size)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for b, v in self.units:
+            b0, b1 = self.bounds(b)
+            for s in range(b0, b1, self.batch_size):
+                yield [(i, v) for i in range(s, min(s + self.batch_size, b1))]
+
+    def __len__(self) -> int:
+        n = 0
+        for b, _ in self.units:
+            b0, b1 = self.bounds(b)
+            n += -(-(b1 - b0) // self.batch_size)
+        return n
+
+
+class ReplayViews(Dataset):
+    """The student side: rebuild each sample's view from recorded parameters.
+
+    ``arrays`` holds, for every sample, the recorded parameters of the view chosen for this
+    epoch (as read from the cache in block reads); a batch of sample indices returns a
+    :class:`ViewBatch`; the caller looks the targets up by index in the main process.
+    """
+
+    def __init__(self, dataset, pipeline: ViewPipeline, arrays: Mapping[str, np.ndarray]):
+        self.dataset = dataset
+        self.pipeline = pipeline
+        self.arrays = dict(arrays)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def params(self, i: int) -> ViewParams:
+        return self.pipeline.params_from_arrays(self.arrays, int(i))
+
+    def __getitems__(self, items: Sequence[int]) -> ViewBatch:
+        idx = [int(i) for i in items]
+        params = [self.params(i) for i in idx]
+        imgs = _images_for(self.dataset, idx + [p.partner for p in params if p.partner >= 0])
+        views = [self.pipeline.apply(imgs[i], p, imgs[p.partner] if p.partner >= 0 else None)
+                 for i, p in zip(idx, params)]
+        seeds = self.arrays.get("view_seed")
+        return ViewBatch(indices=np.asarray(idx, dtype=np.int64), views=np.full(len(idx), -1, dtype=np.int64),
+                         seeds=np.asarray(seeds[idx]) if seeds is not None else np.zeros(len(idx), np.int64),
+                         params=params, images=torch.stack(views))
+
+    def __getitem__(self, i: int) -> ViewBatch:
+        return self.__getitems__([i])
+
+
+class EvalViews(Dataset):
+    """Deterministic evaluation views: items are sample indices, batches are (images, labels)."""
+
+    def __init__(self, dataset, pipeline: ViewPipeline):
+        self.dataset = dataset
+        self.pipeline = pipeline
+        self.labels = np.asarray(dataset.labels, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitems__(self, items: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        imgs = _images_for(self.dataset, items)
+        x = torch.stack([self.pipeline.eval_view(imgs[int(i)]) for i in items])
+        return x, torch.as_tensor(self.labels[list(items)], dtype=torch.int64)
+
+    def __getitem__(self, i: int):
+        x, y = self.__getitems__([i])
+        return x[0], y[0]

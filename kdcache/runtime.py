@@ -1,0 +1,95 @@
+"""Where code runs: device selection, AMP, and torch.distributed process groups.
+
+Everything is tested on CPU (and DDP with gloo); the CUDA paths (device choice,
+autocast, pinned memory, NCCL) are the same code with a different device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from kdcache.errors import ConfigError
+
+__all__ = ["select_device", "autocast", "DistContext"]
+
+
+def select_device(name: str = "auto", *, local_rank: int = 0) -> torch.device:
+    """``auto`` picks CUDA (the process's local rank's GPU) when available, else CPU."""
+    name = (name or "auto").lower()
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+        if name == "cuda":
+            name = f"cuda:{local_rank % torch.cuda.device_count()}"
+        dev = torch.device(name)
+        torch.cuda.set_device(dev)
+        return dev
+    if name != "cpu":
+        raise ConfigError(f"unknown device {name!r}: expected auto, cpu, cuda or cuda:N")
+    return torch.device("cpu")
+
+
+def autocast(device: torch.device, enabled: bool):
+    """Mixed precision on CUDA (bfloat16 when supported, else float16); a no-op elsewhere."""
+    if not enabled or device.type != "cuda":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast(device_type="cuda", dtype=dtype)
+
+
+@dataclass
+class DistContext:
+    """The process's place in a torchrun job (rank 0 of 1 when not distributed)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    initialized_here: bool = False
+
+    @classmethod
+    def from_env(cls, device_hint: str = "auto") -> "DistContext":
+        """Join the process group torchrun describes in the environment (WORLD_SIZE > 1)."""
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        rank = int(os.environ.get("RANK", "0"))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if dist.is_initialized():
+            return cls(rank, world, local, False)
+        use_cuda = device_hint != "cpu" and torch.cuda.is_available()
+        backend = "nccl" if use_cuda else "gloo"
+        if use_cuda:
+            torch.cuda.set_device(local % torch.cuda.device_count())
+        dist.init_process_group(backend=backend)
+        return cls(rank, world, local, True)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def broadcast_object(self, obj):
+        """Rank 0's ``obj`` on every rank."""
+        if not self.distributed:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def close(self) -> None:
+        if self.initialized_here and dist.is_initialized():
+            dist.destroy_process_group()

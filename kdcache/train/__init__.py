@@ -1,0 +1,20 @@
+"""Training: losses, the epoch view schedule, one loop, and the teacher/student runs."""
+
+from kdcache.train.loop import evaluate, train_one_epoch
+from kdcache.train.losses import DistillationLoss, LossConfig, soft_labels, teacher_log_probs
+from kdcache.train.runner import TrainConfig, evaluate_checkpoint, train_student, train_teacher
+from kdcache.train.schedule import epoch_views
+
+__all__ = [
+    "DistillationLoss",
+    "LossConfig",
+    "TrainConfig",
+    "epoch_views",
+    "evaluate",
+    "evaluate_checkpoint",
+    "soft_labels",
+    "teacher_log_probs",
+    "train_one_epoch",
+    "train_student",
+    "train_teacher",
+]

@@ -1,0 +1,116 @@
+"""Distillation losses and the teacher distributions they need.
+
+* task loss: cross-entropy against (possibly mixed, possibly smoothed) ground-truth labels;
+* soft KD: KL(teacher_T || student_T) · T² (Hinton et al.; the Keras and Hugging Face form);
+* hard KD: cross-entropy on the teacher's argmax (DeiT's hard distillation).
+
+``loss = (1 − α) · task + α · kd``. A DeiT student returns ``(cls, dist)`` in training: the
+class head takes the task loss and the distillation head the KD loss (DeiT); with
+``distill="none"`` both heads learn from the labels.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdcache.errors import ConfigError
+
+__all__ = ["LossConfig", "DistillationLoss", "teacher_log_probs", "soft_labels"]
+
+_DISTILL = ("soft", "hard", "none")
+_TOPK_FILL = ("spread", "renorm")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    distill: str = "soft"
+    alpha: float = 0.5
+    temperature: float = 4.0
+    label_smoothing: float = 0.0
+    topk_fill: str = "spread"
+
+    def __post_init__(self):
+        if self.distill not in _DISTILL:
+            raise ConfigError(f"distill must be one of {_DISTILL}, got {self.distill!r}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"alpha must be in [0, 1], got {self.alpha!r}")
+        if not self.temperature > 0:
+            raise ConfigError(f"temperature must be > 0, got {self.temperature!r}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"label smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        if self.topk_fill not in _TOPK_FILL:
+            raise ConfigError(f"topk fill must be one of {_TOPK_FILL}, got {self.topk_fill!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def soft_labels(labels: torch.Tensor, num_classes: int, *, partner_labels: torch.Tensor | None = None,
+                lam: torch.Tensor | None = None) -> torch.Tensor:
+    """One-hot labels, mixed as ``lam · y + (1 − lam) · y_partner`` for MixUp/CutMix views."""
+    y = F.one_hot(labels, num_classes).float()
+    if partner_labels is not None and lam is not None:
+        yp = F.one_hot(partner_labels, num_classes).float()
+        lam = lam.float().unsqueeze(1)
+        y = lam * y + (1 - lam) * yp
+    return y
+
+
+def teacher_log_probs(targets: dict[str, torch.Tensor], num_classes: int, temperature: float,
+                      fill: str = "spread") -> torch.Tensor:
+    """Log of the teacher's softmax at ``temperature`` from cached full or top-k logits.
+
+    Top-k rebuild: ``spread`` gives the C−K missing classes one shared logit ``m`` chosen so that
+    their total mass at T=1 equals the recorded tail (``(C−K)·e^m = e^tail_lse``) — exact at T=1,
+    an approximation at other temperatures; ``renorm`` keeps only the top-k (softmax over them).
+    """
+    if "logits" in targets:
+        return F.log_softmax(targets["logits"].float() / temperature, dim=1)
+    values = targets["topk_values"].float()
+    indices = targets["topk_indices"].long()
+    k = values.shape[1]
+    if fill == "renorm" or k >= num_classes:
+        full = values.new_full((values.shape[0], num_classes), float("-inf"))
+    else:
+        tail = targets["topk_tail_lse"].float() - math.log(num_classes - k)
+        full = tail.unsqueeze(1).expand(-1, num_classes).clone()
+    full.scatter_(1, indices, values)
+    return F.log_softmax(full / temperature, dim=1)
+
+
+class DistillationLoss(nn.Module):
+    def __init__(self, cfg: LossConfig, num_classes: int):
+        super().__init__()
+        self.cfg = cfg
+        self.num_classes = num_classes
+
+    def _task(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.label_smoothing)
+
+    def _kd(self, logits: torch.Tensor, teacher: dict[str, torch.Tensor]) -> torch.Tensor:
+        c = self.cfg
+        if c.distill == "hard":
+            return F.cross_entropy(logits.float(), teacher["argmax"].long())
+        t_log = teacher_log_probs(teacher, self.num_classes, c.temperature, c.topk_fill)
+        s_log = F.log_softmax(logits.float() / c.temperature, dim=1)
+        return F.kl_div(s_log, t_log, reduction="batchmean", log_target=True) * c.temperature ** 2
+
+    def forward(self, outputs, y: torch.Tensor, teacher: dict[str, torch.Tensor] | None = None
+                ) -> dict[str, torch.Tensor]:
+        """``y``: (B, C) label distribution; ``teacher``: the batch's cached targets (or None)."""
+        two_heads = isinstance(outputs, (tuple, list))
+        cls_out, dist_out = (outputs[0], outputs[1]) if two_heads else (outputs, outputs)
+        task = self._task(cls_out, y)
+        if self.cfg.distill == "none" or teacher is None:
+            if two_heads:
+                task = (task + self._task(dist_out, y)) / 2
+            zero = task.new_zeros(())
+            return {"loss": task, "task_loss": task.detach(), "kd_loss": zero}
+        kd = self._kd(dist_out, teacher)
+        a = self.cfg.alpha
+        return {"loss": (1 - a) * task + a * kd, "task_loss": task.detach(), "kd_loss": kd.detach()}

@@ -1,0 +1,310 @@
+"""Training runs: a student from a cache, a teacher from labels, and checkpoint evaluation.
+
+Both runs share one loop (``kdcache.train.loop``); they differ only in where views come from:
+a teacher draws a fresh view per (sample, epoch) from the (seed, key, epoch) generator; a
+student replays, each epoch, one cached view per sample from its recorded parameters and takes
+the teacher's targets for that exact view from the cache. The student process never builds the
+teacher.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from kdcache.augment import ViewPipeline, ViewSpec
+from kdcache.cache import CacheStore
+from kdcache.data import DataConfig
+from kdcache.engine.dump import dataset_identity
+from kdcache.engine.views import EvalViews, ReplayViews, ViewDraws, identity_collate
+from kdcache.errors import CacheMismatchError, CheckpointError, ConfigError
+from kdcache.models import create_model, model_cfg
+from kdcache.models.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from kdcache.runtime import DistContext, select_device
+from kdcache.train.logging import MetricsLogger
+from kdcache.train.loop import evaluate, train_one_epoch
+from kdcache.train.losses import DistillationLoss, LossConfig
+from kdcache.train.schedule import epoch_views
+
+__all__ = ["TrainConfig", "train_student", "train_teacher", "evaluate_checkpoint", "build_scheduler"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: DataConfig
+    out: str
+    model: str
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    cache: str | None = None            # students: the teacher cache; teachers: None
+    val_split: str | None = "test"
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    loss: LossConfig = field(default_factory=LossConfig)
+    seed: int = 0
+    view: dict[str, Any] = field(default_factory=dict)  # teachers: ViewSpec overrides
+    init_weights: str | None = None     # fine-tune: start from these weights
+    workers: int = 2
+    device: str = "auto"
+    amp: bool = False
+    grad_clip: float | None = None
+    resume: bool = False
+    max_steps_per_epoch: int | None = None
+    storage_options: dict[str, Any] | None = None
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.lr <= 0 or self.warmup_epochs < 0 or self.workers < 0:
+            raise ConfigError("lr must be > 0, warmup epochs and workers >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["data"] = self.data.to_dict()
+        d["loss"] = self.loss.to_dict()
+        return d
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, *, steps_per_epoch: int, epochs: int,
+                    warmup_epochs: float, min_lr: float):
+    """Linear warm-up then cosine decay to ``min_lr``, stepped every iteration (torch's schedulers)."""
+    total = max(1, steps_per_epoch * epochs)
+    warm = min(int(round(warmup_epochs * steps_per_epoch)), total - 1)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total - warm), eta_min=min_lr)
+    if warm <= 0:
+        return cosine
+    linear = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1e-3, end_factor=1.0, total_iters=warm)
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [linear, cosine], milestones=[warm])
+
+
+def _shard_batches(n: int, *, epoch: int, seed: int, batch_size: int, ctx: DistContext) -> list[list[int]]:
+    """This rank's shuffled batches of sample indices (equal count on every rank)."""
+    perm = np.random.default_rng([int(seed), int(epoch), 0x7472]).permutation(n)
+    per_rank = -(-n // ctx.world_size)
+    perm = np.resize(perm, per_rank * ctx.world_size)  # pad by wrapping so ranks stay in step
+    mine = perm[ctx.rank::ctx.world_size].tolist()
+    return [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
+
+
+class _Run:
+    """State shared by teacher and student runs: model, optimiser, logging, checkpoints."""
+
+    def __init__(self, cfg: TrainConfig, ctx: DistContext, *, num_classes: int, steps_per_epoch: int,
+                 kind: str, log: Callable[[str], None], extra_meta: dict[str, Any]):
+        self.cfg, self.ctx, self.kind, self.log = cfg, ctx, kind, log
+        self.device = select_device(cfg.device, local_rank=ctx.local_rank)
+        torch.manual_seed(cfg.seed)
+        self.model = create_model(cfg.model, num_classes=num_classes, **cfg.model_kwargs)
+        if cfg.init_weights:
+            load_weights(self.model, cfg.init_weights)
+        self.model.to(self.device)
+        self.net: nn.Module = self.model
+        if ctx.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.steps_per_epoch = steps_per_epoch
+        self.scheduler = build_scheduler(self.optimizer, steps_per_epoch=steps_per_epoch, epochs=cfg.epochs,
+                                         warmup_epochs=cfg.warmup_epochs, min_lr=cfg.min_lr)
+        fp16 = self.device.type == "cuda" and cfg.amp and not torch.cuda.is_bf16_supported()
+        self.scaler = torch.amp.GradScaler("cuda", enabled=fp16)
+        self.loss_fn = DistillationLoss(cfg.loss, num_classes)
+        self.meta = {"kind": kind, "config": cfg.to_dict(), **extra_meta}
+        self.start_epoch = 0
+        self.best_top1 = -1.0
+        self.metrics = MetricsLogger(cfg.out, enabled=ctx.is_main)
+        if ctx.is_main:
+            os.makedirs(cfg.out, exist_ok=True)
+            with open(os.path.join(cfg.out, "config.json"), "w") as f:
+                json.dump(self.meta, f, indent=2, default=str)
+        if cfg.resume:
+            self._resume()
+
+    def _resume(self) -> None:
+        path = os.path.join(self.cfg.out, "last.pt")
+        if not os.path.exists(path):
+            raise CheckpointError(f"--resume: no {path} to resume from")
+        model, extra = load_checkpoint(path)
+        if model_cfg(model).name != model_cfg(self.model).name:
+            raise CheckpointError(f"--resume: {path} holds {model_cfg(model).name!r}, not {self.cfg.model!r}")
+        if extra.get("cache_fingerprint") != self.meta.get("cache_fingerprint"):
+            raise CacheMismatchError(f"--resume: {path} was trained from another cache")
+        self.model.load_state_dict(model.state_dict())
+        self.optimizer.load_state_dict(extra["optimizer"])
+        self.scheduler.load_state_dict(extra["scheduler"])
+        self.start_epoch = int(extra["epoch"]) + 1
+        self.best_top1 = float(extra.get("best_top1", -1.0))
+        self.log(f"resumed from {path} at epoch {self.start_epoch}")
+
+    def end_epoch(self, epoch: int, train_stats: dict[str, float], val_stats: dict[str, float] | None) -> None:
+        if not self.ctx.is_main:
+            return
+        row = {"epoch": epoch, **{f"train/{k}": v for k, v in train_stats.items()}}
+        if val_stats:
+            row.update({f"val/{k}": v for k, v in val_stats.items()})
+        self.metrics.write(row, step=epoch)
+        top1 = val_stats["top1"] if val_stats else -train_stats["loss"]
+        is_best = top1 > self.best_top1
+        if is_best:
+            self.best_top1 = top1
+        state = dict(self.meta, epoch=epoch, best_top1=self.best_top1, metrics=row,
+                     optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict())
+        save_checkpoint(os.path.join(self.cfg.out, "last.pt"), self.model, **state)
+        if is_best:
+            save_checkpoint(os.path.join(self.cfg.out, "best.pt"), self.model, **state)
+        val = f" val top1 {val_stats['top1']:.2f} top5 {val_stats['top5']:.2f}" if val_stats else ""
+        self.log(f"epoch {epoch + 1}/{self.cfg.epochs}: loss {train_stats['loss']:.4f}{val}")
+
+    def close(self) -> dict[str, Any]:
+        self.metrics.close()
+        return {"out": self.cfg.out, "best_top1": self.best_top1,
+                "best": os.path.join(self.cfg.out, "best.pt"), "last": os.path.join(self.cfg.out, "last.pt")}
+
+
+def _val_loader(cfg: TrainConfig, pipeline: ViewPipeline, pin: bool):
+    if not cfg.val_split:
+        return None
+    ds = cfg.data.open(cfg.val_split)
+    return DataLoader(EvalViews(ds, pipeline), batch_size=max(cfg.batch_size, 256), shuffle=False,
+                      num_workers=cfg.workers, collate_fn=identity_collate, pin_memory=pin)
+
+
+def _loader(dataset, batches: list, cfg: TrainConfig, pin: bool) -> DataLoader:
+    return DataLoader(dataset, batch_sampler=batches, num_workers=cfg.workers, collate_fn=identity_collate,
+                      pin_memory=pin)
+
+
+def check_cache_matches_data(store: CacheStore, ds) -> None:
+    """Refuse a cache made from other data (or another split / subset), naming what differs."""
+    want = store.identity.dataset
+    have = dataset_identity(ds)
+    diffs = [f"{k}: {have.get(k)!r} (--data) != {want.get(k)!r} (cache)" for k in sorted(want)
+             if have.get(k) != want.get(k)]
+    if diffs:
+        raise CacheMismatchError(f"{store.path} was made from other data: " + "; ".join(diffs))
+
+
+def train_student(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str], None] = print) -> dict:
+    """Distil ``cfg.model`` from the cache ``cfg.cache`` (``loss.distill="none"``: labels only)."""
+    if not cfg.cache:
+        raise ConfigError("train-student needs --cache")
+    ctx = DistContext.from_env(cfg.device)
+    try:
+        store = CacheStore.open(cfg.cache, mode="r", storage_options=cfg.storage_options)
+        ds = cfg.data.open()
+        check_cache_matches_data(store, ds)
+        spec = ViewSpec.from_dict(store.identity.view_spec)
+        pipeline = ViewPipeline(spec)
+        distill = cfg.loss.distill != "none"
+        target_names = [n for n in ("logits", "topk_values", "topk_indices", "topk_tail_lse", "argmax")
+                        if n in store.view_array_names] if distill else []
+        param_names = [n for n in store.view_array_names
+                       if n not in ("logits", "topk_values", "topk_indices", "topk_tail_lse", "argmax")]
+        n_batches = len(_shard_batches(len(ds), epoch=0, seed=cfg.seed, batch_size=cfg.batch_size, ctx=ctx))
+        steps = min(n_batches, cfg.max_steps_per_epoch or n_batches)
+        run = _Run(cfg, ctx, num_classes=store.num_classes, steps_per_epoch=steps, kind="student",
+                   log=log if ctx.is_main else _quiet,
+                   extra_meta={"cache_fingerprint": store.identity.fingerprint, "view_spec": spec.to_dict(),
+                               "class_names": list(ds.class_names)})
+        pin = run.device.type == "cuda"
+        val = _val_loader(cfg, pipeline, pin) if ctx.is_main else None
+        labels = np.asarray(ds.labels, dtype=np.int64)
+        for epoch in range(run.start_epoch, cfg.epochs):
+            # Reopen each epoch: views another process added (and marked done) become eligible.
+            store = CacheStore.open(cfg.cache, mode="r", storage_options=cfg.storage_options)
+            views = epoch_views(store.done_units(), epoch=epoch, seed=cfg.seed)
+            arrays = store.read_views(views, names=param_names + target_names)
+            teacher = {k: arrays.pop(k) for k in target_names} or None
+            batches = _shard_batches(len(ds), epoch=epoch, seed=cfg.seed, batch_size=cfg.batch_size, ctx=ctx)
+            loader = _loader(ReplayViews(ds, pipeline, arrays), batches, cfg, pin)
+            stats = train_one_epoch(run.net, loader, loss_fn=run.loss_fn, optimizer=run.optimizer,
+                                    scheduler=run.scheduler, device=run.device, labels=labels,
+                                    teacher_targets=teacher, amp=cfg.amp, scaler=run.scaler,
+                                    grad_clip=cfg.grad_clip, progress=progress and ctx.is_main,
+                                    desc=f"epoch {epoch + 1}/{cfg.epochs}", max_steps=cfg.max_steps_per_epoch)
+            val_stats = evaluate(run.model, val, device=run.device, amp=cfg.amp) if val is not None else None
+            run.end_epoch(epoch, stats, val_stats)
+            ctx.barrier()
+        return run.close()
+    finally:
+        ctx.close()
+
+
+def train_teacher(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str], None] = print) -> dict:
+    """Train or fine-tune a teacher on labels with fresh views every epoch; writes best/last checkpoints."""
+    ctx = DistContext.from_env(cfg.device)
+    try:
+        ds = cfg.data.open()
+        probe = create_model(cfg.model, num_classes=ds.num_classes, **cfg.model_kwargs)
+        mc = model_cfg(probe)
+        del probe
+        base = {"size": mc.input_size, "mean": tuple(mc.mean), "std": tuple(mc.std),
+                "interpolation": mc.interpolation}
+        base.update({k: v for k, v in cfg.view.items() if v is not None})
+        spec = ViewSpec(**base)
+        pipeline = ViewPipeline(spec)
+        n_batches = len(_shard_batches(len(ds), epoch=0, seed=cfg.seed, batch_size=cfg.batch_size, ctx=ctx))
+        steps = min(n_batches, cfg.max_steps_per_epoch or n_batches)
+        loss_cfg = LossConfig(**{**cfg.loss.to_dict(), "distill": "none"})
+        cfg = replace(cfg, loss=loss_cfg)
+        run = _Run(cfg, ctx, num_classes=ds.num_classes, steps_per_epoch=steps, kind="teacher",
+                   log=log if ctx.is_main else _quiet,
+                   extra_meta={"view_spec": spec.to_dict(), "class_names": list(ds.class_names)})
+        pin = run.device.type == "cuda"
+        val = _val_loader(cfg, pipeline, pin) if ctx.is_main else None
+        labels = np.asarray(ds.labels, dtype=np.int64)
+        draws = ViewDraws(ds, pipeline, cfg.seed)
+        for epoch in range(run.start_epoch, cfg.epochs):
+            # The epoch number is the view index: a fresh, reproducible view per sample and epoch.
+            batches = [[(i, epoch) for i in b] for b in
+                       _shard_batches(len(ds), epoch=epoch, seed=cfg.seed, batch_size=cfg.batch_size, ctx=ctx)]
+            stats = train_one_epoch(run.net, _loader(draws, batches, cfg, pin), loss_fn=run.loss_fn,
+                                    optimizer=run.optimizer, scheduler=run.scheduler, device=run.device,
+                                    labels=labels, amp=cfg.amp, scaler=run.scaler, grad_clip=cfg.grad_clip,
+                                    progress=progress and ctx.is_main, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                                    max_steps=cfg.max_steps_per_epoch)
+            val_stats = evaluate(run.model, val, device=run.device, amp=cfg.amp) if val is not None else None
+            run.end_epoch(epoch, stats, val_stats)
+            ctx.barrier()
+        return run.close()
+    finally:
+        ctx.close()
+
+
+def evaluate_checkpoint(path: str, data: DataConfig, *, batch_size: int = 256, workers: int = 2,
+                        device: str = "auto") -> dict[str, float]:
+    """Top-1/top-5 of a kdcache checkpoint on ``data`` with the checkpoint's own eval views."""
+    model, extra = load_checkpoint(path)
+    if "view_spec" in extra:
+        spec = ViewSpec.from_dict(extra["view_spec"])
+    else:
+        mc = model_cfg(model)
+        spec = ViewSpec(size=mc.input_size, mean=tuple(mc.mean), std=tuple(mc.std), interpolation=mc.interpolation)
+    ds = data.open()
+    n_cls = int(model_cfg(model).kwargs.get("num_classes", ds.num_classes))
+    if n_cls != ds.num_classes:
+        raise ConfigError(f"{path} predicts {n_cls} classes but {data.source} has {ds.num_classes}")
+    dev = select_device(device)
+    model.to(dev)
+    loader = DataLoader(EvalViews(ds, ViewPipeline(spec)), batch_size=batch_size, num_workers=workers,
+                        collate_fn=identity_collate)
+    t0 = time.perf_counter()
+    stats = evaluate(model, loader, device=dev)
+    stats["seconds"] = time.perf_counter() - t0
+    return stats
+
+
+def _quiet(_msg: str) -> None:
+    pass

@@ -1,0 +1,31 @@
+"""Which cached view each sample trains on in an epoch.
+
+All samples of a cache block share the epoch's view index. Views are independent draws
+(each sample's view v has its own (seed, key, v) generator), so sharing the index costs no
+randomness, and each epoch then reads exactly one chunk per block and array. Each block cycles
+through all of its complete views once every V epochs, in a seeded order that differs per block
+and per cycle; when epochs > V the views repeat (each once per cycle). Only views whose ``done``
+is set are eligible, so a run can read a cache that is still being extended.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kdcache.errors import CacheIncompleteError
+
+__all__ = ["epoch_views"]
+
+
+def epoch_views(done_units: np.ndarray, *, epoch: int, seed: int) -> np.ndarray:
+    """(num_blocks,) view index per block for ``epoch`` from the (num_blocks, V) done-unit mask."""
+    out = np.empty(done_units.shape[0], dtype=np.int64)
+    for b in range(done_units.shape[0]):
+        eligible = np.flatnonzero(done_units[b])
+        if eligible.size == 0:
+            raise CacheIncompleteError(f"cache block {b} has no complete view; finish the dump "
+                                       "(rerun dump-teacher) before training")
+        cycle, pos = divmod(int(epoch), eligible.size)
+        rng = np.random.default_rng([int(seed), b, cycle, 0x6B64])
+        out[b] = rng.permutation(eligible)[pos]
+    return out
