@@ -1,0 +1,110 @@
+"""``folder:PATH``: an ImageFolder tree, one sub-folder per class, JPEG/PNG files.
+
+If ``PATH`` holds split folders (``train``, ``val``, ``test``, ...), ``PATH/<split>`` is used;
+otherwise ``PATH`` itself is the ``train`` split. Classes are the sorted sub-folder names;
+files are found recursively and sorted by their path, so the order (and the keys: paths
+relative to the split root, with forward slashes) is the same on every machine. Hidden
+files and folders (``.ipynb_checkpoints``, ``.DS_Store``) are ignored.
+
+Images are decoded by ``torchvision.io.decode_image`` to RGB uint8; sizes are read from the
+file header (Pillow, lazily) so :meth:`image_size` does not decode.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.io import ImageReadMode, decode_image
+from torchvision.transforms.v2.functional import to_dtype
+
+from kdcache.data._dataset import ImageDataset
+from kdcache.errors import DataError, DataNotFoundError
+
+__all__ = ["IMAGE_EXTENSIONS", "SPLIT_FOLDER_NAMES", "FolderDataset"]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+SPLIT_FOLDER_NAMES = ("train", "training", "val", "valid", "validation", "test", "testing")
+
+
+class FolderDataset(ImageDataset):
+    """One split of an ImageFolder tree (see the module docstring)."""
+
+    def __init__(self, *, path: str | os.PathLike[str], split: str = "train",
+                 source: str | None = None) -> None:
+        path = Path(path).expanduser()
+        source = source if source is not None else f"folder:{path}"
+        if not path.is_dir():
+            raise DataNotFoundError(f"image folder not found: {path}; check the path in {source!r}")
+        root = _split_root(path, split)
+        class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not class_dirs:
+            raise DataError(f"{root} has no class sub-folders; expected one folder of images per class")
+        keys: list[str] = []
+        labels: list[int] = []
+        for label, class_dir in enumerate(class_dirs):
+            files = _image_files(class_dir, root)
+            if not files:
+                raise DataError(f"class folder {class_dir} holds no images ({', '.join(IMAGE_EXTENSIONS)}); "
+                                "add images or remove the folder")
+            keys.extend(files)
+            labels.extend([label] * len(files))
+        super().__init__(source=source, split=split, keys=keys, labels=np.asarray(labels, dtype=np.int64),
+                         class_names=[p.name for p in class_dirs])
+        self._root = root
+        self._files = keys  # relative paths by source position; subsets narrow self.keys only
+
+    def _file(self, src_index: int) -> Path:
+        return self._root / self._files[src_index]
+
+    def _read(self, src: np.ndarray) -> list[torch.Tensor]:
+        return [self._decode(self._file(int(j))) for j in src]
+
+    def _size(self, src_index: int) -> tuple[int, int]:
+        from PIL import Image, UnidentifiedImageError
+
+        path = self._file(src_index)
+        try:
+            with Image.open(path) as im:  # reads the header only
+                return int(im.height), int(im.width)
+        except FileNotFoundError as e:
+            raise DataNotFoundError(f"image file disappeared: {path}; rebuild the dataset") from e
+        except (UnidentifiedImageError, OSError) as e:
+            raise DataError(f"cannot read image {path}: {e}; replace or delete the file") from e
+
+    @staticmethod
+    def _decode(path: Path) -> torch.Tensor:
+        if not path.is_file():
+            raise DataNotFoundError(f"image file disappeared: {path}; rebuild the dataset")
+        try:
+            image = decode_image(str(path), mode=ImageReadMode.RGB)
+        except RuntimeError as e:
+            reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            raise DataError(f"cannot decode image {path}: {reason}; replace or delete the file") from e
+        if image.dtype != torch.uint8:  # 16-bit PNGs decode to uint16
+            image = to_dtype(image, torch.uint8, scale=True)
+        return image
+
+
+def _split_root(path: Path, split: str) -> Path:
+    split_dirs = sorted(p.name for p in path.iterdir() if p.is_dir() and p.name in SPLIT_FOLDER_NAMES)
+    if split_dirs:
+        if split not in split_dirs:
+            raise DataError(f"{path} has no split {split!r}; available splits: {', '.join(split_dirs)}")
+        return path / split
+    if split != "train":
+        raise DataError(f"{path} has no split folders, so it is the 'train' split only; available splits: "
+                        f"train (or create {path}/{split}/<class>/...)")
+    return path
+
+
+def _image_files(class_dir: Path, root: Path) -> list[str]:
+    files = []
+    for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
+                files.append((Path(dirpath) / name).relative_to(root).as_posix())
+    return sorted(files)

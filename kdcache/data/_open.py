@@ -1,0 +1,130 @@
+"""Opening a dataset from its source spec: :func:`open_dataset` and :class:`DataConfig`.
+
+A source spec is one string, so it fits a CLI flag, a config file and a cache's attributes:
+``digits``, ``hdf5:PATH``, ``folder:PATH`` or ``cifar10:ROOT``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from kdcache.data._dataset import ImageDataset
+from kdcache.data._subset import stratified_subset
+from kdcache.errors import ConfigError, DataError
+
+__all__ = ["SOURCE_SCHEMES", "DataConfig", "open_dataset", "parse_source"]
+
+SOURCE_SCHEMES = ("digits", "hdf5:PATH", "folder:PATH", "cifar10:ROOT")
+
+
+def _open_digits(arg: str, split: str, source: str) -> ImageDataset:
+    from kdcache.data._digits import DigitsDataset
+
+    return DigitsDataset(split=split, source=source)
+
+
+def _open_hdf5(arg: str, split: str, source: str) -> ImageDataset:
+    from kdcache.data._hdf5 import HDF5Dataset
+
+    return HDF5Dataset(path=arg, split=split, source=source)
+
+
+def _open_folder(arg: str, split: str, source: str) -> ImageDataset:
+    from kdcache.data._folder import FolderDataset
+
+    return FolderDataset(path=arg, split=split, source=source)
+
+
+def _open_cifar10(arg: str, split: str, source: str) -> ImageDataset:
+    from kdcache.data._cifar import CIFAR10Dataset
+
+    return CIFAR10Dataset(root=arg, split=split, source=source)
+
+
+_OPENERS: dict[str, Callable[[str, str, str], ImageDataset]] = {
+    "digits": _open_digits,
+    "hdf5": _open_hdf5,
+    "folder": _open_folder,
+    "cifar10": _open_cifar10,
+}
+
+
+def parse_source(source: str) -> tuple[str, str]:
+    """Split a source spec into ``(scheme, argument)``; ``digits`` has an empty argument."""
+    expected = f"expected one of: {', '.join(SOURCE_SCHEMES)}"
+    if not isinstance(source, str):
+        raise DataError(f"data source must be a string, got {type(source).__name__} {source!r}; {expected}")
+    scheme, sep, arg = source.partition(":")
+    if scheme == "digits":
+        if arg:
+            raise DataError(f"data source {source!r}: 'digits' takes no path; use plain 'digits'")
+        return "digits", ""
+    if not sep or scheme not in _OPENERS:
+        raise DataError(f"unknown data source {source!r}; {expected}")
+    if not arg:
+        raise DataError(f"data source {source!r} needs a path after '{scheme}:'")
+    return scheme, arg
+
+
+def _check_subset_args(limit: Any, subset_seed: Any, error: type[Exception]) -> None:
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, numbers.Integral) or limit <= 0):
+        raise error(f"limit must be a positive integer or None (all samples), got {limit!r}")
+    if isinstance(subset_seed, bool) or not isinstance(subset_seed, numbers.Integral):
+        raise error(f"subset_seed must be an integer, got {subset_seed!r}")
+
+
+def open_dataset(source: str, split: str = "train", *, limit: int | None = None,
+                 subset_seed: int = 0) -> ImageDataset:
+    """Open ``split`` of ``source``, optionally a seeded stratified subset of ``limit`` samples.
+
+    The subset takes from every class in proportion to its size (storage is often ordered by
+    class) and keeps the chosen samples in their original order and with their original keys.
+    ``limit >= len`` keeps everything.
+    """
+    _check_subset_args(limit, subset_seed, DataError)
+    if not isinstance(split, str) or not split:
+        raise DataError(f"split must be a non-empty string such as 'train', got {split!r}")
+    scheme, arg = parse_source(source)
+    ds = _OPENERS[scheme](arg, split, source)
+    if limit is not None and int(limit) < len(ds):
+        ds = ds.select(stratified_subset(ds.labels, ds.keys, int(limit), int(subset_seed)))
+    return ds
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data to use: the arguments of :func:`open_dataset`, as a round-trippable config."""
+
+    source: str
+    split: str = "train"
+    limit: int | None = None
+    subset_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.source, str) or not self.source:
+            raise ConfigError(f"data source must be a non-empty string such as 'digits', got {self.source!r}")
+        if not isinstance(self.split, str) or not self.split:
+            raise ConfigError(f"split must be a non-empty string such as 'train', got {self.split!r}")
+        _check_subset_args(self.limit, self.subset_seed, ConfigError)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DataConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown data config keys {unknown}; known keys: {sorted(known)}")
+        if "source" not in d:
+            raise ConfigError("data config needs a 'source' (e.g. 'digits' or 'hdf5:PATH')")
+        return cls(**d)
+
+    def open(self, split: str | None = None) -> ImageDataset:
+        """Open this config's data; ``split`` overrides the configured split (limit still applies)."""
+        return open_dataset(self.source, self.split if split is None else split,
+                            limit=self.limit, subset_seed=self.subset_seed)
