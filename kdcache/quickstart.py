@@ -29,7 +29,7 @@ class QuickstartConfig:
     teacher_epochs: int = 15
     student_epochs: int = 15
     views: int = 8
-    size: int = 32
+    size: int = 16
     workers: int = 0
     seed: int = 0
     device: str = "auto"

@@ -37,3 +37,41 @@ def shared_weights() -> Path:
     if not SHARED_WEIGHTS.exists():
         pytest.skip(f"shared weights not found: {SHARED_WEIGHTS}")
     return SHARED_WEIGHTS
+
+
+def make_h5(path: Path, *, n_train: int = 48, n_test: int = 24, size: int = 16, classes: int = 3,
+            seed: int = 0) -> Path:
+    """A tiny learnable HDF5 dataset: class c is a noisy image with a bright band at row range c."""
+    import h5py
+
+    rng = np.random.default_rng(seed)
+    with h5py.File(path, "w") as f:
+        f.attrs["class_names"] = [f"class{c}" for c in range(classes)]
+        for split, n in (("train", n_train), ("test", n_test)):
+            labels = np.arange(n) % classes
+            imgs = rng.integers(0, 80, size=(n, size, size, 3), dtype=np.uint8)
+            band = size // classes
+            for i, c in enumerate(labels):
+                imgs[i, c * band:(c + 1) * band, :, c % 3] = 230
+            f[f"{split}/images"] = imgs
+            f[f"{split}/labels"] = labels.astype(np.int64)
+    return path
+
+
+@pytest.fixture
+def tiny_h5(tmp_path) -> str:
+    """``hdf5:`` source string of a tiny 3-class dataset (48 train / 24 test, 16 px)."""
+    return "hdf5:" + str(make_h5(tmp_path / "tiny.h5"))
+
+
+@pytest.fixture
+def tiny_teacher(tmp_path) -> str:
+    """A randomly initialised cnn_tiny teacher (3 classes, 16 px input) saved as a kdcache checkpoint."""
+    from kdcache.models import create_model
+    from kdcache.models.checkpoint import save_checkpoint
+
+    torch.manual_seed(1)
+    model = create_model("cnn_tiny", num_classes=3)
+    path = tmp_path / "teacher.pt"
+    save_checkpoint(str(path), model)
+    return str(path)

@@ -196,7 +196,7 @@ def _quiet(_msg: str) -> None:
 
 def _dump(cfg: DumpConfig, mode: TargetMode, ctx: DistContext, *, progress: bool,
           log: Callable[[str], None]) -> DumpSummary:
-    ds = cfg.data.open()
+    ds = cfg.data.open().preload()  # resident before forking workers: one shared copy
     mode.check_classes(ds.num_classes)
     teacher = build_teacher(cfg.teacher, num_classes=ds.num_classes)
     spec = resolve_view_spec(teacher, cfg.view)

@@ -176,7 +176,7 @@ class _Run:
 def _val_loader(cfg: TrainConfig, pipeline: ViewPipeline, pin: bool):
     if not cfg.val_split:
         return None
-    ds = cfg.data.open(cfg.val_split)
+    ds = cfg.data.open(cfg.val_split).preload()
     return DataLoader(EvalViews(ds, pipeline), batch_size=max(cfg.batch_size, 256), shuffle=False,
                       num_workers=cfg.workers, collate_fn=identity_collate, pin_memory=pin)
 
@@ -203,7 +203,7 @@ def train_student(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str
     ctx = DistContext.from_env(cfg.device)
     try:
         store = CacheStore.open(cfg.cache, mode="r", storage_options=cfg.storage_options)
-        ds = cfg.data.open()
+        ds = cfg.data.open().preload()  # resident before forking workers: one shared copy
         check_cache_matches_data(store, ds)
         spec = ViewSpec.from_dict(store.identity.view_spec)
         pipeline = ViewPipeline(spec)
@@ -246,7 +246,7 @@ def train_teacher(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str
     """Train or fine-tune a teacher on labels with fresh views every epoch; writes best/last checkpoints."""
     ctx = DistContext.from_env(cfg.device)
     try:
-        ds = cfg.data.open()
+        ds = cfg.data.open().preload()  # resident before forking workers: one shared copy
         probe = create_model(cfg.model, num_classes=ds.num_classes, **cfg.model_kwargs)
         mc = model_cfg(probe)
         del probe
@@ -292,7 +292,7 @@ def evaluate_checkpoint(path: str, data: DataConfig, *, batch_size: int = 256, w
     else:
         mc = model_cfg(model)
         spec = ViewSpec(size=mc.input_size, mean=tuple(mc.mean), std=tuple(mc.std), interpolation=mc.interpolation)
-    ds = data.open()
+    ds = data.open().preload()
     n_cls = int(model_cfg(model).kwargs.get("num_classes", ds.num_classes))
     if n_cls != ds.num_classes:
         raise ConfigError(f"{path} predicts {n_cls} classes but {data.source} has {ds.num_classes}")
