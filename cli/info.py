@@ -28,7 +28,7 @@ def info_cmd(cache, as_json, storage_options):
         f"teacher      {t.get('name')} (weights sha256 {str(t.get('weights_sha256'))[:16]}, "
         f"input {t.get('input_size')})\n"
         f"dataset      {d.get('source')} [{d.get('split')}], {i['num_samples']} samples, {i['num_classes']} classes\n"
-        f"views        {i['num_views']} per sample, seed {i['seed']}, size {v.get('size')}\n"
+        f"views        {i['num_views']} per sample, seed {i['seed']}, size {v.get('spec', {}).get('size')}\n"
         f"targets      {i['targets']}\n"
         f"coverage     {100 * i['done_fraction']:.1f}% done ({i['views_done']} views; per view index: "
         f"{i['views_done_per_view']})\n"

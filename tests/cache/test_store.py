@@ -1,0 +1,154 @@
+"""The Zarr store on its own: layout, completion, identity checks, growth and block reads."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from kdcache.cache import CacheIdentity, CacheStore, TargetMode
+from kdcache.errors import CacheError, CacheIncompleteError, CacheMismatchError, CacheNotFoundError, ConfigError
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "cache-format.md"
+
+
+def _identity(**kw) -> CacheIdentity:
+    base = dict(teacher={"name": "t", "kwargs": {}, "weights_sha256": "ab"},
+                dataset={"kind": "hdf5", "split": "train", "manifest_sha256": "cd"},
+                view_spec={"size": 8}, seed=0, targets="full")
+    base.update(kw)
+    return CacheIdentity(**base)
+
+
+def _create(path, *, n=10, views=2, classes=5, block=4, targets="full", **kw) -> CacheStore:
+    return CacheStore.create(str(path), identity=_identity(targets=targets, **kw), keys=[f"k{i}" for i in range(n)],
+                             labels=np.arange(n) % classes, num_classes=classes, num_views=views,
+                             param_arrays={"crop": ((4,), "int16"), "flip": ((), "bool")},
+                             attrs={"note": "test"}, block_size=block)
+
+
+def _unit(store: CacheStore, block: int, value: float) -> dict[str, np.ndarray]:
+    b0, b1 = store.block_bounds(block)
+    n = b1 - b0
+    return {"view_seed": np.arange(n, dtype=np.int64), "crop": np.full((n, 4), 3, np.int16),
+            "flip": np.ones(n, bool), "logits": np.full((n, store.num_classes), value, np.float16),
+            "argmax": np.zeros(n, np.int8)}
+
+
+def test_layout_is_plain_zarr_and_documented(tmp_path):
+    store = _create(tmp_path / "c.zarr")
+    g = zarr.open_group(str(tmp_path / "c.zarr"), mode="r")
+    doc = DOC.read_text()
+    for attr in ("kdcache_format", "ready", "fingerprint", "identity", "num_samples", "num_views", "num_classes",
+                 "targets", "block_size", "view_arrays"):
+        assert attr in g.attrs, attr
+        assert f"`{attr}`" in doc, f"attribute {attr} is not documented"
+    documented = set(re.findall(r"^\| `(\w+)`", doc, flags=re.M))
+    for name in g.array_keys():
+        assert name in documented, f"array {name} is not in docs/cache-format.md"
+    assert g["logits"].shape == (10, 2, 5) and g["logits"].dtype == np.float16
+    assert g["logits"].chunks == (4, 1, 5) and g["done"].chunks == (4, 1)
+    assert list(g["sample_key"][:3]) == ["k0", "k1", "k2"]
+    assert json.loads(json.dumps(dict(g.attrs)))  # attributes are plain JSON
+    assert store.identity.fingerprint == g.attrs["fingerprint"]
+
+
+def test_units_are_done_only_after_write_and_resume_list_shrinks(tmp_path):
+    store = _create(tmp_path / "c.zarr")
+    assert store.num_blocks == 3 and store.block_bounds(2) == (8, 10)
+    assert len(store.pending_units()) == 6
+    store.write_unit(1, 0, _unit(store, 1, 1.5))
+    assert (1, 0) not in store.pending_units() and len(store.pending_units()) == 5
+    done = store.done()
+    assert done[4:8, 0].all() and not done[:4].any() and not done[:, 1].any()
+    again = CacheStore.open(str(tmp_path / "c.zarr"))
+    assert np.array_equal(again.read_unit(1, 0)["logits"], np.full((4, 5), 1.5, np.float16))
+
+
+def test_write_unit_refuses_incomplete_or_overflowing_arrays(tmp_path):
+    store = _create(tmp_path / "c.zarr")
+    bad = _unit(store, 0, 0.0)
+    del bad["flip"]
+    with pytest.raises(CacheError, match="missing"):
+        store.write_unit(0, 0, bad)
+    bad = _unit(store, 0, 0.0)
+    bad["crop"] = np.full((4, 4), 40000, np.int32)
+    with pytest.raises(CacheError, match="do not fit"):
+        store.write_unit(0, 0, bad)
+    assert not store.done().any()
+    with pytest.raises(CacheError, match="read-only"):
+        CacheStore.open(str(tmp_path / "c.zarr")).write_unit(0, 0, _unit(store, 0, 0.0))
+
+
+def test_identity_mismatch_names_the_differing_part(tmp_path):
+    store = _create(tmp_path / "c.zarr")
+    other = _identity(seed=3, teacher={"name": "t", "kwargs": {}, "weights_sha256": "zz"})
+    with pytest.raises(CacheMismatchError) as e:
+        store.check_identity(other)
+    assert "teacher.weights_sha256" in str(e.value) and "seed" in str(e.value)
+    store.check_identity(_identity())  # the same identity passes
+
+
+def test_fingerprint_ignores_view_count_but_not_targets():
+    a = _identity()
+    assert a.fingerprint == _identity().fingerprint
+    assert a.fingerprint != _identity(targets="topk:2").fingerprint
+
+
+def test_add_views_keeps_existing_views(tmp_path):
+    store = _create(tmp_path / "c.zarr")
+    for b in range(store.num_blocks):
+        store.write_unit(b, 0, _unit(store, b, 2.0))
+    before = store.array("logits")[:, 0]
+    rw = CacheStore.open(str(tmp_path / "c.zarr"), mode="r+")
+    assert rw.add_views(3) == 5
+    reopened = CacheStore.open(str(tmp_path / "c.zarr"))
+    assert reopened.num_views == 5 and reopened.attrs["num_views"] == 5
+    assert np.array_equal(reopened.array("logits")[:, 0], before)
+    assert reopened.done()[:, 0].all() and not reopened.done()[:, 1:].any()
+    assert len(reopened.pending_units()) == 3 * 4
+
+
+def test_read_views_gathers_the_chosen_view_per_block(tmp_path):
+    store = _create(tmp_path / "c.zarr")
+    for b in range(3):
+        for v in range(2):
+            store.write_unit(b, v, _unit(store, b, 10 * b + v))
+    got = store.read_views([1, 0, 1], names=["logits"])["logits"][:, 0]
+    assert np.array_equal(got, np.array([1] * 4 + [10] * 4 + [21] * 2, dtype=np.float16))
+    with pytest.raises(CacheError):
+        store.read_views([0, 0])
+
+
+def test_open_errors(tmp_path):
+    with pytest.raises(CacheNotFoundError):
+        CacheStore.open(str(tmp_path / "missing.zarr"))
+    zarr.open_group(str(tmp_path / "plain.zarr"), mode="w")
+    with pytest.raises(CacheNotFoundError, match="not a kdcache cache"):
+        CacheStore.open(str(tmp_path / "plain.zarr"))
+    g = zarr.open_group(str(tmp_path / "half.zarr"), mode="w")
+    g.attrs.update({"kdcache_format": 1, "ready": False})
+    with pytest.raises(CacheIncompleteError, match="interrupted"):
+        CacheStore.open(str(tmp_path / "half.zarr"))
+
+
+def test_memory_store_url(tmp_path):
+    store = _create("memory://kdcache-test/c.zarr")
+    store.write_unit(0, 1, _unit(store, 0, 4.0))
+    again = CacheStore.open("memory://kdcache-test/c.zarr")
+    assert again.done()[:4, 1].all() and again.nbytes_on_disk() is not None
+
+
+def test_target_modes():
+    assert str(TargetMode.parse("topk:5")) == "topk:5" and TargetMode.parse("FULL").kind == "full"
+    specs = TargetMode.parse("topk:3").array_specs(1000)
+    assert specs["topk_indices"][1] == np.uint16 and specs["argmax"][1] == np.int16
+    for bad in ("topk:0", "top5", "topk:x"):
+        with pytest.raises(ConfigError):
+            TargetMode.parse(bad)
+    with pytest.raises(ConfigError):
+        TargetMode.parse("topk:11").check_classes(10)
