@@ -1,0 +1,143 @@
+"""Every command through click's CliRunner, including the bad-input paths."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from cli.main import cli
+
+
+def run(*args: str, ok: bool = True):
+    res = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    if ok:
+        assert res.exit_code == 0, res.output
+    return res
+
+
+def tree_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    for root, _, files in sorted(os.walk(path)):
+        for f in sorted(files):
+            p = Path(root) / f
+            h.update(str(p.relative_to(path)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def dump_args(data, teacher, out, *extra):
+    return ["dump-teacher", "--data", data, "--teacher-weights", teacher, "--out", out, "--size", "16",
+            "--workers", "0", "--block-size", "16", "--no-progress", *extra]
+
+
+@pytest.fixture
+def cache(tmp_path, tiny_h5, tiny_teacher) -> str:
+    out = str(tmp_path / "c.zarr")
+    res = run(*dump_args(tiny_h5, tiny_teacher, out, "--views", "2"))
+    assert "samples    48" in res.output and "views      2" in res.output
+    return out
+
+
+def test_help_of_every_command():
+    for cmd in ("", "quickstart", "dump-teacher", "train-student", "train-teacher", "evaluate", "info", "models"):
+        res = run(*(cmd.split() + ["--help"]))
+        assert "Usage:" in res.output
+
+
+def test_dump_info_train_evaluate(tmp_path, tiny_h5, cache):
+    info = json.loads(run("info", cache, "--json").output)
+    assert info["num_samples"] == 48 and info["num_views"] == 2 and info["done_fraction"] == 1.0
+    assert info["bytes_per_view"] > 0
+    assert "coverage     100.0% done" in run("info", cache).output
+    out = tmp_path / "run"
+    run("train-student", "--cache", cache, "--data", tiny_h5, "--student", "cnn_tiny", "--epochs", "2",
+        "--batch-size", "16", "--workers", "0", "--out", out, "--no-progress")
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1] and "val/top1" in rows[0] and "train/kd_loss" in rows[0]
+    assert json.loads((out / "config.json").read_text())["config"]["cache"] == cache
+    res = json.loads(run("evaluate", out / "best.pt", "--data", tiny_h5, "--workers", "0", "--json").output)
+    assert res["images"] == 24 and 0 <= res["top1"] <= 100
+
+
+def test_config_file_supplies_options_and_flags_override(tmp_path, tiny_h5, cache):
+    cfg = tmp_path / "train.toml"
+    cfg.write_text(f'cache = "{cache}"\ndata = "{tiny_h5}"\nstudent = "cnn_tiny"\nepochs = 3\n'
+                   f'batch-size = 16\nworkers = 0\nval-split = "none"\n')
+    out = tmp_path / "run"
+    run("train-student", "--config", cfg, "--epochs", "1", "--out", out, "--no-progress")
+    saved = json.loads((out / "config.json").read_text())["config"]
+    assert saved["epochs"] == 1 and saved["batch_size"] == 16 and saved["val_split"] is None
+    yml = tmp_path / "bad.yaml"
+    yml.write_text("no_such_option: 1\n")
+    res = run("train-student", "--config", yml, "--out", out, ok=False)
+    assert res.exit_code == 2 and "unknown option" in res.output
+
+
+def test_dump_refuses_other_teacher_and_leaves_cache_untouched(tmp_path, tiny_h5, tiny_teacher, cache):
+    before = tree_digest(Path(cache))
+    res = run("dump-teacher", "--data", tiny_h5, "--teacher", "cnn_small", "--out", cache, "--size", "16",
+              "--workers", "0", "--no-progress", ok=False)
+    assert res.exit_code == 1 and "teacher" in res.output and "Traceback" not in res.output
+    res = run(*dump_args(tiny_h5, tiny_teacher, cache, "--seed", "5"), ok=False)
+    assert res.exit_code == 1 and "seed" in res.output
+    res = run(*dump_args(tiny_h5, tiny_teacher, cache, "--targets", "topk:2"), ok=False)
+    assert res.exit_code == 1 and "targets" in res.output
+    assert tree_digest(Path(cache)) == before
+
+
+def test_dump_views_mismatch_and_add_views(tmp_path, tiny_h5, tiny_teacher, cache):
+    args = dump_args(tiny_h5, tiny_teacher, cache)
+    res = run(*args, "--views", "3", ok=False)
+    assert res.exit_code == 1 and "--add-views" in res.output
+    run(*args, "--add-views", "1")
+    assert json.loads(run("info", cache, "--json").output)["num_views"] == 3
+    run(*args)  # the same command again: nothing pending, still fine
+
+
+def test_train_student_refuses_other_data(tmp_path, tiny_h5, cache):
+    res = run("train-student", "--cache", cache, "--data", tiny_h5, "--limit", "30", "--student", "cnn_tiny",
+              "--out", tmp_path / "r", "--workers", "0", ok=False)
+    assert res.exit_code == 1 and "manifest_sha256" in res.output
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["info", "nope.zarr"], "cache not found"),
+    (["dump-teacher", "--data", "hdf5:missing.h5", "--teacher", "cnn_tiny", "--out", "x.zarr"], "missing.h5"),
+    (["dump-teacher", "--data", "digits", "--teacher", "no_such_model", "--out", "x.zarr"], "unknown model"),
+    (["dump-teacher", "--data", "digits", "--split", "nosplit", "--teacher", "cnn_tiny", "--out", "x.zarr"],
+     "nosplit"),
+    (["dump-teacher", "--data", "digits", "--teacher", "cnn_tiny", "--targets", "topk:0", "--out", "x.zarr"],
+     "topk"),
+    (["train-student", "--cache", "nope.zarr", "--data", "digits", "--student", "cnn_tiny", "--out", "r"],
+     "cache not found"),
+    (["evaluate", "missing.pt"], "missing.pt"),
+])
+def test_bad_input_gives_one_line_error(tmp_path, args, needle):
+    os.chdir(tmp_path)
+    res = run(*args, ok=False)
+    assert res.exit_code != 0 and needle in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "x.zarr").exists()
+
+
+def test_dump_into_unwritable_location(tmp_path, tiny_h5, tiny_teacher):
+    (tmp_path / "afile").write_text("not a directory")
+    res = run(*dump_args(tiny_h5, tiny_teacher, str(tmp_path / "afile" / "c.zarr")), ok=False)
+    assert res.exit_code == 1 and "cannot create" in res.output
+
+
+def test_train_teacher_writes_a_checkpoint_dump_accepts(tmp_path, tiny_h5):
+    out = tmp_path / "t"
+    run("train-teacher", "--data", tiny_h5, "--teacher", "cnn_tiny", "--size", "16", "--epochs", "1",
+        "--batch-size", "16", "--workers", "0", "--out", out, "--no-progress")
+    run(*dump_args(tiny_h5, str(out / "best.pt"), str(tmp_path / "c.zarr")))
+
+
+def test_models_lists_registered_models():
+    rows = json.loads(run("models", "--tag", "test", "--json").output)
+    names = {r["name"] for r in rows}
+    assert "deit_test_distilled" in names and all(r["params"] > 0 for r in rows)
