@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import click
 
-from cli.options import echo_json, library_errors
+from cli.options import config_option, echo_json, library_errors
 from kdcache.cache.info import cache_info
 from kdcache.utils import human_bytes, parse_key_values
 
 
 @click.command("info")
+@config_option
 @click.argument("cache")
 @click.option("--json", "as_json", is_flag=True, help="Print everything as JSON.")
 @click.option("--storage-option", "storage_options", multiple=True, help="KEY=VALUE for fsspec URLs.")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import click
 
-from cli.options import echo_json, library_errors
+from cli.options import config_option, echo_json, library_errors
 from kdcache.models.summary import format_table, model_table
 
 
 @click.command("models")
+@config_option
 @click.option("--input-size", type=click.IntRange(min=8), default=None,
               help="Count FLOPs at this input size instead of each model's own.")
 @click.option("--num-classes", type=click.IntRange(min=1), default=1000, show_default=True)

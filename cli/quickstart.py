@@ -7,11 +7,12 @@ import os
 
 import click
 
-from cli.options import library_errors
+from cli.options import config_option, library_errors
 from kdcache.quickstart import QuickstartConfig, format_table, run_quickstart
 
 
 @click.command("quickstart")
+@config_option
 @click.option("--out", default="kdcache-quickstart", show_default=True, type=click.Path(file_okay=False),
               help="Directory for the teacher, cache and student runs.")
 @click.option("--teacher-epochs", type=click.IntRange(min=1), default=15, show_default=True)

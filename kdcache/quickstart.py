@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any
 
 from kdcache.data import DataConfig
 from kdcache.engine import DumpConfig, TeacherSpec, dump_teacher
@@ -64,9 +65,9 @@ def run_quickstart(cfg: QuickstartConfig, *, progress: bool = True, log: Callabl
     students = {}
     for stage, distill in (("student from scratch", "none"), ("student distilled", "soft")):
         run_dir = os.path.join(cfg.out, "scratch" if distill == "none" else "distilled")
-        timed(stage, lambda: train_student(TrainConfig(
-            out=run_dir, model=cfg.student, cache=cache, epochs=cfg.student_epochs, lr=3e-3,
-            loss=LossConfig(distill=distill, alpha=0.7, temperature=4.0), **common), progress=progress, log=log))
+        student_cfg = TrainConfig(out=run_dir, model=cfg.student, cache=cache, epochs=cfg.student_epochs, lr=3e-3,
+                                  loss=LossConfig(distill=distill, alpha=0.7, temperature=4.0), **common)
+        timed(stage, lambda c=student_cfg: train_student(c, progress=progress, log=log))
         students[stage] = os.path.join(run_dir, "last.pt")
     ckpts = {"teacher": os.path.join(teacher_dir, "best.pt"), **students}
     accuracy = {name: evaluate_checkpoint(path, test, workers=cfg.workers, device=cfg.device)

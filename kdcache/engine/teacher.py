@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from kdcache.errors import ModelError
+from kdcache.errors import CheckpointError, ModelError
 from kdcache.models import ModelCfg, create_model, model_cfg
 from kdcache.models.checkpoint import load_checkpoint, load_weights
 
@@ -55,14 +56,20 @@ class LoadedTeacher:
 
 
 def _is_kdcache_checkpoint(path: str) -> bool:
-    if path.endswith(".safetensors"):
-        try:
+    """True for a checkpoint written by kdcache (it names its model), False for a bare state dict."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"teacher weights not found: {path}")
+    try:
+        if path.endswith(".safetensors"):
             from safetensors import safe_open
-        except ImportError:
-            return False
-        with safe_open(path, framework="pt") as f:
-            return "kdcache_model" in (f.metadata() or {})
-    obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+
+            with safe_open(path, framework="pt") as f:
+                return "kdcache_checkpoint" in (f.metadata() or {})
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except ImportError as e:
+        raise CheckpointError("reading .safetensors needs the extra: pip install 'kdcache[safetensors]'") from e
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the user's input error
+        raise CheckpointError(f"cannot read {path} as a torch checkpoint: {e}") from e
     return isinstance(obj, dict) and "kdcache_checkpoint" in obj
 
 

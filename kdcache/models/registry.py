@@ -18,8 +18,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from torch import nn
 
@@ -32,6 +33,9 @@ __all__ = [
     "list_models",
     "is_registered",
     "model_cfg",
+    "model_description",
+    "model_tags",
+    "set_model_cfg",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
 ]
@@ -110,6 +114,12 @@ def model_description(name: str) -> str:
     return _REGISTRY[name].description if name in _REGISTRY else ""
 
 
+def model_tags(name: str) -> tuple[str, ...]:
+    """Tags a registered model carries (``()`` for torchvision, ``timm:`` and ``python:`` names)."""
+    _ensure_builtin_models()
+    return _REGISTRY[name].tags if name in _REGISTRY else ()
+
+
 def is_registered(name: str) -> bool:
     _ensure_builtin_models()
     return name in _REGISTRY
@@ -165,12 +175,14 @@ def create_model(name: str, *, num_classes: int, **overrides: Any) -> nn.Module:
         from kdcache.models.timm_models import create_timm_model
 
         model = create_timm_model(name[len("timm:"):], num_classes=num_classes, **kwargs)
-    elif (tv := _torchvision_builder(name)) is not None:
+    elif _torchvision_builder(name) is not None:
         from kdcache.models.tv import create_torchvision_model
 
         model = create_torchvision_model(name, num_classes=num_classes, **kwargs)
     else:
-        close = difflib.get_close_matches(name, list_models(), n=3)
+        from kdcache.models.tv import classification_model_names
+
+        close = difflib.get_close_matches(name, list_models() + classification_model_names(), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else "; run 'kdcache models' to list them"
         raise ModelError(f"unknown model {name!r}{hint}")
     if not isinstance(model, nn.Module):
