@@ -1,6 +1,6 @@
 """The teacher cache (the only package that imports zarr). Format: docs/cache-format.md."""
 
-from kdcache.cache.identity import CacheIdentity, canonical_json, sha256_json
+from kdcache.cache.identity import CacheIdentity, canonical_json, dataset_identity, sha256_json
 from kdcache.cache.store import DEFAULT_BLOCK_SIZE, FORMAT_VERSION, CacheStore, is_url
 from kdcache.cache.targets import TargetMode, smallest_int_dtype
 
@@ -11,6 +11,7 @@ __all__ = [
     "FORMAT_VERSION",
     "TargetMode",
     "canonical_json",
+    "dataset_identity",
     "is_url",
     "sha256_json",
     "smallest_int_dtype",

@@ -15,7 +15,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["CacheIdentity", "canonical_json", "sha256_json"]
+__all__ = ["CacheIdentity", "canonical_json", "sha256_json", "dataset_identity", "dataset_differences"]
 
 
 def canonical_json(obj: Any) -> str:
@@ -66,3 +66,15 @@ class CacheIdentity:
 def _short(v: Any) -> str:
     s = canonical_json(v)
     return s if len(s) <= 40 else s[:37] + "..."
+
+
+def dataset_identity(ds: Any) -> dict[str, Any]:
+    """A dataset's part of the identity: its kind (not its path), split and manifest hash."""
+    return {"kind": ds.source.split(":", 1)[0], "split": ds.split, "manifest_sha256": ds.manifest_hash()}
+
+
+def dataset_differences(cached: dict[str, Any], ds: Any) -> list[str]:
+    """What differs between a cache's dataset identity and ``ds`` (empty when they match)."""
+    have = dataset_identity(ds)
+    return [f"{k}: {have.get(k)!r} (--data) != {cached.get(k)!r} (cache)" for k in sorted(cached)
+            if have.get(k) != cached.get(k)]

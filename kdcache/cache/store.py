@@ -30,7 +30,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
-from kdcache.cache.identity import CacheIdentity
+from kdcache.cache.identity import CacheIdentity, dataset_differences
 from kdcache.cache.targets import TargetMode
 from kdcache.errors import CacheError, CacheIncompleteError, CacheMismatchError, CacheNotFoundError
 
@@ -164,6 +164,12 @@ class CacheStore:
         except (ValueError, zarr.errors.BaseZarrError) as e:
             raise CacheError(f"{path} exists but is not a Zarr group ({e}); refusing to touch it") from e
 
+    def check_dataset(self, ds) -> None:
+        """Refuse a dataset other than the one the cache was made from (or another split / subset)."""
+        diffs = dataset_differences(self.identity.dataset, ds)
+        if diffs:
+            raise CacheMismatchError(f"{self.path} was made from other data: " + "; ".join(diffs))
+
     def check_identity(self, expected: CacheIdentity) -> None:
         """Raise :class:`CacheMismatchError` naming each differing part."""
         diffs = expected.differences(self.identity)
@@ -182,6 +188,10 @@ class CacheStore:
 
     def array(self, name: str) -> zarr.Array:
         return self._g[name]
+
+    def arrays(self) -> dict[str, zarr.Array]:
+        """Every array of the group by name (sorted), for tools that copy the whole store."""
+        return dict(sorted(self._g.arrays()))
 
     @property
     def keys(self) -> list[str]:

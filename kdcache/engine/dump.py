@@ -12,8 +12,9 @@ same store a single process writes.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,15 +22,15 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from kdcache.augment import ViewPipeline, ViewSpec, param_array_specs
+from kdcache.cache import CacheIdentity, CacheStore, TargetMode, dataset_identity, is_url, smallest_int_dtype
 from kdcache.cache.info import label_agreement
-from kdcache.cache import CacheIdentity, CacheStore, TargetMode, is_url, smallest_int_dtype
 from kdcache.data import DataConfig
 from kdcache.engine.teacher import LoadedTeacher, TeacherSpec, build_teacher
 from kdcache.engine.views import UnitBatches, ViewBatch, ViewDraws, identity_collate
 from kdcache.errors import CacheError, CacheMismatchError, ConfigError, KdcacheError, TeacherOutputError
 from kdcache.runtime import DistContext, autocast, select_device
 
-__all__ = ["DumpConfig", "DumpSummary", "dump_teacher", "resolve_view_spec", "dataset_identity"]
+__all__ = ["DumpConfig", "DumpSummary", "dump_teacher", "resolve_view_spec"]
 
 _CROP_ARRAYS = ("crop", "partner_crop", "mix_box")
 _FIXED_SIZE_SOURCES = ("digits", "hdf5", "cifar10")
@@ -88,10 +89,6 @@ def resolve_view_spec(teacher: LoadedTeacher, overrides: dict[str, Any]) -> View
         return ViewSpec(**base)
     except TypeError as e:
         raise ConfigError(f"invalid view option: {e}") from e
-
-
-def dataset_identity(ds) -> dict[str, Any]:
-    return {"kind": ds.source.split(":", 1)[0], "split": ds.split, "manifest_sha256": ds.manifest_hash()}
 
 
 def _param_arrays_for(spec: ViewSpec, ds) -> dict[str, tuple[tuple[int, ...], Any]]:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,7 +24,6 @@ from torch.utils.data import DataLoader
 from kdcache.augment import ViewPipeline, ViewSpec
 from kdcache.cache import CacheStore
 from kdcache.data import DataConfig
-from kdcache.engine.dump import dataset_identity
 from kdcache.engine.views import EvalViews, ReplayViews, ViewDraws, identity_collate
 from kdcache.errors import CacheMismatchError, CheckpointError, ConfigError
 from kdcache.models import create_model, model_cfg
@@ -186,16 +186,6 @@ def _loader(dataset, batches: list, cfg: TrainConfig, pin: bool) -> DataLoader:
                       pin_memory=pin)
 
 
-def check_cache_matches_data(store: CacheStore, ds) -> None:
-    """Refuse a cache made from other data (or another split / subset), naming what differs."""
-    want = store.identity.dataset
-    have = dataset_identity(ds)
-    diffs = [f"{k}: {have.get(k)!r} (--data) != {want.get(k)!r} (cache)" for k in sorted(want)
-             if have.get(k) != want.get(k)]
-    if diffs:
-        raise CacheMismatchError(f"{store.path} was made from other data: " + "; ".join(diffs))
-
-
 def train_student(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str], None] = print) -> dict:
     """Distil ``cfg.model`` from the cache ``cfg.cache`` (``loss.distill="none"``: labels only)."""
     if not cfg.cache:
@@ -204,7 +194,7 @@ def train_student(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str
     try:
         store = CacheStore.open(cfg.cache, mode="r", storage_options=cfg.storage_options)
         ds = cfg.data.open().preload()  # resident before forking workers: one shared copy
-        check_cache_matches_data(store, ds)
+        store.check_dataset(ds)
         spec = ViewSpec.from_dict(store.identity.view_spec)
         pipeline = ViewPipeline(spec)
         distill = cfg.loss.distill != "none"

@@ -1,0 +1,154 @@
+"""Export a cache to one HDF5 file, for tools that read HDF5 but not Zarr.
+
+The file has the cache's layout: every array under the same name with the same shape,
+dtype and chunk shape (``sample_key`` as variable-length UTF-8 strings), compressed with
+gzip (+ byte shuffle) or lzf. Group and array attributes are copied; HDF5 attributes hold
+only scalars and flat arrays, so every attribute that is not a plain scalar (dicts, lists,
+None) is stored as a JSON string and named in the root attribute ``kdcache_json_attrs``;
+the root attribute ``kdcache_attrs_encoding = "json"`` says so. :func:`read_hdf5_attrs`
+decodes them back.
+
+The copy goes chunk row by chunk row, with as many whole chunk columns (views) per read as
+fit a fixed byte budget, so memory stays bounded however large the cache is. The output is
+written to a temporary file next to the target and renamed into place at the end: a reader
+never sees a half-written file, and an interrupted export leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import h5py
+import numpy as np
+import zarr
+from tqdm import tqdm
+
+from kdcache.cache.store import CacheStore
+from kdcache.errors import CacheError, ConfigError
+
+__all__ = ["export_hdf5", "read_hdf5_attrs", "ATTRS_ENCODING", "COMPRESSIONS"]
+
+ATTRS_ENCODING = "json"
+COMPRESSIONS = ("gzip", "lzf")
+_JSON_ATTRS = "kdcache_json_attrs"
+_ENCODING_ATTR = "kdcache_attrs_encoding"
+_READ_BUDGET = 64 << 20  # bytes per block read: a few dozen chunks of a typical (1024, 1, 1000) fp16 array
+
+
+def export_hdf5(path: str, out_h5: str | os.PathLike[str], *, storage_options: Mapping[str, Any] | None = None,
+                overwrite: bool = False, compression: str = "gzip", progress: bool = False) -> dict[str, Any]:
+    """Write the cache at ``path`` to the HDF5 file ``out_h5``; returns what was written.
+
+    Refuses to replace an existing ``out_h5`` unless ``overwrite``.
+    """
+    if compression not in COMPRESSIONS:
+        raise ConfigError(f"compression {compression!r}: expected one of {', '.join(COMPRESSIONS)}")
+    out = os.path.abspath(os.fspath(out_h5))
+    if os.path.isdir(out):
+        raise CacheError(f"{out} is a directory; give the HDF5 file name to write")
+    if os.path.exists(out) and not overwrite:
+        raise CacheError(f"{out} exists; pass --overwrite to replace it")
+    parent = os.path.dirname(out)
+    if not os.path.isdir(parent):
+        raise CacheError(f"cannot write {out}: directory {parent} does not exist")
+    store = CacheStore.open(path, mode="r", storage_options=storage_options)  # validates the cache
+    arrays = store.arrays()
+    steps = sum(len(list(_blocks(a))) for a in arrays.values())
+    fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{os.path.basename(out)}.", suffix=".tmp")
+    os.close(fd)
+    t0 = time.perf_counter()
+    try:
+        with h5py.File(tmp, "w") as f, tqdm(total=steps, desc="export", unit="block", disable=not progress) as bar:
+            _write_attrs(f, dict(store.attrs))
+            f.attrs[_ENCODING_ATTR] = ATTRS_ENCODING
+            for name, arr in arrays.items():
+                _copy_array(f, name, arr, compression, bar)
+        os.replace(tmp, out)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return {
+        "cache": store.path,
+        "out": out,
+        "compression": compression,
+        "arrays": {n: {"shape": list(a.shape), "dtype": "str" if _is_text(a) else str(a.dtype),
+                       "chunks": list(a.chunks)} for n, a in arrays.items()},
+        "bytes": os.path.getsize(out),
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def read_hdf5_attrs(obj: h5py.HLObject) -> dict[str, Any]:
+    """The attributes of an exported group or dataset, JSON-encoded ones decoded, as plain Python values."""
+    raw = dict(obj.attrs)
+    encoded = {str(s) for s in np.atleast_1d(raw.pop(_JSON_ATTRS, np.array([], dtype=object)))}
+    raw.pop(_ENCODING_ATTR, None)
+    out: dict[str, Any] = {}
+    for k, v in raw.items():
+        if k in encoded:
+            out[k] = json.loads(v.decode() if isinstance(v, bytes) else str(v))
+        elif isinstance(v, bytes):
+            out[k] = v.decode()
+        elif isinstance(v, np.generic):
+            out[k] = v.item()
+        else:
+            out[k] = v
+    return out
+
+
+def _write_attrs(obj: h5py.HLObject, attrs: Mapping[str, Any]) -> None:
+    encoded: list[str] = []
+    for k, v in attrs.items():
+        if k in (_JSON_ATTRS, _ENCODING_ATTR):
+            raise CacheError(f"attribute name {k!r} is reserved by the HDF5 export")
+        if isinstance(v, (bool, int, float, str)) and not (isinstance(v, int) and not -2**63 <= v < 2**63):
+            obj.attrs[k] = v
+        else:
+            obj.attrs[k] = json.dumps(v, sort_keys=True)
+            encoded.append(k)
+    obj.attrs[_JSON_ATTRS] = np.array(encoded, dtype=h5py.string_dtype("utf-8"))
+
+
+def _blocks(arr: zarr.Array) -> Iterator[tuple[slice, ...]]:
+    """Chunk-aligned selections covering ``arr``: one chunk row at a time, whole chunk columns per read."""
+    shape, chunks = arr.shape, arr.chunks
+    if not shape:
+        yield ()
+        return
+    rows = max(1, chunks[0])
+    if len(shape) == 1:
+        for r0 in range(0, shape[0], rows):
+            yield (slice(r0, min(r0 + rows, shape[0])),)
+        return
+    chunk_bytes = math.prod(chunks) * max(1, np.dtype(arr.dtype).itemsize)
+    cols = max(1, chunks[1]) * max(1, _READ_BUDGET // max(chunk_bytes, 1))
+    for r0 in range(0, shape[0], rows):
+        for c0 in range(0, shape[1], cols):
+            yield (slice(r0, min(r0 + rows, shape[0])), slice(c0, min(c0 + cols, shape[1])))
+
+
+def _is_text(arr: zarr.Array) -> bool:
+    return np.dtype(arr.dtype).kind in ("T", "U", "O")
+
+
+def _copy_array(f: h5py.File, name: str, arr: zarr.Array, compression: str, bar: tqdm) -> None:
+    is_str = _is_text(arr)
+    dtype = h5py.string_dtype("utf-8") if is_str else np.dtype(arr.dtype)
+    chunks = tuple(max(1, min(c, s)) for c, s in zip(arr.chunks, arr.shape)) if arr.shape else None
+    kw: dict[str, Any] = {"compression": compression}
+    if compression == "gzip":
+        kw["compression_opts"] = 4
+        kw["shuffle"] = not is_str  # byte shuffle helps fixed-width numbers, not string heap pointers
+    dset = f.create_dataset(name, shape=arr.shape, dtype=dtype, chunks=chunks, **(kw if chunks else {}))
+    for sel in _blocks(arr):
+        block = np.asarray(arr[sel])
+        dset[sel] = block.astype(object) if is_str else block
+        bar.update(1)
+    _write_attrs(dset, dict(arr.attrs))

@@ -1,0 +1,252 @@
+"""``verify_cache``: check that a cache still says what its teacher says.
+
+A cache is only worth distilling from if (a) its targets are what the teacher outputs on
+(b) the views its recorded parameters describe. Verification re-derives both for a seeded
+sample of completed (sample, view) pairs: each view is rebuilt from its *recorded*
+parameters alone (exactly what a student does), the teacher is run on it again, and the
+fresh logits are compared with the cached targets. It also scans every completed entry
+for NaN/Inf and reports coverage. All cache reads are chunk reads of one unit
+(block × view), each unit read once.
+
+Tolerance. Targets are stored as float16, which keeps 10 explicit mantissa bits: rounding
+moves a value by at most half an ulp, ``2**-11 * |x|``. The default tolerance allows one
+full ulp of the largest fresh logit, ``2**-10 * max|x|``: the second half-ulp is headroom
+for fp32 kernel differences between the dump and this run (other batch composition,
+thread count; typically ~1e-6 relative), and an absolute floor of ``1e-2`` covers logits
+near zero, where deep nets' absolute fp32 accumulation error dominates relative rounding.
+Any real change — other weights, another view, a corrupted entry — moves logits far more.
+A cache dumped with ``--amp`` (bf16/fp16 compute) legitimately differs by more: pass ``atol``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from kdcache.augment import ViewPipeline, ViewSpec
+from kdcache.cache import CacheStore, TargetMode, canonical_json
+from kdcache.data import DataConfig
+from kdcache.engine.teacher import TeacherSpec, build_teacher
+from kdcache.errors import CacheMismatchError, ConfigError
+from kdcache.runtime import select_device
+
+__all__ = ["verify_cache", "default_atol", "FP16_ULP", "MIN_ATOL"]
+
+FP16_ULP = 2.0 ** -10   # one float16 ulp relative to the value (10 mantissa bits)
+MIN_ATOL = 1e-2
+
+
+def default_atol(max_abs_logit: float) -> float:
+    """One float16 ulp of the largest logit, at least ``MIN_ATOL`` (see the module docstring)."""
+    return max(MIN_ATOL, FP16_ULP * float(max_abs_logit))
+
+
+def verify_cache(path: str, teacher: TeacherSpec, data: DataConfig, *, samples: int = 64, seed: int = 0,
+                 batch_size: int = 64, device: str = "auto", atol: float | None = None,
+                 allow_incomplete: bool = False, storage_options: Mapping[str, Any] | None = None
+                 ) -> dict[str, Any]:
+    """Replay ``samples`` random completed views through ``teacher`` and compare with the cache.
+
+    Raises :class:`CacheMismatchError` when ``data`` or ``teacher`` is not what the cache was
+    made from. Returns a JSON-safe report whose ``ok`` is False when the largest difference
+    exceeds the tolerance, any checked argmax differs, any cached target is NaN/Inf, nothing
+    could be checked, or coverage is below 100 % (unless ``allow_incomplete``); ``failures``
+    says which, in words.
+    """
+    if samples < 1 or batch_size < 1:
+        raise ConfigError(f"samples and batch size must be >= 1, got {samples} and {batch_size}")
+    if atol is not None and not atol >= 0:
+        raise ConfigError(f"atol must be >= 0, got {atol!r}")
+    store = CacheStore.open(path, mode="r", storage_options=storage_options)
+    ds = data.open()
+    store.check_dataset(ds)
+    loaded = build_teacher(teacher, num_classes=ds.num_classes)
+    _check_teacher(store, loaded.identity())
+    pipeline = ViewPipeline(ViewSpec.from_dict(store.identity.view_spec))
+    mode = store.target_mode
+
+    done = store.done()
+    pairs = _sample_pairs(done, samples, seed)
+    picked, nonfinite = _read_units(store, done, pairs, mode, pipeline)
+    fresh = _replay(loaded.model, pipeline, ds, pairs, picked, batch_size=batch_size, device=device)
+
+    report: dict[str, Any] = {
+        "path": store.path,
+        "fingerprint": store.identity.fingerprint,
+        "teacher": loaded.cfg.name,
+        "targets": str(mode),
+        "num_samples": store.num_samples,
+        "num_views": store.num_views,
+        "coverage": float(done.mean()) if done.size else 0.0,
+        "views_done": int(done.sum()),
+        "nonfinite_targets": nonfinite,
+        "samples_checked": len(pairs),
+        "seed": int(seed),
+        "dumped_with_amp": bool(store.attrs.get("config", {}).get("amp", False)),
+        "allow_incomplete": bool(allow_incomplete),
+    }
+    report.update(_compare(fresh, picked, pairs, mode, store.keys if len(pairs) else [], atol))
+    report["failures"] = _failures(report)
+    report["ok"] = not report["failures"]
+    return report
+
+
+def _check_teacher(store: CacheStore, have: dict[str, Any]) -> None:
+    """The teacher's identity (name, kwargs, weights sha256) must equal the cache's, part by part."""
+    have = json.loads(canonical_json(have))
+    want = store.identity.teacher
+    diffs = [f"{k}: {_short(have.get(k))} (--teacher) != {_short(want.get(k))} (cache)"
+             for k in sorted(set(want) | set(have)) if have.get(k) != want.get(k)]
+    if diffs:
+        raise CacheMismatchError(f"{store.path} was made by another teacher: " + "; ".join(diffs))
+
+
+def _short(v: Any) -> str:
+    s = canonical_json(v)
+    return s if len(s) <= 24 else s[:21] + "..."
+
+
+def _sample_pairs(done: np.ndarray, samples: int, seed: int) -> np.ndarray:
+    """(S, 2) array of (sample, view), drawn without replacement among done pairs, in (sample, view) order."""
+    flat = np.flatnonzero(done.ravel())
+    rng = np.random.default_rng([int(seed), 0x766572])  # "ver": independent of every other stream
+    chosen = np.sort(rng.choice(flat, size=min(samples, flat.size), replace=False))
+    return np.stack(np.divmod(chosen, done.shape[1]), axis=1).astype(np.int64).reshape(-1, 2)
+
+
+def _float_targets(mode: TargetMode) -> list[str]:
+    return ["logits"] if mode.kind == "full" else ["topk_values", "topk_tail_lse"]
+
+
+def _count_nonfinite(name: str, values: np.ndarray, mode: TargetMode, num_classes: int) -> int:
+    bad = ~np.isfinite(values)
+    if name == "topk_tail_lse" and mode.k >= num_classes:
+        bad &= ~np.isneginf(values)  # nothing left outside the top K: the tail is legitimately empty
+    return int(bad.sum())
+
+
+def _read_units(store: CacheStore, done: np.ndarray, pairs: np.ndarray, mode: TargetMode,
+                pipeline: ViewPipeline) -> tuple[dict[str, np.ndarray], int]:
+    """One pass over the completed units: count NaN/Inf in every target and gather the sampled rows.
+
+    Each unit (block, view) is read once, chunk-aligned; rows of sampled pairs are returned in
+    the order of ``pairs``.
+    """
+    scan = _float_targets(mode)
+    gather = [*mode.array_specs(store.num_classes), *pipeline.array_specs()]
+    wanted: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for j, (i, v) in enumerate(pairs):
+        wanted[(int(i) // store.block_size, int(v))].append(j)
+    rows: dict[str, list[np.ndarray]] = {n: [] for n in gather}
+    order: list[np.ndarray] = []
+    nonfinite = 0
+    for b in range(store.num_blocks):
+        b0, b1 = store.block_bounds(b)
+        for v in range(store.num_views):
+            mask = done[b0:b1, v]
+            if not mask.any():
+                continue
+            js = wanted.get((b, v), [])
+            unit = store.read_unit(b, v, scan + [n for n in gather if n not in scan] if js else scan)
+            for name in scan:
+                nonfinite += _count_nonfinite(name, unit[name][mask], mode, store.num_classes)
+            if js:
+                local = pairs[js, 0] - b0
+                for name in gather:
+                    rows[name].append(unit[name][local])
+                order.append(np.asarray(js))
+    if not order:
+        return {}, nonfinite
+    inverse = np.argsort(np.concatenate(order))
+    return {n: np.concatenate(r)[inverse] for n, r in rows.items()}, nonfinite
+
+
+def _replay(model: torch.nn.Module, pipeline: ViewPipeline, ds, pairs: np.ndarray,
+            picked: Mapping[str, np.ndarray], *, batch_size: int, device: str) -> np.ndarray:
+    """Teacher logits (float32) on views rebuilt from the recorded parameters alone."""
+    if not len(pairs):
+        return np.zeros((0, 0), dtype=np.float32)
+    dev = select_device(device)
+    model = model.to(dev)
+    out: list[np.ndarray] = []
+    for s in range(0, len(pairs), batch_size):
+        js = range(s, min(s + batch_size, len(pairs)))
+        params = [pipeline.params_from_arrays(picked, j) for j in js]
+        idx = [int(pairs[j, 0]) for j in js]
+        need = sorted(set(idx) | {p.partner for p in params if p.partner >= 0})
+        images = dict(zip(need, ds.get_images(need)))
+        views = [pipeline.apply(images[i], p, images[p.partner] if p.partner >= 0 else None)
+                 for i, p in zip(idx, params)]
+        with torch.inference_mode():
+            out.append(model(torch.stack(views).to(dev)).float().cpu().numpy())
+    return np.concatenate(out)
+
+
+def _compare(fresh: np.ndarray, picked: Mapping[str, np.ndarray], pairs: np.ndarray, mode: TargetMode,
+             keys: list[str], atol: float | None) -> dict[str, Any]:
+    """Largest |fresh − cached| over the checked views (per mode), argmax agreement, the worst view."""
+    if not len(pairs):
+        return {"max_abs_diff": None, "atol": atol, "argmax_agreement": None, "argmax_mismatches": 0,
+                "worst": None}
+    if mode.kind == "full":
+        diff = np.abs(fresh - picked["logits"].astype(np.float32))
+    else:
+        diff = _topk_diff(fresh, picked)
+    per_view = np.where(np.isnan(diff), np.inf, diff).max(axis=1)
+    tol = default_atol(np.abs(fresh).max()) if atol is None else float(atol)
+    agree = fresh.argmax(axis=1) == picked["argmax"].astype(np.int64)
+    w = int(per_view.argmax())
+    return {
+        "max_abs_diff": float(per_view[w]),
+        "atol": tol,
+        "argmax_agreement": float(agree.mean()),
+        "argmax_mismatches": int((~agree).sum()),
+        "worst": {"sample": int(pairs[w, 0]), "key": keys[int(pairs[w, 0])], "view": int(pairs[w, 1]),
+                  "abs_diff": float(per_view[w])},
+    }
+
+
+def _topk_diff(fresh: np.ndarray, picked: Mapping[str, np.ndarray]) -> np.ndarray:
+    """|teacher logits at the cached indices − cached values|, and the same for the tail log-sum-exp.
+
+    An index outside the class range counts as an infinite difference.
+    """
+    c = fresh.shape[1]
+    idx = picked["topk_indices"].astype(np.int64)
+    valid = (idx >= 0) & (idx < c)
+    safe = np.where(valid, idx, 0)
+    gathered = np.take_along_axis(fresh, safe, axis=1)
+    values = np.where(valid, np.abs(gathered - picked["topk_values"].astype(np.float32)), np.inf)
+    t = torch.from_numpy(fresh)
+    tail = torch.logsumexp(t.scatter(1, torch.from_numpy(safe), float("-inf")), dim=1).numpy()
+    cached_tail = picked["topk_tail_lse"].astype(np.float32)
+    both_empty = np.isneginf(tail) & np.isneginf(cached_tail)
+    with np.errstate(invalid="ignore"):
+        tail_diff = np.where(both_empty, 0.0, np.abs(tail - cached_tail))
+    return np.concatenate([values, tail_diff[:, None]], axis=1)
+
+
+def _failures(r: dict[str, Any]) -> list[str]:
+    out: list[str] = []
+    if r["samples_checked"] == 0:
+        out.append("no completed views to check (run dump-teacher first)")
+    else:
+        if not r["max_abs_diff"] <= r["atol"]:
+            w = r["worst"]
+            hint = " (the cache was dumped with --amp; pass a larger --atol)" if r["dumped_with_amp"] else ""
+            out.append(f"teacher output on replayed views differs from the cache by up to {r['max_abs_diff']:.4g} "
+                       f"> atol {r['atol']:.4g} (worst: sample {w['key']!r}, view {w['view']}){hint}")
+        if r["argmax_mismatches"]:
+            out.append(f"argmax agrees on {100 * r['argmax_agreement']:.1f}% of checked views "
+                       f"({r['argmax_mismatches']} of {r['samples_checked']} differ)")
+    if r["nonfinite_targets"]:
+        out.append(f"{r['nonfinite_targets']} NaN/Inf values in the cached targets")
+    if r["coverage"] < 1.0 and not r["allow_incomplete"]:
+        out.append(f"coverage {100 * r['coverage']:.2f}% < 100% (rerun dump-teacher to finish it, "
+                   "or pass --allow-incomplete)")
+    return out
