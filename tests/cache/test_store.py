@@ -11,7 +11,13 @@ import pytest
 import zarr
 
 from kdcache.cache import CacheIdentity, CacheStore, TargetMode
-from kdcache.errors import CacheError, CacheIncompleteError, CacheMismatchError, CacheNotFoundError, ConfigError
+from kdcache.errors import (
+    CacheError,
+    CacheIncompleteError,
+    CacheMismatchError,
+    CacheNotFoundError,
+    ConfigError,
+)
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "cache-format.md"
 
