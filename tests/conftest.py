@@ -14,7 +14,7 @@ SHARED = REPO.parent / "shared"
 SHARED_CIFAR = SHARED / "data" / "cifar10.h5"
 SHARED_WEIGHTS = SHARED / "weights"
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # tiny models: one thread is as fast and immune to oversubscription
 
 
 @pytest.fixture(autouse=True)

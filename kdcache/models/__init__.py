@@ -1,5 +1,7 @@
 """Model registry and built-in architectures. Importing this package registers every built-in model."""
 
+from kdcache.models import bit, cifar_resnet, cnn, deit, tokenlearner, vit  # noqa: F401 (registers models)
+from kdcache.models.checkpoint import load_checkpoint, load_weights, read_state_dict, save_checkpoint
 from kdcache.models.registry import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -8,18 +10,29 @@ from kdcache.models.registry import (
     is_registered,
     list_models,
     model_cfg,
+    model_description,
+    model_tags,
     register_model,
     set_model_cfg,
 )
+from kdcache.models.summary import format_table, model_table
 
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "ModelCfg",
     "create_model",
+    "format_table",
     "is_registered",
     "list_models",
+    "load_checkpoint",
+    "load_weights",
     "model_cfg",
+    "model_description",
+    "model_table",
+    "model_tags",
+    "read_state_dict",
     "register_model",
+    "save_checkpoint",
     "set_model_cfg",
 ]

@@ -1,0 +1,63 @@
+"""timm models as teachers or students: ``create_model("timm:convnext_tiny", num_classes=10)``.
+
+timm is an optional extra. Its models already split ``forward_features``/``forward_head``, and
+each carries a ``pretrained_cfg`` describing its expected input, which becomes the kdcache
+:class:`~kdcache.models.registry.ModelCfg` so the teacher's preprocessing travels with it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+from urllib.error import URLError
+
+from torch import nn
+
+from kdcache.errors import DownloadUnavailableError, ModelError
+from kdcache.models.registry import IMAGENET_MEAN, IMAGENET_STD, set_model_cfg
+
+__all__ = ["create_timm_model"]
+
+
+def _import_timm():
+    try:
+        return importlib.import_module("timm")
+    except ImportError as e:
+        raise ModelError(f"timm models need the optional timm package ({e}); "
+                         "install the timm extra: pip install 'kdcache[timm]'") from e
+
+
+def _input_spec(model: nn.Module) -> dict[str, Any]:
+    """input_size/mean/std/interpolation from the model's ``pretrained_cfg`` (timm >= 0.9) or ``default_cfg``."""
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+    size = cfg.get("input_size") or (3, 224, 224)
+    # ModelCfg holds one square size; timm's (C, H, W) is square for classification models.
+    spec: dict[str, Any] = {
+        "input_size": int(max(size[-2:])),
+        "mean": tuple(float(v) for v in cfg.get("mean", IMAGENET_MEAN)),
+        "std": tuple(float(v) for v in cfg.get("std", IMAGENET_STD)),
+    }
+    interp = cfg.get("interpolation")
+    if interp in ("bilinear", "bicubic", "nearest"):
+        spec["interpolation"] = interp
+    return spec
+
+
+def create_timm_model(name: str, *, num_classes: int, pretrained: bool = False, **kw: Any) -> nn.Module:
+    """Build timm model ``name`` with a ``num_classes``-way head (timm resizes the pretrained head itself)."""
+    timm = _import_timm()
+    try:
+        model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kw)
+    except (URLError, OSError) as e:
+        # Hugging Face Hub and urllib both report an unreachable network as OSError subclasses.
+        if not pretrained:
+            raise
+        raise DownloadUnavailableError(
+            f"cannot download the pretrained weights of timm model {name!r} ({e}); when offline, build it "
+            f"without pretrained weights and pass --teacher-weights PATH to a local checkpoint") from e
+    except RuntimeError as e:
+        # timm reports unknown names as RuntimeError("Unknown model (...)").
+        raise ModelError(f"timm model {name!r}: {e}") from e
+    except TypeError as e:
+        raise ModelError(f"timm model {name!r}: bad arguments {sorted(kw)}: {e}") from e
+    return set_model_cfg(model, **_input_spec(model))

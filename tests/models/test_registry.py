@@ -1,0 +1,187 @@
+"""The registry: names, tags, close-match hints, python: factories, timm: dispatch."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import textwrap
+import types
+
+import pytest
+import torch
+from torch import nn
+
+from kdcache.errors import DownloadUnavailableError, ModelError
+from kdcache.models import (
+    ModelCfg,
+    create_model,
+    is_registered,
+    list_models,
+    model_cfg,
+    model_description,
+    model_tags,
+    register_model,
+    registry,
+    set_model_cfg,
+)
+
+
+def test_builtin_models_are_registered_with_tags():
+    names = list_models()
+    assert names == sorted(names)
+    for name in ("cnn_small", "cnn_tiny", "cifar_resnet20", "cifar_resnet110", "bit_resnet50x1", "bit_resnet_test"):
+        assert is_registered(name)
+    assert "bit_resnet50x1" in list_models("teacher") and "bit_resnet50x1" not in list_models("student")
+    assert model_tags("cnn_small") == ("student", "teacher") and model_tags("resnet18") == ()
+    assert model_description("cifar_resnet56").startswith("CIFAR ResNet-56")
+
+
+@pytest.mark.parametrize(("typo", "suggestion"), [
+    ("cnn_smal", "cnn_small"), ("cifar_resnet57", "cifar_resnet56"), ("resnet_18", "resnet18"),
+])
+def test_unknown_names_suggest_close_matches(typo, suggestion):
+    with pytest.raises(ModelError, match=f"unknown model '{typo}'; did you mean .*{suggestion}"):
+        create_model(typo, num_classes=10)
+
+
+def test_unknown_name_without_close_match_points_to_the_listing():
+    with pytest.raises(ModelError, match="kdcache models"):
+        create_model("zzzzqqqq", num_classes=10)
+
+
+@pytest.mark.parametrize("num_classes", [0, -3, 2.0, None])
+def test_num_classes_must_be_a_positive_int(num_classes):
+    with pytest.raises(ModelError, match="num_classes"):
+        create_model("cnn_tiny", num_classes=num_classes)
+
+
+def test_none_overrides_are_dropped_and_recorded_kwargs_are_real():
+    model = create_model("cnn_small", num_classes=3, width=None, dropout=0.2)
+    assert model_cfg(model).kwargs == {"num_classes": 3, "dropout": 0.2}
+    assert model_cfg(model).name == "cnn_small"
+
+
+def test_model_cfg_round_trips_and_refuses_foreign_modules():
+    cfg = model_cfg(create_model("cifar_resnet20", num_classes=10))
+    assert ModelCfg.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ModelError, match="not built by kdcache"):
+        model_cfg(nn.Linear(2, 2))
+
+
+def test_double_registration_is_an_error(monkeypatch):
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+    def my_net(*, num_classes: int) -> nn.Module:
+        """A test network."""
+        return set_model_cfg(nn.Linear(4, num_classes), input_size=8)
+
+    register_model(my_net, tags=("test",))
+    assert "my_net" in list_models("test") and model_description("my_net") == "A test network."
+    assert create_model("my_net", num_classes=2).out_features == 2
+    with pytest.raises(ModelError, match="registered twice"):
+        register_model(name="my_net")(my_net)
+
+
+@pytest.fixture
+def user_module(tmp_path, monkeypatch):
+    (tmp_path / "my_user_models.py").write_text(textwrap.dedent("""
+        import torch
+
+        def tiny(*, num_classes, hidden=4):
+            return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, hidden),
+                                       torch.nn.Linear(hidden, num_classes))
+
+        def not_a_model(*, num_classes):
+            return "oops"
+
+        NOT_CALLABLE = 3
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield "my_user_models"
+    sys.modules.pop("my_user_models", None)
+
+
+def test_python_factory(user_module):
+    model = create_model(f"python:{user_module}:tiny", num_classes=5, hidden=6)
+    assert model(torch.zeros(2, 3, 8, 8)).shape == (2, 5)
+    cfg = model_cfg(model)
+    assert cfg.name == f"python:{user_module}:tiny" and cfg.kwargs == {"num_classes": 5, "hidden": 6}
+    assert cfg.input_size == 224  # a factory that does not call set_model_cfg gets the defaults
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("python:my_user_models", "expected 'python:package.module:function'"),
+    ("python::tiny", "expected 'python:package.module:function'"),
+    ("python:no_such_module_xyz:tiny", "cannot import"),
+    ("python:my_user_models:missing", "no callable 'missing'"),
+    ("python:my_user_models:NOT_CALLABLE", "no callable 'NOT_CALLABLE'"),
+    ("python:my_user_models:not_a_model", "returned str, not an nn.Module"),
+])
+def test_python_factory_errors(user_module, spec, message):
+    with pytest.raises(ModelError, match=message):
+        create_model(spec, num_classes=2)
+
+
+# --- timm: the optional extra -------------------------------------------------------------------
+
+@pytest.mark.skipif(importlib.util.find_spec("timm") is not None, reason="timm is installed here")
+def test_timm_really_absent_says_how_to_install():
+    with pytest.raises(ModelError, match=r"pip install 'kdcache\[timm\]'"):
+        create_model("timm:resnet18", num_classes=10)
+
+
+def test_timm_not_installed_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "timm", None)  # an import of timm now fails, installed or not
+    with pytest.raises(ModelError, match=r"pip install 'kdcache\[timm\]'"):
+        create_model("timm:resnet18", num_classes=10)
+
+
+class _TinyTimmNet(nn.Module):
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, num_classes)
+        self.pretrained_cfg = {"input_size": (3, 288, 288), "mean": (0.5, 0.4, 0.3), "std": (0.2, 0.2, 0.2),
+                               "interpolation": "bicubic"}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+@pytest.fixture
+def fake_timm(monkeypatch):
+    calls = []
+
+    def timm_create_model(name, pretrained=False, num_classes=1000, **kw):
+        calls.append((name, pretrained, num_classes, kw))
+        if name == "offline_net" and pretrained:
+            raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
+        if name not in ("tiny_net", "offline_net"):
+            raise RuntimeError(f"Unknown model ({name})")
+        return _TinyTimmNet(num_classes)
+
+    fake = types.ModuleType("timm")
+    fake.create_model = timm_create_model
+    monkeypatch.setitem(sys.modules, "timm", fake)
+    return calls
+
+
+def test_timm_model_gets_its_pretrained_cfg(fake_timm):
+    model = create_model("timm:tiny_net", num_classes=7, pretrained=True, drop_rate=0.1)
+    assert fake_timm == [("tiny_net", True, 7, {"drop_rate": 0.1})]
+    cfg = model_cfg(model)
+    assert cfg.name == "timm:tiny_net"
+    assert cfg.kwargs == {"num_classes": 7, "pretrained": True, "drop_rate": 0.1}
+    assert (cfg.input_size, cfg.mean, cfg.std, cfg.interpolation) == (288, (0.5, 0.4, 0.3), (0.2, 0.2, 0.2),
+                                                                     "bicubic")
+    assert model(torch.zeros(2, 3, 16, 16)).shape == (2, 7)
+
+
+def test_timm_offline_pretrained_download(fake_timm):
+    with pytest.raises(DownloadUnavailableError, match="--teacher-weights PATH"):
+        create_model("timm:offline_net", num_classes=3, pretrained=True)
+    assert model_cfg(create_model("timm:offline_net", num_classes=3)).input_size == 288
+
+
+def test_timm_unknown_model(fake_timm):
+    with pytest.raises(ModelError, match="Unknown model"):
+        create_model("timm:nope_net", num_classes=3)
