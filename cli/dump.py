@@ -76,6 +76,8 @@ def dump_teacher_cmd(data, split, limit, subset_seed, teacher, teacher_weights, 
         seed=seed, targets=targets, view=view_overrides(view_kw), batch_size=batch_size, workers=workers,
         block_size=block_size, device=device, amp=amp, storage_options=parse_key_values(storage_options) or None)
     s = dump_teacher(cfg, progress=progress, log=click.echo)
+    if s.rank != 0:
+        return
     if as_json:
         echo_json(s.to_dict())
         return

@@ -19,7 +19,8 @@ from kdcache.quickstart import QuickstartConfig, format_table, run_quickstart
 @click.option("--student-epochs", type=click.IntRange(min=1), default=15, show_default=True)
 @click.option("--views", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Use a subset of the training split.")
-@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=1, show_default=True,
+              help="DataLoader workers building views (1 overlaps them with training on 2 cores).")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @library_errors

@@ -43,6 +43,8 @@ def _common(data, split, limit, subset_seed, out, val_split, epochs, batch_size,
 
 
 def _report(result: dict) -> None:
+    if result.get("rank", 0) != 0:
+        return
     best = result["best_top1"]
     click.echo(f"best val top-1 {best:.2f}%  checkpoints: {result['best']}, {result['last']}"
                if best >= 0 else f"checkpoints: {result['best']}, {result['last']}")

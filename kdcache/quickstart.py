@@ -31,7 +31,7 @@ class QuickstartConfig:
     student_epochs: int = 15
     views: int = 8
     size: int = 16
-    workers: int = 0
+    workers: int = 1
     seed: int = 0
     device: str = "auto"
     limit: int | None = None

@@ -48,10 +48,13 @@ def is_url(path: str) -> bool:
     return "://" in str(path)
 
 
-def _open_group(path: str, mode: str, storage_options: Mapping[str, Any] | None) -> zarr.Group:
+def _open_group(path: str, mode: str, storage_options: Mapping[str, Any] | None,
+                attributes: Mapping[str, Any] | None = None) -> zarr.Group:
     kw: dict[str, Any] = {}
     if storage_options and is_url(path):
         kw["storage_options"] = dict(storage_options)
+    if attributes is not None:
+        kw["attributes"] = dict(attributes)
     return zarr.open_group(str(path), mode=mode, **kw)
 
 
@@ -98,10 +101,12 @@ class CacheStore:
             raise CacheError(f"num_views must be >= 1, got {num_views}")
         mode = TargetMode.parse(identity.targets)
         b = max(1, min(int(block_size), n))
-        g = _open_group(path, "w", storage_options)
-        # Identity first, `ready` last: an interrupted creation is recognisable and redone.
-        g.attrs.update({"kdcache_format": FORMAT_VERSION, "ready": False, "fingerprint": identity.fingerprint,
-                        "identity": identity.to_dict()})
+        # The group is born with its identity in one metadata write (zarr's attrs.update() rewrites
+        # zarr.json once per key) and `ready` is set last: an interrupted creation is always
+        # recognisable as ours and redone by the same command.
+        g = _open_group(path, "w", storage_options, attributes={
+            "kdcache_format": FORMAT_VERSION, "ready": False, "fingerprint": identity.fingerprint,
+            "identity": identity.to_dict()})
         g.create_array("sample_key", shape=(n,), chunks=(min(n, _KEY_CHUNK),), dtype=str)
         g.create_array("label", shape=(n,), chunks=(min(n, _KEY_CHUNK),), dtype="int32",
                        compressors=_COMPRESSOR, fill_value=0)
@@ -124,8 +129,7 @@ class CacheStore:
             "block_size": b,
             "view_arrays": list(specs),
         })
-        g.attrs.update(meta)
-        g.attrs["ready"] = True
+        g.attrs.put({**dict(g.attrs), **meta, "ready": True})
         return cls(g, path, writable=True)
 
     @classmethod
@@ -160,6 +164,10 @@ class CacheStore:
         try:
             return dict(_open_group(path, "r", storage_options).attrs)
         except (FileNotFoundError, zarr.errors.NodeNotFoundError):
+            # Nothing Zarr is there. An empty directory may be used; anything else is the user's.
+            if not is_url(path) and (not os.path.isdir(path) or os.listdir(path)):
+                raise CacheError(f"{path} exists and is not a kdcache cache; refusing to overwrite it "
+                                 "(choose another --out)") from None
             return None
         except (ValueError, zarr.errors.BaseZarrError) as e:
             raise CacheError(f"{path} exists but is not a Zarr group ({e}); refusing to touch it") from e
@@ -243,6 +251,8 @@ class CacheStore:
         if count < 1:
             raise CacheError(f"--add-views must be >= 1, got {count}")
         new_v = self.num_views + int(count)
+        # Recorded first, so a rerun of an interrupted addition resumes it (see engine.dump).
+        self._g.attrs["last_add"] = {"from": self.num_views, "to": new_v}
         for name in [*self.view_array_names, "done"]:
             arr = self._g[name]
             arr.resize((arr.shape[0], new_v, *arr.shape[2:]))

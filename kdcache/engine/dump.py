@@ -11,6 +11,7 @@ same store a single process writes.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -75,6 +76,7 @@ class DumpSummary:
     bytes_on_disk: int | None
     done_fraction: float
     fingerprint: str
+    rank: int = 0  # under torchrun every rank returns a summary; only rank 0 should report it
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -121,11 +123,10 @@ def _prepare_store(cfg: DumpConfig, ds, identity: CacheIdentity, attrs: dict[str
         if cfg.add_views:
             raise ConfigError(f"--add-views needs an existing cache, but {cfg.out} does not exist")
         if not is_url(cfg.out):
-            import os
-
             parent = os.path.dirname(os.path.abspath(cfg.out))
             if not os.path.isdir(parent):
-                raise CacheError(f"cannot create {cfg.out}: directory {parent} does not exist")
+                what = "is not a directory" if os.path.exists(parent) else "does not exist"
+                raise CacheError(f"cannot create {cfg.out}: {parent} {what}")
         try:
             return CacheStore.create(
                 cfg.out, identity=identity, keys=ds.keys, labels=ds.labels, num_classes=ds.num_classes,
@@ -137,6 +138,11 @@ def _prepare_store(cfg: DumpConfig, ds, identity: CacheIdentity, attrs: dict[str
     store.check_identity(identity)
     if cfg.add_views:
         old = store.num_views
+        last = store.attrs.get("last_add") or {}
+        if (last.get("to") == old and old - last.get("from", old) == cfg.add_views
+                and any(v >= last["from"] for _, v in store.pending_units())):
+            log(f"{cfg.out}: resuming the interrupted addition of views {last['from']}-{old - 1}")
+            return store
         try:
             store.add_views(cfg.add_views)
         except OSError as e:
@@ -226,6 +232,8 @@ def _dump(cfg: DumpConfig, mode: TargetMode, ctx: DistContext, *, progress: bool
         store.check_identity(identity)
 
     all_units = store.pending_units()
+    # Every rank must slice the same list: nobody writes a unit before all ranks have read it.
+    ctx.barrier()
     units = all_units[ctx.rank::ctx.world_size]
     device = select_device(cfg.device, local_rank=ctx.local_rank)
     model = teacher.model.to(device)
@@ -279,5 +287,5 @@ def _dump(cfg: DumpConfig, mode: TargetMode, ctx: DistContext, *, progress: bool
         targets=str(mode), units_computed=len(all_units), views_computed=total_views,
         seconds=seconds, images_per_second=(total_views / seconds) if seconds > 0 and total_views else 0.0,
         label_agreement=agreement, bytes_on_disk=store.nbytes_on_disk(), done_fraction=float(done.mean()),
-        fingerprint=store.identity.fingerprint)
+        fingerprint=store.identity.fingerprint, rank=ctx.rank)
 

@@ -169,7 +169,7 @@ class _Run:
 
     def close(self) -> dict[str, Any]:
         self.metrics.close()
-        return {"out": self.cfg.out, "best_top1": self.best_top1,
+        return {"out": self.cfg.out, "best_top1": self.best_top1, "rank": self.ctx.rank,
                 "best": os.path.join(self.cfg.out, "best.pt"), "last": os.path.join(self.cfg.out, "last.pt")}
 
 

@@ -1,0 +1,96 @@
+"""Readers and a writer on one cache at the same time: students train while views are added.
+
+The contract (kdcache/cache/store.py, kdcache/train/schedule.py): a reader only ever selects
+views whose ``done`` is set, and because a unit's data is written before its flag, whatever a
+reader selects already holds its final bytes. Readers never write to the cache.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import numpy as np
+import pytest
+from engine_support import (
+    BLOCK,
+    N_TRAIN,
+    assert_bitwise_equal,
+    assert_stores_equal,
+    helper_env,
+    kdcache_cmd,
+    logs,
+    read_audit,
+    start,
+)
+
+from kdcache.cache import CacheStore
+from kdcache.train.schedule import epoch_views
+
+BLOCKS = N_TRAIN // BLOCK
+STUDENT_EPOCHS = 2
+
+
+def _check_snapshot(path: str, reference: dict[str, np.ndarray]) -> tuple[int, int]:
+    """Open the cache as a new reader would and read every view the schedule can select from it.
+
+    Returns (number of views, number of done units among the views being added).
+    """
+    snap = CacheStore.open(path)
+    du = snap.done_units()
+    assert du.shape == (BLOCKS, snap.num_views)
+    assert du[:, :2].all(), "the two original views must stay done throughout"
+    # One cycle of epochs visits every eligible view of every block once.
+    for epoch in range(int(du.sum(axis=1).max())):
+        views = epoch_views(du, epoch=epoch, seed=0)
+        assert du[np.arange(BLOCKS), views].all(), f"epoch {epoch} selected a view that is not done: {views}"
+        got = snap.read_views(views)
+        for name, values in got.items():
+            want = np.concatenate([reference[name][b * BLOCK:(b + 1) * BLOCK, v] for b, v in enumerate(views)])
+            assert_bitwise_equal(f"{name} (epoch {epoch}, views {views.tolist()})", values, want)
+    return snap.num_views, int(du[:, 2:].sum())
+
+
+@pytest.mark.slow
+def test_students_and_readers_during_add_views(world, two_view_cache, tmp_path):
+    cache = tmp_path / "c.zarr"
+    shutil.copytree(two_view_cache, cache)
+    ref = CacheStore.open(world.reference)
+    reference = {name: np.asarray(ref.array(name)[...]) for name in ref.view_array_names}
+
+    audit = tmp_path / "audit"
+    audit.mkdir()
+    env = helper_env(KDCACHE_AUDIT_DIR=str(audit), KDCACHE_AUDIT_WATCH=str(cache))
+    dump = start(kdcache_cmd(world.dump_args(cache, views=None, extra=["--add-views", "2"])), tmp_path, "add")
+    students = [start(kdcache_cmd(world.train_args(cache, tmp_path / f"run{i}", epochs=STUDENT_EPOCHS, seed=i)),
+                      tmp_path, f"student{i}", env=env) for i in range(2)]
+    try:
+        seen = []
+        while dump.poll() is None:
+            seen.append(_check_snapshot(str(cache), reference))
+            # Leave the CPU to the writer: poll slowly until the views exist, then often.
+            time.sleep(0.25 if seen[-1][0] == 2 else 0.05)
+        seen.append(_check_snapshot(str(cache), reference))
+        assert dump.returncode == 0, logs(dump)
+        for s in students:
+            s.wait(timeout=180)
+    finally:
+        for p in (dump, *students):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+    # The readers saw the cache grow: at least one snapshot with the new views partly done.
+    assert any(v == 4 and 0 < n < 2 * BLOCKS for v, n in seen), f"no intermediate state observed: {seen}"
+    assert seen[-1] == (4, 2 * BLOCKS)
+    assert_stores_equal(cache, world.reference)
+
+    for i, s in enumerate(students):
+        assert s.returncode == 0, logs(s)
+        rows = [json.loads(line) for line in (tmp_path / f"run{i}" / "metrics.jsonl").read_text().splitlines()]
+        assert [r["epoch"] for r in rows] == list(range(STUDENT_EPOCHS))
+        assert all(np.isfinite(r["train/loss"]) for r in rows)
+    writes = read_audit(audit)
+    assert len(writes) == 1 and sum(1 for _ in audit.glob("*.json")) == 2, "both students must be audited"
+    assert writes == {-1: []}, f"a reader wrote into the cache: {writes}"

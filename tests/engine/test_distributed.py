@@ -1,0 +1,106 @@
+"""torchrun on CPU (gloo): a 2-rank dump writes the single-process store, 2-rank students train
+with DDP and only rank 0 writes the run.
+
+Which process wrote which file is recorded by tests/helpers/audit/sitecustomize.py (a Python
+audit hook loaded into every rank), so the command under test is the real
+``torchrun ... -m kdcache ...`` invocation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from engine_support import (
+    BATCH,
+    HELPERS,
+    assert_stores_equal,
+    helper_env,
+    read_audit,
+    run,
+    torchrun_cmd,
+)
+
+from kdcache.cache import CacheStore
+from kdcache.data import DataConfig
+from kdcache.models.checkpoint import load_checkpoint
+from kdcache.train import TrainConfig, train_student
+
+pytestmark = pytest.mark.slow
+
+
+def _renamed(writes: list[tuple[str, str]]) -> set[str]:
+    """Files a process put in place (zarr and save_checkpoint write a temp file, then rename it)."""
+    return {p for e, p in writes if e == "os.rename"}
+
+
+def test_torchrun_dump_equals_single_process_dump(world, tmp_path):
+    out = tmp_path / "c.zarr"
+    audit = tmp_path / "audit"
+    audit.mkdir()
+    result = run(torchrun_cmd(2, world.dump_args(out, extra=["--json"])),
+                 env=helper_env(KDCACHE_AUDIT_DIR=str(audit), KDCACHE_AUDIT_WATCH=str(out)))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert_stores_equal(out, world.reference)
+
+    writes = read_audit(audit)
+    assert {0, 1} <= set(writes), f"both ranks must be audited: {sorted(writes)}"
+    placed = {r: _renamed(writes[r]) for r in (0, 1)}
+    on_disk = {os.path.realpath(Path(d) / f) for d, _, fs in os.walk(out) for f in fs}
+    # Every file of the store was written by exactly one rank: no chunk is shared between ranks.
+    assert not placed[0] & placed[1], f"chunks written by both ranks: {sorted(placed[0] & placed[1])[:5]}"
+    assert on_disk == placed[0] | placed[1]
+    # Only rank 0 touches metadata; both ranks computed units (their done chunks).
+    assert not [p for p in placed[1] if p.endswith("zarr.json")]
+    done = {r: [p for p in placed[r] if f"{os.sep}done{os.sep}c{os.sep}" in p] for r in (0, 1)}
+    assert len(done[0]) + len(done[1]) == world.num_units
+    assert len(done[0]) == len(done[1]) == world.num_units // 2
+
+
+def test_torchrun_dump_when_rank0_reads_pending_units_late(world, tmp_path):
+    out = tmp_path / "c.zarr"
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    cmd = torchrun_cmd(2, [])[:-2] + [str(HELPERS / "late_rank0.py"), str(markers), *world.dump_args(out)]
+    result = run(cmd)
+    assert result.returncode == 0, result.stdout + result.stderr
+    done = CacheStore.open(str(out)).done_units()
+    assert done.all(), f"units never computed (block, view): {np.argwhere(~done).tolist()}"
+    assert_stores_equal(out, world.reference)
+
+
+def test_torchrun_students_write_from_rank0_only(world, tmp_path):
+    run_dir = tmp_path / "run"
+    audit = tmp_path / "audit"
+    audit.mkdir()
+    epochs = 2
+    env = helper_env(KDCACHE_AUDIT_DIR=str(audit), KDCACHE_AUDIT_WATCH=os.pathsep.join([str(run_dir),
+                                                                                          world.reference]))
+    result = run(torchrun_cmd(2, world.train_args(world.reference, run_dir, epochs=epochs, steps=2)), env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    assert sorted(p.name for p in run_dir.iterdir()) == ["best.pt", "config.json", "last.pt", "metrics.jsonl"]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == list(range(epochs))
+
+    writes = read_audit(audit)
+    assert {0, 1} <= set(writes), f"both ranks must be audited: {sorted(writes)}"
+    assert writes[1] == [], f"rank 1 wrote: {writes[1]}"
+    assert not [p for ws in writes.values() for _, p in ws if p.startswith(os.path.realpath(world.reference))]
+    rank0 = {Path(p).name for _, p in writes[0]}
+    assert {"config.json", "metrics.jsonl", "last.pt", "best.pt"} <= rank0
+
+    model, extra = load_checkpoint(str(run_dir / "last.pt"))
+    assert extra["epoch"] == epochs - 1
+    single = train_student(TrainConfig(data=DataConfig(source=world.data), out=str(tmp_path / "single"),
+                                       model="cnn_tiny", cache=world.reference, val_split=None, epochs=1,
+                                       batch_size=BATCH, max_steps_per_epoch=1, workers=0, device="cpu"),
+                           progress=False, log=lambda _m: None)
+    reference_model, _ = load_checkpoint(single["last"])
+    got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    want = {k: tuple(v.shape) for k, v in reference_model.state_dict().items()}
+    assert got == want
+    assert all(np.isfinite(v.float().numpy()).all() for v in model.state_dict().values())
