@@ -7,7 +7,7 @@ import click
 from cli.options import config_option, data_options, echo_json, library_errors, runtime_options
 from kdcache.data import DataConfig
 from kdcache.engine import DumpConfig, TeacherSpec, dump_teacher
-from kdcache.utils import human_bytes, parse_key_values
+from kdcache.utils import human_bytes, parse_key_values, parse_model_args
 
 
 def view_options(f):
@@ -41,6 +41,8 @@ def view_overrides(kw: dict) -> dict:
 @click.option("--teacher", default=None, help="Teacher model name (registered, torchvision, timm:NAME, python:mod:fn).")
 @click.option("--teacher-weights", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Teacher checkpoint or state dict (loaded with weights_only=True).")
+@click.option("--teacher-arg", "teacher_args", multiple=True,
+              help="KEY=VALUE passed to the teacher's constructor (repeatable), e.g. pretrained=true.")
 @click.option("--out", required=True, help="Cache path (a directory ending in .zarr, or an fsspec URL).")
 @click.option("--views", type=click.IntRange(min=1), default=None,
               help="Augmented views per sample [4 for a new cache].")
@@ -57,7 +59,7 @@ def view_overrides(kw: dict) -> dict:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @runtime_options
 @library_errors
-def dump_teacher_cmd(data, split, limit, subset_seed, teacher, teacher_weights, out, views, add_views, seed,
+def dump_teacher_cmd(data, split, limit, subset_seed, teacher, teacher_weights, teacher_args, out, views, add_views, seed,
                      targets, batch_size, block_size, amp, storage_options, as_json, device, workers, progress,
                      **view_kw):
     """Run a teacher once over V augmented views of a dataset and cache its outputs.
@@ -72,7 +74,7 @@ def dump_teacher_cmd(data, split, limit, subset_seed, teacher, teacher_weights, 
     """
     cfg = DumpConfig(
         data=DataConfig(source=data, split=split, limit=limit, subset_seed=subset_seed),
-        out=out, teacher=TeacherSpec(name=teacher, weights=teacher_weights), views=views, add_views=add_views,
+        out=out, teacher=TeacherSpec(name=teacher, weights=teacher_weights, kwargs=parse_model_args(teacher_args)), views=views, add_views=add_views,
         seed=seed, targets=targets, view=view_overrides(view_kw), batch_size=batch_size, workers=workers,
         block_size=block_size, device=device, amp=amp, storage_options=parse_key_values(storage_options) or None)
     s = dump_teacher(cfg, progress=progress, log=click.echo)

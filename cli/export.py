@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import click
 
-from cli.options import echo_json, library_errors
+from cli.options import config_option, echo_json, library_errors
 from kdcache.cache.export import COMPRESSIONS, export_hdf5
 from kdcache.utils import human_bytes, parse_key_values
 
 
 @click.command("export")
+@config_option
 @click.argument("cache")
 @click.argument("out", type=click.Path(dir_okay=False))
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")

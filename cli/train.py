@@ -8,7 +8,7 @@ from cli.dump import view_options, view_overrides
 from cli.options import config_option, data_options, library_errors, runtime_options
 from kdcache.data import DataConfig
 from kdcache.train import LossConfig, TrainConfig, train_student, train_teacher
-from kdcache.utils import parse_key_values
+from kdcache.utils import parse_key_values, parse_model_args
 
 
 def optim_options(f):
@@ -55,6 +55,8 @@ def _report(result: dict) -> None:
 @data_options()
 @click.option("--cache", required=True, help="Teacher cache made by dump-teacher (path or fsspec URL).")
 @click.option("--student", required=True, help="Student model name (see 'kdcache models').")
+@click.option("--student-arg", "model_args", multiple=True,
+              help="KEY=VALUE for the student's constructor (repeatable), e.g. small_input=true, drop_path_rate=0.1.")
 @click.option("--distill", type=click.Choice(["soft", "hard"]), default="soft", show_default=True,
               help="soft: KL at temperature T (×T²); hard: CE on the teacher's argmax (DeiT).")
 @click.option("--no-distill", is_flag=True, help="Train the same student from labels only (the baseline).")
@@ -66,7 +68,7 @@ def _report(result: dict) -> None:
 @optim_options
 @runtime_options
 @library_errors
-def train_student_cmd(cache, student, distill, no_distill, alpha, temperature, topk_fill, storage_options,
+def train_student_cmd(cache, student, model_args, distill, no_distill, alpha, temperature, topk_fill, storage_options,
                       progress, **kw):
     """Train a student from a teacher cache, replaying each cached view exactly.
 
@@ -81,7 +83,7 @@ def train_student_cmd(cache, student, distill, no_distill, alpha, temperature, t
     common, ls = _common(**kw)
     loss = LossConfig(distill="none" if no_distill else distill, alpha=alpha, temperature=temperature,
                       label_smoothing=ls, topk_fill=topk_fill)
-    cfg = TrainConfig(model=student, cache=cache, loss=loss,
+    cfg = TrainConfig(model=student, model_kwargs=parse_model_args(model_args), cache=cache, loss=loss,
                       storage_options=parse_key_values(storage_options) or None, **common)
     _report(train_student(cfg, progress=progress, log=click.echo))
 
@@ -90,19 +92,21 @@ def train_student_cmd(cache, student, distill, no_distill, alpha, temperature, t
 @config_option
 @data_options()
 @click.option("--teacher", required=True, help="Teacher model name (see 'kdcache models').")
+@click.option("--teacher-arg", "model_args", multiple=True,
+              help="KEY=VALUE for the teacher's constructor (repeatable), e.g. pretrained=true.")
 @click.option("--init-weights", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Fine-tune from these weights (checkpoint or state dict).")
 @view_options
 @optim_options
 @runtime_options
 @library_errors
-def train_teacher_cmd(teacher, init_weights, progress, **kw):
+def train_teacher_cmd(teacher, model_args, init_weights, progress, **kw):
     """Train or fine-tune a teacher on labels; writes a checkpoint dump-teacher accepts.
 
     Every epoch draws a fresh augmented view per sample (seeded by seed, sample key and epoch).
     """
     view = view_overrides(kw)
     common, ls = _common(**kw)
-    cfg = TrainConfig(model=teacher, init_weights=init_weights, view=view,
+    cfg = TrainConfig(model=teacher, model_kwargs=parse_model_args(model_args), init_weights=init_weights, view=view,
                       loss=LossConfig(distill="none", label_smoothing=ls), **common)
     _report(train_teacher(cfg, progress=progress, log=click.echo))

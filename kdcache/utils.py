@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 from kdcache.errors import ConfigError
 
-__all__ = ["human_bytes", "parse_key_values"]
+__all__ = ["human_bytes", "parse_key_values", "parse_model_args"]
 
 
 def human_bytes(n: int | float | None) -> str:
@@ -28,4 +28,20 @@ def parse_key_values(items: Iterable[str]) -> dict[str, str]:
         if not sep or not key:
             raise ConfigError(f"expected KEY=VALUE, got {item!r}")
         out[key.strip()] = value.strip()
+    return out
+
+
+def parse_model_args(items: Iterable[str]) -> dict[str, object]:
+    """``["small_input=true", "drop_path_rate=0.1"]`` -> ``{"small_input": True, "drop_path_rate": 0.1}``.
+
+    Values are read as YAML scalars/lists, so numbers, booleans and lists need no quoting.
+    """
+    import yaml
+
+    out: dict[str, object] = {}
+    for key, raw in parse_key_values(items).items():
+        try:
+            out[key] = yaml.safe_load(raw) if raw else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"cannot read the value of {key}={raw!r}: {e}") from e
     return out

@@ -157,6 +157,26 @@ def _python_builder(spec: str) -> Callable[..., nn.Module]:
     return fn
 
 
+def _build(name: str, num_classes: int, kwargs: dict[str, Any]) -> nn.Module:
+    if name in _REGISTRY:
+        return _REGISTRY[name].builder(num_classes=num_classes, **kwargs)
+    if name.startswith("python:"):
+        return _python_builder(name)(num_classes=num_classes, **kwargs)
+    if name.startswith("timm:"):
+        from kdcache.models.timm_models import create_timm_model
+
+        return create_timm_model(name[len("timm:"):], num_classes=num_classes, **kwargs)
+    if _torchvision_builder(name) is not None:
+        from kdcache.models.tv import create_torchvision_model
+
+        return create_torchvision_model(name, num_classes=num_classes, **kwargs)
+    from kdcache.models.tv import classification_model_names
+
+    close = difflib.get_close_matches(name, list_models() + classification_model_names(), n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; run 'kdcache models' to list them"
+    raise ModelError(f"unknown model {name!r}{hint}")
+
+
 def create_model(name: str, *, num_classes: int, **overrides: Any) -> nn.Module:
     """Build model ``name`` with a ``num_classes``-way head.
 
@@ -167,24 +187,10 @@ def create_model(name: str, *, num_classes: int, **overrides: Any) -> nn.Module:
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ModelError(f"num_classes must be a positive integer, got {num_classes!r}")
     kwargs = {k: v for k, v in overrides.items() if v is not None}
-    if name in _REGISTRY:
-        model = _REGISTRY[name].builder(num_classes=num_classes, **kwargs)
-    elif name.startswith("python:"):
-        model = _python_builder(name)(num_classes=num_classes, **kwargs)
-    elif name.startswith("timm:"):
-        from kdcache.models.timm_models import create_timm_model
-
-        model = create_timm_model(name[len("timm:"):], num_classes=num_classes, **kwargs)
-    elif _torchvision_builder(name) is not None:
-        from kdcache.models.tv import create_torchvision_model
-
-        model = create_torchvision_model(name, num_classes=num_classes, **kwargs)
-    else:
-        from kdcache.models.tv import classification_model_names
-
-        close = difflib.get_close_matches(name, list_models() + classification_model_names(), n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else "; run 'kdcache models' to list them"
-        raise ModelError(f"unknown model {name!r}{hint}")
+    try:
+        model = _build(name, num_classes, kwargs)
+    except TypeError as e:  # a constructor argument the model does not take (e.g. a typo in --student-arg)
+        raise ModelError(f"model {name!r}: {e}") from e
     if not isinstance(model, nn.Module):
         raise ModelError(f"model {name!r}: builder returned {type(model).__name__}, not an nn.Module")
     prev = getattr(model, "kdcache_cfg", None)

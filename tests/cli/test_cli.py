@@ -141,3 +141,18 @@ def test_models_lists_registered_models():
     rows = json.loads(run("models", "--tag", "test", "--json").output)
     names = {r["name"] for r in rows}
     assert "deit_test_distilled" in names and all(r["params"] > 0 for r in rows)
+
+
+def test_student_arg_reaches_the_constructor_and_the_checkpoint(tmp_path, tiny_h5, cache):
+    from kdcache.models import model_cfg
+    from kdcache.models.checkpoint import load_checkpoint
+
+    out = tmp_path / "run"
+    run("train-student", "--cache", cache, "--data", tiny_h5, "--student", "cnn_tiny", "--student-arg", "width=4",
+        "--epochs", "1", "--batch-size", "16", "--workers", "0", "--val-split", "none", "--out", out,
+        "--no-progress")
+    model, _ = load_checkpoint(str(out / "last.pt"))
+    assert model_cfg(model).kwargs["width"] == 4
+    res = run("train-student", "--cache", cache, "--data", tiny_h5, "--student", "cnn_tiny", "--student-arg",
+              "no_such_arg=1", "--out", tmp_path / "r2", "--workers", "0", ok=False)
+    assert res.exit_code == 1 and "Traceback" not in res.output
