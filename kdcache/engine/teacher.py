@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from kdcache.errors import CheckpointError, ModelError
+from kdcache.errors import ModelError
 from kdcache.models import ModelCfg, create_model, model_cfg
-from kdcache.models.checkpoint import load_checkpoint, load_weights
+from kdcache.models.checkpoint import is_kdcache_checkpoint, load_checkpoint, load_weights
 
 __all__ = ["TeacherSpec", "LoadedTeacher", "build_teacher", "state_dict_sha256"]
 
@@ -55,31 +54,13 @@ class LoadedTeacher:
                 "std": list(self.cfg.std), "interpolation": self.cfg.interpolation, "parameters": n_params}
 
 
-def _is_kdcache_checkpoint(path: str) -> bool:
-    """True for a checkpoint written by kdcache (it names its model), False for a bare state dict."""
-    if not os.path.isfile(path):
-        raise CheckpointError(f"teacher weights not found: {path}")
-    try:
-        if path.endswith(".safetensors"):
-            from safetensors import safe_open
-
-            with safe_open(path, framework="pt") as f:
-                return "kdcache_checkpoint" in (f.metadata() or {})
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except ImportError as e:
-        raise CheckpointError("reading .safetensors needs the extra: pip install 'kdcache[safetensors]'") from e
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the user's input error
-        raise CheckpointError(f"cannot read {path} as a torch checkpoint: {e}") from e
-    return isinstance(obj, dict) and "kdcache_checkpoint" in obj
-
-
 def build_teacher(spec: TeacherSpec, *, num_classes: int) -> LoadedTeacher:
     """Create the teacher in eval mode on CPU.
 
     ``spec.weights`` may be a kdcache checkpoint (then ``spec.name`` is optional and must match
     when given) or any state dict for the named architecture.
     """
-    if spec.weights and _is_kdcache_checkpoint(spec.weights):
+    if spec.weights and is_kdcache_checkpoint(spec.weights):
         model, _ = load_checkpoint(spec.weights)
         cfg = model_cfg(model)
         if spec.name and spec.name != cfg.name:

@@ -25,7 +25,8 @@ from torch import nn
 from kdcache.errors import CheckpointError, ModelError
 from kdcache.models.registry import ModelCfg, create_model, model_cfg
 
-__all__ = ["CHECKPOINT_VERSION", "save_checkpoint", "load_checkpoint", "load_weights", "read_state_dict"]
+__all__ = ["CHECKPOINT_VERSION", "is_kdcache_checkpoint", "save_checkpoint", "load_checkpoint", "load_weights",
+           "read_state_dict"]
 
 CHECKPOINT_VERSION = 1
 _RESERVED = ("kdcache_checkpoint", "model", "state_dict")
@@ -170,6 +171,13 @@ def _extract_state_dict(obj: dict[str, Any], path: Path) -> dict[str, torch.Tens
         state = obj
     # Checkpoints saved from DataParallel/DistributedDataParallel prefix every key with 'module.'.
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+
+
+def is_kdcache_checkpoint(path: str | os.PathLike) -> bool:
+    """True for a checkpoint written by :func:`save_checkpoint` (it names its model), False for other
+    weights files; raises :class:`CheckpointError` for a missing or unreadable file."""
+    obj = _read(Path(path), "cpu")
+    return obj.get("kdcache_checkpoint") is not None and isinstance(obj.get("model"), Mapping)
 
 
 def read_state_dict(path: str | os.PathLike, *, map_location: Any = "cpu") -> dict[str, torch.Tensor]:
