@@ -46,8 +46,8 @@ def _report(result: dict) -> None:
     if result.get("rank", 0) != 0:
         return
     best = result["best_top1"]
-    click.echo(f"best val top-1 {best:.2f}%  checkpoints: {result['best']}, {result['last']}"
-               if best >= 0 else f"checkpoints: {result['best']}, {result['last']}")
+    top1 = f"best val top-1 {best:.2f}%  " if best is not None else ""
+    click.echo(f"{top1}checkpoints: {result['best']}, {result['last']}")
 
 
 @click.command("train-student")

@@ -123,7 +123,9 @@ class _Run:
         self.loss_fn = DistillationLoss(cfg.loss, num_classes)
         self.meta = {"kind": kind, "config": cfg.to_dict(), **extra_meta}
         self.start_epoch = 0
-        self.best_top1 = -1.0
+        # best.pt: highest validation top-1, or lowest training loss when there is no validation split
+        self.best_score: float | None = None
+        self.best_top1: float | None = None
         self.metrics = MetricsLogger(cfg.out, enabled=ctx.is_main)
         if ctx.is_main:
             os.makedirs(cfg.out, exist_ok=True)
@@ -145,7 +147,8 @@ class _Run:
         self.optimizer.load_state_dict(extra["optimizer"])
         self.scheduler.load_state_dict(extra["scheduler"])
         self.start_epoch = int(extra["epoch"]) + 1
-        self.best_top1 = float(extra.get("best_top1", -1.0))
+        self.best_score = extra.get("best_score")
+        self.best_top1 = extra.get("best_top1")
         self.log(f"resumed from {path} at epoch {self.start_epoch}")
 
     def end_epoch(self, epoch: int, train_stats: dict[str, float], val_stats: dict[str, float] | None) -> None:
@@ -155,11 +158,12 @@ class _Run:
         if val_stats:
             row.update({f"val/{k}": v for k, v in val_stats.items()})
         self.metrics.write(row, step=epoch)
-        top1 = val_stats["top1"] if val_stats else -train_stats["loss"]
-        is_best = top1 > self.best_top1
+        score = val_stats["top1"] if val_stats else -train_stats["loss"]
+        is_best = self.best_score is None or score > self.best_score
         if is_best:
-            self.best_top1 = top1
-        state = dict(self.meta, epoch=epoch, best_top1=self.best_top1, metrics=row,
+            self.best_score = score
+            self.best_top1 = val_stats["top1"] if val_stats else None
+        state = dict(self.meta, epoch=epoch, best_score=self.best_score, best_top1=self.best_top1, metrics=row,
                      optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict())
         save_checkpoint(os.path.join(self.cfg.out, "last.pt"), self.model, **state)
         if is_best:

@@ -67,3 +67,14 @@ def test_resume_after_interruption_reproduces_an_uninterrupted_run(tmp_path, tin
     assert extra["epoch"] == 2
     for (k, a), (_, b) in zip(full.state_dict().items(), cut.state_dict().items()):
         assert torch.equal(a, b), k
+
+
+def test_without_validation_best_is_the_lowest_training_loss(tmp_path, tiny_h5, tiny_teacher):
+    cache = _cache(tmp_path, tiny_h5, tiny_teacher)
+    out = train_student(TrainConfig(data=DataConfig(source=tiny_h5), out=str(tmp_path / "nv"), model="cnn_tiny",
+                                    cache=cache, epochs=2, batch_size=16, workers=0, val_split=None),
+                        progress=False, log=lambda _m: None)
+    assert out["best_top1"] is None
+    rows = [json.loads(x) for x in (tmp_path / "nv" / "metrics.jsonl").read_text().splitlines()]
+    _, best = load_checkpoint(str(tmp_path / "nv" / "best.pt"))
+    assert best["best_score"] == -min(r["train/loss"] for r in rows)
