@@ -26,9 +26,10 @@ from kdcache.augment import ViewPipeline, ViewSpec, param_array_specs
 from kdcache.cache import CacheIdentity, CacheStore, TargetMode, dataset_identity, is_url, smallest_int_dtype
 from kdcache.cache.info import label_agreement
 from kdcache.data import DataConfig
-from kdcache.engine.teacher import LoadedTeacher, TeacherSpec, build_teacher
+from kdcache.engine.teacher import TeacherSpec, build_teacher
 from kdcache.engine.views import UnitBatches, ViewBatch, ViewDraws, identity_collate
 from kdcache.errors import CacheError, CacheMismatchError, ConfigError, KdcacheError, TeacherOutputError
+from kdcache.models import ModelCfg
 from kdcache.runtime import DistContext, autocast, select_device
 
 __all__ = ["DumpConfig", "DumpSummary", "dump_teacher", "resolve_view_spec"]
@@ -82,10 +83,10 @@ class DumpSummary:
         return asdict(self)
 
 
-def resolve_view_spec(teacher: LoadedTeacher, overrides: dict[str, Any]) -> ViewSpec:
-    """The teacher's expected input (size, normalisation, interpolation), then the user's overrides."""
-    base: dict[str, Any] = {"size": teacher.cfg.input_size, "mean": tuple(teacher.cfg.mean),
-                            "std": tuple(teacher.cfg.std), "interpolation": teacher.cfg.interpolation}
+def resolve_view_spec(model: ModelCfg, overrides: dict[str, Any]) -> ViewSpec:
+    """The model's expected input (size, normalisation, interpolation), then the user's overrides."""
+    base: dict[str, Any] = {"size": model.input_size, "mean": tuple(model.mean), "std": tuple(model.std),
+                            "interpolation": model.interpolation}
     base.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:
         return ViewSpec(**base)
@@ -202,7 +203,7 @@ def _dump(cfg: DumpConfig, mode: TargetMode, ctx: DistContext, *, progress: bool
     ds = cfg.data.open().preload()  # resident before forking workers: one shared copy
     mode.check_classes(ds.num_classes)
     teacher = build_teacher(cfg.teacher, num_classes=ds.num_classes)
-    spec = resolve_view_spec(teacher, cfg.view)
+    spec = resolve_view_spec(teacher.cfg, cfg.view)
     pipeline = ViewPipeline(spec)
     identity = CacheIdentity(teacher=teacher.identity(), dataset=dataset_identity(ds), view_spec=spec.to_dict(),
                              seed=int(cfg.seed), targets=str(mode))

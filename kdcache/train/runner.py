@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from kdcache.augment import ViewPipeline, ViewSpec
 from kdcache.cache import CacheStore
 from kdcache.data import DataConfig
+from kdcache.engine.dump import resolve_view_spec
 from kdcache.engine.views import EvalViews, ReplayViews, ViewDraws, identity_collate
 from kdcache.errors import CacheMismatchError, CheckpointError, ConfigError
 from kdcache.models import create_model, model_cfg
@@ -101,7 +102,7 @@ def _shard_batches(n: int, *, epoch: int, seed: int, batch_size: int, ctx: DistC
 class _Run:
     """State shared by teacher and student runs: model, optimiser, logging, checkpoints."""
 
-    def __init__(self, cfg: TrainConfig, ctx: DistContext, *, num_classes: int, steps_per_epoch: int,
+    def __init__(self, cfg: TrainConfig, ctx: DistContext, *, num_classes: int, num_samples: int,
                  kind: str, log: Callable[[str], None], extra_meta: dict[str, Any]):
         self.cfg, self.ctx, self.kind, self.log = cfg, ctx, kind, log
         self.device = select_device(cfg.device, local_rank=ctx.local_rank)
@@ -115,8 +116,9 @@ class _Run:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.steps_per_epoch = steps_per_epoch
-        self.scheduler = build_scheduler(self.optimizer, steps_per_epoch=steps_per_epoch, epochs=cfg.epochs,
+        n_batches = len(_shard_batches(num_samples, epoch=0, seed=cfg.seed, batch_size=cfg.batch_size, ctx=ctx))
+        self.steps_per_epoch = min(n_batches, cfg.max_steps_per_epoch or n_batches)
+        self.scheduler = build_scheduler(self.optimizer, steps_per_epoch=self.steps_per_epoch, epochs=cfg.epochs,
                                          warmup_epochs=cfg.warmup_epochs, min_lr=cfg.min_lr)
         fp16 = self.device.type == "cuda" and cfg.amp and not torch.cuda.is_bf16_supported()
         self.scaler = torch.amp.GradScaler("cuda", enabled=fp16)
@@ -127,12 +129,27 @@ class _Run:
         self.best_score: float | None = None
         self.best_top1: float | None = None
         self.metrics = MetricsLogger(cfg.out, enabled=ctx.is_main)
-        if ctx.is_main:
-            os.makedirs(cfg.out, exist_ok=True)
-            with open(os.path.join(cfg.out, "config.json"), "w") as f:
-                json.dump(self.meta, f, indent=2, default=str)
         if cfg.resume:
             self._resume()
+
+    def fit(self, epoch_data: Callable[[int], tuple[DataLoader, dict[str, np.ndarray] | None]],
+            labels: np.ndarray, val: DataLoader | None, progress: bool) -> dict[str, Any]:
+        """The epoch loop: ``epoch_data(epoch)`` gives the epoch's loader and cached teacher targets."""
+        cfg = self.cfg
+        if self.ctx.is_main:
+            with open(os.path.join(cfg.out, "config.json"), "w") as f:
+                json.dump(self.meta, f, indent=2, default=str)
+        for epoch in range(self.start_epoch, cfg.epochs):
+            loader, teacher = epoch_data(epoch)
+            stats = train_one_epoch(self.net, loader, loss_fn=self.loss_fn, optimizer=self.optimizer,
+                                    scheduler=self.scheduler, device=self.device, labels=labels,
+                                    teacher_targets=teacher, amp=cfg.amp, scaler=self.scaler,
+                                    grad_clip=cfg.grad_clip, progress=progress and self.ctx.is_main,
+                                    desc=f"epoch {epoch + 1}/{cfg.epochs}", max_steps=cfg.max_steps_per_epoch)
+            val_stats = evaluate(self.model, val, device=self.device, amp=cfg.amp) if val is not None else None
+            self.end_epoch(epoch, stats, val_stats)
+            self.ctx.barrier()
+        return self.close()
 
     def _resume(self) -> None:
         path = os.path.join(self.cfg.out, "last.pt")
@@ -206,32 +223,23 @@ def train_student(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str
                         if n in store.view_array_names] if distill else []
         param_names = [n for n in store.view_array_names
                        if n not in ("logits", "topk_values", "topk_indices", "topk_tail_lse", "argmax")]
-        n_batches = len(_shard_batches(len(ds), epoch=0, seed=cfg.seed, batch_size=cfg.batch_size, ctx=ctx))
-        steps = min(n_batches, cfg.max_steps_per_epoch or n_batches)
-        run = _Run(cfg, ctx, num_classes=store.num_classes, steps_per_epoch=steps, kind="student",
+        run = _Run(cfg, ctx, num_classes=store.num_classes, num_samples=len(ds), kind="student",
                    log=log if ctx.is_main else _quiet,
                    extra_meta={"cache_fingerprint": store.identity.fingerprint, "view_spec": spec.to_dict(),
                                "class_names": list(ds.class_names)})
         pin = run.device.type == "cuda"
-        val = _val_loader(cfg, pipeline, pin) if ctx.is_main else None
-        labels = np.asarray(ds.labels, dtype=np.int64)
-        for epoch in range(run.start_epoch, cfg.epochs):
+
+        def epoch_data(epoch: int):
             # Reopen each epoch: views another process added (and marked done) become eligible.
             store = CacheStore.open(cfg.cache, mode="r", storage_options=cfg.storage_options)
             views = epoch_views(store.done_units(), epoch=epoch, seed=cfg.seed)
             arrays = store.read_views(views, names=param_names + target_names)
             teacher = {k: arrays.pop(k) for k in target_names} or None
             batches = _shard_batches(len(ds), epoch=epoch, seed=cfg.seed, batch_size=cfg.batch_size, ctx=ctx)
-            loader = _loader(ReplayViews(ds, pipeline, arrays), batches, cfg, pin)
-            stats = train_one_epoch(run.net, loader, loss_fn=run.loss_fn, optimizer=run.optimizer,
-                                    scheduler=run.scheduler, device=run.device, labels=labels,
-                                    teacher_targets=teacher, amp=cfg.amp, scaler=run.scaler,
-                                    grad_clip=cfg.grad_clip, progress=progress and ctx.is_main,
-                                    desc=f"epoch {epoch + 1}/{cfg.epochs}", max_steps=cfg.max_steps_per_epoch)
-            val_stats = evaluate(run.model, val, device=run.device, amp=cfg.amp) if val is not None else None
-            run.end_epoch(epoch, stats, val_stats)
-            ctx.barrier()
-        return run.close()
+            return _loader(ReplayViews(ds, pipeline, arrays), batches, cfg, pin), teacher
+
+        val = _val_loader(cfg, pipeline, pin) if ctx.is_main else None
+        return run.fit(epoch_data, np.asarray(ds.labels, dtype=np.int64), val, progress)
     finally:
         ctx.close()
 
@@ -241,38 +249,23 @@ def train_teacher(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str
     ctx = DistContext.from_env(cfg.device)
     try:
         ds = cfg.data.open().preload()  # resident before forking workers: one shared copy
-        probe = create_model(cfg.model, num_classes=ds.num_classes, **cfg.model_kwargs)
-        mc = model_cfg(probe)
-        del probe
-        base = {"size": mc.input_size, "mean": tuple(mc.mean), "std": tuple(mc.std),
-                "interpolation": mc.interpolation}
-        base.update({k: v for k, v in cfg.view.items() if v is not None})
-        spec = ViewSpec(**base)
+        cfg = replace(cfg, loss=replace(cfg.loss, distill="none"))
+        run = _Run(cfg, ctx, num_classes=ds.num_classes, num_samples=len(ds), kind="teacher",
+                   log=log if ctx.is_main else _quiet, extra_meta={"class_names": list(ds.class_names)})
+        spec = resolve_view_spec(model_cfg(run.model), cfg.view)
+        run.meta["view_spec"] = spec.to_dict()  # travels in every checkpoint: evaluate uses these views
         pipeline = ViewPipeline(spec)
-        n_batches = len(_shard_batches(len(ds), epoch=0, seed=cfg.seed, batch_size=cfg.batch_size, ctx=ctx))
-        steps = min(n_batches, cfg.max_steps_per_epoch or n_batches)
-        loss_cfg = LossConfig(**{**cfg.loss.to_dict(), "distill": "none"})
-        cfg = replace(cfg, loss=loss_cfg)
-        run = _Run(cfg, ctx, num_classes=ds.num_classes, steps_per_epoch=steps, kind="teacher",
-                   log=log if ctx.is_main else _quiet,
-                   extra_meta={"view_spec": spec.to_dict(), "class_names": list(ds.class_names)})
         pin = run.device.type == "cuda"
-        val = _val_loader(cfg, pipeline, pin) if ctx.is_main else None
-        labels = np.asarray(ds.labels, dtype=np.int64)
         draws = ViewDraws(ds, pipeline, cfg.seed)
-        for epoch in range(run.start_epoch, cfg.epochs):
+
+        def epoch_data(epoch: int):
             # The epoch number is the view index: a fresh, reproducible view per sample and epoch.
             batches = [[(i, epoch) for i in b] for b in
                        _shard_batches(len(ds), epoch=epoch, seed=cfg.seed, batch_size=cfg.batch_size, ctx=ctx)]
-            stats = train_one_epoch(run.net, _loader(draws, batches, cfg, pin), loss_fn=run.loss_fn,
-                                    optimizer=run.optimizer, scheduler=run.scheduler, device=run.device,
-                                    labels=labels, amp=cfg.amp, scaler=run.scaler, grad_clip=cfg.grad_clip,
-                                    progress=progress and ctx.is_main, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                                    max_steps=cfg.max_steps_per_epoch)
-            val_stats = evaluate(run.model, val, device=run.device, amp=cfg.amp) if val is not None else None
-            run.end_epoch(epoch, stats, val_stats)
-            ctx.barrier()
-        return run.close()
+            return _loader(draws, batches, cfg, pin), None
+
+        val = _val_loader(cfg, pipeline, pin) if ctx.is_main else None
+        return run.fit(epoch_data, np.asarray(ds.labels, dtype=np.int64), val, progress)
     finally:
         ctx.close()
 
