@@ -78,3 +78,19 @@ def test_without_validation_best_is_the_lowest_training_loss(tmp_path, tiny_h5, 
     rows = [json.loads(x) for x in (tmp_path / "nv" / "metrics.jsonl").read_text().splitlines()]
     _, best = load_checkpoint(str(tmp_path / "nv" / "best.pt"))
     assert best["best_score"] == -min(r["train/loss"] for r in rows)
+
+
+def test_tensorboard_event_files_when_the_extra_is_installed(tmp_path, tiny_h5, tiny_teacher):
+    import pytest
+
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cache = _cache(tmp_path, tiny_h5, tiny_teacher)
+    train_student(TrainConfig(data=DataConfig(source=tiny_h5), out=str(tmp_path / "tb"), model="cnn_tiny",
+                              cache=cache, epochs=2, batch_size=16, workers=0), progress=False, log=lambda _m: None)
+    acc = EventAccumulator(str(tmp_path / "tb" / "tb"))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert "train/loss" in tags and "val/top1" in tags
+    assert [e.step for e in acc.Scalars("val/top1")] == [0, 1]
