@@ -90,6 +90,15 @@ class DistContext:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def any(self, flag: bool) -> bool:
+        """True on every rank when ``flag`` is true on any rank (so all ranks can stop together)."""
+        if not self.distributed:
+            return bool(flag)
+        device = f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu"
+        t = torch.tensor([1 if flag else 0], device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
     def close(self) -> None:
         if self.initialized_here and dist.is_initialized():
             dist.destroy_process_group()

@@ -198,6 +198,35 @@ def _quiet(_msg: str) -> None:
     pass
 
 
+def _run_units(model, loader, units, store: CacheStore, mode: TargetMode, pipeline: ViewPipeline,
+               device: torch.device, cfg: DumpConfig, bar) -> None:
+    """Teacher forward over the loader's batches; each finished unit is checked, written, marked done."""
+    pending: list[ViewBatch] = []
+    outputs: list[torch.Tensor] = []
+    unit_iter = iter(units)
+    unit = next(unit_iter, None)
+    rows = 0
+    for batch in loader:
+        with torch.inference_mode(), autocast(device, cfg.amp):
+            logits = model(batch.images.to(device, non_blocking=True))
+        pending.append(batch)
+        outputs.append(logits.float().cpu())
+        rows += len(batch.indices)
+        b, v = unit
+        b0, b1 = store.block_bounds(b)
+        if rows == b1 - b0:
+            where = f"block {b} (samples {b0}-{b1 - 1}), view {v}"
+            arrays = _unit_arrays(mode, torch.cat(outputs), pending, pipeline, where)
+            try:
+                store.write_unit(b, v, arrays)
+            except OSError as e:
+                raise CacheError(f"writing {cfg.out} failed at {where}: {e.strerror or e}; "
+                                 "earlier units are intact, rerun to resume") from e
+            bar.update(b1 - b0)
+            pending, outputs, rows = [], [], 0
+            unit = next(unit_iter, None)
+
+
 def _dump(cfg: DumpConfig, mode: TargetMode, ctx: DistContext, *, progress: bool,
           log: Callable[[str], None]) -> DumpSummary:
     ds = cfg.data.open().preload()  # resident before forking workers: one shared copy
@@ -245,6 +274,7 @@ def _dump(cfg: DumpConfig, mode: TargetMode, ctx: DistContext, *, progress: bool
         collate_fn=identity_collate,
         pin_memory=device.type == "cuda",
     )
+
     def unit_rows(u: tuple[int, int]) -> int:
         b0, b1 = store.block_bounds(u[0])
         return b1 - b0
@@ -254,29 +284,17 @@ def _dump(cfg: DumpConfig, mode: TargetMode, ctx: DistContext, *, progress: bool
     bar = tqdm(total=my_views, desc=f"dump-teacher[{ctx.rank}]" if ctx.distributed else "dump-teacher",
                unit="view", disable=not progress)
     t0 = time.perf_counter()
-    pending: list[ViewBatch] = []
-    outputs: list[torch.Tensor] = []
-    unit_iter = iter(units)
-    unit = next(unit_iter, None)
-    rows = 0
-    for batch in loader:
-        with torch.inference_mode(), autocast(device, cfg.amp):
-            logits = model(batch.images.to(device, non_blocking=True))
-        pending.append(batch)
-        outputs.append(logits.float().cpu())
-        rows += len(batch.indices)
-        b, v = unit
-        b0, b1 = store.block_bounds(b)
-        if rows == b1 - b0:
-            arrays = _unit_arrays(mode, torch.cat(outputs), pending, pipeline, f"block {b} (samples {b0}-{b1 - 1}), view {v}")
-            try:
-                store.write_unit(b, v, arrays)
-            except OSError as e:
-                raise CacheError(f"writing {cfg.out} failed at block {b}, view {v}: {e.strerror or e}; "
-                                 "earlier units are intact, rerun to resume") from e
-            bar.update(b1 - b0)
-            pending, outputs, rows = [], [], 0
-            unit = next(unit_iter, None)
+    failure: BaseException | None = None
+    try:
+        _run_units(model, loader, units, store, mode, pipeline, device, cfg, bar)
+    except Exception as e:  # noqa: BLE001 - re-raised below, after telling the other ranks
+        failure = e
+    # A rank that failed must not leave the others waiting at a barrier forever.
+    others_failed = ctx.any(failure is not None)
+    if failure is not None:
+        raise failure
+    if others_failed:
+        raise CacheError("another rank failed (see its message); units written so far are intact, rerun to resume")
     bar.close()
     seconds = time.perf_counter() - t0
     ctx.barrier()

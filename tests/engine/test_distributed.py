@@ -109,3 +109,36 @@ def test_torchrun_students_write_from_rank0_only(world, tmp_path):
     want = {k: tuple(v.shape) for k, v in reference_model.state_dict().items()}
     assert got == want
     assert all(np.isfinite(v.float().numpy()).all() for v in model.state_dict().values())
+
+
+def test_torchrun_dump_stops_every_rank_when_one_fails(world, tmp_path):
+    """Rank 1's teacher emits NaN: both ranks exit non-zero promptly (no rank left waiting at a barrier),
+    and every unit marked done is intact."""
+    import textwrap
+
+    (tmp_path / "rank1_nan.py").write_text(textwrap.dedent(f"""
+        import os
+
+        from kdcache.models.checkpoint import load_checkpoint
+
+
+        def build(*, num_classes):
+            model, _ = load_checkpoint({world.teacher!r})
+            if os.environ.get("RANK") == "1":
+                model.register_forward_hook(lambda m, a, out: out * float("nan"))
+            return model
+    """))
+    out = tmp_path / "c.zarr"
+    env = helper_env(PYTHONPATH=os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p))
+    result = run(torchrun_cmd(2, world.dump_args(out, teacher=["--teacher", "python:rank1_nan:build"])),
+                 env=env, timeout=120)
+    assert result.returncode != 0
+    assert "NaN" in result.stderr + result.stdout
+    assert "another rank failed" in result.stderr + result.stdout
+    store = CacheStore.open(str(out))
+    done = store.done_units()
+    assert done.any() and not done.all()
+    ref = CacheStore.open(world.reference)
+    for b, v in np.argwhere(done):
+        for name in store.view_array_names:
+            assert np.array_equal(store.read_unit(b, v, [name])[name], ref.read_unit(b, v, [name])[name]), name
