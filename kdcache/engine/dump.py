@@ -61,6 +61,15 @@ class DumpConfig:
         d["teacher"] = self.teacher.to_dict()
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DumpConfig":
+        d = dict(d)
+        d["data"] = DataConfig.from_dict(d["data"])
+        d["teacher"] = TeacherSpec(**d["teacher"])
+        if d.get("view") is not None:  # JSON turns the tuple ranges into lists
+            d["view"] = {k: tuple(v) if isinstance(v, list) else v for k, v in d["view"].items()}
+        return cls(**d)
+
 
 @dataclass
 class DumpSummary:

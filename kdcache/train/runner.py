@@ -77,6 +77,13 @@ class TrainConfig:
         d["loss"] = self.loss.to_dict()
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        d = dict(d)
+        d["data"] = DataConfig.from_dict(d["data"])
+        d["loss"] = LossConfig(**d.get("loss", {}))
+        return cls(**d)
+
 
 def build_scheduler(optimizer: torch.optim.Optimizer, *, steps_per_epoch: int, epochs: int,
                     warmup_epochs: float, min_lr: float):

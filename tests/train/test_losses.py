@@ -69,3 +69,18 @@ def test_epoch_views_cycle_through_done_views():
     partial[2] = False
     with pytest.raises(CacheIncompleteError):
         epoch_views(partial, epoch=0, seed=0)
+
+
+def test_configs_round_trip_through_json():
+    import json
+
+    from kdcache.data import DataConfig
+    from kdcache.engine import DumpConfig, TeacherSpec
+    from kdcache.train import TrainConfig
+
+    t = TrainConfig(data=DataConfig(source="digits", limit=100), out="r", model="cnn_tiny",
+                    model_kwargs={"width": 4}, loss=LossConfig(distill="hard", alpha=0.3), epochs=3)
+    assert TrainConfig.from_dict(json.loads(json.dumps(t.to_dict()))) == t
+    d = DumpConfig(data=DataConfig(source="digits"), out="c.zarr", teacher=TeacherSpec(name="cnn_small"),
+                   views=3, view={"scale": (0.5, 1.0), "mix": "cutmix"}, targets="topk:2")
+    assert DumpConfig.from_dict(json.loads(json.dumps(d.to_dict()))) == d
