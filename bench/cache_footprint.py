@@ -10,20 +10,17 @@ Dumps the same CIFAR-10 subset with the public CIFAR ResNet-56 (../shared) three
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from _common import add_teacher_args, write_json
 
 from kdcache.cache import CacheStore
 from kdcache.data import DataConfig
 from kdcache.engine import DumpConfig, TeacherSpec, dump_teacher
-
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
 def array_bytes(path: str, name: str) -> int:
@@ -33,9 +30,7 @@ def array_bytes(path: str, name: str) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=f"hdf5:{SHARED / 'data' / 'cifar10.h5'}")
-    ap.add_argument("--weights", default=str(SHARED / "weights" / "resnet56-4bfd9763.th"))
-    ap.add_argument("--teacher", default="cifar_resnet56")
+    add_teacher_args(ap, student=False)
     ap.add_argument("--limit", type=int, default=5000)
     ap.add_argument("--views", type=int, default=4)
     ap.add_argument("--workers", type=int, default=1)
@@ -68,11 +63,7 @@ def main() -> None:
         par = sum(v for k, v in pa.items() if k in ("crop", "flip", "view_seed", "done"))
         print(f"{r['targets']:<9} {r['views']:>7} {r['bytes_per_view']:>11.1f} {tgt:>15.1f} {par:>14.1f} "
               f"{r['views_per_second']:>8.0f} {100 * r['label_agreement']:>6.2f}%")
-    os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump({"args": vars(args), "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                                                  "torch": torch.__version__}, "rows": rows}, f, indent=2)
-    print(f"wrote {args.json}")
+    write_json(args.json, args, rows=rows)
 
 
 if __name__ == "__main__":

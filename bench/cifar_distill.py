@@ -10,29 +10,21 @@ cache — and evaluate both (and the teacher) on the CIFAR-10 test split. Prints
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import tempfile
 import time
-from pathlib import Path
 
-import torch
+from _common import add_teacher_args, write_json
 
 from kdcache.data import DataConfig
 from kdcache.engine import DumpConfig, TeacherSpec, dump_teacher
 from kdcache.models.checkpoint import save_checkpoint
 from kdcache.train import LossConfig, TrainConfig, evaluate_checkpoint, train_student, train_teacher
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=f"hdf5:{SHARED / 'data' / 'cifar10.h5'}")
-    ap.add_argument("--teacher", default="cifar_resnet56")
-    ap.add_argument("--weights", default=str(SHARED / "weights" / "resnet56-4bfd9763.th"))
-    ap.add_argument("--student", default="cifar_resnet20")
+    add_teacher_args(ap)
     ap.add_argument("--limit", type=int, default=10000)
     ap.add_argument("--views", type=int, default=8)
     ap.add_argument("--epochs", type=int, default=15)
@@ -89,12 +81,7 @@ def main() -> None:
     print(f"{'model':<38} {'test top-1':>10} {'wall':>8}  stage")
     for r in rows:
         print(f"{r['model']:<38} {r['top1']:>9.2f}% {r['seconds']:>7.0f}s  {r['stage']}")
-    os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump({"args": vars(args), "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                                                  "torch": torch.__version__},
-                   "dump": s.to_dict(), "rows": rows}, f, indent=2)
-    print(f"wrote {args.json}")
+    write_json(args.json, args, dump=s.to_dict(), rows=rows)
 
 
 if __name__ == "__main__":

@@ -13,15 +13,13 @@ Prints a table, writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
+from _common import add_teacher_args, write_json
 from torch.utils.data import DataLoader
 
 from kdcache.augment import ViewPipeline, ViewSpec
@@ -31,8 +29,6 @@ from kdcache.engine import DumpConfig, TeacherSpec, build_teacher, dump_teacher
 from kdcache.engine.views import ReplayViews, ViewDraws, identity_collate
 from kdcache.models import create_model
 from kdcache.train import DistillationLoss, LossConfig, epoch_views, train_one_epoch
-
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
 def timed_epoch(model, loader, loss_fn, labels, teacher_targets=None, online_teacher=None, steps=20):
@@ -67,10 +63,7 @@ def timed_epoch(model, loader, loss_fn, labels, teacher_targets=None, online_tea
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=f"hdf5:{SHARED / 'data' / 'cifar10.h5'}")
-    ap.add_argument("--teacher", default="cifar_resnet56")
-    ap.add_argument("--weights", default=str(SHARED / "weights" / "resnet56-4bfd9763.th"))
-    ap.add_argument("--student", default="cifar_resnet20")
+    add_teacher_args(ap)
     ap.add_argument("--limit", type=int, default=2048)
     ap.add_argument("--views", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=128)
@@ -114,9 +107,7 @@ def main() -> None:
     epoch_imgs = len(ds)
     saved_per_epoch = epoch_imgs / online - epoch_imgs / cached
     breakeven = dump_seconds / saved_per_epoch if saved_per_epoch > 0 else float("inf")
-    result = {"args": vars(args), "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                                             "torch": torch.__version__},
-              "dump_seconds": dump_seconds, "dump_views_per_second": s.images_per_second,
+    result = {"dump_seconds": dump_seconds, "dump_views_per_second": s.images_per_second,
               "online_images_per_second": online, "cached_images_per_second": cached,
               "speedup": cached / online, "breakeven_student_epochs": breakeven, "raw": rates}
     print(f"teacher {args.teacher}, student {args.student}, {len(ds)} images, batch {args.batch_size}")
@@ -124,10 +115,7 @@ def main() -> None:
     print(f"{'online':<8} {online:>14.1f}\n{'cached':<8} {cached:>14.1f}")
     print(f"speed-up {cached / online:.2f}x; dump of {args.views} views took {dump_seconds:.1f} s "
           f"({s.images_per_second:.0f} views/s); the cache pays for itself after {breakeven:.2f} student epochs")
-    os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"wrote {args.json}")
+    write_json(args.json, args, **result)
 
 
 if __name__ == "__main__":
