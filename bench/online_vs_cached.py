@@ -26,9 +26,9 @@ from kdcache.augment import ViewPipeline, ViewSpec
 from kdcache.cache import CacheStore
 from kdcache.data import DataConfig
 from kdcache.engine import DumpConfig, TeacherSpec, build_teacher, dump_teacher
-from kdcache.engine.views import ReplayViews, ViewDraws, identity_collate
 from kdcache.models import create_model
 from kdcache.train import DistillationLoss, LossConfig, epoch_views, train_one_epoch
+from kdcache.views import ReplayViews, ViewDraws, identity_collate
 
 
 def timed_epoch(model, loader, loss_fn, labels, teacher_targets=None, online_teacher=None, steps=20):

@@ -1,6 +1,7 @@
 """The teacher cache (the only package that imports zarr). Format: docs/cache-format.md."""
 
 from kdcache.cache.identity import CacheIdentity, canonical_json, dataset_identity, sha256_json
+from kdcache.cache.layout import UnitLayout
 from kdcache.cache.store import DEFAULT_BLOCK_SIZE, FORMAT_VERSION, CacheStore, is_url
 from kdcache.cache.targets import TargetMode, smallest_int_dtype
 
@@ -10,6 +11,7 @@ __all__ = [
     "DEFAULT_BLOCK_SIZE",
     "FORMAT_VERSION",
     "TargetMode",
+    "UnitLayout",
     "canonical_json",
     "dataset_identity",
     "is_url",

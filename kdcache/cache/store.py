@@ -31,6 +31,7 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from kdcache.cache.identity import CacheIdentity, dataset_differences
+from kdcache.cache.layout import UnitLayout
 from kdcache.cache.targets import TargetMode
 from kdcache.errors import CacheError, CacheIncompleteError, CacheMismatchError, CacheNotFoundError
 
@@ -73,6 +74,7 @@ class CacheStore:
         self.num_classes = int(attrs["num_classes"])
         self.block_size = int(attrs["block_size"])
         self.view_array_names: list[str] = list(attrs["view_arrays"])
+        self._layout: UnitLayout | None = None
         # The view count is read from the arrays (the authority) so a handle opened while
         # another process adds views sees a consistent snapshot.
         self.num_views = int(group["done"].shape[1])
@@ -88,7 +90,7 @@ class CacheStore:
         labels: np.ndarray,
         num_classes: int,
         num_views: int,
-        param_arrays: Mapping[str, tuple[tuple[int, ...], Any]],
+        layout: UnitLayout,
         attrs: Mapping[str, Any],
         block_size: int = DEFAULT_BLOCK_SIZE,
         storage_options: Mapping[str, Any] | None = None,
@@ -100,6 +102,8 @@ class CacheStore:
         if num_views < 1:
             raise CacheError(f"num_views must be >= 1, got {num_views}")
         mode = TargetMode.parse(identity.targets)
+        if layout.mode != mode:
+            raise CacheError(f"unit layout is for targets {layout.mode}, the identity says {mode}")
         b = max(1, min(int(block_size), n))
         # The group is born with its identity in one metadata write (zarr's attrs.update() rewrites
         # zarr.json once per key) and `ready` is set last: an interrupted creation is always
@@ -112,10 +116,7 @@ class CacheStore:
                        compressors=_COMPRESSOR, fill_value=0)
         g["sample_key"][:] = np.asarray(list(keys), dtype=str)
         g["label"][:] = np.asarray(labels, dtype=np.int32)
-        specs: dict[str, tuple[tuple[int, ...], np.dtype]] = {"view_seed": ((), np.dtype(np.int64))}
-        specs.update({k: (tuple(s), np.dtype(d)) for k, (s, d) in param_arrays.items()})
-        specs.update(mode.array_specs(num_classes))
-        for name, (trail, dtype) in specs.items():
+        for name, (trail, dtype) in layout.specs.items():
             g.create_array(name, shape=(n, num_views, *trail), chunks=(b, 1, *trail), dtype=dtype,
                            compressors=_COMPRESSOR, fill_value=0)
         g.create_array("done", shape=(n, num_views), chunks=(b, 1), dtype=bool, compressors=_COMPRESSOR,
@@ -127,7 +128,7 @@ class CacheStore:
             "num_classes": int(num_classes),
             "targets": str(mode),
             "block_size": b,
-            "view_arrays": list(specs),
+            "view_arrays": layout.names,
         })
         g.attrs.put({**dict(g.attrs), **meta, "ready": True})
         return cls(g, path, writable=True)
@@ -184,6 +185,13 @@ class CacheStore:
         if diffs:
             raise CacheMismatchError(
                 f"{self.path} was made with a different configuration (requested != cached): " + "; ".join(diffs))
+
+    @property
+    def layout(self) -> UnitLayout:
+        """Which per-view arrays make a unit (read from the arrays themselves on first use)."""
+        if self._layout is None:
+            self._layout = UnitLayout.of_arrays(self.target_mode, {n: self._g[n] for n in self.view_array_names})
+        return self._layout
 
     # ------------------------------------------------------------------ geometry
     @property

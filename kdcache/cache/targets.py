@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from kdcache.errors import ConfigError
 
@@ -53,6 +54,26 @@ class TargetMode:
     def check_classes(self, num_classes: int) -> None:
         if self.kind == "topk" and self.k > num_classes:
             raise ConfigError(f"targets {self}: K={self.k} exceeds the number of classes ({num_classes})")
+
+    @property
+    def target_names(self) -> tuple[str, ...]:
+        """Every per-view array this mode stores (argmax included)."""
+        if self.kind == "full":
+            return ("logits", "argmax")
+        return ("topk_values", "topk_indices", "topk_tail_lse", "argmax")
+
+    def encode(self, logits: torch.Tensor) -> dict[str, np.ndarray]:
+        """The stored targets of (B, C) finite float32 logits: float16 logits or top-k + tail, and argmax."""
+        out: dict[str, np.ndarray] = {"argmax": logits.argmax(dim=1).numpy()}
+        if self.kind == "full":
+            out["logits"] = logits.to(torch.float16).numpy()
+            return out
+        values, indices = torch.topk(logits, self.k, dim=1)
+        out["topk_values"] = values.to(torch.float16).numpy()
+        out["topk_indices"] = indices.numpy()
+        out["topk_tail_lse"] = torch.logsumexp(logits.scatter(1, indices, float("-inf")), dim=1
+                                               ).to(torch.float16).numpy()
+        return out
 
     def array_specs(self, num_classes: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
         """Per-view target arrays: name -> (trailing shape, dtype)."""

@@ -46,6 +46,8 @@ def _load(root: Path, split: str, *, download: bool) -> tuple[np.ndarray, np.nda
 class CIFAR10Dataset(ImageDataset):
     """A CIFAR-10 split read through ``torchvision.datasets.CIFAR10``."""
 
+    same_size_images = True
+
     def __init__(self, *, root: str | os.PathLike[str], split: str = "train",
                  source: str | None = None) -> None:
         root = Path(root).expanduser()

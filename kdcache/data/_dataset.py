@@ -114,6 +114,13 @@ class ImageDataset(Dataset):
     def get_image(self, i: int) -> torch.Tensor:
         return self.get_images([i])[0]
 
+    #: True for sources whose images all share one shape (arrays); then :meth:`max_side` is known.
+    same_size_images: bool = False
+
+    def max_side(self) -> int | None:
+        """The longest image side when every image has the same shape, else None (it varies per file)."""
+        return max(self.image_size(0)) if self.same_size_images and len(self) else None
+
     def image_size(self, i: int) -> tuple[int, int]:
         """(H, W) of image ``i``; sources with a fixed shape answer without decoding."""
         (pos,) = self._positions([i])

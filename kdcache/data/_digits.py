@@ -52,6 +52,8 @@ def _split_rank(index: int) -> bytes:
 class DigitsDataset(ImageDataset):
     """The digits split as an in-memory dataset (the whole set is 345 KB, so it travels in pickles)."""
 
+    same_size_images = True
+
     def __init__(self, *, split: str = "train", source: str = "digits") -> None:
         images, labels = _load_digits()
         original = digits_split_indices(labels, split)

@@ -39,6 +39,8 @@ _UNCHUNKED_BLOCK_BYTES = 4 << 20
 class HDF5Dataset(ImageDataset):
     """One split of an HDF5 image file (see the module docstring for the layout)."""
 
+    same_size_images = True
+
     def __init__(self, *, path: str | os.PathLike[str], split: str = "train", source: str | None = None,
                  in_memory_max_bytes: int = IN_MEMORY_MAX_BYTES,
                  cache_blocks: int = _DEFAULT_CACHE_BLOCKS) -> None:

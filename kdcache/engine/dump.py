@@ -23,19 +23,17 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from kdcache.augment import ViewPipeline, ViewSpec, param_array_specs
-from kdcache.cache import CacheIdentity, CacheStore, TargetMode, dataset_identity, is_url, smallest_int_dtype
+from kdcache.cache import CacheIdentity, CacheStore, TargetMode, dataset_identity, is_url
 from kdcache.cache.info import label_agreement
+from kdcache.cache.layout import VIEW_SEED, UnitLayout
 from kdcache.data import DataConfig
 from kdcache.engine.teacher import TeacherSpec, build_teacher
-from kdcache.engine.views import UnitBatches, ViewBatch, ViewDraws, identity_collate
 from kdcache.errors import CacheError, CacheMismatchError, ConfigError, KdcacheError, TeacherOutputError
-from kdcache.models import ModelCfg
 from kdcache.runtime import DistContext, autocast, select_device
+from kdcache.views import UnitBatches, ViewBatch, ViewDraws, identity_collate, resolve_view_spec
 
-__all__ = ["DumpConfig", "DumpSummary", "dump_teacher", "resolve_view_spec"]
+__all__ = ["DumpConfig", "DumpSummary", "dump_teacher"]
 
-_CROP_ARRAYS = ("crop", "partner_crop", "mix_box")
-_FIXED_SIZE_SOURCES = ("digits", "hdf5", "cifar10")
 
 
 @dataclass(frozen=True)
@@ -92,27 +90,11 @@ class DumpSummary:
         return asdict(self)
 
 
-def resolve_view_spec(model: ModelCfg, overrides: dict[str, Any]) -> ViewSpec:
-    """The model's expected input (size, normalisation, interpolation), then the user's overrides."""
-    base: dict[str, Any] = {"size": model.input_size, "mean": tuple(model.mean), "std": tuple(model.std),
-                            "interpolation": model.interpolation}
-    base.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    try:
-        return ViewSpec(**base)
-    except TypeError as e:
-        raise ConfigError(f"invalid view option: {e}") from e
-
-
-def _param_arrays_for(spec: ViewSpec, ds) -> dict[str, tuple[tuple[int, ...], Any]]:
-    """Parameter arrays, with crop boxes narrowed to the smallest integer type the images allow."""
-    specs = dict(param_array_specs(spec))
-    if ds.source.split(":", 1)[0] in _FIXED_SIZE_SOURCES:
-        h, w = ds.image_size(0)
-        narrow = smallest_int_dtype(max(h, w, spec.size), signed=True)
-        for name in _CROP_ARRAYS:
-            if name in specs:
-                specs[name] = (specs[name][0], np.dtype(narrow).str)
-    return specs
+def unit_layout(mode: TargetMode, spec: ViewSpec, ds) -> UnitLayout:
+    """A new cache's unit layout; crop boxes narrowed when every image has the same, known shape."""
+    side = ds.max_side()
+    return UnitLayout.build(mode, ds.num_classes, param_array_specs(spec),
+                            max_coordinate=None if side is None else max(side, spec.size))
 
 
 def _prepare_store(cfg: DumpConfig, ds, identity: CacheIdentity, attrs: dict[str, Any], spec: ViewSpec,
@@ -140,7 +122,7 @@ def _prepare_store(cfg: DumpConfig, ds, identity: CacheIdentity, attrs: dict[str
         try:
             return CacheStore.create(
                 cfg.out, identity=identity, keys=ds.keys, labels=ds.labels, num_classes=ds.num_classes,
-                num_views=cfg.views or 4, param_arrays=_param_arrays_for(spec, ds), attrs=attrs,
+                num_views=cfg.views or 4, layout=unit_layout(TargetMode.parse(identity.targets), spec, ds), attrs=attrs,
                 block_size=cfg.block_size, storage_options=cfg.storage_options)
         except OSError as e:
             raise CacheError(f"cannot create {cfg.out}: {e.strerror or e}") from e
@@ -171,21 +153,11 @@ def _unit_arrays(mode: TargetMode, logits: torch.Tensor, batch: list[ViewBatch],
     if bool(bad.any()):
         raise TeacherOutputError(f"the teacher produced NaN/Inf for {int(bad.sum())} views of {where}; "
                                  "nothing of it was marked done (check the weights and --amp)")
-    half = logits.to(torch.float16)
-    if not bool(torch.isfinite(half).all()):
+    if not bool(torch.isfinite(logits.to(torch.float16)).all()):
         raise TeacherOutputError(f"teacher logits of {where} overflow float16 (|x| > 65504)")
-    out: dict[str, np.ndarray] = {"argmax": logits.argmax(dim=1).numpy()}
-    if mode.kind == "full":
-        out["logits"] = half.numpy()
-    else:
-        values, indices = torch.topk(logits, mode.k, dim=1)
-        out["topk_values"] = values.to(torch.float16).numpy()
-        out["topk_indices"] = indices.numpy()
-        out["topk_tail_lse"] = torch.logsumexp(logits.scatter(1, indices, float("-inf")), dim=1
-                                               ).to(torch.float16).numpy()
-    params = [p for b in batch for p in b.params]
-    out.update(pipeline.params_to_arrays(params))
-    out["view_seed"] = np.concatenate([b.seeds for b in batch])
+    out = mode.encode(logits)
+    out.update(pipeline.params_to_arrays([p for b in batch for p in b.params]))
+    out[VIEW_SEED] = np.concatenate([b.seeds for b in batch])
     return out
 
 
@@ -249,7 +221,6 @@ def _dump(cfg: DumpConfig, mode: TargetMode, ctx: DistContext, *, progress: bool
         "view_spec": spec.describe(),
         "teacher": teacher.describe(),
         "dataset": {**ds.describe(), "source": ds.source},
-        "seed": int(cfg.seed),
         "config": cfg.to_dict(),
     }
     # Rank 0 alone touches metadata; the others wait, then open what it made (or fail with it).

@@ -34,6 +34,7 @@ from kdcache.data import DataConfig
 from kdcache.engine.teacher import TeacherSpec, build_teacher
 from kdcache.errors import CacheMismatchError, ConfigError
 from kdcache.runtime import select_device
+from kdcache.views import build_views
 
 __all__ = ["verify_cache", "default_atol", "FP16_ULP", "MIN_ATOL"]
 
@@ -72,7 +73,7 @@ def verify_cache(path: str, teacher: TeacherSpec, data: DataConfig, *, samples: 
 
     done = store.done()
     pairs = _sample_pairs(done, samples, seed)
-    picked, nonfinite = _read_units(store, done, pairs, mode, pipeline)
+    picked, nonfinite = _read_units(store, done, pairs)
     fresh = _replay(loaded.model, pipeline, ds, pairs, picked, batch_size=batch_size, device=device)
 
     report: dict[str, Any] = {
@@ -119,10 +120,6 @@ def _sample_pairs(done: np.ndarray, samples: int, seed: int) -> np.ndarray:
     return np.stack(np.divmod(chosen, done.shape[1]), axis=1).astype(np.int64).reshape(-1, 2)
 
 
-def _float_targets(mode: TargetMode) -> list[str]:
-    return ["logits"] if mode.kind == "full" else ["topk_values", "topk_tail_lse"]
-
-
 def _count_nonfinite(name: str, values: np.ndarray, mode: TargetMode, num_classes: int) -> int:
     bad = ~np.isfinite(values)
     if name == "topk_tail_lse" and mode.k >= num_classes:
@@ -130,15 +127,15 @@ def _count_nonfinite(name: str, values: np.ndarray, mode: TargetMode, num_classe
     return int(bad.sum())
 
 
-def _read_units(store: CacheStore, done: np.ndarray, pairs: np.ndarray, mode: TargetMode,
-                pipeline: ViewPipeline) -> tuple[dict[str, np.ndarray], int]:
+def _read_units(store: CacheStore, done: np.ndarray, pairs: np.ndarray) -> tuple[dict[str, np.ndarray], int]:
     """One pass over the completed units: count NaN/Inf in every target and gather the sampled rows.
 
     Each unit (block, view) is read once, chunk-aligned; rows of sampled pairs are returned in
     the order of ``pairs``.
     """
-    scan = _float_targets(mode)
-    gather = [*mode.array_specs(store.num_classes), *pipeline.array_specs()]
+    mode = store.target_mode
+    scan = store.layout.float_target_names
+    gather = store.layout.names
     wanted: dict[tuple[int, int], list[int]] = defaultdict(list)
     for j, (i, v) in enumerate(pairs):
         wanted[(int(i) // store.block_size, int(v))].append(j)
@@ -177,13 +174,9 @@ def _replay(model: torch.nn.Module, pipeline: ViewPipeline, ds, pairs: np.ndarra
     for s in range(0, len(pairs), batch_size):
         js = range(s, min(s + batch_size, len(pairs)))
         params = [pipeline.params_from_arrays(picked, j) for j in js]
-        idx = [int(pairs[j, 0]) for j in js]
-        need = sorted(set(idx) | {p.partner for p in params if p.partner >= 0})
-        images = dict(zip(need, ds.get_images(need)))
-        views = [pipeline.apply(images[i], p, images[p.partner] if p.partner >= 0 else None)
-                 for i, p in zip(idx, params)]
+        views = build_views(ds, pipeline, [int(pairs[j, 0]) for j in js], params)
         with torch.inference_mode():
-            out.append(model(torch.stack(views).to(dev)).float().cpu().numpy())
+            out.append(model(views.to(dev)).float().cpu().numpy())
     return np.concatenate(out)
 
 

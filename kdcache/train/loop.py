@@ -1,6 +1,6 @@
 """One training loop for teachers and students: ``train_one_epoch`` and ``evaluate``.
 
-Batches are :class:`~kdcache.engine.views.ViewBatch` objects (views built in workers); the
+Batches are :class:`~kdcache.views.ViewBatch` objects (views built in workers); the
 labels and the cached teacher targets of a batch are looked up by sample index here, in the
 main process, from arrays read once per epoch — never a store read per sample.
 """
@@ -16,10 +16,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from kdcache.engine.views import ViewBatch
 from kdcache.errors import KdcacheError
 from kdcache.runtime import autocast
 from kdcache.train.losses import DistillationLoss, soft_labels
+from kdcache.views import ViewBatch
 
 __all__ = ["train_one_epoch", "evaluate", "batch_targets"]
 

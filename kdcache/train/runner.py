@@ -24,8 +24,6 @@ from torch.utils.data import DataLoader
 from kdcache.augment import ViewPipeline, ViewSpec
 from kdcache.cache import CacheStore
 from kdcache.data import DataConfig
-from kdcache.engine.dump import resolve_view_spec
-from kdcache.engine.views import EvalViews, ReplayViews, ViewDraws, identity_collate
 from kdcache.errors import CacheMismatchError, CheckpointError, ConfigError
 from kdcache.models import create_model, model_cfg
 from kdcache.models.checkpoint import load_checkpoint, load_weights, save_checkpoint
@@ -34,6 +32,7 @@ from kdcache.train.logging import MetricsLogger
 from kdcache.train.loop import evaluate, train_one_epoch
 from kdcache.train.losses import DistillationLoss, LossConfig
 from kdcache.train.schedule import epoch_views
+from kdcache.views import EvalViews, ReplayViews, ViewDraws, identity_collate, resolve_view_spec
 
 __all__ = ["TrainConfig", "train_student", "train_teacher", "evaluate_checkpoint", "build_scheduler"]
 
@@ -226,10 +225,7 @@ def train_student(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str
         spec = ViewSpec.from_dict(store.identity.view_spec)
         pipeline = ViewPipeline(spec)
         distill = cfg.loss.distill != "none"
-        target_names = [n for n in ("logits", "topk_values", "topk_indices", "topk_tail_lse", "argmax")
-                        if n in store.view_array_names] if distill else []
-        param_names = [n for n in store.view_array_names
-                       if n not in ("logits", "topk_values", "topk_indices", "topk_tail_lse", "argmax")]
+        names = store.layout.names if distill else store.layout.replay_names
         run = _Run(cfg, ctx, num_classes=store.num_classes, num_samples=len(ds), kind="student",
                    log=log if ctx.is_main else _quiet,
                    extra_meta={"cache_fingerprint": store.identity.fingerprint, "view_spec": spec.to_dict(),
@@ -240,10 +236,9 @@ def train_student(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str
             # Reopen each epoch: views another process added (and marked done) become eligible.
             store = CacheStore.open(cfg.cache, mode="r", storage_options=cfg.storage_options)
             views = epoch_views(store.done_units(), epoch=epoch, seed=cfg.seed)
-            arrays = store.read_views(views, names=param_names + target_names)
-            teacher = {k: arrays.pop(k) for k in target_names} or None
+            arrays, teacher = store.layout.split(store.read_views(views, names=names))
             batches = _shard_batches(len(ds), epoch=epoch, seed=cfg.seed, batch_size=cfg.batch_size, ctx=ctx)
-            return _loader(ReplayViews(ds, pipeline, arrays), batches, cfg, pin), teacher
+            return _loader(ReplayViews(ds, pipeline, arrays), batches, cfg, pin), teacher or None
 
         val = _val_loader(cfg, pipeline, pin) if ctx.is_main else None
         return run.fit(epoch_data, np.asarray(ds.labels, dtype=np.int64), val, progress)

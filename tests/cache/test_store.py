@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import zarr
 
-from kdcache.cache import CacheIdentity, CacheStore, TargetMode
+from kdcache.cache import CacheIdentity, CacheStore, TargetMode, UnitLayout
 from kdcache.errors import (
     CacheError,
     CacheIncompleteError,
@@ -33,7 +33,8 @@ def _identity(**kw) -> CacheIdentity:
 def _create(path, *, n=10, views=2, classes=5, block=4, targets="full", **kw) -> CacheStore:
     return CacheStore.create(str(path), identity=_identity(targets=targets, **kw), keys=[f"k{i}" for i in range(n)],
                              labels=np.arange(n) % classes, num_classes=classes, num_views=views,
-                             param_arrays={"crop": ((4,), "int16"), "flip": ((), "bool")},
+                             layout=UnitLayout.build(TargetMode.parse(targets), classes,
+                                                     {"crop": ((4,), "int16"), "flip": ((), "bool")}),
                              attrs={"note": "test"}, block_size=block)
 
 

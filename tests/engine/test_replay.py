@@ -12,8 +12,8 @@ from kdcache.augment import ViewPipeline, ViewSpec
 from kdcache.cache import CacheStore
 from kdcache.data import DataConfig
 from kdcache.engine import DumpConfig, TeacherSpec, build_teacher, dump_teacher
-from kdcache.engine.views import ReplayViews, identity_collate
 from kdcache.train.schedule import epoch_views
+from kdcache.views import ReplayViews, identity_collate
 
 FP16_RTOL = 2.0 ** -10  # float16 keeps 10 mantissa bits
 

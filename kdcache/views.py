@@ -1,29 +1,57 @@
-"""Building views in DataLoader workers: fresh draws for the dump, replays for training.
+"""Views of a dataset as torch ``Dataset`` objects: fresh draws, replays, evaluation views.
 
-Both sides use one :class:`~kdcache.augment.ViewPipeline`; the dump draws parameters
-from the (seed, key, view) generator and records them, the trainer rebuilds the view
-from the recorded parameters alone. Workers never touch the Zarr store (the parent
-hands them plain numpy arrays), which keeps forked workers safe with zarr's event loop.
+Both the dump and training use one :class:`~kdcache.augment.ViewPipeline`: the dump draws
+parameters from the (seed, key, view) generator and records them, a student rebuilds the
+view from the recorded parameters alone (:func:`build_views` is the one place that gathers a
+batch's images, partners included, and applies the pipeline). Workers never touch the Zarr
+store (the parent hands them plain numpy arrays), which keeps forked workers safe with
+zarr's event loop. :func:`resolve_view_spec` is the one rule for a model's default views.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from kdcache.augment import ViewParams, ViewPipeline, derive_view_seed
+from kdcache.augment import ViewParams, ViewPipeline, ViewSpec, derive_view_seed
+from kdcache.errors import ConfigError
 
-__all__ = ["ViewDraws", "ViewBatch", "UnitBatches", "ReplayViews", "EvalViews", "identity_collate"]
+if TYPE_CHECKING:
+    from kdcache.models import ModelCfg
+
+__all__ = ["ViewDraws", "ViewBatch", "UnitBatches", "ReplayViews", "EvalViews", "identity_collate",
+           "build_views", "resolve_view_spec"]
+
+
+def resolve_view_spec(model: ModelCfg, overrides: Mapping[str, Any] | None = None) -> ViewSpec:
+    """The model's expected input (size, normalisation, interpolation), then the user's overrides."""
+    base: dict[str, Any] = {"size": model.input_size, "mean": tuple(model.mean), "std": tuple(model.std),
+                            "interpolation": model.interpolation}
+    base.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return ViewSpec(**base)
+    except TypeError as e:
+        raise ConfigError(f"invalid view option: {e}") from e
 
 
 def _images_for(dataset, indices: Sequence[int]) -> dict[int, torch.Tensor]:
     """Decode each distinct sample once, with the source's block reads."""
     uniq = sorted(set(int(i) for i in indices))
     return dict(zip(uniq, dataset.get_images(uniq)))
+
+
+def build_views(dataset, pipeline: ViewPipeline, indices: Sequence[int], params: Sequence[ViewParams]
+                ) -> torch.Tensor:
+    """(B, 3, S, S) views of ``dataset[indices]`` under ``params``: each image (partners too) decoded once."""
+    idx = [int(i) for i in indices]
+    imgs = _images_for(dataset, idx + [p.partner for p in params if p.partner >= 0])
+    return torch.stack([pipeline.apply(imgs[i], p, imgs[p.partner] if p.partner >= 0 else None)
+                        for i, p in zip(idx, params)])
 
 
 @dataclass
@@ -59,18 +87,13 @@ class ViewDraws(Dataset):
 
     def __getitems__(self, pairs: Sequence[tuple[int, int]]) -> ViewBatch:
         drawn = [self._draw(int(i), int(v)) for i, v in pairs]
-        need = [int(i) for i, _ in pairs] + [p.partner for _, p in drawn if p.partner >= 0]
-        imgs = _images_for(self.dataset, need)
-        views = [
-            self.pipeline.apply(imgs[int(i)], p, imgs[p.partner] if p.partner >= 0 else None)
-            for (i, _), (_, p) in zip(pairs, drawn)
-        ]
+        params = [p for _, p in drawn]
         return ViewBatch(
             indices=np.array([i for i, _ in pairs], dtype=np.int64),
             views=np.array([v for _, v in pairs], dtype=np.int64),
             seeds=np.array([s for s, _ in drawn], dtype=np.int64),
-            params=[p for _, p in drawn],
-            images=torch.stack(views),
+            params=params,
+            images=build_views(self.dataset, self.pipeline, [i for i, _ in pairs], params),
         )
 
     def __getitem__(self, pair: tuple[int, int]) -> ViewBatch:
@@ -125,13 +148,10 @@ class ReplayViews(Dataset):
     def __getitems__(self, items: Sequence[int]) -> ViewBatch:
         idx = [int(i) for i in items]
         params = [self.params(i) for i in idx]
-        imgs = _images_for(self.dataset, idx + [p.partner for p in params if p.partner >= 0])
-        views = [self.pipeline.apply(imgs[i], p, imgs[p.partner] if p.partner >= 0 else None)
-                 for i, p in zip(idx, params)]
         seeds = self.arrays.get("view_seed")
         return ViewBatch(indices=np.asarray(idx, dtype=np.int64), views=np.full(len(idx), -1, dtype=np.int64),
                          seeds=np.asarray(seeds[idx]) if seeds is not None else np.zeros(len(idx), np.int64),
-                         params=params, images=torch.stack(views))
+                         params=params, images=build_views(self.dataset, self.pipeline, idx, params))
 
     def __getitem__(self, i: int) -> ViewBatch:
         return self.__getitems__([i])
