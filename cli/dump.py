@@ -4,58 +4,51 @@ from __future__ import annotations
 
 import click
 
-from cli.options import config_option, data_options, echo_json, library_errors, runtime_options
+from cli.options import (
+    SectionedCommand,
+    config_option,
+    data_options,
+    echo_json,
+    library_errors,
+    runtime_options,
+    section,
+    view_options,
+    view_overrides,
+)
 from kdcache.data import DataConfig
 from kdcache.engine import DumpConfig, TeacherSpec, dump_teacher
 from kdcache.utils import human_bytes, parse_key_values, parse_model_args
 
 
-def view_options(f):
-    """Augmentation options (defaults: the teacher's input size, normalisation and interpolation)."""
-    f = click.option("--mix-prob", type=float, default=None, help="Probability that a view is mixed.")(f)
-    f = click.option("--cutmix-alpha", type=float, default=None, help="CutMix Beta(α, α).")(f)
-    f = click.option("--mixup-alpha", type=float, default=None, help="MixUp Beta(α, α).")(f)
-    f = click.option("--mix", type=click.Choice(["none", "mixup", "cutmix", "both"]), default=None,
-                     help="Mix each view with a partner sample (recorded, replayed exactly).")(f)
-    f = click.option("--flip-prob", type=float, default=None, help="Horizontal flip probability [0.5].")(f)
-    f = click.option("--ratio", type=float, nargs=2, default=None, help="RandomResizedCrop aspect ratio range.")(f)
-    f = click.option("--scale", type=float, nargs=2, default=None, help="RandomResizedCrop area range [0.25 1].")(f)
-    f = click.option("--interpolation", type=click.Choice(["bilinear", "bicubic", "nearest"]), default=None,
-                     help="Resize interpolation (default: the teacher's).")(f)
-    f = click.option("--size", type=click.IntRange(min=1), default=None,
-                     help="View side in pixels (default: the teacher's input size).")(f)
-    return f
-
-
-def view_overrides(kw: dict) -> dict:
-    keys = ("size", "interpolation", "scale", "ratio", "flip_prob", "mix", "mixup_alpha", "cutmix_alpha", "mix_prob")
-    out = {k: kw.pop(k) for k in keys}
-    for k in ("scale", "ratio"):
-        out[k] = tuple(out[k]) if out[k] else None
-    return {k: v for k, v in out.items() if v is not None}
-
-
-@click.command("dump-teacher")
+@click.command("dump-teacher", cls=SectionedCommand)
 @config_option
 @data_options()
-@click.option("--teacher", default=None, help="Teacher model name (registered, torchvision, timm:NAME, python:mod:fn).")
-@click.option("--teacher-weights", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Teacher checkpoint or state dict (loaded with weights_only=True).")
-@click.option("--teacher-arg", "teacher_args", multiple=True,
-              help="KEY=VALUE passed to the teacher's constructor (repeatable), e.g. pretrained=true.")
-@click.option("--out", required=True, help="Cache path (a directory ending in .zarr, or an fsspec URL).")
-@click.option("--views", type=click.IntRange(min=1), default=None,
-              help="Augmented views per sample [4 for a new cache].")
-@click.option("--add-views", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Compute this many more views for an existing cache.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Base seed of every view's parameters.")
-@click.option("--targets", default="full", show_default=True, help="full | topk:K (raw logits of the top K).")
+@section(
+    "Teacher",
+    click.option("--teacher", default=None,
+                 help="Teacher model name (registered, torchvision, timm:NAME, python:mod:fn)."),
+    click.option("--teacher-weights", type=click.Path(exists=True, dir_okay=False), default=None,
+                 help="Teacher checkpoint or state dict (loaded with weights_only=True)."),
+    click.option("--teacher-arg", "teacher_args", multiple=True,
+                 help="KEY=VALUE passed to the teacher's constructor (repeatable), e.g. pretrained=true."),
+    click.option("--amp/--no-amp", default=False, show_default=True, help="Mixed precision on CUDA."),
+    click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True),
+)
+@section(
+    "Cache",
+    click.option("--out", required=True, help="Cache path (a directory ending in .zarr, or an fsspec URL)."),
+    click.option("--views", type=click.IntRange(min=1), default=None,
+                 help="Augmented views per sample [4 for a new cache]."),
+    click.option("--add-views", type=click.IntRange(min=0), default=0, show_default=True,
+                 help="Compute this many more views for an existing cache."),
+    click.option("--seed", type=int, default=0, show_default=True, help="Base seed of every view's parameters."),
+    click.option("--targets", default="full", show_default=True, help="full | topk:K (raw logits of the top K)."),
+    click.option("--block-size", type=click.IntRange(min=1), default=1024, show_default=True,
+                 help="Samples per chunk (the unit of writing, resuming and reading)."),
+    click.option("--storage-option", "storage_options", multiple=True,
+                 help="KEY=VALUE for fsspec URLs (repeatable)."),
+)
 @view_options
-@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
-@click.option("--block-size", type=click.IntRange(min=1), default=1024, show_default=True,
-              help="Samples per chunk (the unit of writing, resuming and reading).")
-@click.option("--amp/--no-amp", default=False, show_default=True, help="Mixed precision on CUDA.")
-@click.option("--storage-option", "storage_options", multiple=True, help="KEY=VALUE for fsspec URLs (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @runtime_options
 @library_errors

@@ -8,17 +8,56 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
+import re
+import typing
 from collections.abc import Callable
 from typing import Any
 
 import click
 
+from kdcache.augment import ViewSpec
 from kdcache.errors import KdcacheError
 
-__all__ = ["config_option", "data_options", "runtime_options", "library_errors", "echo_json", "load_config_file"]
+__all__ = ["config_option", "data_options", "runtime_options", "view_options", "view_overrides", "library_errors",
+           "echo_json", "load_config_file", "SectionedCommand", "section"]
+
+
+class SectionedCommand(click.Command):
+    """A command whose ``--help`` lists options under headings (``Data``, ``View`` …) instead of one long list.
+
+    An option's heading is set by the option decorators below (:func:`section`); options without
+    one are listed under ``Options``.
+    """
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        groups: dict[str, list[tuple[str, str]]] = {}
+        for param in self.get_params(ctx):
+            rec = param.get_help_record(ctx)
+            if rec is not None:
+                groups.setdefault(getattr(param, "section", None) or "Options", []).append(rec)
+        order = ["Options"] + [g for g in groups if g != "Options"]
+        for name in order:
+            if name in groups:
+                with formatter.section(name):
+                    formatter.write_dl(groups[name])
+
+
+def section(name: str, *decorators: Callable) -> Callable:
+    """Apply option ``decorators`` and file the options they add under the ``--help`` heading ``name``."""
+
+    def deco(f: Callable) -> Callable:
+        before = len(getattr(f, "__click_params__", []))
+        for d in reversed(decorators):
+            f = d(f)
+        for p in f.__click_params__[before:]:
+            p.section = name
+        return f
+
+    return deco
 
 
 def load_config_file(path: str) -> dict[str, Any]:
@@ -55,16 +94,40 @@ def _apply_config(ctx: click.Context, _param: click.Parameter, value: str | None
     if not value:
         return value
     data = load_config_file(value)
-    names = {p.name for p in ctx.command.params if p.name}
+    params = {p.name: p for p in ctx.command.params if p.name}
     resolved: dict[str, Any] = {}
     for key, v in data.items():
         name = str(key).replace("-", "_")
-        if name not in names or name == "config":
+        if name not in params or name == "config":
             raise click.BadParameter(f"{value}: unknown option {key!r} for '{ctx.command.name}'",
                                      param_hint="--config")
+        problem = _config_type_problem(params[name], v)
+        if problem:
+            raise click.BadParameter(f"{value}: {key} = {v!r} {problem}", param_hint="--config")
         resolved[name] = v
     ctx.default_map = {**(ctx.default_map or {}), **resolved}
     return value
+
+
+def _config_type_problem(param: click.Parameter, v: Any) -> str | None:
+    """Why a config file's value does not fit the option (click would silently coerce 2.7 or true to 2 or 1)."""
+    def scalar(x: Any) -> str | None:
+        t = param.type
+        if getattr(param, "is_flag", False) or isinstance(t, click.types.BoolParamType):
+            return None if isinstance(x, bool) else "must be true or false"
+        if isinstance(t, (click.types.IntParamType, click.IntRange)):
+            return None if isinstance(x, int) and not isinstance(x, bool) else "must be an integer"
+        if isinstance(t, (click.types.FloatParamType, click.FloatRange)):
+            return None if isinstance(x, (int, float)) and not isinstance(x, bool) else "must be a number"
+        if isinstance(t, (click.types.StringParamType, click.Choice, click.Path)):
+            return None if isinstance(x, str) else "must be a string"
+        return None
+
+    if param.multiple or (param.nargs or 1) != 1:
+        if not isinstance(v, list):
+            return "must be a list"
+        return next((p for p in map(scalar, v) if p), None)
+    return scalar(v)
 
 
 def config_option(f: Callable) -> Callable:
@@ -74,24 +137,62 @@ def config_option(f: Callable) -> Callable:
 
 
 def data_options(*, split_default: str = "train") -> Callable:
-    def deco(f: Callable) -> Callable:
-        f = click.option("--subset-seed", type=int, default=0, show_default=True,
-                         help="Seed of the stratified subset taken by --limit.")(f)
-        f = click.option("--limit", type=click.IntRange(min=1), default=None,
-                         help="Use a seeded, class-stratified subset of N samples (quick runs).")(f)
-        f = click.option("--split", default=split_default, show_default=True, help="Dataset split.")(f)
-        f = click.option("--data", "data", default="digits", show_default=True,
-                         help="Dataset: digits | hdf5:PATH | folder:PATH | cifar10:ROOT.")(f)
-        return f
-    return deco
+    return section(
+        "Data",
+        click.option("--data", "data", default="digits", show_default=True,
+                     help="Dataset: digits | hdf5:PATH | folder:PATH | cifar10:ROOT."),
+        click.option("--split", default=split_default, show_default=True, help="Dataset split."),
+        click.option("--limit", type=click.IntRange(min=1), default=None,
+                     help="Use a seeded, class-stratified subset of N samples (quick runs)."),
+        click.option("--subset-seed", type=int, default=0, show_default=True,
+                     help="Seed of the stratified subset taken by --limit."),
+    )
 
 
-def runtime_options(f: Callable) -> Callable:
-    f = click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")(f)
-    f = click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
-                     help="DataLoader worker processes building views.")(f)
-    f = click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")(f)
-    return f
+runtime_options = section(
+    "Runtime",
+    click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars."),
+    click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
+                 help="DataLoader worker processes building views."),
+    click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N."),
+)
+
+
+def _view_option(f: dataclasses.Field, hint: Any) -> Callable:
+    """One ``--flag`` for a ViewSpec field: its type, choices and help come from the field itself."""
+    flag = "--" + f.name.replace("_", "-")
+    help_ = f"{f.metadata.get('help', '')} [{_default_text(f.default)}]"
+    if hint is bool:
+        return click.option(f"{flag}/--no-{flag[2:]}", f.name, default=None, help=help_)
+    if typing.get_origin(hint) is tuple:
+        n = len(typing.get_args(hint))
+        return click.option(flag, f.name, type=float, nargs=n, default=None, help=help_)
+    if "choices" in f.metadata:
+        return click.option(flag, f.name, type=click.Choice(list(f.metadata["choices"])), default=None, help=help_)
+    ptype = click.IntRange(min=1) if hint is int else float
+    return click.option(flag, f.name, type=ptype, default=None, help=help_)
+
+
+def _default_text(v: Any) -> str:
+    if isinstance(v, tuple):
+        return " ".join(f"{x:.4g}" for x in v)
+    return str(v).lower() if isinstance(v, bool) else str(v)
+
+
+_VIEW_FIELDS = dataclasses.fields(ViewSpec)
+_VIEW_HINTS = typing.get_type_hints(ViewSpec)
+
+view_options = section(
+    "View (defaults: the model's input size, normalisation and interpolation; then ViewSpec's)",
+    *[_view_option(f, _VIEW_HINTS[f.name]) for f in _VIEW_FIELDS],
+)
+
+
+def view_overrides(kw: dict) -> dict:
+    """Pop the view options out of a command's keyword arguments: the ones the user gave, as ViewSpec fields."""
+    out = {f.name: kw.pop(f.name, None) for f in _VIEW_FIELDS}
+    return {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in out.items()
+            if v is not None and v != ()}
 
 
 def library_errors(f: Callable) -> Callable:
@@ -102,11 +203,21 @@ def library_errors(f: Callable) -> Callable:
         try:
             return f(*args, **kwargs)
         except KdcacheError as e:
-            raise click.ClickException(str(e)) from e
+            raise click.ClickException(_flag_names(str(e), click.get_current_context())) from e
         except KeyboardInterrupt:
             raise click.ClickException("interrupted; rerun the same command to resume") from None
 
     return wrapper
+
+
+def _flag_names(message: str, ctx: click.Context) -> str:
+    """Library messages name settings as `key`; on the command line they read as the command's --flag."""
+    flags = {p.name: p.opts[0] for p in ctx.command.params if isinstance(p, click.Option) and p.name}
+
+    def repl(m: re.Match) -> str:
+        return flags.get(m.group(1), m.group(1))
+
+    return re.sub(r"`([a-z_]+)`", repl, message)
 
 
 def echo_json(obj: Any) -> None:

@@ -4,32 +4,40 @@ from __future__ import annotations
 
 import click
 
-from cli.dump import view_options, view_overrides
-from cli.options import config_option, data_options, library_errors, runtime_options
+from cli.options import (
+    SectionedCommand,
+    config_option,
+    data_options,
+    library_errors,
+    runtime_options,
+    section,
+    view_options,
+    view_overrides,
+)
 from kdcache.data import DataConfig
 from kdcache.train import LossConfig, TrainConfig, train_student, train_teacher
 from kdcache.utils import parse_key_values, parse_model_args
 
-
-def optim_options(f):
-    f = click.option("--max-steps-per-epoch", type=click.IntRange(min=1), default=None,
-                     help="Cap the steps of each epoch (quick runs).")(f)
-    f = click.option("--resume", is_flag=True, help="Continue from OUT/last.pt.")(f)
-    f = click.option("--amp/--no-amp", default=False, show_default=True, help="Mixed precision on CUDA.")(f)
-    f = click.option("--grad-clip", type=float, default=None, help="Clip the gradient norm.")(f)
-    f = click.option("--label-smoothing", type=float, default=0.0, show_default=True)(f)
-    f = click.option("--warmup-epochs", type=float, default=1.0, show_default=True)(f)
-    f = click.option("--weight-decay", type=float, default=0.05, show_default=True)(f)
-    f = click.option("--min-lr", type=float, default=1e-5, show_default=True)(f)
-    f = click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak AdamW learning rate.")(f)
-    f = click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)(f)
-    f = click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)(f)
-    f = click.option("--seed", type=int, default=0, show_default=True)(f)
-    f = click.option("--val-split", default="test", show_default=True,
-                     help="Held-out split evaluated each epoch ('none' to skip).")(f)
-    f = click.option("--out", required=True, type=click.Path(file_okay=False),
-                     help="Run directory (checkpoints, metrics.jsonl, config.json).")(f)
-    return f
+optim_options = section(
+    "Training",
+    click.option("--out", required=True, type=click.Path(file_okay=False),
+                 help="Run directory (checkpoints, metrics.jsonl, config.json)."),
+    click.option("--val-split", default="test", show_default=True,
+                 help="Held-out split evaluated each epoch ('none' to skip)."),
+    click.option("--seed", type=int, default=0, show_default=True),
+    click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True),
+    click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True),
+    click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak AdamW learning rate."),
+    click.option("--min-lr", type=float, default=1e-5, show_default=True),
+    click.option("--weight-decay", type=float, default=0.05, show_default=True),
+    click.option("--warmup-epochs", type=float, default=1.0, show_default=True),
+    click.option("--label-smoothing", type=float, default=0.0, show_default=True),
+    click.option("--grad-clip", type=float, default=None, help="Clip the gradient norm."),
+    click.option("--amp/--no-amp", default=False, show_default=True, help="Mixed precision on CUDA."),
+    click.option("--resume", is_flag=True, help="Continue from OUT/last.pt."),
+    click.option("--max-steps-per-epoch", type=click.IntRange(min=1), default=None,
+                 help="Cap the steps of each epoch (quick runs)."),
+)
 
 
 def _common(data, split, limit, subset_seed, out, val_split, epochs, batch_size, lr, min_lr, weight_decay,
@@ -50,7 +58,7 @@ def _report(result: dict) -> None:
     click.echo(f"{top1}checkpoints: {result['best']}, {result['last']}")
 
 
-@click.command("train-student")
+@click.command("train-student", cls=SectionedCommand)
 @config_option
 @data_options()
 @click.option("--cache", required=True, help="Teacher cache made by dump-teacher (path or fsspec URL).")
@@ -88,7 +96,7 @@ def train_student_cmd(cache, student, model_args, distill, no_distill, alpha, te
     _report(train_student(cfg, progress=progress, log=click.echo))
 
 
-@click.command("train-teacher")
+@click.command("train-teacher", cls=SectionedCommand)
 @config_option
 @data_options()
 @click.option("--teacher", required=True, help="Teacher model name (see 'kdcache models').")

@@ -8,7 +8,7 @@ from cli.options import config_option, data_options, echo_json, library_errors
 from kdcache.data import DataConfig
 from kdcache.engine import TeacherSpec
 from kdcache.engine.verify import verify_cache
-from kdcache.utils import parse_key_values
+from kdcache.utils import parse_key_values, parse_model_args
 
 
 @click.command("verify")
@@ -17,6 +17,8 @@ from kdcache.utils import parse_key_values
 @click.option("--teacher", default=None, help="Teacher model name (optional with a kdcache checkpoint).")
 @click.option("--teacher-weights", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Teacher checkpoint or state dict the cache was made with.")
+@click.option("--teacher-arg", "teacher_args", multiple=True,
+              help="KEY=VALUE passed to the teacher's constructor (repeatable), as given to dump-teacher.")
 @data_options()
 @click.option("--samples", type=click.IntRange(min=1), default=64, show_default=True,
               help="Completed (sample, view) pairs to replay through the teacher.")
@@ -29,7 +31,7 @@ from kdcache.utils import parse_key_values
 @click.option("--storage-option", "storage_options", multiple=True, help="KEY=VALUE for fsspec URLs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @library_errors
-def verify_cmd(cache, teacher, teacher_weights, data, split, limit, subset_seed, samples, seed, atol,
+def verify_cmd(cache, teacher, teacher_weights, teacher_args, data, split, limit, subset_seed, samples, seed, atol,
                allow_incomplete, batch_size, device, storage_options, as_json):
     """Check a cache against its teacher: replay sampled views from their recorded parameters.
 
@@ -42,7 +44,7 @@ def verify_cmd(cache, teacher, teacher_weights, data, split, limit, subset_seed,
       kdcache verify cifar-r56.zarr --data hdf5:cifar10.h5 --teacher cifar_resnet56 \\
           --teacher-weights resnet56.th --samples 256
     """
-    r = verify_cache(cache, TeacherSpec(name=teacher, weights=teacher_weights),
+    r = verify_cache(cache, TeacherSpec(name=teacher, weights=teacher_weights, kwargs=parse_model_args(teacher_args)),
                      DataConfig(source=data, split=split, limit=limit, subset_seed=subset_seed),
                      samples=samples, seed=seed, batch_size=batch_size, device=device, atol=atol,
                      allow_incomplete=allow_incomplete, storage_options=parse_key_values(storage_options) or None)

@@ -25,7 +25,7 @@ def select_device(name: str = "auto", *, local_rank: int = 0) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ConfigError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+            raise ConfigError(f"device {name!r} requested but CUDA is not available; use `device` cpu")
         if name == "cuda":
             name = f"cuda:{local_rank % torch.cuda.device_count()}"
         dev = torch.device(name)

@@ -6,12 +6,10 @@ replay a cached view (or audit what the teacher saw) from the arrays alone.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from kdcache.augment.params import param_array_specs
-
-if TYPE_CHECKING:
-    from kdcache.augment.spec import ViewSpec
+from kdcache.augment.spec import ViewSpec
 
 __all__ = ["describe_spec"]
 

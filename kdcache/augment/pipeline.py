@@ -15,6 +15,7 @@ import torch
 from torchvision.transforms.v2 import functional as F
 
 from kdcache.augment import params as _params
+from kdcache.augment.describe import describe_spec
 from kdcache.augment.mix import MixSampler, mix_float, require_partner_source
 from kdcache.augment.ops import CropSampler, check_hw, check_image, crop_flip_float
 from kdcache.augment.params import ViewParams
@@ -109,5 +110,5 @@ class ViewPipeline:
         return _params.param_array_specs(self.spec)
 
     def describe(self) -> dict:
-        """Same as ``self.spec.describe()``."""
-        return self.spec.describe()
+        """:func:`~kdcache.augment.describe.describe_spec` of this pipeline's spec."""
+        return describe_spec(self.spec)

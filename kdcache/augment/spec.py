@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from kdcache.augment.describe import describe_spec
 from kdcache.errors import ConfigError
 
 __all__ = ["INTERPOLATIONS", "MIX_MODES", "ViewSpec"]
@@ -67,18 +66,24 @@ class ViewSpec:
     a view is mixed with probability ``mix_prob``.
     """
 
-    size: int = 32
-    scale: tuple[float, float] = (0.25, 1.0)
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    interpolation: str = "bilinear"
-    antialias: bool = True
-    flip_prob: float = 0.5
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    mix: str = "none"
-    mixup_alpha: float = 0.8
-    cutmix_alpha: float = 1.0
-    mix_prob: float = 1.0
+    # ``help`` is the one description of each setting (the CLI builds its view options from it).
+    size: int = field(default=32, metadata={"help": "View side in pixels."})
+    scale: tuple[float, float] = field(default=(0.25, 1.0), metadata={"help": "RandomResizedCrop area range."})
+    ratio: tuple[float, float] = field(default=(3 / 4, 4 / 3),
+                                       metadata={"help": "RandomResizedCrop aspect-ratio range."})
+    interpolation: str = field(default="bilinear", metadata={"help": "Resize interpolation.",
+                                                             "choices": INTERPOLATIONS})
+    antialias: bool = field(default=True, metadata={"help": "Antialias when downscaling."})
+    flip_prob: float = field(default=0.5, metadata={"help": "Horizontal flip probability."})
+    mean: tuple[float, float, float] = field(default=(0.485, 0.456, 0.406),
+                                             metadata={"help": "Normalisation mean (RGB)."})
+    std: tuple[float, float, float] = field(default=(0.229, 0.224, 0.225),
+                                            metadata={"help": "Normalisation std (RGB)."})
+    mix: str = field(default="none", metadata={"help": "Mix views with a partner sample (recorded, replayed).",
+                                               "choices": MIX_MODES})
+    mixup_alpha: float = field(default=0.8, metadata={"help": "MixUp Beta(a, a)."})
+    cutmix_alpha: float = field(default=1.0, metadata={"help": "CutMix Beta(a, a)."})
+    mix_prob: float = field(default=1.0, metadata={"help": "Probability that a view is mixed."})
 
     def __post_init__(self) -> None:
         # Normalise containers and numbers so that equal specs compare and hash equal
@@ -143,7 +148,3 @@ class ViewSpec:
             if name in d and isinstance(d[name], list):
                 d[name] = tuple(d[name])
         return cls(**d)
-
-    def describe(self) -> dict[str, Any]:
-        """Everything needed to rebuild a view without kdcache (op order, settings, array layout, seeding)."""
-        return describe_spec(self)

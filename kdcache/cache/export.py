@@ -53,7 +53,7 @@ def export_hdf5(path: str, out_h5: str | os.PathLike[str], *, storage_options: M
     if os.path.isdir(out):
         raise CacheError(f"{out} is a directory; give the HDF5 file name to write")
     if os.path.exists(out) and not overwrite:
-        raise CacheError(f"{out} exists; pass --overwrite to replace it")
+        raise CacheError(f"{out} exists; pass `overwrite` to replace it")
     parent = os.path.dirname(out)
     if not os.path.isdir(parent):
         raise CacheError(f"cannot write {out}: directory {parent} does not exist")

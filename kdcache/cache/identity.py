@@ -76,5 +76,5 @@ def dataset_identity(ds: Any) -> dict[str, Any]:
 def dataset_differences(cached: dict[str, Any], ds: Any) -> list[str]:
     """What differs between a cache's dataset identity and ``ds`` (empty when they match)."""
     have = dataset_identity(ds)
-    return [f"{k}: {have.get(k)!r} (--data) != {cached.get(k)!r} (cache)" for k in sorted(cached)
+    return [f"{k}: {have.get(k)!r} (`data`) != {cached.get(k)!r} (cache)" for k in sorted(cached)
             if have.get(k) != cached.get(k)]

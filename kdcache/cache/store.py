@@ -168,7 +168,7 @@ class CacheStore:
             # Nothing Zarr is there. An empty directory may be used; anything else is the user's.
             if not is_url(path) and (not os.path.isdir(path) or os.listdir(path)):
                 raise CacheError(f"{path} exists and is not a kdcache cache; refusing to overwrite it "
-                                 "(choose another --out)") from None
+                                 "(choose another `out`)") from None
             return None
         except (ValueError, zarr.errors.BaseZarrError) as e:
             raise CacheError(f"{path} exists but is not a Zarr group ({e}); refusing to touch it") from e
@@ -257,7 +257,7 @@ class CacheStore:
         if not self.writable:
             raise CacheError(f"{self.path} is open read-only")
         if count < 1:
-            raise CacheError(f"--add-views must be >= 1, got {count}")
+            raise CacheError(f"`add_views` must be >= 1, got {count}")
         new_v = self.num_views + int(count)
         # Recorded first, so a rerun of an interrupted addition resumes it (see engine.dump).
         self._g.attrs["last_add"] = {"from": self.num_views, "to": new_v}

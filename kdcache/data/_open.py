@@ -6,12 +6,12 @@ A source spec is one string, so it fits a CLI flag, a config file and a cache's 
 
 from __future__ import annotations
 
-import dataclasses
 import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from kdcache.config import ConfigBase
 from kdcache.data._dataset import ImageDataset
 from kdcache.data._subset import stratified_subset
 from kdcache.errors import ConfigError, DataError
@@ -96,7 +96,7 @@ def open_dataset(source: str, split: str = "train", *, limit: int | None = None,
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class DataConfig(ConfigBase):
     """Which data to use: the arguments of :func:`open_dataset`, as a round-trippable config."""
 
     source: str
@@ -105,24 +105,12 @@ class DataConfig:
     subset_seed: int = 0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.source, str) or not self.source:
+        super().__post_init__()
+        if not self.source:
             raise ConfigError(f"data source must be a non-empty string such as 'digits', got {self.source!r}")
-        if not isinstance(self.split, str) or not self.split:
+        if not self.split:
             raise ConfigError(f"split must be a non-empty string such as 'train', got {self.split!r}")
         _check_subset_args(self.limit, self.subset_seed, ConfigError)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> DataConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown data config keys {unknown}; known keys: {sorted(known)}")
-        if "source" not in d:
-            raise ConfigError("data config needs a 'source' (e.g. 'digits' or 'hdf5:PATH')")
-        return cls(**d)
 
     def open(self, split: str | None = None) -> ImageDataset:
         """Open this config's data; ``split`` overrides the configured split (limit still applies)."""

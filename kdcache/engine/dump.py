@@ -26,6 +26,7 @@ from kdcache.augment import ViewPipeline, ViewSpec, param_array_specs
 from kdcache.cache import CacheIdentity, CacheStore, TargetMode, dataset_identity, is_url
 from kdcache.cache.info import label_agreement
 from kdcache.cache.layout import VIEW_SEED, UnitLayout
+from kdcache.config import ConfigBase
 from kdcache.data import DataConfig
 from kdcache.engine.teacher import TeacherSpec, build_teacher
 from kdcache.errors import CacheError, CacheMismatchError, ConfigError, KdcacheError, TeacherOutputError
@@ -37,7 +38,7 @@ __all__ = ["DumpConfig", "DumpSummary", "dump_teacher"]
 
 
 @dataclass(frozen=True)
-class DumpConfig:
+class DumpConfig(ConfigBase):
     data: DataConfig
     out: str
     teacher: TeacherSpec
@@ -52,21 +53,6 @@ class DumpConfig:
     device: str = "auto"
     amp: bool = False
     storage_options: dict[str, Any] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["data"] = self.data.to_dict()
-        d["teacher"] = self.teacher.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DumpConfig":
-        d = dict(d)
-        d["data"] = DataConfig.from_dict(d["data"])
-        d["teacher"] = TeacherSpec(**d["teacher"])
-        if d.get("view") is not None:  # JSON turns the tuple ranges into lists
-            d["view"] = {k: tuple(v) if isinstance(v, list) else v for k, v in d["view"].items()}
-        return cls(**d)
 
 
 @dataclass
@@ -108,12 +94,12 @@ def _prepare_store(cfg: DumpConfig, ds, identity: CacheIdentity, attrs: dict[str
         if not existing.get("ready"):
             if existing.get("fingerprint") != identity.fingerprint:
                 raise CacheMismatchError(f"{cfg.out} is a half-created cache of another configuration; "
-                                         "delete it or choose another --out")
+                                         "delete it or choose another `out`")
             log(f"{cfg.out}: creation was interrupted; recreating it")
             create_new = True
     if create_new:
         if cfg.add_views:
-            raise ConfigError(f"--add-views needs an existing cache, but {cfg.out} does not exist")
+            raise ConfigError(f"`add_views` needs an existing cache, but {cfg.out} does not exist")
         if not is_url(cfg.out):
             parent = os.path.dirname(os.path.abspath(cfg.out))
             if not os.path.isdir(parent):
@@ -142,7 +128,7 @@ def _prepare_store(cfg: DumpConfig, ds, identity: CacheIdentity, attrs: dict[str
         log(f"{cfg.out}: views {old} -> {store.num_views}")
     elif cfg.views is not None and cfg.views != store.num_views:
         raise ConfigError(f"{cfg.out} has {store.num_views} views, not {cfg.views}; "
-                          f"use --add-views {max(cfg.views - store.num_views, 1)} to compute more views")
+                          f"use `add_views` {max(cfg.views - store.num_views, 1)} to compute more views")
     return store
 
 
@@ -152,7 +138,7 @@ def _unit_arrays(mode: TargetMode, logits: torch.Tensor, batch: list[ViewBatch],
     bad = (~torch.isfinite(logits)).any(dim=1)
     if bool(bad.any()):
         raise TeacherOutputError(f"the teacher produced NaN/Inf for {int(bad.sum())} views of {where}; "
-                                 "nothing of it was marked done (check the weights and --amp)")
+                                 "nothing of it was marked done (check the weights and `amp`)")
     if not bool(torch.isfinite(logits.to(torch.float16)).all()):
         raise TeacherOutputError(f"teacher logits of {where} overflow float16 (|x| > 65504)")
     out = mode.encode(logits)
@@ -164,7 +150,7 @@ def _unit_arrays(mode: TargetMode, logits: torch.Tensor, batch: list[ViewBatch],
 def dump_teacher(cfg: DumpConfig, *, progress: bool = True, log: Callable[[str], None] = print) -> DumpSummary:
     """Run the teacher over every pending (block, view) unit of ``cfg.out``. See module docstring."""
     if cfg.views is not None and cfg.views < 1:
-        raise ConfigError(f"--views must be >= 1, got {cfg.views}")
+        raise ConfigError(f"`views` must be >= 1, got {cfg.views}")
     if cfg.batch_size < 1 or cfg.block_size < 1 or cfg.workers < 0:
         raise ConfigError("batch size and block size must be >= 1 and workers >= 0")
     mode = TargetMode.parse(cfg.targets)
@@ -218,7 +204,7 @@ def _dump(cfg: DumpConfig, mode: TargetMode, ctx: DistContext, *, progress: bool
     identity = CacheIdentity(teacher=teacher.identity(), dataset=dataset_identity(ds), view_spec=spec.to_dict(),
                              seed=int(cfg.seed), targets=str(mode))
     attrs = {
-        "view_spec": spec.describe(),
+        "view_spec": pipeline.describe(),
         "teacher": teacher.describe(),
         "dataset": {**ds.describe(), "source": ds.source},
         "config": cfg.to_dict(),

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from kdcache.config import ConfigBase
 from kdcache.errors import ModelError
 from kdcache.models import ModelCfg, create_model, model_cfg
 from kdcache.models.checkpoint import is_kdcache_checkpoint, load_checkpoint, load_weights
@@ -27,15 +28,12 @@ def state_dict_sha256(model: nn.Module) -> str:
 
 
 @dataclass(frozen=True)
-class TeacherSpec:
+class TeacherSpec(ConfigBase):
     """Which teacher: a registered/torchvision/timm/python name and/or a weights file."""
 
     name: str | None = None
     weights: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "weights": self.weights, "kwargs": dict(self.kwargs or {})}
 
 
 @dataclass
@@ -64,10 +62,10 @@ def build_teacher(spec: TeacherSpec, *, num_classes: int) -> LoadedTeacher:
         model, _ = load_checkpoint(spec.weights)
         cfg = model_cfg(model)
         if spec.name and spec.name != cfg.name:
-            raise ModelError(f"--teacher {spec.name!r} but {spec.weights} holds a {cfg.name!r} model")
+            raise ModelError(f"`teacher` {spec.name!r} but {spec.weights} holds a {cfg.name!r} model")
     else:
         if not spec.name:
-            raise ModelError("name a teacher with --teacher (or pass a kdcache checkpoint as --teacher-weights)")
+            raise ModelError("name a teacher with `teacher` (or pass a kdcache checkpoint as `teacher_weights`)")
         model = create_model(spec.name, num_classes=num_classes, **(spec.kwargs or {}))
         if spec.weights:
             load_weights(model, spec.weights)

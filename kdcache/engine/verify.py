@@ -101,7 +101,7 @@ def _check_teacher(store: CacheStore, have: dict[str, Any]) -> None:
     """The teacher's identity (name, kwargs, weights sha256) must equal the cache's, part by part."""
     have = json.loads(canonical_json(have))
     want = store.identity.teacher
-    diffs = [f"{k}: {_short(have.get(k))} (--teacher) != {_short(want.get(k))} (cache)"
+    diffs = [f"{k}: {_short(have.get(k))} (`teacher`) != {_short(want.get(k))} (cache)"
              for k in sorted(set(want) | set(have)) if have.get(k) != want.get(k)]
     if diffs:
         raise CacheMismatchError(f"{store.path} was made by another teacher: " + "; ".join(diffs))
@@ -231,7 +231,7 @@ def _failures(r: dict[str, Any]) -> list[str]:
     else:
         if not r["max_abs_diff"] <= r["atol"]:
             w = r["worst"]
-            hint = " (the cache was dumped with --amp; pass a larger --atol)" if r["dumped_with_amp"] else ""
+            hint = " (the cache was dumped with `amp`; pass a larger `atol`)" if r["dumped_with_amp"] else ""
             out.append(f"teacher output on replayed views differs from the cache by up to {r['max_abs_diff']:.4g} "
                        f"> atol {r['atol']:.4g} (worst: sample {w['key']!r}, view {w['view']}){hint}")
         if r["argmax_mismatches"]:
@@ -241,5 +241,5 @@ def _failures(r: dict[str, Any]) -> list[str]:
         out.append(f"{r['nonfinite_targets']} NaN/Inf values in the cached targets")
     if r["coverage"] < 1.0 and not r["allow_incomplete"]:
         out.append(f"coverage {100 * r['coverage']:.2f}% < 100% (rerun dump-teacher to finish it, "
-                   "or pass --allow-incomplete)")
+                   "or pass `allow_incomplete`)")
     return out

@@ -68,8 +68,11 @@ def _row(name: str, num_classes: int, input_size: int | None) -> dict[str, Any]:
 
 
 def model_table(names: Sequence[str] | None = None, *, input_size: int | None = None,
-                num_classes: int = 1000) -> list[dict[str, Any]]:
+                num_classes: int = 1000, flops: bool = True) -> list[dict[str, Any]]:
     """One row per model: ``name, params, gflops, input_size, tags, description, error``.
+
+    With ``flops=False`` nothing is built: rows carry only name, tags and description (instant),
+    and ``params``, ``gflops``, ``input_size`` are None.
 
     ``names`` defaults to every registered model; any name ``create_model`` accepts works
     (torchvision, ``timm:``, ``python:``). ``input_size`` overrides each model's own input size;
@@ -77,10 +80,16 @@ def model_table(names: Sequence[str] | None = None, *, input_size: int | None = 
     """
     if input_size is not None and (not isinstance(input_size, int) or input_size < 1):
         raise ModelError(f"input_size must be a positive integer, got {input_size!r}")
-    return [_row(n, num_classes, input_size) for n in (list_models() if names is None else names)]
+    names = list_models() if names is None else list(names)
+    if not flops:
+        return [{"name": n, "params": None, "gflops": None, "input_size": None, "tags": list(model_tags(n)),
+                 "description": model_description(n), "error": None} for n in names]
+    return [_row(n, num_classes, input_size) for n in names]
 
 
-def _fmt_params(n: int) -> str:
+def _fmt_params(n: int | None) -> str:
+    if n is None:
+        return "-"
     return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}K"
 
 
@@ -89,11 +98,11 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     header = ("model", "params", "GFLOPs", "input", "tags", "description")
     body = []
     for r in rows:
-        gflops = f"{r['gflops']:.3f}" if r.get("gflops") is not None else "n/a"
+        gflops = f"{r['gflops']:.3f}" if r.get("gflops") is not None else ("n/a" if r.get("params") else "-")
         desc = r.get("description") or ""
         if r.get("error"):
             desc = f"{desc} [FLOPs: {r['error'].splitlines()[0]}]".strip()
-        body.append((r["name"], _fmt_params(r["params"]), gflops, str(r["input_size"]),
+        body.append((r["name"], _fmt_params(r["params"]), gflops, str(r["input_size"] or "-"),
                      ",".join(r.get("tags") or []), desc))
     widths = [max(len(row[i]) for row in (header, *body)) for i in range(len(header))]
     right = {1, 2, 3}  # numbers align right

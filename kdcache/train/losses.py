@@ -12,12 +12,13 @@ class head takes the task loss and the distillation head the KD loss (DeiT); wit
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdcache.config import ConfigBase
 from kdcache.errors import ConfigError
 
 __all__ = ["LossConfig", "DistillationLoss", "teacher_log_probs", "soft_labels"]
@@ -27,7 +28,7 @@ _TOPK_FILL = ("spread", "renorm")
 
 
 @dataclass(frozen=True)
-class LossConfig:
+class LossConfig(ConfigBase):
     distill: str = "soft"
     alpha: float = 0.5
     temperature: float = 4.0
@@ -35,6 +36,7 @@ class LossConfig:
     topk_fill: str = "spread"
 
     def __post_init__(self):
+        super().__post_init__()
         if self.distill not in _DISTILL:
             raise ConfigError(f"distill must be one of {_DISTILL}, got {self.distill!r}")
         if not 0.0 <= self.alpha <= 1.0:
@@ -45,9 +47,6 @@ class LossConfig:
             raise ConfigError(f"label smoothing must be in [0, 1), got {self.label_smoothing!r}")
         if self.topk_fill not in _TOPK_FILL:
             raise ConfigError(f"topk fill must be one of {_TOPK_FILL}, got {self.topk_fill!r}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def soft_labels(labels: torch.Tensor, num_classes: int, *, partner_labels: torch.Tensor | None = None,

@@ -13,7 +13,7 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from kdcache.augment import ViewPipeline, ViewSpec
 from kdcache.cache import CacheStore
+from kdcache.config import ConfigBase
 from kdcache.data import DataConfig
 from kdcache.errors import CacheMismatchError, CheckpointError, ConfigError
 from kdcache.models import create_model, model_cfg
@@ -38,7 +39,7 @@ __all__ = ["TrainConfig", "train_student", "train_teacher", "evaluate_checkpoint
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(ConfigBase):
     data: DataConfig
     out: str
     model: str
@@ -64,24 +65,12 @@ class TrainConfig:
     storage_options: dict[str, Any] | None = None
 
     def __post_init__(self):
+        super().__post_init__()
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if self.lr <= 0 or self.warmup_epochs < 0 or self.workers < 0:
             raise ConfigError("lr must be > 0, warmup epochs and workers >= 0")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["data"] = self.data.to_dict()
-        d["loss"] = self.loss.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        d = dict(d)
-        d["data"] = DataConfig.from_dict(d["data"])
-        d["loss"] = LossConfig(**d.get("loss", {}))
-        return cls(**d)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, *, steps_per_epoch: int, epochs: int,
@@ -160,12 +149,12 @@ class _Run:
     def _resume(self) -> None:
         path = os.path.join(self.cfg.out, "last.pt")
         if not os.path.exists(path):
-            raise CheckpointError(f"--resume: no {path} to resume from")
+            raise CheckpointError(f"`resume`: no {path} to resume from")
         model, extra = load_checkpoint(path)
         if model_cfg(model).name != model_cfg(self.model).name:
-            raise CheckpointError(f"--resume: {path} holds {model_cfg(model).name!r}, not {self.cfg.model!r}")
+            raise CheckpointError(f"`resume`: {path} holds {model_cfg(model).name!r}, not {self.cfg.model!r}")
         if extra.get("cache_fingerprint") != self.meta.get("cache_fingerprint"):
-            raise CacheMismatchError(f"--resume: {path} was trained from another cache")
+            raise CacheMismatchError(f"`resume`: {path} was trained from another cache")
         self.model.load_state_dict(model.state_dict())
         self.optimizer.load_state_dict(extra["optimizer"])
         self.scheduler.load_state_dict(extra["scheduler"])
@@ -216,7 +205,7 @@ def _loader(dataset, batches: list, cfg: TrainConfig, pin: bool) -> DataLoader:
 def train_student(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str], None] = print) -> dict:
     """Distil ``cfg.model`` from the cache ``cfg.cache`` (``loss.distill="none"``: labels only)."""
     if not cfg.cache:
-        raise ConfigError("train-student needs --cache")
+        raise ConfigError("a student run needs `cache` (a teacher cache)")
     ctx = DistContext.from_env(cfg.device)
     try:
         store = CacheStore.open(cfg.cache, mode="r", storage_options=cfg.storage_options)

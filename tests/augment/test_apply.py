@@ -6,7 +6,7 @@ import pytest
 import torch
 from torchvision.transforms.v2 import functional as F
 
-from kdcache.augment import ViewParams, ViewPipeline, ViewSpec, derive_view_seed
+from kdcache.augment import ViewParams, ViewPipeline, ViewSpec, derive_view_seed, describe_spec
 from kdcache.errors import ConfigError, DataError
 
 N = 6
@@ -81,7 +81,7 @@ def test_replay_from_arrays_is_bit_identical(spec):
         assert q == p
         again = replay.apply(IMAGES[i], q, IMAGES[q.partner] if q.is_mixed else None)
         assert torch.equal(again, view)
-        assert torch.equal(_replay_without_kdcache(spec.describe()["spec"], arrays, row, IMAGES[i]), view)
+        assert torch.equal(_replay_without_kdcache(describe_spec(spec)["spec"], arrays, row, IMAGES[i]), view)
     expected = {"none": {0}, "mixup": {1}, "cutmix": {2}, "both": {0, 1, 2}}[spec.mix]
     assert {p.mix_kind for p, _ in sampled} == expected
 

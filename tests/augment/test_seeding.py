@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kdcache.augment import ViewSpec, derive_view_seed
+from kdcache.augment import ViewSpec, derive_view_seed, describe_spec
 from kdcache.errors import ConfigError
 
 
@@ -19,10 +19,10 @@ def test_seed_is_63_bit_and_follows_the_documented_encoding(base, key, view):
     seed = derive_view_seed(base, key, view)
     assert 0 <= seed < 2**63
     assert seed == derive_view_seed(base, key, view)
-    # The encoding is published in ViewSpec.describe()["seeding"]; check it matches the code.
+    # The encoding is published in describe_spec(ViewSpec)["seeding"]; check it matches the code.
     message = json.dumps(["kdcache.view-seed.v1", base, key, view], separators=(",", ":"), ensure_ascii=False)
     assert seed == int.from_bytes(hashlib.sha256(message.encode("utf-8")).digest()[:8], "big") >> 1
-    assert "kdcache.view-seed.v1" in ViewSpec().describe()["seeding"]
+    assert "kdcache.view-seed.v1" in describe_spec(ViewSpec())["seeding"]
 
 
 def test_different_inputs_give_different_seeds():

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kdcache.augment import ViewPipeline, ViewSpec, param_array_specs
+from kdcache.augment import ViewPipeline, ViewSpec, describe_spec, param_array_specs
 from kdcache.errors import ConfigError
 
 
@@ -96,7 +96,7 @@ def test_is_mixed():
 
 def test_describe_op_order_and_settings_unmixed():
     spec = ViewSpec(size=24, interpolation="bicubic", antialias=False, flip_prob=0.3)
-    d = spec.describe()
+    d = describe_spec(spec)
     json.dumps(d)
     assert d["op_order"] == ["resized_crop", "horizontal_flip", "to_float_0_1", "normalize"]
     crop = d["ops"][0]

@@ -105,7 +105,7 @@ def test_blocks_are_chunk_aligned_and_cover_the_array(caches, monkeypatch):
 def test_existing_output_is_never_touched_without_overwrite(tmp_path, caches):
     out = tmp_path / "c.h5"
     out.write_bytes(b"precious")
-    with pytest.raises(CacheError, match="--overwrite"):
+    with pytest.raises(CacheError, match="`overwrite`"):
         export_hdf5(caches["full"], out)
     assert out.read_bytes() == b"precious"
     export_hdf5(caches["full"], out, overwrite=True)

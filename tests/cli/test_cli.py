@@ -138,9 +138,50 @@ def test_train_teacher_writes_a_checkpoint_dump_accepts(tmp_path, tiny_h5):
 
 
 def test_models_lists_registered_models():
-    rows = json.loads(run("models", "--tag", "test", "--json").output)
+    rows = json.loads(run("models", "--tag", "test", "--flops", "--json").output)
     names = {r["name"] for r in rows}
     assert "deit_test_distilled" in names and all(r["params"] > 0 for r in rows)
+    # without --flops nothing is built: names, tags and descriptions only
+    quick = json.loads(run("models", "--tag", "test", "--json").output)
+    assert {r["name"] for r in quick} == names and all(r["params"] is None and r["gflops"] is None for r in quick)
+    assert all(r["description"] for r in quick)
+    res = run("models", "--input-size", "64", ok=False)
+    assert res.exit_code == 2 and "--input-size needs --flops" in res.output
+
+
+def test_help_groups_options_in_sections_and_view_options_come_from_viewspec():
+    import dataclasses
+
+    from kdcache.augment import ViewSpec
+
+    for cmd in ("dump-teacher", "train-teacher"):
+        out = run(cmd, "--help").output
+        for field in dataclasses.fields(ViewSpec):  # every view setting has its flag, antialias included
+            assert "--" + field.name.replace("_", "-") in out, (cmd, field.name)
+        assert all(f"\n{h}" in out for h in ("View (", "Runtime:", "Data:", "Options:"))
+    assert "\nTraining:" in run("train-student", "--help").output
+
+
+def test_view_flags_reach_the_cache_view_spec(tmp_path, tiny_h5, tiny_teacher):
+    out = str(tmp_path / "c.zarr")
+    run(*dump_args(tiny_h5, tiny_teacher, out, "--views", "1", "--no-antialias", "--mean", "0.5", "0.5", "0.5",
+                   "--scale", "0.5", "1"))
+    spec = json.loads(run("info", out, "--json").output)["view_spec"]["spec"]
+    assert spec["antialias"] is False and spec["mean"] == [0.5, 0.5, 0.5] and spec["scale"] == [0.5, 1.0]
+
+
+@pytest.mark.parametrize("value,why", [("2.7", "must be an integer"), ("true", "must be an integer"),
+                                       ('"4"', "must be an integer")])
+def test_config_file_values_of_the_wrong_type_are_refused(tmp_path, value, why):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f"views = {value}\nout = 'x.zarr'\n")
+    res = run("dump-teacher", "--config", cfg, ok=False)
+    assert res.exit_code == 2 and why in res.output and "Traceback" not in res.output
+
+
+def test_library_messages_name_the_command_line_flag(tmp_path, tiny_h5, tiny_teacher):
+    res = run(*dump_args(tiny_h5, tiny_teacher, str(tmp_path / "new.zarr"), "--add-views", "2"), ok=False)
+    assert res.exit_code == 1 and "--add-views needs an existing cache" in res.output
 
 
 def test_student_arg_reaches_the_constructor_and_the_checkpoint(tmp_path, tiny_h5, cache):
