@@ -24,7 +24,7 @@ from kdcache.errors import ConfigError
 if TYPE_CHECKING:
     from kdcache.models import ModelCfg
 
-__all__ = ["ViewDraws", "ViewBatch", "UnitBatches", "ReplayViews", "EvalViews", "identity_collate",
+__all__ = ["ViewDraws", "ViewBatch", "BlockBatches", "ReplayViews", "EvalViews", "identity_collate",
            "build_views", "resolve_view_spec"]
 
 
@@ -104,25 +104,34 @@ def identity_collate(batch):
     return batch
 
 
-class UnitBatches(Sampler[list[tuple[int, int]]]):
-    """Batches of (sample, view) pairs; every batch lies inside one unit (block × view)."""
+class BlockBatches(Sampler[list[tuple[int, int]]]):
+    """Batches of (sample, view) pairs that decode each image once: all of a sample's pending views together.
 
-    def __init__(self, units: Sequence[tuple[int, int]], bounds, batch_size: int):
-        self.units = list(units)
+    ``work`` lists (block, views) in order; a batch holds ``max(1, batch_size // len(views))`` consecutive
+    samples of one block with every one of its pending views (sample-major), so a worker decodes each
+    image once and draws all its views from that decode. Batches never straddle a block.
+    """
+
+    def __init__(self, work: Sequence[tuple[int, Sequence[int]]], bounds, batch_size: int):
+        self.work = [(int(b), [int(v) for v in vs]) for b, vs in work]
         self.bounds = bounds
         self.batch_size = int(batch_size)
 
+    def _samples_per_batch(self, views: Sequence[int]) -> int:
+        return max(1, self.batch_size // max(1, len(views)))
+
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        for b, v in self.units:
+        for b, vs in self.work:
             b0, b1 = self.bounds(b)
-            for s in range(b0, b1, self.batch_size):
-                yield [(i, v) for i in range(s, min(s + self.batch_size, b1))]
+            step = self._samples_per_batch(vs)
+            for s in range(b0, b1, step):
+                yield [(i, v) for i in range(s, min(s + step, b1)) for v in vs]
 
     def __len__(self) -> int:
         n = 0
-        for b, _ in self.units:
+        for b, vs in self.work:
             b0, b1 = self.bounds(b)
-            n += -(-(b1 - b0) // self.batch_size)
+            n += -(-(b1 - b0) // self._samples_per_batch(vs))
         return n
 
 

@@ -1,17 +1,25 @@
 """The dump engine: run a teacher once over V augmented views of a dataset into a cache.
 
 Work is split into units (a block of samples × one view); each unit owns one chunk of
-every per-view array, is computed in order, checked (no NaN/Inf), written, and only then
-marked done. A rerun of the same command computes only units that are not done, so a
-killed dump resumes; ``add_views`` grows the cache and computes only the new views.
+every per-view array, is checked (no NaN/Inf), written, and only then marked done. A
+rerun of the same command computes only units that are not done, so a killed dump
+resumes; ``add_views`` grows the cache and computes only the new views.
+
+Decoding is the costly part of a data path of full-size JPEGs, so work runs block by block:
+a batch holds a few samples with *all* of their pending views, each image is decoded once
+and every view of it is drawn from that decode. When a block's views are computed, its units
+go to a background writer (a bounded queue), so the store writes overlap the teacher's
+next forward; a failed write stops the dump with that unit not done.
 Under torchrun, rank 0 prepares the store's metadata, then every rank takes its share of
-the pending units (``units[rank::world]``) — disjoint chunks — and the result is the
-same store a single process writes.
+the blocks with pending units (``blocks[rank::world]``) — disjoint chunks — and the result
+is the same store a single process writes.
 """
 
 from __future__ import annotations
 
 import os
+import queue
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -22,7 +30,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from kdcache.augment import ViewPipeline, ViewSpec, param_array_specs
+from kdcache.augment import ViewParams, ViewPipeline, ViewSpec, param_array_specs
 from kdcache.cache import CacheIdentity, CacheStore, TargetMode, dataset_identity, is_url
 from kdcache.cache.info import label_agreement
 from kdcache.cache.layout import VIEW_SEED, UnitLayout
@@ -31,7 +39,7 @@ from kdcache.data import DataConfig
 from kdcache.engine.teacher import TeacherSpec, build_teacher
 from kdcache.errors import CacheError, CacheMismatchError, ConfigError, KdcacheError, TeacherOutputError
 from kdcache.runtime import DistContext, autocast, select_device
-from kdcache.views import UnitBatches, ViewBatch, ViewDraws, identity_collate, resolve_view_spec
+from kdcache.views import BlockBatches, ViewBatch, ViewDraws, identity_collate, resolve_view_spec
 
 __all__ = ["DumpConfig", "DumpSummary", "dump_teacher"]
 
@@ -132,8 +140,8 @@ def _prepare_store(cfg: DumpConfig, ds, identity: CacheIdentity, attrs: dict[str
     return store
 
 
-def _unit_arrays(mode: TargetMode, logits: torch.Tensor, batch: list[ViewBatch], pipeline: ViewPipeline,
-                 where: str) -> dict[str, np.ndarray]:
+def _unit_arrays(mode: TargetMode, logits: torch.Tensor, params: list[ViewParams], seeds: np.ndarray,
+                 pipeline: ViewPipeline, where: str) -> dict[str, np.ndarray]:
     """Targets + recorded parameters of one unit; refuses non-finite teacher outputs."""
     bad = (~torch.isfinite(logits)).any(dim=1)
     if bool(bad.any()):
@@ -142,9 +150,57 @@ def _unit_arrays(mode: TargetMode, logits: torch.Tensor, batch: list[ViewBatch],
     if not bool(torch.isfinite(logits.to(torch.float16)).all()):
         raise TeacherOutputError(f"teacher logits of {where} overflow float16 (|x| > 65504)")
     out = mode.encode(logits)
-    out.update(pipeline.params_to_arrays([p for b in batch for p in b.params]))
-    out[VIEW_SEED] = np.concatenate([b.seeds for b in batch])
+    out.update(pipeline.params_to_arrays(params))
+    out[VIEW_SEED] = seeds
     return out
+
+
+class _Writer:
+    """Writes finished units on a background thread, so the teacher's next forward overlaps the store write.
+
+    The queue holds at most ``depth`` blocks (memory stays flat). The first failure is kept and raised in
+    the dump's own thread at the next :meth:`submit` or at :meth:`close`; the unit that failed was not
+    marked done (``write_unit`` sets ``done`` last) and nothing after it is written.
+    """
+
+    def __init__(self, store: CacheStore, out: str, bar, depth: int = 2):
+        self.store, self.out, self.bar = store, out, bar
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.error: tuple[BaseException, str] | None = None
+        self.thread = threading.Thread(target=self._loop, name="kdcache-writer", daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while (item := self.queue.get()) is not None:
+            if self.error is not None:
+                continue  # drain: nothing more is written after a failure
+            block, units = item
+            for view, arrays, where in units:
+                try:
+                    self.store.write_unit(block, view, arrays)
+                except BaseException as e:  # noqa: BLE001 - handed to the dump's thread
+                    self.error = (e, where)
+                    break
+                self.bar.update(len(arrays[VIEW_SEED]))
+
+    def submit(self, block: int, units: list[tuple[int, dict[str, np.ndarray], str]]) -> None:
+        self._raise()
+        self.queue.put((block, units))
+
+    def close(self, *, raise_error: bool = True) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        if raise_error:
+            self._raise()
+
+    def _raise(self) -> None:
+        if self.error is None:
+            return
+        e, where = self.error
+        if isinstance(e, OSError):
+            raise CacheError(f"writing {self.out} failed at {where}: {e.strerror or e}; "
+                             "earlier units are intact, rerun to resume") from e
+        raise e
 
 
 def dump_teacher(cfg: DumpConfig, *, progress: bool = True, log: Callable[[str], None] = print) -> DumpSummary:
@@ -165,33 +221,40 @@ def _quiet(_msg: str) -> None:
     pass
 
 
-def _run_units(model, loader, units, store: CacheStore, mode: TargetMode, pipeline: ViewPipeline,
-               device: torch.device, cfg: DumpConfig, bar) -> None:
-    """Teacher forward over the loader's batches; each finished unit is checked, written, marked done."""
-    pending: list[ViewBatch] = []
-    outputs: list[torch.Tensor] = []
-    unit_iter = iter(units)
-    unit = next(unit_iter, None)
-    rows = 0
-    for batch in loader:
-        with torch.inference_mode(), autocast(device, cfg.amp):
-            logits = model(batch.images.to(device, non_blocking=True))
-        pending.append(batch)
-        outputs.append(logits.float().cpu())
-        rows += len(batch.indices)
-        b, v = unit
-        b0, b1 = store.block_bounds(b)
-        if rows == b1 - b0:
-            where = f"block {b} (samples {b0}-{b1 - 1}), view {v}"
-            arrays = _unit_arrays(mode, torch.cat(outputs), pending, pipeline, where)
-            try:
-                store.write_unit(b, v, arrays)
-            except OSError as e:
-                raise CacheError(f"writing {cfg.out} failed at {where}: {e.strerror or e}; "
-                                 "earlier units are intact, rerun to resume") from e
-            bar.update(b1 - b0)
-            pending, outputs, rows = [], [], 0
-            unit = next(unit_iter, None)
+def _run_blocks(model, loader, work: list[tuple[int, list[int]]], store: CacheStore, mode: TargetMode,
+                pipeline: ViewPipeline, device: torch.device, cfg: DumpConfig, writer: _Writer) -> None:
+    """Teacher forward over the loader's batches (all pending views of a few samples each); when a block's
+    views are all computed, each of its units is checked and handed to the writer."""
+    for block, views in work:
+        b0, b1 = store.block_bounds(block)
+        need, got = (b1 - b0) * len(views), 0
+        logits: dict[int, list[torch.Tensor]] = {v: [] for v in views}
+        params: dict[int, list[ViewParams]] = {v: [] for v in views}
+        seeds: dict[int, list[np.ndarray]] = {v: [] for v in views}
+        while got < need:
+            batch: ViewBatch = next(loader)
+            with torch.inference_mode(), autocast(device, cfg.amp):
+                out = model(batch.images.to(device, non_blocking=True)).float().cpu()
+            for v in views:  # the batch is sample-major: each view's rows stay in sample order
+                rows = np.flatnonzero(batch.views == v)
+                logits[v].append(out[torch.from_numpy(rows)])
+                params[v].extend(batch.params[r] for r in rows)
+                seeds[v].append(batch.seeds[rows])
+            got += len(batch.indices)
+        units = []
+        for v in views:
+            where = f"block {block} (samples {b0}-{b1 - 1}), view {v}"
+            units.append((v, _unit_arrays(mode, torch.cat(logits[v]), params[v], np.concatenate(seeds[v]),
+                                          pipeline, where), where))
+        writer.submit(block, units)
+
+
+def _block_work(units: list[tuple[int, int]]) -> list[tuple[int, list[int]]]:
+    """Pending units grouped by block (block order; views ascending): the dump's unit of decoding."""
+    by_block: dict[int, list[int]] = {}
+    for b, v in units:
+        by_block.setdefault(b, []).append(v)
+    return [(b, sorted(vs)) for b, vs in sorted(by_block.items())]
 
 
 def _dump(cfg: DumpConfig, mode: TargetMode, ctx: DistContext, *, progress: bool,
@@ -227,32 +290,36 @@ def _dump(cfg: DumpConfig, mode: TargetMode, ctx: DistContext, *, progress: bool
         store = CacheStore.open(cfg.out, mode="r+", storage_options=cfg.storage_options)
         store.check_identity(identity)
 
-    all_units = store.pending_units()
+    all_work = _block_work(store.pending_units())
     # Every rank must slice the same list: nobody writes a unit before all ranks have read it.
     ctx.barrier()
-    units = all_units[ctx.rank::ctx.world_size]
+    work = all_work[ctx.rank::ctx.world_size]
     device = select_device(cfg.device, local_rank=ctx.local_rank)
     model = teacher.model.to(device)
     loader = DataLoader(
         ViewDraws(ds, pipeline, cfg.seed),
-        batch_sampler=UnitBatches(units, store.block_bounds, cfg.batch_size),
+        batch_sampler=BlockBatches(work, store.block_bounds, cfg.batch_size),
         num_workers=cfg.workers,
         collate_fn=identity_collate,
         pin_memory=device.type == "cuda",
     )
 
-    def unit_rows(u: tuple[int, int]) -> int:
-        b0, b1 = store.block_bounds(u[0])
-        return b1 - b0
+    def views_of(w: list[tuple[int, list[int]]]) -> int:
+        return sum((store.block_bounds(b)[1] - store.block_bounds(b)[0]) * len(vs) for b, vs in w)
 
-    my_views = sum(unit_rows(u) for u in units)
-    total_views = sum(unit_rows(u) for u in all_units)
+    my_views, total_views = views_of(work), views_of(all_work)
+    all_units = [(b, v) for b, vs in all_work for v in vs]
     bar = tqdm(total=my_views, desc=f"dump-teacher[{ctx.rank}]" if ctx.distributed else "dump-teacher",
                unit="view", disable=not progress)
     t0 = time.perf_counter()
     failure: BaseException | None = None
+    writer = _Writer(store, cfg.out, bar)
     try:
-        _run_units(model, loader, units, store, mode, pipeline, device, cfg, bar)
+        try:
+            _run_blocks(model, iter(loader), work, store, mode, pipeline, device, cfg, writer)
+        finally:
+            writer.close(raise_error=False)
+        writer._raise()
     except Exception as e:  # noqa: BLE001 - re-raised below, after telling the other ranks
         failure = e
     # A rank that failed must not leave the others waiting at a barrier forever.

@@ -25,8 +25,10 @@ import torch
 import zarr
 from click.testing import CliRunner
 from engine_support import (
+    BATCH,
     BLOCK,
     N_TRAIN,
+    VIEWS,
     assert_bitwise_equal,
     assert_done_units_match,
     assert_stores_equal,
@@ -308,19 +310,22 @@ def nan_teacher(world, tmp_path, monkeypatch):
 def test_teacher_nan_fails_unit_and_keeps_earlier_units(world, tmp_path, nan_teacher):
     module, teacher_name = nan_teacher
     out = tmp_path / "c.zarr"
-    good_units = 5  # batch == block, so forward call k computes unit k-1 (view-major order)
-    module.NAN_FROM_CALL = good_units + 1
+    # Work is block-major: a batch holds BATCH // VIEWS samples with all their views, so a block takes
+    # BLOCK // (BATCH // VIEWS) forward calls. The NaN comes midway through block `good_blocks`.
+    calls_per_block = BLOCK // (BATCH // VIEWS)
+    good_blocks = 2
+    module.NAN_FROM_CALL = good_blocks * calls_per_block + 2
     with pytest.raises(TeacherOutputError, match="NaN"):
         world.dump(out, teacher=TeacherSpec(name=teacher_name))
 
     store = CacheStore.open(str(out))
     du = store.done_units()
     expected = np.zeros_like(du)
-    expected[:good_units, 0] = True  # view 0, blocks 0..4
+    expected[:good_blocks, :] = True  # every view of blocks 0..good_blocks-1
     assert np.array_equal(du, expected), du
-    bad_block = good_units
-    assert not store.done()[bad_block * BLOCK:(bad_block + 1) * BLOCK, 0].any()
-    assert assert_done_units_match(out, world.reference) == good_units
+    bad_block = good_blocks
+    assert not store.done()[bad_block * BLOCK:(bad_block + 1) * BLOCK].any()
+    assert assert_done_units_match(out, world.reference) == good_blocks * VIEWS
 
     # Through the CLI: one line, non-zero exit, and the rerun (teacher fixed) finishes the cache,
     # recomputing only what was not done, into the reference's arrays.
@@ -330,7 +335,7 @@ def test_teacher_nan_fails_unit_and_keeps_earlier_units(world, tmp_path, nan_tea
     assert np.array_equal(CacheStore.open(str(out)).done_units(), expected)
     module.NAN_FROM_CALL = None
     summary = world.dump(out, teacher=TeacherSpec(name=teacher_name))
-    assert summary.units_computed == world.num_units - good_units
+    assert summary.units_computed == world.num_units - good_blocks * VIEWS
     got, want = read_all_arrays(out), read_all_arrays(world.reference)
     for name in want:
         assert_bitwise_equal(name, got[name], want[name])
