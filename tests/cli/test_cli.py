@@ -197,3 +197,30 @@ def test_student_arg_reaches_the_constructor_and_the_checkpoint(tmp_path, tiny_h
     res = run("train-student", "--cache", cache, "--data", tiny_h5, "--student", "cnn_tiny", "--student-arg",
               "no_such_arg=1", "--out", tmp_path / "r2", "--workers", "0", ok=False)
     assert res.exit_code == 1 and "Traceback" not in res.output
+
+
+def test_train_student_with_an_online_teacher_and_no_cache(tmp_path, tiny_h5, tiny_teacher):
+    assert "forward pass at every step" in " ".join(run("train-student", "--help").output.split())
+    out = tmp_path / "online"
+    run("train-student", "--online-teacher", "cnn_tiny", "--teacher-weights", tiny_teacher, "--data", tiny_h5,
+        "--student", "cnn_tiny", "--distill", "hard", "--size", "16", "--epochs", "1", "--batch-size", "16",
+        "--workers", "0", "--out", out, "--no-progress")
+    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert "train/teacher_agreement" in row and row["train/kd_loss"] > 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["config"]["teacher"]["name"] == "cnn_tiny" and saved["online_teacher"]["weights_sha256"]
+    assert saved["view_spec"]["size"] == 16
+
+
+@pytest.mark.parametrize("args,needle", [
+    ([], "--online-teacher"),
+    (["--teacher-weights", "{teacher}"], "need --online-teacher"),
+    (["--online-teacher", "cnn_tiny", "--teacher-weights", "{teacher}", "--no-distill"], "distillation"),
+    (["--online-teacher", "no_such_model"], "unknown model"),
+    (["--cache", "{cache}", "--size", "8"], "conflict with a cache"),
+])
+def test_train_student_online_bad_input(tmp_path, tiny_h5, tiny_teacher, cache, args, needle):
+    args = [a.format(teacher=tiny_teacher, cache=cache) for a in args]
+    res = run("train-student", "--data", tiny_h5, "--student", "cnn_tiny", "--workers", "0",
+              "--out", tmp_path / "r", *args, ok=False)
+    assert res.exit_code != 0 and needle in res.output and "Traceback" not in res.output
