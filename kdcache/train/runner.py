@@ -43,7 +43,7 @@ from kdcache.train.schedule import epoch_views
 from kdcache.train.targets import CachedTargets, OnlineTargets, TargetSource
 from kdcache.views import EvalViews, ReplayViews, ViewDraws, identity_collate, resolve_view_spec
 
-__all__ = ["TrainConfig", "train_student", "train_teacher", "evaluate_checkpoint", "build_scheduler"]
+__all__ = ["TrainConfig", "train_student", "train_teacher", "evaluate_checkpoint", "evaluate_model", "build_scheduler"]
 
 
 @dataclass(frozen=True)
@@ -318,12 +318,35 @@ def evaluate_checkpoint(path: str, data: DataConfig, *, batch_size: int = 256, w
     if "view_spec" in extra:
         spec = ViewSpec.from_dict(extra["view_spec"])
     else:
-        mc = model_cfg(model)
-        spec = ViewSpec(size=mc.input_size, mean=tuple(mc.mean), std=tuple(mc.std), interpolation=mc.interpolation)
+        spec = resolve_view_spec(model_cfg(model), {})
     ds = data.open().preload()
     n_cls = int(model_cfg(model).kwargs.get("num_classes", ds.num_classes))
     if n_cls != ds.num_classes:
         raise ConfigError(f"{path} predicts {n_cls} classes but {data.source} has {ds.num_classes}")
+    return _evaluate_views(model, spec, ds, batch_size=batch_size, workers=workers, device=device)
+
+
+def evaluate_model(model: TeacherSpec, data: DataConfig, *, view: dict[str, Any] | None = None,
+                   batch_size: int = 256, workers: int = 2, device: str = "auto") -> dict[str, Any]:
+    """Top-1/top-5 of any model by name with weights from any supported file (a bare or foreign state
+    dict, a training checkpoint, a kdcache checkpoint), on the model's default eval view (its input size,
+    normalisation and interpolation) with ``view`` overrides. ``model.weights=None`` evaluates the
+    model as initialised (seeded), e.g. as a chance-level reference."""
+    if not model.name:
+        raise ConfigError("name the model to evaluate")
+    ds = data.open().preload()
+    torch.manual_seed(0)
+    loaded = _teacher.build_teacher(model, num_classes=ds.num_classes)
+    spec = resolve_view_spec(loaded.cfg, view or {})
+    stats: dict[str, Any] = _evaluate_views(loaded.model, spec, ds, batch_size=batch_size, workers=workers,
+                                            device=device)
+    stats.update(model=loaded.cfg.name, weights=model.weights, weights_sha256=loaded.weights_sha256,
+                 view_size=spec.size)
+    return stats
+
+
+def _evaluate_views(model: nn.Module, spec: ViewSpec, ds, *, batch_size: int, workers: int,
+                    device: str) -> dict[str, float]:
     dev = select_device(device)
     model.to(dev)
     loader = DataLoader(EvalViews(ds, ViewPipeline(spec)), batch_size=batch_size, num_workers=workers,
