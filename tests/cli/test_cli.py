@@ -44,7 +44,8 @@ def cache(tmp_path, tiny_h5, tiny_teacher) -> str:
 
 
 def test_help_of_every_command():
-    for cmd in ("", "quickstart", "dump-teacher", "train-student", "train-teacher", "evaluate", "info", "models"):
+    for cmd in ("", "quickstart", "dump-teacher", "train-student", "train-teacher", "evaluate", "info", "models",
+                "plot"):
         res = run(*(cmd.split() + ["--help"]))
         assert "Usage:" in res.output
 
