@@ -167,7 +167,7 @@ class _Run:
         if extra.get("cache_fingerprint") != self.meta.get("cache_fingerprint"):
             raise CacheMismatchError(f"`resume`: {path} was trained from another cache")
         if extra.get("online_teacher") != self.meta.get("online_teacher"):
-            raise CheckpointError(f"`resume`: {path} was trained with another online `teacher`")
+            raise CheckpointError(f"`resume`: {path} was trained with another `teacher` (online)")
         self.model.load_state_dict(model.state_dict())
         self.optimizer.load_state_dict(extra["optimizer"])
         self.scheduler.load_state_dict(extra["scheduler"])
@@ -222,11 +222,11 @@ def train_student(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str
     if not cfg.cache and not online:
         raise ConfigError("a student run needs `cache` (a teacher cache) or `teacher` (an online teacher)")
     if online and cfg.loss.distill == "none":
-        raise ConfigError("an online `teacher` is only used for distillation; choose soft or hard distillation, "
-                          "or drop the teacher to train from labels")
+        raise ConfigError("`teacher` (an online teacher) is only used for distillation; choose soft or hard "
+                          "distillation, or drop it to train from labels")
     if cfg.cache and cfg.view:
         raise ConfigError(f"view options conflict with `cache`: the views are the cache's ({cfg.cache}); "
-                          "drop them, or drop the cache to draw views for an online `teacher`")
+                          "drop them, or drop `cache` to draw views from the online teacher's input")
     ctx = DistContext.from_env(cfg.device)
     try:
         store = CacheStore.open(cfg.cache, mode="r", storage_options=cfg.storage_options) if cfg.cache else None

@@ -218,7 +218,7 @@ def test_train_student_with_an_online_teacher_and_no_cache(tmp_path, tiny_h5, ti
     (["--teacher-weights", "{teacher}"], "need --online-teacher"),
     (["--online-teacher", "cnn_tiny", "--teacher-weights", "{teacher}", "--no-distill"], "distillation"),
     (["--online-teacher", "no_such_model"], "unknown model"),
-    (["--cache", "{cache}", "--size", "8"], "conflict with a cache"),
+    (["--cache", "{cache}", "--size", "8"], "conflict with --cache"),
 ])
 def test_train_student_online_bad_input(tmp_path, tiny_h5, tiny_teacher, cache, args, needle):
     args = [a.format(teacher=tiny_teacher, cache=cache) for a in args]
@@ -266,6 +266,7 @@ def test_evaluate_by_model_name_with_view_overrides_and_random_init(tmp_path, ti
     (["--model", "cnn_tiny"], "--random-init"),
     (["--model", "cnn_tiny", "--weights", "{ckpt}", "--random-init"], "exclude"),
     (["{ckpt}", "--size", "8"], "--size only apply with --model"),
+    (["{ckpt}", "--mean", "0", "0", "0"], "--mean only apply"),
     (["--model", "cnn_tiny", "--weights", "nope.th"], "nope.th"),
     (["--model", "cnn_small", "--weights", "{ckpt}"], "cnn_tiny"),
     (["--model", "cifar_resnet20", "--weights", "{bad}"], "bad.th"),

@@ -12,7 +12,7 @@ import torch
 from kdcache.augment import ViewPipeline, ViewSpec, derive_view_seed
 from kdcache.data import DataConfig
 from kdcache.engine import DumpConfig, TeacherSpec, dump_teacher
-from kdcache.errors import ConfigError
+from kdcache.errors import CheckpointError, ConfigError
 from kdcache.models.checkpoint import load_checkpoint, save_checkpoint
 from kdcache.train import LossConfig, TrainConfig, train_student
 from kdcache.train.targets import OnlineTargets
@@ -147,7 +147,7 @@ def test_online_with_a_cache_uses_its_views_and_resume_keeps_the_teacher(tmp_pat
     assert any("not the teacher of" in m for m in logs)
     assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     other = TeacherSpec(weights=tiny_teacher)
-    with pytest.raises(Exception, match="another online teacher"):
+    with pytest.raises(CheckpointError, match="another `teacher`"):
         train_student(TrainConfig.from_dict({**cfg.to_dict(), "teacher": other.to_dict(), "epochs": 2,
                                              "resume": True}), progress=False, log=lambda _m: None)
 
@@ -158,5 +158,5 @@ def test_online_config_errors(tmp_path, tiny_h5, small_teacher):
         train_student(_cfg(tmp_path, tiny_h5, "a"), progress=False)
     with pytest.raises(ConfigError, match="only used for distillation"):
         train_student(_cfg(tmp_path, tiny_h5, "b", teacher=spec, loss=LossConfig(distill="none")), progress=False)
-    with pytest.raises(ConfigError, match="conflict with a cache"):
+    with pytest.raises(ConfigError, match="conflict with `cache`"):
         train_student(_cfg(tmp_path, tiny_h5, "c", teacher=spec, cache="x.zarr", view={"size": 8}), progress=False)
