@@ -1,7 +1,8 @@
 """Student training throughput: online KD (teacher forward every step) vs kdcache (cached targets).
 
 Same data, student, views, batch size and loss in one run, so the machine's noise hits both:
-* ``online``  — each batch: build the views, run the teacher under inference_mode, train the student;
+* ``online``  — each batch: build the views, run the teacher under inference_mode (``OnlineTargets``),
+  train the student (``kdcache train-student --online-teacher``'s loop);
 * ``cached``  — each batch: replay the cached views from their recorded parameters, take the teacher's
   targets from the epoch's block reads, train the student (kdcache train-student's loop).
 Also times the one-time dump, and derives after how many student epochs the cache has paid for itself.
@@ -28,37 +29,19 @@ from kdcache.data import DataConfig
 from kdcache.engine import DumpConfig, TeacherSpec, build_teacher, dump_teacher
 from kdcache.models import create_model
 from kdcache.train import DistillationLoss, LossConfig, epoch_views, train_one_epoch
+from kdcache.train.targets import OnlineTargets
 from kdcache.views import ReplayViews, ViewDraws, identity_collate
 
 
-def timed_epoch(model, loader, loss_fn, labels, teacher_targets=None, online_teacher=None, steps=20):
-    """Student steps/s; with ``online_teacher`` the targets come from a teacher forward per batch."""
+def timed_epoch(model, loader, loss_fn, labels, teacher_targets, steps=20):
+    """Student images/s through kdcache's one training loop; ``teacher_targets`` is the cached arrays or
+    an ``OnlineTargets`` source (the teacher's forward pass on every batch, inside the timed loop)."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    if online_teacher is None:
-        t0 = time.perf_counter()
-        stats = train_one_epoch(model, loader, loss_fn=loss_fn, optimizer=opt, scheduler=None,
-                                device=torch.device("cpu"), labels=labels, teacher_targets=teacher_targets,
-                                progress=False, max_steps=steps)
-        return stats["images"] / (time.perf_counter() - t0)
-
-    from kdcache.train.loop import batch_targets
-
-    n = 0
     t0 = time.perf_counter()
-    model.train()
-    for step, batch in enumerate(loader):
-        if step >= steps:
-            break
-        with torch.inference_mode():
-            logits = online_teacher(batch.images)
-        y, _ = batch_targets(batch, labels, loss_fn.num_classes, None, torch.device("cpu"))
-        out = model(batch.images)
-        loss = loss_fn(out, y, {"logits": logits.clone()})["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        n += batch.images.shape[0]
-    return n / (time.perf_counter() - t0)
+    stats = train_one_epoch(model, loader, loss_fn=loss_fn, optimizer=opt, scheduler=None,
+                            device=torch.device("cpu"), labels=labels, teacher_targets=teacher_targets,
+                            progress=False, max_steps=steps)
+    return stats["images"] / (time.perf_counter() - t0)
 
 
 def main() -> None:
@@ -97,11 +80,11 @@ def main() -> None:
         for _ in range(args.repeats):  # interleaved, so drift in machine load hits both modes
             torch.manual_seed(0)
             student = create_model(args.student, num_classes=ds.num_classes)
-            rates["online"].append(timed_epoch(student, online_loader, loss_fn, labels, online_teacher=teacher,
+            rates["online"].append(timed_epoch(student, online_loader, loss_fn, labels, OnlineTargets(teacher),
                                                steps=args.steps))
             torch.manual_seed(0)
             student = create_model(args.student, num_classes=ds.num_classes)
-            rates["cached"].append(timed_epoch(student, cached_loader, loss_fn, labels, teacher_targets=targets,
+            rates["cached"].append(timed_epoch(student, cached_loader, loss_fn, labels, targets,
                                                steps=args.steps))
     online, cached = float(np.median(rates["online"])), float(np.median(rates["cached"]))
     epoch_imgs = len(ds)

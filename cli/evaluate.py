@@ -4,26 +4,75 @@ from __future__ import annotations
 
 import click
 
-from cli.options import config_option, data_options, echo_json, library_errors, runtime_options
+from cli.options import (
+    SectionedCommand,
+    config_option,
+    data_options,
+    echo_json,
+    eval_view_options,
+    library_errors,
+    runtime_options,
+    section,
+    view_overrides,
+)
 from kdcache.data import DataConfig
-from kdcache.train import evaluate_checkpoint
+from kdcache.engine import TeacherSpec
+from kdcache.train import evaluate_checkpoint, evaluate_model
+from kdcache.utils import parse_model_args
 
 
-@click.command("evaluate")
+@click.command("evaluate", cls=SectionedCommand)
 @config_option
-@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False), required=False)
+@section(
+    "Model (instead of a kdcache CHECKPOINT)",
+    click.option("--model", "model_name", default=None,
+                 help="Evaluate this model (any name 'kdcache models' accepts)."),
+    click.option("--weights", type=click.Path(exists=True, dir_okay=False), default=None,
+                 help="Its weights: a bare or foreign state dict, a training checkpoint, or a kdcache checkpoint."),
+    click.option("--model-arg", "model_args", multiple=True, help="KEY=VALUE for its constructor (repeatable)."),
+    click.option("--random-init", is_flag=True, help="Evaluate it as initialised (seeded), without weights."),
+)
+@eval_view_options
 @data_options(split_default="test")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @runtime_options
 @library_errors
-def evaluate_cmd(checkpoint, data, split, limit, subset_seed, batch_size, as_json, device, workers, progress):
-    """Top-1 / top-5 accuracy of a checkpoint (a DeiT student averages its two heads)."""
-    stats = evaluate_checkpoint(checkpoint, DataConfig(source=data, split=split, limit=limit,
-                                                       subset_seed=subset_seed),
-                                batch_size=batch_size, workers=workers, device=device)
+def evaluate_cmd(checkpoint, model_name, weights, model_args, random_init, data, split, limit, subset_seed, batch_size,
+                 as_json, device, workers, progress, **view_kw):
+    """Top-1 / top-5 accuracy of a kdcache CHECKPOINT (on its own eval views), or of any --model with
+    --weights from any file (on the model's default eval view; the eval view options override it).
+    A DeiT student averages its two heads.
+
+    \b
+    Examples:
+      kdcache evaluate runs/deit/best.pt --data hdf5:cifar10.h5
+      kdcache evaluate --model cifar_resnet56 --weights resnet56-4bfd9763.th --data hdf5:cifar10.h5
+    """
+    view = view_overrides(view_kw)
+    model_opts = [o for o, v in (("--weights", weights), ("--model-arg", model_args), ("--random-init", random_init))
+                  if v] + ["--" + k.replace("_", "-") for k in view]
+    if checkpoint and model_name:
+        raise click.UsageError("give a kdcache CHECKPOINT or --model NAME --weights FILE, not both")
+    if not checkpoint and not model_name:
+        raise click.UsageError("give a kdcache CHECKPOINT, or --model NAME --weights FILE")
+    if checkpoint and model_opts:
+        raise click.UsageError(f"{', '.join(model_opts)} only apply with --model (a checkpoint brings its own)")
+    if model_name and not weights and not random_init:
+        raise click.UsageError("--model needs --weights FILE (or --random-init to evaluate it untrained)")
+    if weights and random_init:
+        raise click.UsageError("--weights and --random-init exclude each other")
+    dc = DataConfig(source=data, split=split, limit=limit, subset_seed=subset_seed)
+    if checkpoint:
+        what = checkpoint
+        stats = evaluate_checkpoint(checkpoint, dc, batch_size=batch_size, workers=workers, device=device)
+    else:
+        what = f"{model_name} ({weights or 'random init'})"
+        stats = evaluate_model(TeacherSpec(name=model_name, weights=weights, kwargs=parse_model_args(model_args)),
+                               dc, view=view, batch_size=batch_size, workers=workers, device=device)
     if as_json:
         echo_json(stats)
     else:
-        click.echo(f"{checkpoint} on {data} [{split}]: top-1 {stats['top1']:.2f}%  top-5 {stats['top5']:.2f}%  "
+        click.echo(f"{what} on {data} [{split}]: top-1 {stats['top1']:.2f}%  top-5 {stats['top5']:.2f}%  "
                    f"({stats['images']} images)")

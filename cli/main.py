@@ -9,6 +9,7 @@ from cli.evaluate import evaluate_cmd
 from cli.export import export_cmd
 from cli.info import info_cmd
 from cli.models import models_cmd
+from cli.plot import plot_cmd
 from cli.quickstart import quickstart_cmd
 from cli.train import train_student_cmd, train_teacher_cmd
 from cli.verify import verify_cmd
@@ -28,7 +29,7 @@ def cli():
 
 
 for _cmd in (quickstart_cmd, dump_teacher_cmd, train_student_cmd, train_teacher_cmd, evaluate_cmd, info_cmd,
-             models_cmd, verify_cmd, export_cmd):
+             models_cmd, verify_cmd, export_cmd, plot_cmd):
     cli.add_command(_cmd)
 
 

@@ -22,8 +22,8 @@ import click
 from kdcache.augment import ViewSpec
 from kdcache.errors import KdcacheError
 
-__all__ = ["config_option", "data_options", "runtime_options", "view_options", "view_overrides", "library_errors",
-           "echo_json", "load_config_file", "SectionedCommand", "section"]
+__all__ = ["config_option", "data_options", "runtime_options", "view_options", "eval_view_options", "view_overrides",
+           "library_errors", "echo_json", "load_config_file", "SectionedCommand", "section"]
 
 
 class SectionedCommand(click.Command):
@@ -36,7 +36,7 @@ class SectionedCommand(click.Command):
     def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         groups: dict[str, list[tuple[str, str]]] = {}
         for param in self.get_params(ctx):
-            rec = param.get_help_record(ctx)
+            rec = param.get_help_record(ctx) if isinstance(param, click.Option) else None  # arguments: in usage
             if rec is not None:
                 groups.setdefault(getattr(param, "section", None) or "Options", []).append(rec)
         order = ["Options"] + [g for g in groups if g != "Options"]
@@ -185,6 +185,13 @@ _VIEW_HINTS = typing.get_type_hints(ViewSpec)
 view_options = section(
     "View (defaults: the model's input size, normalisation and interpolation; then ViewSpec's)",
     *[_view_option(f, _VIEW_HINTS[f.name]) for f in _VIEW_FIELDS],
+)
+
+# What a deterministic evaluation view uses (resize, centre crop, normalise): ``evaluate --model``.
+_EVAL_VIEW_FIELDS = ("size", "interpolation", "antialias", "mean", "std")
+eval_view_options = section(
+    "Eval view (with --model; defaults: the model's input size, normalisation and interpolation)",
+    *[_view_option(f, _VIEW_HINTS[f.name]) for f in _VIEW_FIELDS if f.name in _EVAL_VIEW_FIELDS],
 )
 
 

@@ -15,6 +15,7 @@ from cli.options import (
     view_overrides,
 )
 from kdcache.data import DataConfig
+from kdcache.engine import TeacherSpec
 from kdcache.train import LossConfig, TrainConfig, train_student, train_teacher
 from kdcache.utils import parse_key_values, parse_model_args
 
@@ -61,7 +62,19 @@ def _report(result: dict) -> None:
 @click.command("train-student", cls=SectionedCommand)
 @config_option
 @data_options()
-@click.option("--cache", required=True, help="Teacher cache made by dump-teacher (path or fsspec URL).")
+@section(
+    "Teacher (a cache, or the online reference)",
+    click.option("--cache", default=None,
+                 help="Teacher cache made by dump-teacher (path or fsspec URL). With --online-teacher: only its views."),
+    click.option("--storage-option", "storage_options", multiple=True, help="KEY=VALUE for fsspec URLs."),
+    click.option("--online-teacher", "teacher", default=None,
+                 help="Reference run: load this teacher and pay its forward pass at every step, on fresh views "
+                      "(online KD through the same loop); --cache is then optional."),
+    click.option("--teacher-weights", type=click.Path(exists=True, dir_okay=False), default=None,
+                 help="Weights of the --online-teacher (checkpoint or state dict, loaded with weights_only=True)."),
+    click.option("--teacher-arg", "teacher_args", multiple=True,
+                 help="KEY=VALUE for the --online-teacher's constructor (repeatable)."),
+)
 @click.option("--student", required=True, help="Student model name (see 'kdcache models').")
 @click.option("--student-arg", "model_args", multiple=True,
               help="KEY=VALUE for the student's constructor (repeatable), e.g. small_input=true, drop_path_rate=0.1.")
@@ -72,27 +85,40 @@ def _report(result: dict) -> None:
 @click.option("--temperature", "-T", type=float, default=4.0, show_default=True)
 @click.option("--topk-fill", type=click.Choice(["spread", "renorm"]), default="spread", show_default=True,
               help="How a top-k cache's missing classes are rebuilt (docs/cache-format.md).")
-@click.option("--storage-option", "storage_options", multiple=True, help="KEY=VALUE for fsspec URLs.")
+@view_options
 @optim_options
 @runtime_options
 @library_errors
-def train_student_cmd(cache, student, model_args, distill, no_distill, alpha, temperature, topk_fill, storage_options,
-                      progress, **kw):
+def train_student_cmd(cache, storage_options, teacher, teacher_weights, teacher_args, student, model_args, distill,
+                      no_distill, alpha, temperature, topk_fill, progress, **kw):
     """Train a student from a teacher cache, replaying each cached view exactly.
 
     The teacher is never loaded: each epoch takes one cached view per sample, rebuilds it from its
     recorded parameters and learns from the teacher's targets for that view.
+
+    With --online-teacher NAME the run is the online reference instead: it loads the teacher and
+    pays its forward pass at every step, on a fresh view per sample and epoch drawn from the cache's
+    view spec (or, without --cache, the teacher's input plus the view options), through the same
+    loop, loss, optimiser and schedule. View options apply only without --cache.
 
     \b
     Example:
       kdcache train-student --cache cifar-r56.zarr --data hdf5:cifar10.h5 \\
           --student deit_tiny_patch4_32_distilled --distill hard --epochs 100 --out runs/deit
     """
+    view = view_overrides(kw)
+    if teacher is None and (teacher_weights or teacher_args):
+        raise click.UsageError("--teacher-weights and --teacher-arg need --online-teacher")
+    if cache is None and teacher is None:
+        raise click.UsageError("give --cache (cached training) or --online-teacher (the online reference)")
+    online = None
+    if teacher is not None:
+        online = TeacherSpec(name=teacher, weights=teacher_weights, kwargs=parse_model_args(teacher_args))
     common, ls = _common(**kw)
     loss = LossConfig(distill="none" if no_distill else distill, alpha=alpha, temperature=temperature,
                       label_smoothing=ls, topk_fill=topk_fill)
-    cfg = TrainConfig(model=student, model_kwargs=parse_model_args(model_args), cache=cache, loss=loss,
-                      storage_options=parse_key_values(storage_options) or None, **common)
+    cfg = TrainConfig(model=student, model_kwargs=parse_model_args(model_args), cache=cache, teacher=online,
+                      loss=loss, view=view, storage_options=parse_key_values(storage_options) or None, **common)
     _report(train_student(cfg, progress=progress, log=click.echo))
 
 

@@ -21,6 +21,8 @@ __all__ = [
     "CacheIncompleteError",
     "TeacherOutputError",
     "DownloadUnavailableError",
+    "RunError",
+    "RunNotFoundError",
 ]
 
 
@@ -50,6 +52,14 @@ class CheckpointError(ModelError):
 
 class DownloadUnavailableError(KdcacheError, RuntimeError):
     """Something had to be downloaded but the network is not reachable."""
+
+
+class RunError(KdcacheError, ValueError):
+    """A training run's records (``metrics.jsonl``) are malformed or empty."""
+
+
+class RunNotFoundError(RunError, FileNotFoundError):
+    """A run directory does not exist or holds no ``metrics.jsonl``."""
 
 
 class CacheError(KdcacheError):

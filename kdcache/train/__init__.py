@@ -2,7 +2,13 @@
 
 from kdcache.train.loop import evaluate, train_one_epoch
 from kdcache.train.losses import DistillationLoss, LossConfig, soft_labels, teacher_log_probs
-from kdcache.train.runner import TrainConfig, evaluate_checkpoint, train_student, train_teacher
+from kdcache.train.runner import (
+    TrainConfig,
+    evaluate_checkpoint,
+    evaluate_model,
+    train_student,
+    train_teacher,
+)
 from kdcache.train.schedule import epoch_views
 
 __all__ = [
@@ -12,6 +18,7 @@ __all__ = [
     "epoch_views",
     "evaluate",
     "evaluate_checkpoint",
+    "evaluate_model",
     "soft_labels",
     "teacher_log_probs",
     "train_one_epoch",

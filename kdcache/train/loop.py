@@ -1,8 +1,9 @@
 """One training loop for teachers and students: ``train_one_epoch`` and ``evaluate``.
 
 Batches are :class:`~kdcache.views.ViewBatch` objects (views built in workers); the
-labels and the cached teacher targets of a batch are looked up by sample index here, in the
-main process, from arrays read once per epoch — never a store read per sample.
+labels of a batch are looked up by sample index here, in the main process, and its teacher
+targets come from a target source (``kdcache.train.targets``): the cache's arrays read once per
+epoch — never a store read per sample — or, for the online reference, the teacher's forward pass.
 """
 
 from __future__ import annotations
@@ -19,15 +20,14 @@ from tqdm import tqdm
 from kdcache.errors import KdcacheError
 from kdcache.runtime import autocast
 from kdcache.train.losses import DistillationLoss, soft_labels
+from kdcache.train.targets import CachedTargets, TargetSource
 from kdcache.views import ViewBatch
 
-__all__ = ["train_one_epoch", "evaluate", "batch_targets"]
+__all__ = ["train_one_epoch", "evaluate", "label_targets"]
 
 
-def batch_targets(batch: ViewBatch, labels: np.ndarray, num_classes: int,
-                  teacher: Mapping[str, np.ndarray] | None, device: torch.device
-                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
-    """(B, C) ground-truth distribution (mixed for MixUp/CutMix views) and the teacher's targets."""
+def label_targets(batch: ViewBatch, labels: np.ndarray, num_classes: int, device: torch.device) -> torch.Tensor:
+    """(B, C) ground-truth distribution of the batch's views (mixed for MixUp/CutMix views)."""
     idx = batch.indices
     y = torch.as_tensor(labels[idx], dtype=torch.long)
     partners = np.array([p.partner for p in batch.params])
@@ -37,10 +37,7 @@ def batch_targets(batch: ViewBatch, labels: np.ndarray, num_classes: int,
         y_dist = soft_labels(y, num_classes, partner_labels=yp, lam=lam)
     else:
         y_dist = soft_labels(y, num_classes)
-    t = None
-    if teacher is not None:
-        t = {k: torch.as_tensor(np.asarray(v[idx])).to(device, non_blocking=True) for k, v in teacher.items()}
-    return y_dist.to(device, non_blocking=True), t
+    return y_dist.to(device, non_blocking=True)
 
 
 def train_one_epoch(
@@ -52,7 +49,7 @@ def train_one_epoch(
     scheduler,
     device: torch.device,
     labels: np.ndarray,
-    teacher_targets: Mapping[str, np.ndarray] | None = None,
+    teacher_targets: TargetSource | Mapping[str, np.ndarray] | None = None,
     amp: bool = False,
     scaler: torch.amp.GradScaler | None = None,
     grad_clip: float | None = None,
@@ -60,7 +57,13 @@ def train_one_epoch(
     desc: str = "train",
     max_steps: int | None = None,
 ) -> dict[str, float]:
-    """Train for one pass over ``loader``; returns mean loss parts, images/s and the final lr."""
+    """Train for one pass over ``loader``; returns mean loss parts, images/s and the final lr.
+
+    ``teacher_targets``: a target source (``kdcache.train.targets``), or the epoch's cached target
+    arrays indexed by sample (wrapped in :class:`CachedTargets`); None trains from labels only.
+    """
+    if isinstance(teacher_targets, Mapping):
+        teacher_targets = CachedTargets(teacher_targets)
     model.train()
     sums: dict[str, float] = {}
     n_seen = 0
@@ -71,7 +74,8 @@ def train_one_epoch(
         if max_steps is not None and step >= max_steps:
             break
         x = batch.images.to(device, non_blocking=True)
-        y, teacher = batch_targets(batch, labels, loss_fn.num_classes, teacher_targets, device)
+        y = label_targets(batch, labels, loss_fn.num_classes, device)
+        teacher = teacher_targets(batch, x) if teacher_targets is not None else None
         with autocast(device, amp):
             out = model(x)
             parts = loss_fn(out, y, teacher)
@@ -103,7 +107,7 @@ def train_one_epoch(
         bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
     seconds = time.perf_counter() - t0
     stats = {k: v / max(n_seen, 1) for k, v in sums.items()}
-    stats.update(images=n_seen, images_per_second=n_seen / seconds if seconds > 0 else 0.0,
+    stats.update(images=n_seen, images_per_second=n_seen / seconds if seconds > 0 else 0.0, seconds=seconds,
                  lr=optimizer.param_groups[0]["lr"])
     if teacher_targets is not None:
         stats["teacher_agreement"] = agree / max(n_seen, 1)

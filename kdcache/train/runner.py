@@ -1,10 +1,15 @@
-"""Training runs: a student from a cache, a teacher from labels, and checkpoint evaluation.
+"""Training runs: a student from a cache (or an online teacher), a teacher from labels, evaluation.
 
-Both runs share one loop (``kdcache.train.loop``); they differ only in where views come from:
-a teacher draws a fresh view per (sample, epoch) from the (seed, key, epoch) generator; a
-student replays, each epoch, one cached view per sample from its recorded parameters and takes
-the teacher's targets for that exact view from the cache. The student process never builds the
-teacher.
+All runs share one loop (``kdcache.train.loop``); they differ only in where views and teacher
+targets come from:
+
+* a teacher draws a fresh view per (sample, epoch) from the (seed, key, epoch) generator;
+* a cached student replays, each epoch, one cached view per sample from its recorded parameters
+  and takes the teacher's targets for that exact view from the cache. It never builds the teacher;
+* the online reference student (``TrainConfig.teacher``) draws fresh views as a teacher run does,
+  from the same view spec (the cache's, or the teacher's input plus overrides), and runs the
+  teacher on them at every step: same loop, loss, optimiser, schedule and batches as cached
+  training, only the targets' source differs.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from kdcache.augment import ViewPipeline, ViewSpec
 from kdcache.cache import CacheStore
 from kdcache.config import ConfigBase
 from kdcache.data import DataConfig
+from kdcache.engine import teacher as _teacher
+from kdcache.engine.teacher import TeacherSpec
 from kdcache.errors import CacheMismatchError, CheckpointError, ConfigError
 from kdcache.models import create_model, model_cfg
 from kdcache.models.checkpoint import load_checkpoint, load_weights, save_checkpoint
@@ -33,9 +40,10 @@ from kdcache.train.logging import MetricsLogger
 from kdcache.train.loop import evaluate, train_one_epoch
 from kdcache.train.losses import DistillationLoss, LossConfig
 from kdcache.train.schedule import epoch_views
+from kdcache.train.targets import CachedTargets, OnlineTargets, TargetSource
 from kdcache.views import EvalViews, ReplayViews, ViewDraws, identity_collate, resolve_view_spec
 
-__all__ = ["TrainConfig", "train_student", "train_teacher", "evaluate_checkpoint", "build_scheduler"]
+__all__ = ["TrainConfig", "train_student", "train_teacher", "evaluate_checkpoint", "evaluate_model", "build_scheduler"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +53,7 @@ class TrainConfig(ConfigBase):
     model: str
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     cache: str | None = None            # students: the teacher cache; teachers: None
+    teacher: TeacherSpec | None = None  # students: an online teacher run at every step (the reference)
     val_split: str | None = "test"
     epochs: int = 10
     batch_size: int = 128
@@ -54,7 +63,7 @@ class TrainConfig(ConfigBase):
     warmup_epochs: float = 1.0
     loss: LossConfig = field(default_factory=LossConfig)
     seed: int = 0
-    view: dict[str, Any] = field(default_factory=dict)  # teachers: ViewSpec overrides
+    view: dict[str, Any] = field(default_factory=dict)  # teachers, cacheless online students: ViewSpec overrides
     init_weights: str | None = None     # fine-tune: start from these weights
     workers: int = 2
     device: str = "auto"
@@ -127,14 +136,15 @@ class _Run:
         if cfg.resume:
             self._resume()
 
-    def fit(self, epoch_data: Callable[[int], tuple[DataLoader, dict[str, np.ndarray] | None]],
+    def fit(self, epoch_data: Callable[[int], tuple[DataLoader, TargetSource | None]],
             labels: np.ndarray, val: DataLoader | None, progress: bool) -> dict[str, Any]:
-        """The epoch loop: ``epoch_data(epoch)`` gives the epoch's loader and cached teacher targets."""
+        """The epoch loop: ``epoch_data(epoch)`` gives the epoch's loader and teacher target source."""
         cfg = self.cfg
         if self.ctx.is_main:
             with open(os.path.join(cfg.out, "config.json"), "w") as f:
                 json.dump(self.meta, f, indent=2, default=str)
         for epoch in range(self.start_epoch, cfg.epochs):
+            t0 = time.perf_counter()
             loader, teacher = epoch_data(epoch)
             stats = train_one_epoch(self.net, loader, loss_fn=self.loss_fn, optimizer=self.optimizer,
                                     scheduler=self.scheduler, device=self.device, labels=labels,
@@ -142,6 +152,7 @@ class _Run:
                                     grad_clip=cfg.grad_clip, progress=progress and self.ctx.is_main,
                                     desc=f"epoch {epoch + 1}/{cfg.epochs}", max_steps=cfg.max_steps_per_epoch)
             val_stats = evaluate(self.model, val, device=self.device, amp=cfg.amp) if val is not None else None
+            stats["epoch_seconds"] = time.perf_counter() - t0  # training and validation: the run's wall time
             self.end_epoch(epoch, stats, val_stats)
             self.ctx.barrier()
         return self.close()
@@ -155,6 +166,8 @@ class _Run:
             raise CheckpointError(f"`resume`: {path} holds {model_cfg(model).name!r}, not {self.cfg.model!r}")
         if extra.get("cache_fingerprint") != self.meta.get("cache_fingerprint"):
             raise CacheMismatchError(f"`resume`: {path} was trained from another cache")
+        if extra.get("online_teacher") != self.meta.get("online_teacher"):
+            raise CheckpointError(f"`resume`: {path} was trained with another `teacher` (online)")
         self.model.load_state_dict(model.state_dict())
         self.optimizer.load_state_dict(extra["optimizer"])
         self.scheduler.load_state_dict(extra["scheduler"])
@@ -203,36 +216,80 @@ def _loader(dataset, batches: list, cfg: TrainConfig, pin: bool) -> DataLoader:
 
 
 def train_student(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str], None] = print) -> dict:
-    """Distil ``cfg.model`` from the cache ``cfg.cache`` (``loss.distill="none"``: labels only)."""
-    if not cfg.cache:
-        raise ConfigError("a student run needs `cache` (a teacher cache)")
+    """Distil ``cfg.model`` from the cache ``cfg.cache`` (``loss.distill="none"``: labels only), or,
+    with ``cfg.teacher``, from that teacher run online on fresh views at every step."""
+    online = cfg.teacher is not None
+    if not cfg.cache and not online:
+        raise ConfigError("a student run needs `cache` (a teacher cache) or `teacher` (an online teacher)")
+    if online and cfg.loss.distill == "none":
+        raise ConfigError("`teacher` (an online teacher) is only used for distillation; choose soft or hard "
+                          "distillation, or drop it to train from labels")
+    if cfg.cache and cfg.view:
+        raise ConfigError(f"view options conflict with `cache`: the views are the cache's ({cfg.cache}); "
+                          "drop them, or drop `cache` to draw views from the online teacher's input")
     ctx = DistContext.from_env(cfg.device)
     try:
-        store = CacheStore.open(cfg.cache, mode="r", storage_options=cfg.storage_options)
+        store = CacheStore.open(cfg.cache, mode="r", storage_options=cfg.storage_options) if cfg.cache else None
         ds = cfg.data.open().preload()  # resident before forking workers: one shared copy
-        store.check_dataset(ds)
-        spec = ViewSpec.from_dict(store.identity.view_spec)
+        meta: dict[str, Any] = {"class_names": list(ds.class_names)}
+        if store is not None:
+            store.check_dataset(ds)
+            meta["cache_fingerprint"] = store.identity.fingerprint
+        teacher = None
+        if online:
+            # Looked up on the module so a test can prove that a cached run never calls it.
+            teacher = _teacher.build_teacher(cfg.teacher, num_classes=ds.num_classes)
+            meta["online_teacher"] = teacher.describe()
+            if store is not None and teacher.identity() != store.identity.teacher:
+                log(f"note: the online teacher {teacher.cfg.name!r} is not the teacher of {cfg.cache}; "
+                    "its views (view spec) are used all the same")
+        spec = (ViewSpec.from_dict(store.identity.view_spec) if store is not None
+                else resolve_view_spec(teacher.cfg, cfg.view))
+        meta["view_spec"] = spec.to_dict()
         pipeline = ViewPipeline(spec)
-        distill = cfg.loss.distill != "none"
-        names = store.layout.names if distill else store.layout.replay_names
-        run = _Run(cfg, ctx, num_classes=store.num_classes, num_samples=len(ds), kind="student",
-                   log=log if ctx.is_main else _quiet,
-                   extra_meta={"cache_fingerprint": store.identity.fingerprint, "view_spec": spec.to_dict(),
-                               "class_names": list(ds.class_names)})
+        run = _Run(cfg, ctx, num_classes=ds.num_classes, num_samples=len(ds), kind="student",
+                   log=log if ctx.is_main else _quiet, extra_meta=meta)
         pin = run.device.type == "cuda"
-
-        def epoch_data(epoch: int):
-            # Reopen each epoch: views another process added (and marked done) become eligible.
-            store = CacheStore.open(cfg.cache, mode="r", storage_options=cfg.storage_options)
-            views = epoch_views(store.done_units(), epoch=epoch, seed=cfg.seed)
-            arrays, teacher = store.layout.split(store.read_views(views, names=names))
-            batches = _shard_batches(len(ds), epoch=epoch, seed=cfg.seed, batch_size=cfg.batch_size, ctx=ctx)
-            return _loader(ReplayViews(ds, pipeline, arrays), batches, cfg, pin), teacher or None
-
+        if online:
+            targets = OnlineTargets(teacher.model.to(run.device), amp=cfg.amp)
+            epoch_data = _fresh_view_epochs(ds, pipeline, targets, cfg, ctx, pin)
+        else:
+            epoch_data = _cached_epochs(store, ds, pipeline, cfg, ctx, pin)
         val = _val_loader(cfg, pipeline, pin) if ctx.is_main else None
         return run.fit(epoch_data, np.asarray(ds.labels, dtype=np.int64), val, progress)
     finally:
         ctx.close()
+
+
+def _cached_epochs(store: CacheStore, ds, pipeline: ViewPipeline, cfg: TrainConfig, ctx: DistContext, pin: bool):
+    """Each epoch: one cached view per sample (``epoch_views``), replayed, with its cached targets."""
+    names = store.layout.names if cfg.loss.distill != "none" else store.layout.replay_names
+
+    def epoch_data(epoch: int):
+        # Reopen each epoch: views another process added (and marked done) become eligible.
+        store = CacheStore.open(cfg.cache, mode="r", storage_options=cfg.storage_options)
+        views = epoch_views(store.done_units(), epoch=epoch, seed=cfg.seed)
+        arrays, teacher = store.layout.split(store.read_views(views, names=names))
+        targets = CachedTargets(teacher) if teacher else None
+        batches = _shard_batches(len(ds), epoch=epoch, seed=cfg.seed, batch_size=cfg.batch_size, ctx=ctx)
+        return _loader(ReplayViews(ds, pipeline, arrays), batches, cfg, pin), targets
+
+    return epoch_data
+
+
+def _fresh_view_epochs(ds, pipeline: ViewPipeline, targets: OnlineTargets | None, cfg: TrainConfig,
+                       ctx: DistContext, pin: bool):
+    """Each epoch: a fresh view per sample from the (seed, key, epoch) generator (teachers; online students,
+    whose ``targets`` run the teacher on it)."""
+    draws = ViewDraws(ds, pipeline, cfg.seed)
+
+    def epoch_data(epoch: int):
+        # The epoch number is the view index: fresh views every epoch, reproducible from the seed.
+        batches = [[(i, epoch) for i in b] for b in
+                   _shard_batches(len(ds), epoch=epoch, seed=cfg.seed, batch_size=cfg.batch_size, ctx=ctx)]
+        return _loader(draws, batches, cfg, pin), targets
+
+    return epoch_data
 
 
 def train_teacher(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str], None] = print) -> dict:
@@ -247,14 +304,7 @@ def train_teacher(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str
         run.meta["view_spec"] = spec.to_dict()  # travels in every checkpoint: evaluate uses these views
         pipeline = ViewPipeline(spec)
         pin = run.device.type == "cuda"
-        draws = ViewDraws(ds, pipeline, cfg.seed)
-
-        def epoch_data(epoch: int):
-            # The epoch number is the view index: a fresh, reproducible view per sample and epoch.
-            batches = [[(i, epoch) for i in b] for b in
-                       _shard_batches(len(ds), epoch=epoch, seed=cfg.seed, batch_size=cfg.batch_size, ctx=ctx)]
-            return _loader(draws, batches, cfg, pin), None
-
+        epoch_data = _fresh_view_epochs(ds, pipeline, None, cfg, ctx, pin)
         val = _val_loader(cfg, pipeline, pin) if ctx.is_main else None
         return run.fit(epoch_data, np.asarray(ds.labels, dtype=np.int64), val, progress)
     finally:
@@ -268,12 +318,35 @@ def evaluate_checkpoint(path: str, data: DataConfig, *, batch_size: int = 256, w
     if "view_spec" in extra:
         spec = ViewSpec.from_dict(extra["view_spec"])
     else:
-        mc = model_cfg(model)
-        spec = ViewSpec(size=mc.input_size, mean=tuple(mc.mean), std=tuple(mc.std), interpolation=mc.interpolation)
+        spec = resolve_view_spec(model_cfg(model), {})
     ds = data.open().preload()
     n_cls = int(model_cfg(model).kwargs.get("num_classes", ds.num_classes))
     if n_cls != ds.num_classes:
         raise ConfigError(f"{path} predicts {n_cls} classes but {data.source} has {ds.num_classes}")
+    return _evaluate_views(model, spec, ds, batch_size=batch_size, workers=workers, device=device)
+
+
+def evaluate_model(model: TeacherSpec, data: DataConfig, *, view: dict[str, Any] | None = None,
+                   batch_size: int = 256, workers: int = 2, device: str = "auto") -> dict[str, Any]:
+    """Top-1/top-5 of any model by name with weights from any supported file (a bare or foreign state
+    dict, a training checkpoint, a kdcache checkpoint), on the model's default eval view (its input size,
+    normalisation and interpolation) with ``view`` overrides. ``model.weights=None`` evaluates the
+    model as initialised (seeded), e.g. as a chance-level reference."""
+    if not model.name:
+        raise ConfigError("name the model to evaluate")
+    ds = data.open().preload()
+    torch.manual_seed(0)
+    loaded = _teacher.build_teacher(model, num_classes=ds.num_classes)
+    spec = resolve_view_spec(loaded.cfg, view or {})
+    stats: dict[str, Any] = _evaluate_views(loaded.model, spec, ds, batch_size=batch_size, workers=workers,
+                                            device=device)
+    stats.update(model=loaded.cfg.name, weights=model.weights, weights_sha256=loaded.weights_sha256,
+                 view_size=spec.size)
+    return stats
+
+
+def _evaluate_views(model: nn.Module, spec: ViewSpec, ds, *, batch_size: int, workers: int,
+                    device: str) -> dict[str, float]:
     dev = select_device(device)
     model.to(dev)
     loader = DataLoader(EvalViews(ds, ViewPipeline(spec)), batch_size=batch_size, num_workers=workers,

@@ -44,7 +44,8 @@ def cache(tmp_path, tiny_h5, tiny_teacher) -> str:
 
 
 def test_help_of_every_command():
-    for cmd in ("", "quickstart", "dump-teacher", "train-student", "train-teacher", "evaluate", "info", "models"):
+    for cmd in ("", "quickstart", "dump-teacher", "train-student", "train-teacher", "evaluate", "info", "models",
+                "plot"):
         res = run(*(cmd.split() + ["--help"]))
         assert "Usage:" in res.output
 
@@ -197,3 +198,83 @@ def test_student_arg_reaches_the_constructor_and_the_checkpoint(tmp_path, tiny_h
     res = run("train-student", "--cache", cache, "--data", tiny_h5, "--student", "cnn_tiny", "--student-arg",
               "no_such_arg=1", "--out", tmp_path / "r2", "--workers", "0", ok=False)
     assert res.exit_code == 1 and "Traceback" not in res.output
+
+
+def test_train_student_with_an_online_teacher_and_no_cache(tmp_path, tiny_h5, tiny_teacher):
+    assert "forward pass at every step" in " ".join(run("train-student", "--help").output.split())
+    out = tmp_path / "online"
+    run("train-student", "--online-teacher", "cnn_tiny", "--teacher-weights", tiny_teacher, "--data", tiny_h5,
+        "--student", "cnn_tiny", "--distill", "hard", "--size", "16", "--epochs", "1", "--batch-size", "16",
+        "--workers", "0", "--out", out, "--no-progress")
+    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert "train/teacher_agreement" in row and row["train/kd_loss"] > 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["config"]["teacher"]["name"] == "cnn_tiny" and saved["online_teacher"]["weights_sha256"]
+    assert saved["view_spec"]["size"] == 16
+
+
+@pytest.mark.parametrize("args,needle", [
+    ([], "--online-teacher"),
+    (["--teacher-weights", "{teacher}"], "need --online-teacher"),
+    (["--online-teacher", "cnn_tiny", "--teacher-weights", "{teacher}", "--no-distill"], "distillation"),
+    (["--online-teacher", "no_such_model"], "unknown model"),
+    (["--cache", "{cache}", "--size", "8"], "conflict with --cache"),
+])
+def test_train_student_online_bad_input(tmp_path, tiny_h5, tiny_teacher, cache, args, needle):
+    args = [a.format(teacher=tiny_teacher, cache=cache) for a in args]
+    res = run("train-student", "--data", tiny_h5, "--student", "cnn_tiny", "--workers", "0",
+              "--out", tmp_path / "r", *args, ok=False)
+    assert res.exit_code != 0 and needle in res.output and "Traceback" not in res.output
+
+
+def test_evaluate_a_public_checkpoint_by_model_name(shared_cifar, shared_weights):
+    weights = shared_weights / "resnet56-4bfd9763.th"
+    if not weights.exists():
+        pytest.skip(f"public weights not found: {weights}")
+    res = json.loads(run("evaluate", "--model", "cifar_resnet56", "--weights", weights, "--data", f"hdf5:{shared_cifar}",
+                         "--split", "test", "--limit", "500", "--workers", "0", "--json").output)
+    # 83.2% on the full test split; a 500-image stratified subset lands within a few points of it.
+    assert res["images"] == 500 and abs(res["top1"] - 83.2) < 5, res
+    assert res["model"] == "cifar_resnet56" and res["view_size"] == 32
+
+
+def test_evaluate_by_model_name_with_view_overrides_and_random_init(tmp_path, tiny_h5, tiny_teacher):
+    import torch
+
+    from kdcache.models.checkpoint import load_checkpoint
+
+    # A foreign file: the teacher's bare state dict, keys prefixed as DataParallel saves them.
+    model, _ = load_checkpoint(tiny_teacher)
+    bare = tmp_path / "bare.pth"
+    torch.save({f"module.{k}": v for k, v in model.state_dict().items()}, bare)
+    common = ["--data", tiny_h5, "--workers", "0", "--json"]
+    by_name = json.loads(run("evaluate", "--model", "cnn_tiny", "--weights", bare, *common).output)
+    by_ckpt = json.loads(run("evaluate", tiny_teacher, *common).output)
+    assert by_name["top1"] == by_ckpt["top1"] and by_name["loss"] == pytest.approx(by_ckpt["loss"], rel=1e-5)
+    bigger = json.loads(run("evaluate", "--model", "cnn_tiny", "--weights", bare, "--size", "24", *common).output)
+    assert bigger["view_size"] == 24 and bigger["loss"] != by_name["loss"]
+    init = json.loads(run("evaluate", "--model", "cnn_tiny", "--random-init", "--model-arg", "width=4",
+                          *common).output)
+    assert init["weights"] is None and init["images"] == 24
+    text = run("evaluate", "--model", "cnn_tiny", "--weights", bare, "--data", tiny_h5, "--workers", "0").output
+    assert text.startswith("cnn_tiny (") and "top-1" in text
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["{ckpt}", "--model", "cnn_tiny", "--weights", "{ckpt}"], "not both"),
+    ([], "CHECKPOINT"),
+    (["--model", "cnn_tiny"], "--random-init"),
+    (["--model", "cnn_tiny", "--weights", "{ckpt}", "--random-init"], "exclude"),
+    (["{ckpt}", "--size", "8"], "--size only apply with --model"),
+    (["{ckpt}", "--mean", "0", "0", "0"], "--mean only apply"),
+    (["--model", "cnn_tiny", "--weights", "nope.th"], "nope.th"),
+    (["--model", "cnn_small", "--weights", "{ckpt}"], "cnn_tiny"),
+    (["--model", "cifar_resnet20", "--weights", "{bad}"], "bad.th"),
+])
+def test_evaluate_bad_input_gives_one_line_error(tmp_path, tiny_h5, tiny_teacher, args, needle):
+    bad = tmp_path / "bad.th"
+    bad.write_text("not a checkpoint")
+    os.chdir(tmp_path)
+    args = [a.format(ckpt=tiny_teacher, bad=bad) for a in args]
+    res = run("evaluate", *args, "--data", tiny_h5, "--workers", "0", ok=False)
+    assert res.exit_code != 0 and needle in res.output and "Traceback" not in res.output, res.output

@@ -18,6 +18,7 @@ import pytest
 from engine_support import (
     BATCH,
     HELPERS,
+    VIEW_PX,
     assert_stores_equal,
     helper_env,
     read_audit,
@@ -108,6 +109,23 @@ def test_torchrun_students_write_from_rank0_only(world, tmp_path):
     got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     want = {k: tuple(v.shape) for k, v in reference_model.state_dict().items()}
     assert got == want
+    assert all(np.isfinite(v.float().numpy()).all() for v in model.state_dict().values())
+
+
+def test_torchrun_online_students_run_a_teacher_per_rank(world, tmp_path):
+    """The online reference under DDP: each rank builds its own teacher and runs it on its own batches."""
+    run_dir = tmp_path / "online"
+    args = world.train_args(world.reference, run_dir, epochs=2, steps=2)
+    i = args.index("--cache")
+    args[i:i + 2] = ["--online-teacher", "cnn_tiny", "--teacher-weights", world.teacher, "--size", str(VIEW_PX)]
+    result = run(torchrun_cmd(2, args))
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1]
+    assert all(r["train/images"] == 2 * BATCH and r["train/kd_loss"] > 0 and "train/teacher_agreement" in r
+               for r in rows)
+    model, extra = load_checkpoint(str(run_dir / "last.pt"))
+    assert extra["online_teacher"]["name"] == "cnn_tiny" and extra["config"]["cache"] is None
     assert all(np.isfinite(v.float().numpy()).all() for v in model.state_dict().values())
 
 

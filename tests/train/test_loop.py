@@ -1,4 +1,4 @@
-"""The training loop's parts, tested directly: batch targets, one epoch, the LR schedule, model arguments."""
+"""The training loop's parts, tested directly: label and cached targets, one epoch, the LR schedule, model arguments."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from torch import nn
 from kdcache.augment import ViewParams
 from kdcache.errors import ConfigError, KdcacheError
 from kdcache.train import DistillationLoss, LossConfig, evaluate, train_one_epoch
-from kdcache.train.loop import batch_targets
+from kdcache.train.loop import label_targets
 from kdcache.train.runner import build_scheduler
+from kdcache.train.targets import CachedTargets
 from kdcache.utils import parse_model_args
 from kdcache.views import ViewBatch
 
@@ -31,16 +32,17 @@ def _batch(indices, partners=None, lams=None, size=6) -> ViewBatch:
                      images=torch.randn(len(indices), 3, size, size, generator=g))
 
 
-def test_batch_targets_one_hot_mixed_and_teacher_rows():
+def test_label_and_cached_targets_one_hot_mixed_and_teacher_rows():
     labels = np.array([0, 1, 2, 3, 1])
     teacher = {"logits": np.arange(5 * C, dtype=np.float16).reshape(5, C), "argmax": np.array([3, 2, 1, 0, 3])}
-    y, t = batch_targets(_batch([4, 2], partners=[-1, 0], lams=[1.0, 0.25]), labels, C, teacher, torch.device("cpu"))
+    batch = _batch([4, 2], partners=[-1, 0], lams=[1.0, 0.25])
+    y = label_targets(batch, labels, C, torch.device("cpu"))
     assert torch.allclose(y[0], torch.tensor([0.0, 1, 0, 0]))                # sample 4: label 1
     assert torch.allclose(y[1], torch.tensor([0.75, 0, 0.25, 0]))            # 0.25·label 2 + 0.75·partner's 0
+    t = CachedTargets(teacher)(batch, batch.images)
     assert torch.equal(t["logits"], torch.as_tensor(teacher["logits"][[4, 2]]))  # rows by sample index
     assert t["argmax"].tolist() == [3, 1]
-    y2, t2 = batch_targets(_batch([1]), labels, C, None, torch.device("cpu"))
-    assert t2 is None and y2.argmax().item() == 1
+    assert label_targets(_batch([1]), labels, C, torch.device("cpu")).argmax().item() == 1
 
 
 class _Lin(nn.Module):

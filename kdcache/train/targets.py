@@ -1,0 +1,58 @@
+"""Where a batch's teacher targets come from: the cache, or the teacher itself at every step.
+
+A target source is a callable ``source(batch, images) -> dict[str, Tensor]`` giving, for the
+batch's views, the dict the loss reads (``logits`` or ``topk_*``, and ``argmax``), on the
+device of ``images`` (the batch's views as the student receives them).
+
+* :class:`CachedTargets` looks the epoch's cached targets up by sample index (arrays read
+  from the cache once per epoch); it never sees a teacher.
+* :class:`OnlineTargets` runs the teacher on the very views the student trains on, every step
+  (online, "consistent teaching" distillation): the reference that cached training is measured
+  against, through the same loop, loss, optimiser and schedule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from kdcache.runtime import autocast
+from kdcache.views import ViewBatch
+
+__all__ = ["TargetSource", "CachedTargets", "OnlineTargets"]
+
+
+class TargetSource(Protocol):
+    def __call__(self, batch: ViewBatch, images: torch.Tensor) -> dict[str, torch.Tensor]: ...
+
+
+class CachedTargets:
+    """Targets of the epoch's cached views: ``arrays[name]`` is (N, ...) indexed by sample."""
+
+    def __init__(self, arrays: Mapping[str, np.ndarray]):
+        self.arrays = dict(arrays)
+
+    def __call__(self, batch: ViewBatch, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        idx = batch.indices
+        return {k: torch.as_tensor(np.asarray(v[idx])).to(images.device, non_blocking=True)
+                for k, v in self.arrays.items()}
+
+
+class OnlineTargets:
+    """Full targets (float32 ``logits`` and their ``argmax``) from the teacher's forward pass on the
+    batch's views. The teacher runs in eval mode under ``inference_mode`` on the images' device."""
+
+    def __init__(self, model: nn.Module, *, amp: bool = False):
+        self.model = model.eval()
+        self.amp = amp
+
+    def __call__(self, batch: ViewBatch, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        with torch.inference_mode(), autocast(images.device, self.amp):
+            out = self.model(images)
+        # A normal tensor (not an inference tensor), so the loss may save it for its backward pass.
+        logits = out.float().clone()
+        return {"logits": logits, "argmax": logits.argmax(dim=1)}

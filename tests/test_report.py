@@ -1,0 +1,82 @@
+"""kdcache plot / kdcache.report: curves and a side-by-side table from real run directories."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from cli.main import cli
+from kdcache.errors import RunError, RunNotFoundError
+from kdcache.report import read_metrics, summarize_run
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def run(*args, ok: bool = True):
+    res = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    if ok:
+        assert res.exit_code == 0, res.output
+    return res
+
+
+@pytest.fixture
+def two_runs(tmp_path, tiny_h5):
+    common = ["--data", tiny_h5, "--teacher", "cnn_tiny", "--size", "16", "--batch-size", "16", "--workers", "0",
+              "--no-progress"]
+    run("train-teacher", *common, "--epochs", "2", "--out", tmp_path / "a")
+    run("train-teacher", *common, "--epochs", "1", "--val-split", "none", "--out", tmp_path / "b")
+    return tmp_path / "a", tmp_path / "b"
+
+
+def test_plot_draws_a_png_and_tabulates_both_runs(tmp_path, two_runs):
+    a, b = two_runs
+    out = tmp_path / "curves.png"
+    res = run("plot", a, b, "--out", out)
+    data = out.read_bytes()
+    assert data.startswith(PNG_SIGNATURE) and len(data) > 1000
+    from matplotlib.image import imread
+
+    assert imread(str(out)).shape[:2] == (462, 1210)  # 11 x 4.2 inches at 110 dpi
+    lines = res.output.splitlines()
+    assert lines[0].split()[:3] == ["run", "epochs", "val"]
+    row_a = next(line for line in lines if line.startswith(str(a)))
+    row_b = next(line for line in lines if line.startswith(str(b)))
+    sa = summarize_run(a)
+    assert f"{sa['best_top1']:.2f}" in row_a and row_a.split()[1] == "2"
+    assert row_b.split()[1] == "1" and " - " in row_b  # no validation: no top-1
+    assert sa["wall_seconds"] > 0 and sa["final_train_loss"] > 0
+    summary = json.loads(run("plot", a, b, "--out", out, "--metric", "train/lr", "--json").output)
+    assert [s["epochs"] for s in summary["runs"]] == [2, 1]
+
+
+@pytest.mark.parametrize("setup,args,needle", [
+    (lambda d: d.mkdir(), [], "has no metrics.jsonl"),
+    (lambda d: None, [], "does not exist"),
+    (lambda d: (d.mkdir(), (d / "metrics.jsonl").write_text("")), [], "records no epoch"),
+    (lambda d: (d.mkdir(), (d / "metrics.jsonl").write_text("{oops\n")), [], "line 1"),
+    (lambda d: (d.mkdir(), (d / "metrics.jsonl").write_text('{"epoch": 0, "train/loss": 1.0}\n')),
+     ["--metric", "val/top1"], "recorded metrics: train/loss"),
+])
+def test_plot_bad_input_gives_one_line_error(tmp_path, setup, args, needle):
+    d = tmp_path / "run"
+    setup(d)
+    res = run("plot", d, "--out", tmp_path / "c.png", *args, ok=False)
+    assert res.exit_code == 1 and needle in res.output and "Traceback" not in res.output, res.output
+    assert not (tmp_path / "c.png").exists()
+
+
+def test_a_resumed_run_keeps_the_last_row_of_each_epoch(tmp_path):
+    d = tmp_path / "r"
+    d.mkdir()
+    rows = [{"epoch": 0, "train/loss": 2.0, "val/top1": 10.0}, {"epoch": 1, "train/loss": 1.5, "val/top1": 30.0},
+            {"epoch": 1, "train/loss": 1.4, "val/top1": 20.0}, {"epoch": 2, "train/loss": 1.0, "val/top1": 25.0}]
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert [r["train/loss"] for r in read_metrics(d)] == [2.0, 1.4, 1.0]
+    s = summarize_run(d)
+    assert (s["epochs"], s["final_top1"], s["best_top1"], s["best_epoch"]) == (3, 25.0, 25.0, 3)
+    assert s["wall_seconds"] is None
+    with pytest.raises(RunNotFoundError):
+        read_metrics(tmp_path / "nope")
+    assert issubclass(RunNotFoundError, (RunError, FileNotFoundError))
