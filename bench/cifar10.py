@@ -1,0 +1,243 @@
+"""The accuracy table on CIFAR-10: scratch vs online vs cached distillation, one protocol for every row.
+
+Every row trains the same student with the same loop, loss, optimiser, schedule, batch size and view
+spec; only the targets differ: labels only (scratch), the teacher run online on fresh views every step
+(online soft/hard), or the teacher's cached targets for V replayed views (cached). One cache is grown
+with ``add_views`` through V = 1, 2, 4, 8, 16 (rows for each V run while the cache has exactly V views);
+MixUp/CutMix and top-k caches are dumped separately. Students are evaluated on the test split.
+
+Rows are written to the JSON file as they finish and a rerun skips rows already there (same arguments),
+so the table can be built over several sessions:
+
+    python bench/cifar10.py --teacher-weights runs/r56_ft/last.pt --limit 5000 --epochs 30 \\
+        --json bench/results/cifar10.json --plots docs
+
+``--full`` uses the whole 50,000-image training split. ``--rows main`` runs only the main student's rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from _common import SHARED, write_json
+
+from kdcache.data import DataConfig
+from kdcache.engine import DumpConfig, TeacherSpec, dump_teacher
+from kdcache.train import LossConfig, TrainConfig, evaluate_checkpoint, train_student
+
+GROW = (1, 2, 4, 8, 16)
+
+
+@dataclass(frozen=True)
+class Row:
+    id: str
+    student: str
+    targets: str            # scratch | online | cached
+    distill: str            # none | soft | hard
+    cache: str | None       # full | mix | topk3 (cached and scratch rows replay a cache's views)
+    views: int | None       # cached views the row trains on (None for online)
+    seed: int = 0
+    student_args: dict[str, Any] = field(default_factory=dict)
+
+
+def plan(args) -> list[Row]:
+    main = args.student
+    rows: list[Row] = []
+    for s in args.seeds:
+        rows += [Row(f"{main}/scratch/s{s}", main, "scratch", "none", "full", 8, s),
+                 Row(f"{main}/online-soft/s{s}", main, "online", "soft", "full", None, s),
+                 Row(f"{main}/cached-soft-V8/s{s}", main, "cached", "soft", "full", 8, s)]
+    rows += [Row(f"{main}/online-hard/s0", main, "online", "hard", "full", None),
+             Row(f"{main}/cached-hard-V8/s0", main, "cached", "hard", "full", 8),
+             Row(f"{main}/cached-soft-mix-V8/s0", main, "cached", "soft", "mix", 8),
+             Row(f"{main}/cached-soft-top3-V8/s0", main, "cached", "soft", "topk3", 8)]
+    rows += [Row(f"{main}/cached-soft-V{v}/s0", main, "cached", "soft", "full", v) for v in GROW if v != 8]
+    if args.rows == "all":
+        others = (("vit_tokenlearner_mini_32", "vit_tokenlearner_mini_32", "soft", {}),
+                  ("vit_mini_32_noTL", "vit_tokenlearner_mini_32", "soft", {"tokenlearner": None}),
+                  ("deit_tiny_patch4_32_distilled", "deit_tiny_patch4_32_distilled", "hard", {}))
+        for tag, st, distill, extra in others:
+            rows += [Row(f"{tag}/scratch/s0", st, "scratch", "none", "full", 8, 0, extra),
+                     Row(f"{tag}/online-{distill}/s0", st, "online", distill, "full", None, 0, extra),
+                     Row(f"{tag}/cached-{distill}-V8/s0", st, "cached", distill, "full", 8, 0, extra)]
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default=f"hdf5:{SHARED / 'data' / 'cifar10.h5'}")
+    ap.add_argument("--teacher", default="cifar_resnet56")
+    ap.add_argument("--teacher-weights", required=True, help="the (fine-tuned) teacher")
+    ap.add_argument("--student", default="cifar_resnet20")
+    ap.add_argument("--limit", type=int, default=5000, help="stratified training subset (ignored with --full)")
+    ap.add_argument("--full", action="store_true", help="the whole 50,000-image training split")
+    ap.add_argument("--test-limit", type=int, default=None, help="evaluate on a stratified test subset")
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--alpha", type=float, default=0.7)
+    ap.add_argument("--temperature", type=float, default=4.0)
+    ap.add_argument("--scale", type=float, nargs=2, default=(0.6, 1.0))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--rows", choices=("main", "all"), default="all")
+    ap.add_argument("--only", nargs="*", default=None, help="run only rows whose id contains one of these")
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--workdir", default="bench/work/cifar10", help="caches and runs (kept for reruns)")
+    ap.add_argument("--json", default="bench/results/cifar10.json")
+    ap.add_argument("--plots", default=None, help="directory for the accuracy-vs-views and -vs-cost PNGs")
+    args = ap.parse_args()
+
+    train = DataConfig(source=args.data, limit=None if args.full else args.limit)
+    test = DataConfig(source=args.data, split="test", limit=args.test_limit)
+    teacher = TeacherSpec(name=args.teacher, weights=args.teacher_weights)
+    os.makedirs(args.workdir, exist_ok=True)
+    key = {k: v for k, v in vars(args).items() if k not in ("only", "json", "plots", "workers", "seeds", "rows")}
+    done = _load(args.json, key)
+    dumps: dict[str, dict[str, Any]] = done.get("dumps", {})
+    results: dict[str, dict[str, Any]] = done.get("rows", {})
+
+    def save() -> None:
+        write_json(args.json, args, key=key, dumps=dumps, rows=results, table=table(results, dumps, args))
+
+    def cache_at(name: str, views: int) -> str:
+        """The cache ``name`` with exactly ``views`` views (the full cache grows; dump time is cumulative)."""
+        path = os.path.join(args.workdir, f"{name}.zarr")
+        view = {"scale": tuple(args.scale)}
+        if name == "mix":
+            view["mix"] = "both"
+        d = dumps.setdefault(name, {"views": 0, "seconds": 0.0, "seconds_at": {}})
+        if d["views"] > views:
+            raise SystemExit(f"cache {name} already has {d['views']} views > {views}: run rows in V order "
+                             f"(delete {path} and its dumps entry to start over)")
+        if d["views"] < views:
+            t0 = time.perf_counter()
+            cfg = DumpConfig(data=train, out=path, teacher=teacher, view=view, seed=0, batch_size=256,
+                             workers=args.workers, targets="topk:3" if name == "topk3" else "full",
+                             views=views if d["views"] == 0 else None,
+                             add_views=0 if d["views"] == 0 else views - d["views"])
+            s = dump_teacher(cfg, progress=False, log=print)
+            d.update(views=s.num_views, seconds=d["seconds"] + time.perf_counter() - t0, num_samples=s.num_samples)
+            d["seconds_at"][str(s.num_views)] = d["seconds"]
+            save()
+        return path
+
+    rows = [r for r in plan(args) if not args.only or any(o in r.id for o in args.only)]
+    # cached rows by growing V, so each runs while its cache has exactly V views
+    rows.sort(key=lambda r: (r.views or 8, r.cache or ""))
+    for r in rows:
+        if r.id in results:
+            continue
+        cache = cache_at(r.cache, r.views or 8)
+        out = os.path.join(args.workdir, "runs", r.id.replace("/", "__"))
+        cfg = TrainConfig(
+            data=train, out=out, model=r.student, model_kwargs=dict(r.student_args), cache=cache,
+            teacher=teacher if r.targets == "online" else None, epochs=args.epochs, batch_size=args.batch_size,
+            lr=args.lr, seed=r.seed, workers=args.workers, val_split=None, resume=os.path.exists(
+                os.path.join(out, "last.pt")),
+            loss=LossConfig(distill=r.distill, alpha=args.alpha, temperature=args.temperature))
+        print(f"== {r.id}")
+        t0 = time.perf_counter()
+        train_student(cfg, progress=False, log=print)
+        seconds = time.perf_counter() - t0
+        ev = evaluate_checkpoint(os.path.join(out, "last.pt"), test, workers=args.workers)
+        n = len(train.open())
+        results[r.id] = {**r.__dict__, "top1": ev["top1"], "top5": ev["top5"], "seconds": seconds,
+                         "teacher_forwards": n * args.epochs if r.targets == "online" else 0}
+        save()
+    print(format_table(table(results, dumps, args)))
+    if args.plots:
+        plot(table(results, dumps, args), args.plots, args.student)
+
+
+def _load(path: str, key: dict[str, Any]) -> dict[str, Any]:
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        old = json.load(f)
+    if old.get("key") != json.loads(json.dumps(key)):
+        raise SystemExit(f"{path} holds results of other arguments; choose another --json")
+    return old
+
+
+def table(results: dict[str, dict], dumps: dict[str, dict], args) -> list[dict[str, Any]]:
+    """One line per row kind: mean ± std over seeds, forwards, wall time, cost of N = 1, 5, 20 runs."""
+    groups: dict[str, list[dict]] = {}
+    for rid, r in results.items():
+        groups.setdefault(rid.rsplit("/", 1)[0], []).append(r)
+    out = []
+    for name, rs in groups.items():
+        top1 = [r["top1"] for r in rs]
+        mean = sum(top1) / len(top1)
+        std = (sum((x - mean) ** 2 for x in top1) / (len(top1) - 1)) ** 0.5 if len(top1) > 1 else None
+        run_s = sum(r["seconds"] for r in rs) / len(rs)
+        r0 = rs[0]
+        dump = dumps.get(r0["cache"], {}) if r0["targets"] == "cached" else {}
+        # a cached row pays, once, the dump up to its views (for the grown cache: the time to reach V)
+        dump_s = dump.get("seconds_at", {}).get(str(r0["views"]), 0.0)
+        forwards = r0["teacher_forwards"] + (dump["num_samples"] * r0["views"] if dump else 0)
+        out.append({"row": name, "student": r0["student"], "targets": r0["targets"], "distill": r0["distill"],
+                    "views": r0["views"], "seeds": len(rs), "top1": mean, "top1_std": std,
+                    "top5": sum(r["top5"] for r in rs) / len(rs), "teacher_forwards": forwards,
+                    "run_seconds": run_s,
+                    **{f"cost_{n}": dump_s + n * run_s for n in (1, 5, 20)}})
+    return sorted(out, key=lambda t: t["row"])
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    head = (f"{'row':<44} {'seeds':>5} {'top-1':>14} {'top-5':>7} {'teacher fwd':>11} {'run s':>7} "
+            f"{'N=1 s':>7} {'N=5 s':>7} {'N=20 s':>8}")
+    lines = [head, "-" * len(head)]
+    for t in rows:
+        acc = f"{t['top1']:.2f}" + (f" ± {t['top1_std']:.2f}" if t["top1_std"] is not None else "")
+        lines.append(f"{t['row']:<44} {t['seeds']:>5} {acc:>14} {t['top5']:>7.2f} {t['teacher_forwards']:>11,} "
+                     f"{t['run_seconds']:>7.0f} {t['cost_1']:>7.0f} {t['cost_5']:>7.0f} {t['cost_20']:>8.0f}")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict[str, Any]], outdir: str, student: str) -> None:
+    from matplotlib.figure import Figure
+
+    os.makedirs(outdir, exist_ok=True)
+    mine = [t for t in rows if t["student"] == student]
+    cached = sorted((t for t in mine if t["targets"] == "cached" and t["distill"] == "soft"
+                     and t["row"].split("/")[1].startswith("cached-soft-V")), key=lambda t: t["views"])
+    ref = {t["targets"] + "-" + t["distill"]: t for t in mine if t["targets"] in ("online", "scratch")}
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    if cached:
+        ax.plot([t["views"] for t in cached], [t["top1"] for t in cached], "o-", label="cached soft KD")
+    for name, style in (("online-soft", "--"), ("scratch-none", ":")):
+        if name in ref:
+            ax.axhline(ref[name]["top1"], linestyle=style, color="gray" if name == "scratch-none" else "C1",
+                       label=name.replace("-none", "").replace("-", " "))
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("cached views per image (V)")
+    ax.set_ylabel("test top-1 (%)")
+    ax.set_title(f"CIFAR-10, {student}: accuracy vs cached views")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(outdir, "cifar10_views.png"), dpi=110)
+
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    for t in mine:
+        if t["targets"] == "scratch":
+            continue
+        xs = [t[f"cost_{n}"] / 60 for n in (1, 5, 20)]
+        ax.plot(xs, [t["top1"]] * 3, "o-", alpha=0.8, label=t["row"].split("/")[1])
+    ax.set_xscale("log")
+    ax.set_xlabel("total wall time for N = 1, 5, 20 student runs (min, incl. the dump)")
+    ax.set_ylabel("test top-1 (%)")
+    ax.set_title(f"CIFAR-10, {student}: accuracy vs cost")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(outdir, "cifar10_cost.png"), dpi=110)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""Smoke test of bench/cifar10.py at toy size: every main row kind runs, the table and plots are written,
+and a rerun skips the rows already measured."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_cifar10_bench_at_toy_size(tmp_path, tiny_h5, tiny_teacher):
+    out = tmp_path / "r.json"
+    cmd = [sys.executable, str(REPO / "bench" / "cifar10.py"), "--data", tiny_h5, "--teacher", "cnn_tiny",
+           "--teacher-weights", tiny_teacher, "--student", "cnn_tiny", "--full", "--epochs", "1",
+           "--batch-size", "16", "--seeds", "0", "1", "--rows", "main", "--workers", "0",
+           "--workdir", str(tmp_path / "work"), "--json", str(out), "--plots", str(tmp_path / "plots")]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    res = json.loads(out.read_text())
+    rows = {t["row"]: t for t in res["table"]}
+    assert rows["cnn_tiny/scratch"]["seeds"] == 2 and rows["cnn_tiny/online-soft"]["seeds"] == 2
+    assert {f"cnn_tiny/cached-soft-V{v}" for v in (1, 2, 4, 8, 16)} <= set(rows)
+    assert res["dumps"]["full"]["views"] == 16 and set(res["dumps"]["full"]["seconds_at"]) == {"1", "2", "4", "8",
+                                                                                                "16"}
+    assert rows["cnn_tiny/cached-soft-V4"]["teacher_forwards"] == 48 * 4       # the dump's forwards
+    assert rows["cnn_tiny/online-soft"]["teacher_forwards"] == 48 * 1           # one per sample and epoch
+    t = rows["cnn_tiny/cached-soft-V8"]
+    assert t["cost_20"] - t["cost_5"] == 15 * t["run_seconds"] and t["cost_1"] > t["run_seconds"]
+    assert all(0 <= t["top1"] <= 100 for t in rows.values())
+    for png in ("cifar10_views.png", "cifar10_cost.png"):
+        assert (tmp_path / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "== " not in again.stdout  # nothing retrained
