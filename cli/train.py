@@ -74,6 +74,9 @@ def _report(result: dict) -> None:
                  help="Weights of the --online-teacher (checkpoint or state dict, loaded with weights_only=True)."),
     click.option("--teacher-arg", "teacher_args", multiple=True,
                  help="KEY=VALUE for the --online-teacher's constructor (repeatable)."),
+    click.option("--views-per-image", type=click.IntRange(min=1), default=1, show_default=True,
+                 help="Replay M cached views from each decoded image (FKD's trick): one pass over the data "
+                      "trains M epochs; --epochs must be a multiple of M."),
 )
 @click.option("--student", required=True, help="Student model name (see 'kdcache models').")
 @click.option("--student-arg", "model_args", multiple=True,
@@ -89,8 +92,8 @@ def _report(result: dict) -> None:
 @optim_options
 @runtime_options
 @library_errors
-def train_student_cmd(cache, storage_options, teacher, teacher_weights, teacher_args, student, model_args, distill,
-                      no_distill, alpha, temperature, topk_fill, progress, **kw):
+def train_student_cmd(cache, storage_options, teacher, teacher_weights, teacher_args, views_per_image, student,
+                      model_args, distill, no_distill, alpha, temperature, topk_fill, progress, **kw):
     """Train a student from a teacher cache, replaying each cached view exactly.
 
     The teacher is never loaded: each epoch takes one cached view per sample, rebuilds it from its
@@ -118,7 +121,8 @@ def train_student_cmd(cache, storage_options, teacher, teacher_weights, teacher_
     loss = LossConfig(distill="none" if no_distill else distill, alpha=alpha, temperature=temperature,
                       label_smoothing=ls, topk_fill=topk_fill)
     cfg = TrainConfig(model=student, model_kwargs=parse_model_args(model_args), cache=cache, teacher=online,
-                      loss=loss, view=view, storage_options=parse_key_values(storage_options) or None, **common)
+                      loss=loss, view=view, storage_options=parse_key_values(storage_options) or None,
+                      views_per_image=views_per_image, **common)
     _report(train_student(cfg, progress=progress, log=click.echo))
 
 

@@ -45,11 +45,14 @@ def _images_for(dataset, indices: Sequence[int]) -> dict[int, torch.Tensor]:
     return dict(zip(uniq, dataset.get_images(uniq)))
 
 
-def build_views(dataset, pipeline: ViewPipeline, indices: Sequence[int], params: Sequence[ViewParams]
-                ) -> torch.Tensor:
-    """(B, 3, S, S) views of ``dataset[indices]`` under ``params``: each image (partners too) decoded once."""
+def build_views(dataset, pipeline: ViewPipeline, indices: Sequence[int], params: Sequence[ViewParams],
+                images: Mapping[int, torch.Tensor] | None = None) -> torch.Tensor:
+    """(B, 3, S, S) views of ``dataset[indices]`` under ``params``: each image (partners too) decoded once.
+
+    ``images`` (sample index -> decoded image) lets several calls share one decode."""
     idx = [int(i) for i in indices]
-    imgs = _images_for(dataset, idx + [p.partner for p in params if p.partner >= 0])
+    imgs = images if images is not None else _images_for(dataset, idx + [p.partner for p in params
+                                                                           if p.partner >= 0])
     return torch.stack([pipeline.apply(imgs[i], p, imgs[p.partner] if p.partner >= 0 else None)
                         for i, p in zip(idx, params)])
 
@@ -61,6 +64,7 @@ class ViewBatch:
     seeds: np.ndarray            # (B,) derived view seeds
     params: list[ViewParams]
     images: torch.Tensor         # (B, 3, S, S) float32, normalised
+    slot: int = 0                # replays with several views per decoded image: which of them (0..M-1)
 
     def pin_memory(self) -> "ViewBatch":
         self.images = self.images.pin_memory()
@@ -141,28 +145,40 @@ class ReplayViews(Dataset):
     ``arrays`` holds, for every sample, the recorded parameters of the view chosen for this
     epoch (as read from the cache in block reads); a batch of sample indices returns a
     :class:`ViewBatch`; the caller looks the targets up by index in the main process.
+
+    With a sequence of M such mappings (M views per decoded image), a batch of sample indices
+    decodes each image once and returns M :class:`ViewBatch` objects, ``slot`` j built from the
+    j-th mapping: the same samples, one view each, so no batch holds two views of one image.
     """
 
-    def __init__(self, dataset, pipeline: ViewPipeline, arrays: Mapping[str, np.ndarray]):
+    def __init__(self, dataset, pipeline: ViewPipeline,
+                 arrays: Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarray]]):
         self.dataset = dataset
         self.pipeline = pipeline
-        self.arrays = dict(arrays)
+        self.multi = not isinstance(arrays, Mapping)
+        self.slots = [dict(a) for a in arrays] if self.multi else [dict(arrays)]
+        self.arrays = self.slots[0]
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def params(self, i: int) -> ViewParams:
-        return self.pipeline.params_from_arrays(self.arrays, int(i))
+    def params(self, i: int, slot: int = 0) -> ViewParams:
+        return self.pipeline.params_from_arrays(self.slots[slot], int(i))
 
-    def __getitems__(self, items: Sequence[int]) -> ViewBatch:
+    def __getitems__(self, items: Sequence[int]) -> ViewBatch | list[ViewBatch]:
         idx = [int(i) for i in items]
-        params = [self.params(i) for i in idx]
-        seeds = self.arrays.get("view_seed")
-        return ViewBatch(indices=np.asarray(idx, dtype=np.int64), views=np.full(len(idx), -1, dtype=np.int64),
-                         seeds=np.asarray(seeds[idx]) if seeds is not None else np.zeros(len(idx), np.int64),
-                         params=params, images=build_views(self.dataset, self.pipeline, idx, params))
+        params = [[self.params(i, j) for i in idx] for j in range(len(self.slots))]
+        images = _images_for(self.dataset, idx + [p.partner for ps in params for p in ps if p.partner >= 0])
+        batches = []
+        for j, (arrays, ps) in enumerate(zip(self.slots, params)):
+            seeds = arrays.get("view_seed")
+            batches.append(ViewBatch(
+                indices=np.asarray(idx, dtype=np.int64), views=np.full(len(idx), -1, dtype=np.int64),
+                seeds=np.asarray(seeds[idx]) if seeds is not None else np.zeros(len(idx), np.int64),
+                params=ps, images=build_views(self.dataset, self.pipeline, idx, ps, images), slot=j))
+        return batches if self.multi else batches[0]
 
-    def __getitem__(self, i: int) -> ViewBatch:
+    def __getitem__(self, i: int) -> ViewBatch | list[ViewBatch]:
         return self.__getitems__([i])
 
 

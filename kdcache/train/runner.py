@@ -72,12 +72,17 @@ class TrainConfig(ConfigBase):
     resume: bool = False
     max_steps_per_epoch: int | None = None
     storage_options: dict[str, Any] | None = None
+    views_per_image: int = 1            # cached students: M cached views from each decoded image (FKD)
 
     def __post_init__(self):
         super().__post_init__()
-        for name in ("epochs", "batch_size"):
+        for name in ("epochs", "batch_size", "views_per_image"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+                raise ConfigError(f"`{name}` must be >= 1, got {getattr(self, name)!r}")
+        m = self.views_per_image
+        if m > 1 and self.epochs % m:
+            raise ConfigError(f"`epochs` ({self.epochs}) must be a multiple of `views_per_image` ({m}): "
+                              f"each pass over the decoded images trains {m} epochs' worth of views")
         if self.lr <= 0 or self.warmup_epochs < 0 or self.workers < 0:
             raise ConfigError("lr must be > 0, warmup epochs and workers >= 0")
 
@@ -143,17 +148,25 @@ class _Run:
         if self.ctx.is_main:
             with open(os.path.join(cfg.out, "config.json"), "w") as f:
                 json.dump(self.meta, f, indent=2, default=str)
-        for epoch in range(self.start_epoch, cfg.epochs):
+        # With M views per decoded image, one pass over the data trains M epochs' worth of samples
+        # (epochs count samples, not decodes): ``epoch_data(epoch)`` then covers epochs epoch..epoch+M-1.
+        m = cfg.views_per_image
+        if self.start_epoch % m:
+            raise CheckpointError(f"`resume`: the checkpoint ends after epoch {self.start_epoch}, inside a pass "
+                                  f"of `views_per_image` {m}; resume with the run's own setting")
+        for epoch in range(self.start_epoch, cfg.epochs, m):
             t0 = time.perf_counter()
             loader, teacher = epoch_data(epoch)
+            last = epoch + m - 1
+            desc = f"epoch {epoch + 1}/{cfg.epochs}" if m == 1 else f"epochs {epoch + 1}-{last + 1}/{cfg.epochs}"
             stats = train_one_epoch(self.net, loader, loss_fn=self.loss_fn, optimizer=self.optimizer,
                                     scheduler=self.scheduler, device=self.device, labels=labels,
                                     teacher_targets=teacher, amp=cfg.amp, scaler=self.scaler,
-                                    grad_clip=cfg.grad_clip, progress=progress and self.ctx.is_main,
-                                    desc=f"epoch {epoch + 1}/{cfg.epochs}", max_steps=cfg.max_steps_per_epoch)
+                                    grad_clip=cfg.grad_clip, progress=progress and self.ctx.is_main, desc=desc,
+                                    max_steps=cfg.max_steps_per_epoch and cfg.max_steps_per_epoch * m)
             val_stats = evaluate(self.model, val, device=self.device, amp=cfg.amp) if val is not None else None
             stats["epoch_seconds"] = time.perf_counter() - t0  # training and validation: the run's wall time
-            self.end_epoch(epoch, stats, val_stats)
+            self.end_epoch(last, stats, val_stats)
             self.ctx.barrier()
         return self.close()
 
@@ -224,6 +237,9 @@ def train_student(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str
     if online and cfg.loss.distill == "none":
         raise ConfigError("`teacher` (an online teacher) is only used for distillation; choose soft or hard "
                           "distillation, or drop it to train from labels")
+    if online and cfg.views_per_image > 1:
+        raise ConfigError("`views_per_image` replays several cached views per decode; an online teacher draws "
+                          "fresh views instead: use it with `cache` only")
     if cfg.cache and cfg.view:
         raise ConfigError(f"view options conflict with `cache`: the views are the cache's ({cfg.cache}); "
                           "drop them, or drop `cache` to draw views from the online teacher's input")
@@ -265,16 +281,37 @@ def _cached_epochs(store: CacheStore, ds, pipeline: ViewPipeline, cfg: TrainConf
     """Each epoch: one cached view per sample (``epoch_views``), replayed, with its cached targets."""
     names = store.layout.names if cfg.loss.distill != "none" else store.layout.replay_names
 
+    m = cfg.views_per_image
+
     def epoch_data(epoch: int):
         # Reopen each epoch: views another process added (and marked done) become eligible.
         store = CacheStore.open(cfg.cache, mode="r", storage_options=cfg.storage_options)
-        views = epoch_views(store.done_units(), epoch=epoch, seed=cfg.seed)
-        arrays, teacher = store.layout.split(store.read_views(views, names=names))
-        targets = CachedTargets(teacher) if teacher else None
+        done = store.done_units()
+        # Epochs epoch..epoch+m-1 train on the views epoch_views picks for them, whatever m is.
+        slots = [store.layout.split(store.read_views(epoch_views(done, epoch=epoch + j, seed=cfg.seed),
+                                                     names=names)) for j in range(m)]
+        targets = CachedTargets([t for _, t in slots]) if slots[0][1] else None
         batches = _shard_batches(len(ds), epoch=epoch, seed=cfg.seed, batch_size=cfg.batch_size, ctx=ctx)
-        return _loader(ReplayViews(ds, pipeline, arrays), batches, cfg, pin), targets
+        if m == 1:
+            return _loader(ReplayViews(ds, pipeline, slots[0][0]), batches, cfg, pin), targets
+        # Each worker item: one decode of a batch's images, m batches (one view of each image per batch).
+        return _Flat(_loader(ReplayViews(ds, pipeline, [a for a, _ in slots]), batches, cfg, pin), m), targets
 
     return epoch_data
+
+
+class _Flat:
+    """A loader whose items are lists of ``m`` batches, iterated batch by batch."""
+
+    def __init__(self, loader: DataLoader, m: int):
+        self.loader, self.m = loader, m
+
+    def __iter__(self):
+        for items in self.loader:
+            yield from items
+
+    def __len__(self) -> int:
+        return len(self.loader) * self.m
 
 
 def _fresh_view_epochs(ds, pipeline: ViewPipeline, targets: OnlineTargets | None, cfg: TrainConfig,
@@ -294,6 +331,8 @@ def _fresh_view_epochs(ds, pipeline: ViewPipeline, targets: OnlineTargets | None
 
 def train_teacher(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str], None] = print) -> dict:
     """Train or fine-tune a teacher on labels with fresh views every epoch; writes best/last checkpoints."""
+    if cfg.views_per_image != 1:
+        raise ConfigError("`views_per_image` replays cached views; a teacher run draws a fresh view per epoch")
     ctx = DistContext.from_env(cfg.device)
     try:
         ds = cfg.data.open().preload()  # resident before forking workers: one shared copy

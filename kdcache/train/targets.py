@@ -13,7 +13,7 @@ device of ``images`` (the batch's views as the student receives them).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -31,15 +31,18 @@ class TargetSource(Protocol):
 
 
 class CachedTargets:
-    """Targets of the epoch's cached views: ``arrays[name]`` is (N, ...) indexed by sample."""
+    """Targets of the epoch's cached views: ``arrays[name]`` is (N, ...) indexed by sample.
 
-    def __init__(self, arrays: Mapping[str, np.ndarray]):
-        self.arrays = dict(arrays)
+    With several views per decoded image, a sequence of such mappings, one per ``ViewBatch.slot``."""
+
+    def __init__(self, arrays: Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarray]]):
+        self.slots = [dict(arrays)] if isinstance(arrays, Mapping) else [dict(a) for a in arrays]
+        self.arrays = self.slots[0]
 
     def __call__(self, batch: ViewBatch, images: torch.Tensor) -> dict[str, torch.Tensor]:
         idx = batch.indices
         return {k: torch.as_tensor(np.asarray(v[idx])).to(images.device, non_blocking=True)
-                for k, v in self.arrays.items()}
+                for k, v in self.slots[batch.slot].items()}
 
 
 class OnlineTargets:

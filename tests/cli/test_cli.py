@@ -278,3 +278,14 @@ def test_evaluate_bad_input_gives_one_line_error(tmp_path, tiny_h5, tiny_teacher
     args = [a.format(ckpt=tiny_teacher, bad=bad) for a in args]
     res = run("evaluate", *args, "--data", tiny_h5, "--workers", "0", ok=False)
     assert res.exit_code != 0 and needle in res.output and "Traceback" not in res.output, res.output
+
+
+def test_views_per_image_through_the_cli(tmp_path, tiny_h5, cache):
+    out = tmp_path / "run"
+    run("train-student", "--cache", cache, "--data", tiny_h5, "--student", "cnn_tiny", "--views-per-image", "2",
+        "--epochs", "2", "--batch-size", "16", "--workers", "0", "--val-split", "none", "--out", out,
+        "--no-progress")
+    assert json.loads((out / "config.json").read_text())["config"]["views_per_image"] == 2
+    res = run("train-student", "--cache", cache, "--data", tiny_h5, "--student", "cnn_tiny", "--views-per-image",
+              "2", "--epochs", "3", "--out", tmp_path / "r2", "--workers", "0", ok=False)
+    assert res.exit_code == 1 and "--epochs (3) must be a multiple of --views-per-image (2)" in res.output
