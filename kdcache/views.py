@@ -24,7 +24,7 @@ from kdcache.errors import ConfigError
 if TYPE_CHECKING:
     from kdcache.models import ModelCfg
 
-__all__ = ["ViewDraws", "ViewBatch", "BlockBatches", "ReplayViews", "EvalViews", "identity_collate",
+__all__ = ["ViewDraws", "ViewBatch", "BlockBatches", "FlatBatches", "ReplayViews", "EvalViews", "identity_collate",
            "build_views", "resolve_view_spec"]
 
 
@@ -180,6 +180,20 @@ class ReplayViews(Dataset):
 
     def __getitem__(self, i: int) -> ViewBatch | list[ViewBatch]:
         return self.__getitems__([i])
+
+
+class FlatBatches:
+    """A loader whose items are lists of batches (``ReplayViews`` with M views per image), batch by batch."""
+
+    def __init__(self, loader, m: int):
+        self.loader, self.m = loader, int(m)
+
+    def __iter__(self) -> Iterator[ViewBatch]:
+        for items in self.loader:
+            yield from items
+
+    def __len__(self) -> int:
+        return len(self.loader) * self.m
 
 
 class EvalViews(Dataset):

@@ -41,7 +41,7 @@ from kdcache.train.loop import evaluate, train_one_epoch
 from kdcache.train.losses import DistillationLoss, LossConfig
 from kdcache.train.schedule import epoch_views
 from kdcache.train.targets import CachedTargets, OnlineTargets, TargetSource
-from kdcache.views import EvalViews, ReplayViews, ViewDraws, identity_collate, resolve_view_spec
+from kdcache.views import EvalViews, FlatBatches, ReplayViews, ViewDraws, identity_collate, resolve_view_spec
 
 __all__ = ["TrainConfig", "train_student", "train_teacher", "evaluate_checkpoint", "evaluate_model", "build_scheduler"]
 
@@ -295,23 +295,9 @@ def _cached_epochs(store: CacheStore, ds, pipeline: ViewPipeline, cfg: TrainConf
         if m == 1:
             return _loader(ReplayViews(ds, pipeline, slots[0][0]), batches, cfg, pin), targets
         # Each worker item: one decode of a batch's images, m batches (one view of each image per batch).
-        return _Flat(_loader(ReplayViews(ds, pipeline, [a for a, _ in slots]), batches, cfg, pin), m), targets
+        return FlatBatches(_loader(ReplayViews(ds, pipeline, [a for a, _ in slots]), batches, cfg, pin), m), targets
 
     return epoch_data
-
-
-class _Flat:
-    """A loader whose items are lists of ``m`` batches, iterated batch by batch."""
-
-    def __init__(self, loader: DataLoader, m: int):
-        self.loader, self.m = loader, m
-
-    def __iter__(self):
-        for items in self.loader:
-            yield from items
-
-    def __len__(self) -> int:
-        return len(self.loader) * self.m
 
 
 def _fresh_view_epochs(ds, pipeline: ViewPipeline, targets: OnlineTargets | None, cfg: TrainConfig,

@@ -1,0 +1,272 @@
+"""Throughput side by side: plain training, kdcache cached training (M views per decode), online KD; the dump
+against pure teacher inference; reading an epoch's targets.
+
+Modes are measured in alternating rounds (a b c a b c ...) in one process so the machine's noise hits them
+alike; each figure is the median over rounds, and ratios are taken between medians.
+
+* ``plain``     — a plain PyTorch loop: torchvision ``ImageFolder`` (``folder:``) or the HDF5 arrays, v2
+  RandomResizedCrop + flip + normalise in the same workers, the same student, batch size, AdamW, CE loss.
+* ``cached``    — kdcache's loop replaying cached views with cached targets (``train-student``);
+  ``cached-m4`` the same with ``--views-per-image 4`` (one decode feeds 4 batches).
+* ``online``    — kdcache's loop with the teacher run on fresh views every step (``--online-teacher``).
+* ``dump`` / ``infer`` — views/s of ``dump-teacher`` into a new cache against the teacher's pure inference on
+  the same views (same batch size and workers): goal P3, dump ≥ 0.9 × infer.
+* ``read``      — one epoch's targets read from a synthetic cache (C classes, full float16 and top-10):
+  goal P5, ≥ 1 M views/s.
+
+    python bench/make_jpeg_folder.py --out bench/work/jpeg100
+    python bench/throughput.py --data folder:bench/work/jpeg100 --size 224 --teacher resnet50 \\
+        --student resnet18 --limit 2000 --rounds 3 --json bench/results/throughput_jpeg.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+
+import numpy as np
+import torch
+from _common import write_json
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from kdcache.augment import ViewPipeline, ViewSpec
+from kdcache.cache import CacheIdentity, CacheStore, TargetMode, UnitLayout
+from kdcache.data import DataConfig
+from kdcache.engine import DumpConfig, TeacherSpec, build_teacher, dump_teacher
+from kdcache.models import create_model
+from kdcache.train import DistillationLoss, LossConfig, epoch_views, train_one_epoch
+from kdcache.train.targets import CachedTargets, OnlineTargets
+from kdcache.views import (
+    BlockBatches,
+    FlatBatches,
+    ReplayViews,
+    ViewDraws,
+    identity_collate,
+    resolve_view_spec,
+)
+
+
+class PlainDataset(Dataset):
+    """The plain baseline's dataset: decode + torchvision v2 transforms per item, as a typical script does."""
+
+    def __init__(self, ds, spec: ViewSpec):
+        self.ds = ds
+        self.tf = v2.Compose([
+            v2.RandomResizedCrop(spec.size, scale=spec.scale, ratio=spec.ratio, antialias=True),
+            v2.RandomHorizontalFlip(spec.flip_prob), v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(spec.mean, spec.std)])
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int):
+        image, label = self.ds[i]
+        return self.tf(image), label
+
+
+def plain_rate(ds, spec, student_name, args) -> float:
+    loader = DataLoader(PlainDataset(ds, spec), batch_size=args.batch_size, shuffle=True,
+                        num_workers=args.workers, drop_last=True)
+    model = create_model(student_name, num_classes=ds.num_classes)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.train()
+    t0, n = time.perf_counter(), 0
+    for step, (x, y) in enumerate(loader):
+        if step >= args.steps:
+            break
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        n += len(y)
+    return n / (time.perf_counter() - t0)
+
+
+def kdcache_rate(loader, targets, ds, student_name, args, steps: int) -> float:
+    model = create_model(student_name, num_classes=ds.num_classes)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    t0 = time.perf_counter()
+    stats = train_one_epoch(model, loader, loss_fn=DistillationLoss(LossConfig(distill="soft"), ds.num_classes),
+                            optimizer=opt, scheduler=None, device=torch.device("cpu"),
+                            labels=np.asarray(ds.labels), teacher_targets=targets, progress=False, max_steps=steps)
+    return stats["images"] / (time.perf_counter() - t0)
+
+
+def batches(n: int, bs: int, seed: int) -> list[list[int]]:
+    perm = np.random.default_rng(seed).permutation(n).tolist()
+    return [perm[i:i + bs] for i in range(0, n - bs + 1, bs)]
+
+
+def training_modes(ds, store: CacheStore, spec: ViewSpec, teacher, args):
+    pipeline = ViewPipeline(spec)
+    done = store.done_units()
+
+    def slots(m: int, r: int):
+        return [store.layout.split(store.read_views(epoch_views(done, epoch=r * m + j, seed=0)))
+                for j in range(m)]
+
+    def cached(r: int, m: int) -> float:
+        sl = slots(m, r)
+        replay = ReplayViews(ds, pipeline, sl[0][0] if m == 1 else [a for a, _ in sl])
+        loader = DataLoader(replay, batch_sampler=batches(len(ds), args.batch_size, r), num_workers=args.workers,
+                            collate_fn=identity_collate)
+        if m > 1:
+            loader = FlatBatches(loader, m)
+        return kdcache_rate(loader, CachedTargets([t for _, t in sl]), ds, args.student, args, args.steps)
+
+    def online(r: int) -> float:
+        draws = ViewDraws(ds, pipeline, 0)
+        loader = DataLoader(draws, batch_sampler=[[(i, r) for i in b] for b in batches(len(ds), args.batch_size, r)],
+                            num_workers=args.workers, collate_fn=identity_collate)
+        return kdcache_rate(loader, OnlineTargets(teacher.model), ds, args.student, args, args.steps)
+
+    modes = {"plain": lambda r: plain_rate(ds, spec, args.student, args),
+             "cached": lambda r: cached(r, 1),
+             f"cached-m{args.views_per_image}": lambda r: cached(r, args.views_per_image)}
+    if not args.no_online:
+        modes["online"] = online
+    return modes
+
+
+def dump_modes(data: DataConfig, teacher_spec: TeacherSpec, ds, spec: ViewSpec, teacher, args, tmp: str):
+    pipeline = ViewPipeline(spec)
+    n_blocks = -(-len(ds) // args.block_size)
+    work = [(b, list(range(args.views))) for b in range(n_blocks)]
+
+    def bounds(b: int):
+        return b * args.block_size, min((b + 1) * args.block_size, len(ds))
+
+    def infer(r: int) -> float:
+        loader = DataLoader(ViewDraws(ds, pipeline, r), batch_sampler=BlockBatches(work, bounds, args.batch_size),
+                            num_workers=args.workers, collate_fn=identity_collate)
+        t0, n = time.perf_counter(), 0
+        with torch.inference_mode():
+            for batch in loader:
+                teacher.model(batch.images)
+                n += len(batch.indices)
+        return n / (time.perf_counter() - t0)
+
+    def dump(r: int) -> float:
+        cfg = DumpConfig(data=data, out=os.path.join(tmp, f"dump{r}.zarr"), teacher=teacher_spec, views=args.views,
+                         seed=r, view={"size": spec.size}, batch_size=args.batch_size, workers=args.workers,
+                         block_size=args.block_size, device="cpu")
+        t0 = time.perf_counter()
+        s = dump_teacher(cfg, progress=False, log=lambda _m: None)
+        return s.views_computed / (time.perf_counter() - t0)
+
+    return {"infer": infer, "dump": dump}
+
+
+def read_rate(tmp: str, n: int, classes: int, views: int, targets: str, block: int) -> float:
+    """Views/s of reading one epoch's targets (one view per block, kdcache's read_views) from local disk."""
+    mode = TargetMode.parse(targets)
+    ident = CacheIdentity(teacher={"name": "synthetic"}, dataset={"kind": "synthetic", "split": "train",
+                                                                   "manifest_sha256": "0"},
+                          view_spec={}, seed=0, targets=str(mode))
+    layout = UnitLayout.build(mode, classes, {"crop": ((4,), "int16"), "flip": ((), "bool")})
+    path = os.path.join(tmp, f"read_{targets.replace(':', '')}.zarr")
+    store = CacheStore.create(path, identity=ident, keys=[str(i) for i in range(n)], labels=np.zeros(n),
+                              num_classes=classes, num_views=views, layout=layout, attrs={}, block_size=block)
+    rng = np.random.default_rng(0)
+    for b in range(store.num_blocks):
+        b0, b1 = store.block_bounds(b)
+        logits = torch.from_numpy(rng.standard_normal((b1 - b0, classes), dtype=np.float32) * 3)
+        for v in range(views):
+            arrays = mode.encode(logits)
+            arrays.update(crop=np.zeros((b1 - b0, 4), np.int16), flip=np.zeros(b1 - b0, bool),
+                          view_seed=np.zeros(b1 - b0, np.int64))
+            store.write_unit(b, v, arrays)
+    store = CacheStore.open(path)
+    t0 = time.perf_counter()
+    store.read_views(epoch_views(store.done_units(), epoch=1, seed=0), names=store.layout.target_names)
+    return n / (time.perf_counter() - t0)
+
+
+def alternate(modes: dict, rounds: int) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {k: [] for k in modes}
+    for r in range(rounds):
+        for name, fn in modes.items():
+            rate = fn(r)
+            out[name].append(rate)
+            print(f"round {r + 1}/{rounds}  {name:<10} {rate:9.1f} /s", flush=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", required=True, help="folder:PATH (the JPEG folder) or hdf5:PATH")
+    ap.add_argument("--limit", type=int, default=None, help="a stratified subset of the data")
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--teacher", default="resnet50")
+    ap.add_argument("--teacher-weights", default=None, help="default: a seeded random initialisation")
+    ap.add_argument("--student", default="resnet18")
+    ap.add_argument("--views", type=int, default=8)
+    ap.add_argument("--views-per-image", type=int, default=4)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--block-size", type=int, default=256)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=20, help="training steps timed per mode and round")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--parts", nargs="+", default=["train", "dump", "read"], choices=["train", "dump", "read"])
+    ap.add_argument("--no-online", action="store_true")
+    ap.add_argument("--read-samples", type=int, nargs="+", default=[20000])
+    ap.add_argument("--read-classes", type=int, default=1000)
+    ap.add_argument("--json", default="bench/results/throughput.json")
+    args = ap.parse_args()
+
+    torch.manual_seed(0)
+    data = DataConfig(source=args.data, limit=args.limit)
+    ds = data.open().preload()
+    result: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.teacher_weights is None:  # a seeded random teacher is fine for speed
+            from kdcache.models.checkpoint import save_checkpoint
+
+            weights = os.path.join(tmp, "teacher.pt")
+            save_checkpoint(weights, create_model(args.teacher, num_classes=ds.num_classes))
+        else:
+            weights = args.teacher_weights
+        teacher_spec = TeacherSpec(name=args.teacher, weights=weights)
+        teacher = build_teacher(teacher_spec, num_classes=ds.num_classes)
+        spec = resolve_view_spec(teacher.cfg, {"size": args.size})
+        if "train" in args.parts:
+            cache = os.path.join(tmp, "cache.zarr")
+            dump_teacher(DumpConfig(data=data, out=cache, teacher=teacher_spec, views=args.views,
+                                    view={"size": args.size}, batch_size=args.batch_size, workers=args.workers,
+                                    block_size=args.block_size, device="cpu"), progress=False, log=lambda _m: None)
+            store = CacheStore.open(cache)
+            result["train"] = alternate(training_modes(ds, store, ViewSpec.from_dict(store.identity.view_spec),
+                                                       teacher, args), args.rounds)
+        if "dump" in args.parts:
+            result["dump"] = alternate(dump_modes(data, teacher_spec, ds, spec, teacher, args, tmp), args.rounds)
+        if "read" in args.parts:
+            result["read"] = {}
+            for n in args.read_samples:
+                for targets in ("full", "topk:10"):
+                    rates = [read_rate(tmp, n, args.read_classes, 2, targets, 1024) for _ in range(args.rounds)]
+                    result["read"][f"N={n} {targets}"] = rates
+    medians = {part: {k: statistics.median(v) for k, v in rs.items()} for part, rs in result.items()}
+    ratios = {}
+    if "train" in medians:
+        t = medians["train"]
+        ratios.update({f"{k}/plain": t[k] / t["plain"] for k in t if k != "plain"})
+        if "online" in t:
+            ratios["cached/online"] = t["cached"] / t["online"]
+    if "dump" in medians:
+        ratios["dump/infer"] = medians["dump"]["dump"] / medians["dump"]["infer"]
+    print(f"\n{'part':<6} {'mode':<20} {'median /s':>12}")
+    for part, ms in medians.items():
+        for k, v in ms.items():
+            print(f"{part:<6} {k:<20} {v:>12.1f}")
+    for k, v in ratios.items():
+        print(f"ratio  {k:<20} {v:>12.3f}")
+    write_json(args.json, args, rounds=result, medians=medians, ratios=ratios)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+"""Smoke test of bench/throughput.py at toy size: every part and mode runs and the JSON holds medians and ratios."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_throughput_bench_at_toy_size(tmp_path, tiny_h5):
+    out = tmp_path / "t.json"
+    cmd = [sys.executable, str(REPO / "bench" / "throughput.py"), "--data", tiny_h5, "--size", "16",
+           "--teacher", "cnn_tiny", "--student", "cnn_tiny", "--views", "2", "--views-per-image", "2",
+           "--batch-size", "8", "--block-size", "16", "--workers", "0", "--steps", "3", "--rounds", "2",
+           "--read-samples", "64", "--read-classes", "20", "--json", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert set(r["medians"]["train"]) == {"plain", "cached", "cached-m2", "online"}
+    assert set(r["medians"]["dump"]) == {"dump", "infer"}
+    assert set(r["medians"]["read"]) == {"N=64 full", "N=64 topk:10"}
+    assert all(len(v) == 2 and min(v) > 0 for part in r["rounds"].values() for v in part.values())
+    assert {"cached/plain", "cached-m2/plain", "online/plain", "cached/online", "dump/infer"} == set(r["ratios"])
