@@ -1,11 +1,9 @@
 """Model registry and built-in architectures. Importing this package registers every built-in model."""
 
 from kdcache.models import bit, cifar_resnet, cnn, deit, tokenlearner, vit  # noqa: F401 (registers models)
+from kdcache.models._cfg import IMAGENET_MEAN, IMAGENET_STD, ModelCfg, set_model_cfg
 from kdcache.models.checkpoint import load_checkpoint, load_weights, read_state_dict, save_checkpoint
 from kdcache.models.registry import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    ModelCfg,
     create_model,
     is_registered,
     list_models,
@@ -13,7 +11,6 @@ from kdcache.models.registry import (
     model_description,
     model_tags,
     register_model,
-    set_model_cfg,
 )
 from kdcache.models.summary import format_table, model_table
 

@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from kdcache.errors import CheckpointError, ModelError
-from kdcache.models.registry import ModelCfg, create_model, model_cfg
+from kdcache.models._cfg import ModelCfg
+from kdcache.models.registry import create_model, model_cfg
 
 __all__ = ["CHECKPOINT_VERSION", "is_kdcache_checkpoint", "save_checkpoint", "load_checkpoint", "load_weights",
            "read_state_dict"]

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from kdcache.errors import ModelError
-from kdcache.models.registry import register_model, set_model_cfg
+from kdcache.models._cfg import set_model_cfg
+from kdcache.models.registry import register_model
 
 __all__ = ["SimpleCNN", "cnn_small", "cnn_tiny"]
 

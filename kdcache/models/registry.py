@@ -6,6 +6,7 @@ with :func:`register_model`. :func:`create_model` resolves a name to a model:
 * a registered name (``cnn_small``, ``cifar_resnet56``, ``deit_tiny_patch4_32``, ...);
 * any torchvision classification model by name (``resnet18``, ``mobilenet_v2``), head resized;
 * ``timm:NAME`` when the optional ``timm`` extra is installed;
+* ``hf:PATH_OR_ID``: a Hugging Face ``transformers`` image classifier (a local directory or a hub id);
 * ``python:package.module:function`` for a user's own factory.
 
 Every created model carries a :class:`ModelCfg` in ``model.kdcache_cfg``: how to
@@ -19,12 +20,20 @@ import dataclasses
 import difflib
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
 from kdcache.errors import ModelError
+from kdcache.models._cfg import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ModelCfg,
+    accepted_kwargs,
+    check_kwargs,
+    set_model_cfg,
+)
 
 __all__ = [
     "ModelCfg",
@@ -39,33 +48,6 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
 ]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass(frozen=True)
-class ModelCfg:
-    """How to rebuild a model and what input it expects."""
-
-    name: str
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    input_size: int = 224
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    interpolation: str = "bilinear"
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["mean"], d["std"] = list(self.mean), list(self.std)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelCfg":
-        d = dict(d)
-        d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
-        return cls(**d)
-
 
 @dataclass(frozen=True)
 class _Entry:
@@ -158,14 +140,20 @@ def _python_builder(spec: str) -> Callable[..., nn.Module]:
 
 
 def _build(name: str, num_classes: int, kwargs: dict[str, Any]) -> nn.Module:
-    if name in _REGISTRY:
-        return _REGISTRY[name].builder(num_classes=num_classes, **kwargs)
-    if name.startswith("python:"):
-        return _python_builder(name)(num_classes=num_classes, **kwargs)
+    if name in _REGISTRY or name.startswith("python:"):
+        builder = _REGISTRY[name].builder if name in _REGISTRY else _python_builder(name)
+        # Unknown arguments are the user's mistake: name them. A TypeError raised *inside* the builder
+        # is not, so it is never caught here as if it were one.
+        check_kwargs(name, kwargs, accepted_kwargs(builder))
+        return builder(num_classes=num_classes, **kwargs)
     if name.startswith("timm:"):
         from kdcache.models.timm_models import create_timm_model
 
         return create_timm_model(name[len("timm:"):], num_classes=num_classes, **kwargs)
+    if name.startswith("hf:"):
+        from kdcache.models.hf import create_hf_model
+
+        return create_hf_model(name[len("hf:"):], num_classes=num_classes, **kwargs)
     if _torchvision_builder(name) is not None:
         from kdcache.models.tv import create_torchvision_model
 
@@ -181,7 +169,8 @@ def create_model(name: str, *, num_classes: int, **overrides: Any) -> nn.Module:
     """Build model ``name`` with a ``num_classes``-way head.
 
     ``None`` values in ``overrides`` are dropped, so CLI flags can be passed straight through.
-    Raises :class:`~kdcache.errors.ModelError` with close matches for unknown names.
+    Raises :class:`~kdcache.errors.ModelError` with close matches for unknown names and naming any
+    argument the builder does not take (checked against its signature before it is called).
     """
     _ensure_builtin_models()
     if not isinstance(num_classes, int) or num_classes < 1:
@@ -189,19 +178,13 @@ def create_model(name: str, *, num_classes: int, **overrides: Any) -> nn.Module:
     kwargs = {k: v for k, v in overrides.items() if v is not None}
     try:
         model = _build(name, num_classes, kwargs)
-    except TypeError as e:  # a constructor argument the model does not take (e.g. a typo in --student-arg)
-        raise ModelError(f"model {name!r}: {e}") from e
+    except TypeError as e:
+        # Argument names were checked before the call, so this is the builder's own failure: say so,
+        # with the real cause (chained), instead of blaming the user's arguments.
+        raise ModelError(f"model {name!r}: building it raised TypeError: {e}") from e
     if not isinstance(model, nn.Module):
         raise ModelError(f"model {name!r}: builder returned {type(model).__name__}, not an nn.Module")
     prev = getattr(model, "kdcache_cfg", None)
     base = prev if isinstance(prev, ModelCfg) else ModelCfg(name=name)
     model.kdcache_cfg = dataclasses.replace(base, name=name, kwargs={"num_classes": num_classes, **kwargs})
-    return model
-
-
-def set_model_cfg(model: nn.Module, *, input_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                  interpolation: str = "bilinear") -> nn.Module:
-    """Attach a model's expected input (size, normalisation); :func:`create_model` fills name/kwargs."""
-    model.kdcache_cfg = ModelCfg(name="", input_size=int(input_size), mean=tuple(mean), std=tuple(std),
-                                 interpolation=interpolation)
     return model

@@ -2,7 +2,7 @@
 
 timm is an optional extra. Its models already split ``forward_features``/``forward_head``, and
 each carries a ``pretrained_cfg`` describing its expected input, which becomes the kdcache
-:class:`~kdcache.models.registry.ModelCfg` so the teacher's preprocessing travels with it.
+:class:`~kdcache.models.ModelCfg` so the teacher's preprocessing travels with it.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from urllib.error import URLError
 from torch import nn
 
 from kdcache.errors import DownloadUnavailableError, ModelError
-from kdcache.models.registry import IMAGENET_MEAN, IMAGENET_STD, set_model_cfg
+from kdcache.models._cfg import IMAGENET_MEAN, IMAGENET_STD, set_model_cfg
 
 __all__ = ["create_timm_model"]
 

@@ -15,7 +15,7 @@ from torch import nn
 from torchvision import models as tvm
 
 from kdcache.errors import DownloadUnavailableError, ModelError
-from kdcache.models.registry import IMAGENET_MEAN, IMAGENET_STD, set_model_cfg
+from kdcache.models._cfg import IMAGENET_MEAN, IMAGENET_STD, set_model_cfg
 
 __all__ = ["create_torchvision_model", "classification_model_names", "find_head", "resize_head"]
 
@@ -131,8 +131,6 @@ def create_torchvision_model(name: str, *, num_classes: int, pretrained: bool = 
             raise ModelError(f"torchvision has no pretrained weights for {name!r}")
         try:
             model = tvm.get_model(name, weights=default_weights, **kw)
-        except TypeError as e:
-            raise ModelError(f"torchvision model {name!r}: bad arguments {sorted(kw)}: {e}") from e
         except (URLError, OSError) as e:
             raise DownloadUnavailableError(
                 f"cannot download the pretrained weights of {name!r} ({e}); when offline, build the model "
@@ -141,10 +139,7 @@ def create_torchvision_model(name: str, *, num_classes: int, pretrained: bool = 
         if num_classes != old_classes:
             resize_head(model, old_classes=old_classes, num_classes=num_classes)
     else:
-        try:
-            model = tvm.get_model(name, weights=None, num_classes=num_classes, **kw)
-        except TypeError as e:
-            raise ModelError(f"torchvision model {name!r}: bad arguments {sorted(kw)}: {e}") from e
+        model = tvm.get_model(name, weights=None, num_classes=num_classes, **kw)
     spec = _input_spec(default_weights)
     if small_input:
         _adapt_small_input(model, name)

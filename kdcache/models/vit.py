@@ -23,8 +23,9 @@ import torch
 from torch import nn
 
 from kdcache.errors import ModelError
+from kdcache.models._cfg import IMAGENET_MEAN, IMAGENET_STD, set_model_cfg
 from kdcache.models.layers import LN_EPS, Block, PatchEmbed, _positive, _probability
-from kdcache.models.registry import IMAGENET_MEAN, IMAGENET_STD, register_model, set_model_cfg
+from kdcache.models.registry import register_model
 from kdcache.models.tokenlearner import TokenLearner
 
 __all__ = ["VisionTransformer", "build_vit"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import sys
 import textwrap
@@ -11,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+import kdcache.models
 from kdcache.errors import DownloadUnavailableError, ModelError
 from kdcache.models import (
     ModelCfg,
@@ -80,6 +82,61 @@ def test_double_registration_is_an_error(monkeypatch):
     assert create_model("my_net", num_classes=2).out_features == 2
     with pytest.raises(ModelError, match="registered twice"):
         register_model(name="my_net")(my_net)
+
+
+def test_unknown_argument_is_named_with_the_valid_ones():
+    with pytest.raises(ModelError, match=r"model 'cnn_small': unknown argument widht; it takes dropout, width"):
+        create_model("cnn_small", num_classes=3, widht=8)
+
+
+def test_a_type_error_inside_a_builder_is_not_reported_as_a_bad_argument(monkeypatch):
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+    @register_model
+    def broken_net(*, num_classes: int, width: int = 4) -> nn.Module:
+        return nn.Linear(width, num_classes) + 1  # a bug in the builder, not in the caller's arguments
+
+    with pytest.raises(ModelError) as info:
+        create_model("broken_net", num_classes=2, width=3)
+    message = str(info.value)
+    assert "building it raised TypeError" in message and "unsupported operand" in message
+    assert "unknown argument" not in message and "bad argument" not in message
+    assert isinstance(info.value.__cause__, TypeError)
+
+
+def _imported_modules(path) -> set[str]:
+    """``kdcache.models.*`` modules a file imports anywhere (top level or inside functions)."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("kdcache.models."):
+            out.add(node.module.split(".")[2])
+        elif isinstance(node, ast.Import):
+            out.update(a.name.split(".")[2] for a in node.names if a.name.startswith("kdcache.models."))
+    return out
+
+
+def test_models_modules_import_each_other_without_cycles():
+    from pathlib import Path
+
+    files = {p.stem: p for p in Path(kdcache.models.__file__).parent.glob("*.py") if p.stem != "__init__"}
+    graph = {name: _imported_modules(path) & set(files) for name, path in files.items()}
+    assert "_cfg" in graph and graph["_cfg"] == set() and "registry" not in graph["tv"] | graph["timm_models"]
+
+    def visit(name: str, stack: tuple[str, ...]) -> None:
+        assert name not in stack, f"import cycle: {' -> '.join((*stack, name))}"
+        for dep in graph[name]:
+            visit(dep, (*stack, name))
+
+    for name in graph:
+        visit(name, ())
+
+
+def test_model_cfg_names_are_re_exported():
+    from kdcache.models import _cfg
+
+    assert (ModelCfg, set_model_cfg, kdcache.models.IMAGENET_MEAN) == (_cfg.ModelCfg, _cfg.set_model_cfg,
+                                                                       _cfg.IMAGENET_MEAN)
+    assert registry.ModelCfg is _cfg.ModelCfg  # old import path keeps working
 
 
 @pytest.fixture
