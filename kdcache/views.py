@@ -29,9 +29,9 @@ __all__ = ["ViewDraws", "ViewBatch", "BlockBatches", "FlatBatches", "ReplayViews
 
 
 def resolve_view_spec(model: ModelCfg, overrides: Mapping[str, Any] | None = None) -> ViewSpec:
-    """The model's expected input (size, normalisation, interpolation), then the user's overrides."""
+    """The model's expected input (size, normalisation, interpolation, eval crop), then the user's overrides."""
     base: dict[str, Any] = {"size": model.input_size, "mean": tuple(model.mean), "std": tuple(model.std),
-                            "interpolation": model.interpolation}
+                            "interpolation": model.interpolation, "crop_pct": model.crop_pct}
     base.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:
         return ViewSpec(**base)

@@ -95,7 +95,7 @@ def _ops(spec: ViewSpec) -> list[dict[str, Any]]:
 def describe_spec(spec: ViewSpec) -> dict[str, Any]:
     """Op order, each op's fixed settings, how its recorded parameters are applied, and the array layout."""
     ops = _ops(spec)
-    s = spec.size
+    s, r = spec.size, spec.eval_resize
     return {
         "spec": spec.to_dict(),
         "input": "uint8 tensor (3, H, W), RGB",
@@ -115,8 +115,9 @@ def describe_spec(spec: ViewSpec) -> dict[str, Any]:
         "eval_view": {
             "op_order": ["resize", "center_crop", "to_float_0_1", "normalize"],
             "apply": (
-                f"if min(H, W) != {s}: x = {_TVF}.resize(image, [{s}], interpolation={spec.interpolation!r}, "
-                f"antialias={spec.antialias}) (shorter side to {s}); x = {_TVF}.center_crop(x, [{s}, {s}]); "
+                f"if min(H, W) != {r}: x = {_TVF}.resize(image, [{r}], interpolation={spec.interpolation!r}, "
+                f"antialias={spec.antialias}) (shorter side to {r} = floor({s} / crop_pct {spec.crop_pct})); "
+                f"x = {_TVF}.center_crop(x, [{s}, {s}]); "
                 f"then to_dtype(float32, scale=True) and normalize as above."
             ),
         },

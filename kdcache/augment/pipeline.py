@@ -86,12 +86,12 @@ class ViewPipeline:
         return F.normalize(x, mean=list(self.spec.mean), std=list(self.spec.std))
 
     def eval_view(self, image: torch.Tensor) -> torch.Tensor:
-        """Evaluation view: shorter side resized to ``size`` if needed, centre crop, normalise."""
+        """Evaluation view: shorter side resized to ``spec.eval_resize`` if needed, centre crop, normalise."""
         image = check_image(image)
-        size = self.spec.size
-        if min(image.shape[-2:]) != size:
+        size, resize = self.spec.size, self.spec.eval_resize
+        if min(image.shape[-2:]) != resize:
             image = F.resize(
-                image, [size], interpolation=self.spec.interpolation, antialias=self.spec.antialias
+                image, [resize], interpolation=self.spec.interpolation, antialias=self.spec.antialias
             )
         x = F.center_crop(image, [size, size])
         x = F.to_dtype(x, torch.float32, scale=True)

@@ -63,7 +63,9 @@ class ViewSpec:
     ``size`` is the output side in pixels; ``scale`` and ``ratio`` bound the crop's area
     fraction and aspect ratio exactly as in ``torchvision.transforms.v2.RandomResizedCrop``.
     ``mix`` chooses ``none``, ``mixup``, ``cutmix`` or ``both`` (a 50/50 choice per view);
-    a view is mixed with probability ``mix_prob``.
+    a view is mixed with probability ``mix_prob``. ``crop_pct`` only shapes the evaluation view
+    (timm's convention): the shorter side is resized to ``floor(size / crop_pct)``, then the centre
+    ``size`` x ``size`` is cropped; 1.0 resizes the shorter side to ``size`` itself.
     """
 
     # ``help`` is the one description of each setting (the CLI builds its view options from it).
@@ -84,6 +86,8 @@ class ViewSpec:
     mixup_alpha: float = field(default=0.8, metadata={"help": "MixUp Beta(a, a)."})
     cutmix_alpha: float = field(default=1.0, metadata={"help": "CutMix Beta(a, a)."})
     mix_prob: float = field(default=1.0, metadata={"help": "Probability that a view is mixed."})
+    crop_pct: float = field(default=1.0, metadata={
+        "help": "Eval view only: resize the shorter side to size / crop_pct, then centre-crop size."})
 
     def __post_init__(self) -> None:
         # Normalise containers and numbers so that equal specs compare and hash equal
@@ -123,6 +127,16 @@ class ViewSpec:
                 raise ConfigError(f"ViewSpec.{name} must be positive, got {getattr(self, name)!r}")
             put(name, alpha)
         put("mix_prob", _probability("mix_prob", self.mix_prob))
+        crop_pct = _number("crop_pct", self.crop_pct)
+        if not 0.0 < crop_pct <= 1.0:
+            raise ConfigError(f"ViewSpec.crop_pct must lie in (0, 1], got {self.crop_pct!r}")
+        put("crop_pct", crop_pct)
+
+    @property
+    def eval_resize(self) -> int:
+        """Shorter side of the image before the evaluation view's centre crop."""
+        # Rounded first so that e.g. 299 / (299 / 342) gives 342, not 341.99999999999994 -> 341.
+        return math.floor(round(self.size / self.crop_pct, 6))
 
     @property
     def is_mixed(self) -> bool:

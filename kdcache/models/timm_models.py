@@ -1,8 +1,13 @@
 """timm models as teachers or students: ``create_model("timm:convnext_tiny", num_classes=10)``.
 
 timm is an optional extra. Its models already split ``forward_features``/``forward_head``, and
-each carries a ``pretrained_cfg`` describing its expected input, which becomes the kdcache
-:class:`~kdcache.models.ModelCfg` so the teacher's preprocessing travels with it.
+each carries a ``pretrained_cfg`` describing its expected input (size, mean, std, interpolation,
+``crop_pct``), which becomes the kdcache :class:`~kdcache.models.ModelCfg`: it sets the default
+view spec of a dump and the evaluation view, so the teacher's preprocessing travels with it.
+
+timm's distilled DeiTs (``deit_*_distilled_*``) are switched to distilled training, so they keep
+kdcache's DeiT contract: ``(cls_logits, dist_logits)`` in training (the distillation loss routes
+the teacher to ``head_dist``), their average in eval.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ def _import_timm():
 
 
 def _input_spec(model: nn.Module) -> dict[str, Any]:
-    """input_size/mean/std/interpolation from the model's ``pretrained_cfg`` (timm >= 0.9) or ``default_cfg``."""
+    """input_size/mean/std/interpolation/crop_pct from the model's ``pretrained_cfg`` (or ``default_cfg``)."""
     cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
     size = cfg.get("input_size") or (3, 224, 224)
     # ModelCfg holds one square size; timm's (C, H, W) is square for classification models.
@@ -40,6 +45,9 @@ def _input_spec(model: nn.Module) -> dict[str, Any]:
     interp = cfg.get("interpolation")
     if interp in ("bilinear", "bicubic", "nearest"):
         spec["interpolation"] = interp
+    crop_pct = cfg.get("crop_pct")
+    if isinstance(crop_pct, (int, float)) and 0 < crop_pct <= 1:
+        spec["crop_pct"] = float(crop_pct)
     return spec
 
 
@@ -58,6 +66,8 @@ def create_timm_model(name: str, *, num_classes: int, pretrained: bool = False, 
     except RuntimeError as e:
         # timm reports unknown names as RuntimeError("Unknown model (...)").
         raise ModelError(f"timm model {name!r}: {e}") from e
-    except TypeError as e:
-        raise ModelError(f"timm model {name!r}: bad arguments {sorted(kw)}: {e}") from e
+    # (A TypeError, e.g. an argument the model class does not take, reaches create_model, which
+    # reports it with timm's own message naming the argument.)
+    if callable(getattr(model, "set_distilled_training", None)):
+        model.set_distilled_training(True)  # training returns (cls, dist) as kdcache's DeiT does
     return set_model_cfg(model, **_input_spec(model))

@@ -86,7 +86,7 @@ def _adapt_small_input(model: nn.Module, name: str) -> None:
 
 
 def _input_spec(weights: Any) -> dict[str, Any]:
-    """input_size/mean/std/interpolation from a weights enum's eval transforms, else ImageNet at 224."""
+    """input_size/mean/std/interpolation/crop_pct from a weights enum's eval transforms, else ImageNet at 224."""
     spec: dict[str, Any] = {"input_size": 224, "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
                             "interpolation": "bilinear"}
     if weights is None:
@@ -95,6 +95,9 @@ def _input_spec(weights: Any) -> dict[str, Any]:
     crop = getattr(t, "crop_size", None)
     if crop:
         spec["input_size"] = int(crop[0])
+        resize = getattr(t, "resize_size", None)
+        if resize and int(resize[0]) >= int(crop[0]):
+            spec["crop_pct"] = int(crop[0]) / int(resize[0])  # e.g. 224 / 256: resize to 256, centre-crop 224
     if getattr(t, "mean", None) is not None and getattr(t, "std", None) is not None:
         spec["mean"], spec["std"] = tuple(float(v) for v in t.mean), tuple(float(v) for v in t.std)
     interp = getattr(t, "interpolation", None)

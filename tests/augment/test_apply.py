@@ -175,3 +175,13 @@ def test_eval_view_shape_and_determinism(hw):
     assert torch.equal(out, pipe.eval_view(img))
     if hw == (16, 16):  # already the right size: no resampling at all
         torch.testing.assert_close(_unnormalise(spec, out), img.float() / 255, rtol=0, atol=1e-6)
+
+
+def test_eval_view_crop_pct_takes_the_centre_of_the_resized_image():
+    # crop_pct 0.8 on a 20 px square: the shorter side stays 20 (= floor(16 / 0.8)), the centre 16 px is kept.
+    spec = ViewSpec(size=16, crop_pct=0.8)
+    img = torch.randint(0, 256, (3, 20, 20), dtype=torch.uint8)
+    out = ViewPipeline(spec).eval_view(img)
+    assert spec.eval_resize == 20 and out.shape == (3, 16, 16)
+    torch.testing.assert_close(_unnormalise(spec, out), img[:, 2:18, 2:18].float() / 255, rtol=0, atol=1e-6)
+    assert ViewSpec(size=299, crop_pct=299 / 342).eval_resize == 342  # no float floor surprise

@@ -34,6 +34,8 @@ from kdcache.errors import ConfigError
         ("mixup_alpha", 0.0),
         ("cutmix_alpha", -1.0),
         ("mix_prob", -0.1),
+        ("crop_pct", 0.0),
+        ("crop_pct", 1.5),
     ],
 )
 def test_bad_values_raise_config_error_quoting_value(field, value):
@@ -72,6 +74,7 @@ specs = st.builds(
     mixup_alpha=st.floats(0.01, 10.0),
     cutmix_alpha=st.floats(0.01, 10.0),
     mix_prob=st.floats(0.0, 1.0),
+    crop_pct=st.floats(0.05, 1.0),
 )
 
 
