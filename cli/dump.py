@@ -26,9 +26,10 @@ from kdcache.utils import human_bytes, parse_key_values, parse_model_args
 @section(
     "Teacher",
     click.option("--teacher", default=None,
-                 help="Teacher model name (registered, torchvision, timm:NAME, python:mod:fn)."),
-    click.option("--teacher-weights", type=click.Path(exists=True, dir_okay=False), default=None,
-                 help="Teacher checkpoint or state dict (loaded with weights_only=True)."),
+                 help="Teacher model name (registered, torchvision, timm:NAME, hf:DIR_OR_HUB_ID, python:mod:fn)."),
+    click.option("--teacher-weights", type=click.Path(exists=True), default=None,
+                 help="Teacher weights: a kdcache or torch checkpoint, a state dict, a .safetensors file, or a "
+                      "timm/Hugging Face checkpoint directory (torch files load with weights_only=True)."),
     click.option("--teacher-arg", "teacher_args", multiple=True,
                  help="KEY=VALUE passed to the teacher's constructor (repeatable), e.g. pretrained=true."),
     click.option("--amp/--no-amp", default=False, show_default=True, help="Mixed precision on CUDA."),

@@ -22,8 +22,9 @@ def models_cmd(flops, input_size, num_classes, tag, as_json):
 
     FLOPs come from torch.utils.flop_counter on one image; counting them builds every model.
 
-    Any torchvision classification model (resnet18, mobilenet_v2, vit_b_16, ...) and, with the timm
-    extra, timm:NAME also work wherever a model name is accepted.
+    Any torchvision classification model (resnet18, mobilenet_v2, vit_b_16, ...), timm:NAME (timm extra)
+    and hf:DIR_OR_HUB_ID (a transformers image classifier, hf extra) also work wherever a model name
+    is accepted.
     """
     from kdcache.models import list_models
 

@@ -132,8 +132,8 @@ def train_student_cmd(cache, storage_options, teacher, teacher_weights, teacher_
 @click.option("--teacher", required=True, help="Teacher model name (see 'kdcache models').")
 @click.option("--teacher-arg", "model_args", multiple=True,
               help="KEY=VALUE for the teacher's constructor (repeatable), e.g. pretrained=true.")
-@click.option("--init-weights", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Fine-tune from these weights (checkpoint or state dict).")
+@click.option("--init-weights", type=click.Path(exists=True), default=None,
+              help="Fine-tune from these weights (checkpoint, state dict, .safetensors or checkpoint directory).")
 @view_options
 @optim_options
 @runtime_options

@@ -15,8 +15,8 @@ from kdcache.utils import parse_key_values, parse_model_args
 @config_option
 @click.argument("cache")
 @click.option("--teacher", default=None, help="Teacher model name (optional with a kdcache checkpoint).")
-@click.option("--teacher-weights", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Teacher checkpoint or state dict the cache was made with.")
+@click.option("--teacher-weights", type=click.Path(exists=True), default=None,
+              help="Teacher weights the cache was made with (file or timm/Hugging Face checkpoint directory).")
 @click.option("--teacher-arg", "teacher_args", multiple=True,
               help="KEY=VALUE passed to the teacher's constructor (repeatable), as given to dump-teacher.")
 @data_options()

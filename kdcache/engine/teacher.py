@@ -29,7 +29,7 @@ def state_dict_sha256(model: nn.Module) -> str:
 
 @dataclass(frozen=True)
 class TeacherSpec(ConfigBase):
-    """Which teacher: a registered/torchvision/timm/python name and/or a weights file."""
+    """Which teacher: a registered/torchvision/timm/hf/python name and/or a weights file or directory."""
 
     name: str | None = None
     weights: str | None = None

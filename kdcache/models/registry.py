@@ -97,7 +97,7 @@ def model_description(name: str) -> str:
 
 
 def model_tags(name: str) -> tuple[str, ...]:
-    """Tags a registered model carries (``()`` for torchvision, ``timm:`` and ``python:`` names)."""
+    """Tags a registered model carries (``()`` for torchvision, ``timm:``, ``hf:`` and ``python:`` names)."""
     _ensure_builtin_models()
     return _REGISTRY[name].tags if name in _REGISTRY else ()
 

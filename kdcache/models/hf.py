@@ -1,0 +1,128 @@
+"""Hugging Face image classifiers as teachers or students: ``create_model("hf:PATH_OR_ID", num_classes=10)``.
+
+``PATH_OR_ID`` is a local directory written by ``save_pretrained`` (read offline, nothing is
+fetched) or a Hub id such as ``google/vit-base-patch16-224`` (downloaded by ``transformers`` into
+its cache when the network is reachable). The model comes from
+``transformers.AutoModelForImageClassification`` with its own weights; its image processor gives
+the input the model expects (size, mean, std, resampling, centre-crop share), which becomes the
+:class:`~kdcache.models.ModelCfg`. :class:`HFImageClassifier` wraps it so ``forward(x)`` returns the
+logits tensor, as every kdcache model does. ``transformers`` is an optional extra.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kdcache.errors import DownloadUnavailableError, ModelError
+from kdcache.models._cfg import IMAGENET_MEAN, IMAGENET_STD, set_model_cfg
+
+__all__ = ["HFImageClassifier", "create_hf_model"]
+
+# PIL.Image.Resampling values, which Hugging Face image processors store as plain ints.
+_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}
+
+
+class HFImageClassifier(nn.Module):
+    """A ``transformers`` image classifier whose ``forward(x)`` returns the logits tensor."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=x).logits
+
+
+def _import_transformers():
+    try:
+        return importlib.import_module("transformers")
+    except ImportError as e:
+        raise ModelError(f"hf: models need the optional transformers package ({e}); "
+                         "install it with: pip install 'kdcache[hf]'") from e
+
+
+def _looks_like_path(ref: str) -> bool:
+    """A Hub id is ``name`` or ``namespace/name``; anything else is meant as a directory."""
+    return ref.startswith(("/", ".", "~")) or ref.count("/") > 1 or (os.sep != "/" and os.sep in ref)
+
+
+def _size(value: Any) -> int | None:
+    """One side from an image processor's size entry (``{"height", "width"}``, ``{"shortest_edge"}`` or int)."""
+    if value is None:
+        return None
+    if isinstance(value, int):
+        return value
+    get = value.get if isinstance(value, Mapping) else lambda k: getattr(value, k, None)
+    if get("shortest_edge"):
+        return int(get("shortest_edge"))
+    h, w = get("height"), get("width")
+    if h and w:
+        if int(h) != int(w):
+            raise ModelError(f"non-square input {h}x{w}: kdcache views are square")
+        return int(h)
+    return None
+
+
+def _input_spec(processor: Any, ref: str) -> dict[str, Any]:
+    """input_size/mean/std/interpolation/crop_pct from a Hugging Face image processor."""
+    try:
+        resize = _size(getattr(processor, "size", None))
+        crop = _size(getattr(processor, "crop_size", None)) if getattr(processor, "do_center_crop", False) else None
+    except ModelError as e:
+        raise ModelError(f"hf model {ref!r}: {e}") from None
+    if resize is None:
+        raise ModelError(f"hf model {ref!r}: its image processor has no usable size ({processor.size!r})")
+    spec: dict[str, Any] = {"input_size": crop or resize,
+                            "mean": tuple(getattr(processor, "image_mean", None) or IMAGENET_MEAN),
+                            "std": tuple(getattr(processor, "image_std", None) or IMAGENET_STD)}
+    if crop and resize > crop:
+        spec["crop_pct"] = crop / resize          # resize to `resize`, centre-crop `crop` (DeiT, BEiT)
+    elif isinstance(getattr(processor, "crop_pct", None), float) and 0 < processor.crop_pct <= 1:
+        spec["crop_pct"] = processor.crop_pct     # ConvNeXt: shortest edge / crop_pct, then centre crop
+    resample = getattr(processor, "resample", None)
+    resample = int(getattr(resample, "value", resample)) if resample is not None else None
+    if resample in _RESAMPLE:
+        spec["interpolation"] = _RESAMPLE[resample]
+    return spec
+
+
+def create_hf_model(ref: str, *, num_classes: int, **kw: Any) -> nn.Module:
+    """Load ``transformers.AutoModelForImageClassification`` from a local directory or a Hub id.
+
+    The model keeps its own head, so its ``num_labels`` must equal ``num_classes``. Keyword
+    arguments go to ``from_pretrained`` (e.g. ``revision``).
+    """
+    if not ref:
+        raise ModelError("hf: needs a model directory or a Hub id, e.g. 'hf:./my-vit' or "
+                         "'hf:google/vit-base-patch16-224'")
+    tf = _import_transformers()
+    local = Path(ref).expanduser()
+    if local.is_dir():
+        source, offline = str(local), True
+    elif local.exists() or _looks_like_path(ref):
+        raise ModelError(f"hf model {ref!r}: no such directory (expected a directory written by save_pretrained)")
+    else:
+        source, offline = ref, False
+    try:
+        model = tf.AutoModelForImageClassification.from_pretrained(source, local_files_only=offline, **kw)
+        processor = tf.AutoImageProcessor.from_pretrained(source, local_files_only=offline)
+    except (OSError, ValueError) as e:
+        # transformers reports a missing file, an unreachable Hub and an unknown architecture this way.
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if not offline and isinstance(e, OSError):
+            raise DownloadUnavailableError(
+                f"cannot load Hugging Face model {ref!r} ({first}); when offline, download it elsewhere, "
+                f"save it with save_pretrained and pass its directory as hf:DIR") from e
+        raise ModelError(f"hf model {ref!r}: {first}") from e
+    labels = int(model.config.num_labels)
+    if labels != num_classes:
+        raise ModelError(f"hf model {ref!r} predicts {labels} classes (config num_labels) but the data has "
+                         f"{num_classes}; fine-tune it with a {num_classes}-way head first")
+    return set_model_cfg(HFImageClassifier(model), **_input_spec(processor, ref))
