@@ -7,6 +7,11 @@ A kdcache checkpoint is a plain dict ``{"kdcache_checkpoint": 1, "model": ModelC
 dicts, tensors: configs, optimizer and scheduler states, epoch, metrics); anything else is refused
 at save time, because ``weights_only`` loading would refuse it later. A path ending in
 ``.safetensors`` stores the weights with safetensors and the config and extras as JSON metadata.
+
+Weights are read from torch files (always ``weights_only=True``), safetensors files (recognised by
+their header, whatever the suffix) and timm / Hugging Face checkpoint directories (``model.safetensors``
+or ``pytorch_model.bin``). Anything else, such as a text file, is refused before torch's unpickler
+sees it. A state dict that does not fit says which keys are missing or unexpected and why.
 """
 
 from __future__ import annotations
@@ -33,10 +38,41 @@ CHECKPOINT_VERSION = 1
 _RESERVED = ("kdcache_checkpoint", "model", "state_dict")
 _STATE_KEYS = ("state_dict", "model", "model_state")
 _MAX_LISTED = 5
+# The weights file of a timm or Hugging Face checkpoint directory, in order of preference.
+_DIR_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+_PREFIXES = ("module.", "model.", "_orig_mod.", "student.", "teacher.", "backbone.", "encoder.")
 
 
 def _is_safetensors(path: Path) -> bool:
     return path.suffix == ".safetensors"
+
+
+def _sniff(path: Path) -> str:
+    """``"zip"`` (torch >= 1.6), ``"pickle"`` (legacy torch.save), ``"safetensors"`` or ``"unknown"``."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head.startswith(b"PK\x03\x04"):
+        return "zip"
+    if head[:1] == b"\x80":  # pickle's PROTO opcode: every protocol >= 2 pickle starts with it
+        return "pickle"
+    # safetensors: an 8-byte little-endian header length, then the JSON header.
+    if len(head) >= 10 and head[8:10] in (b'{"', b"{}"):
+        return "safetensors"
+    return "unknown"
+
+
+def _weights_file(path: Path) -> Path:
+    """``path`` itself, or the weights file of the checkpoint directory ``path``."""
+    if not path.is_dir():
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint not found: {path}")
+        return path
+    for name in _DIR_WEIGHTS:
+        if (path / name).is_file():
+            return path / name
+    sharded = sorted(p.name for p in path.glob("*.index.json"))
+    more = f" (sharded checkpoints such as {sharded[0]} are not supported)" if sharded else ""
+    raise CheckpointError(f"{path} is a directory without {' or '.join(_DIR_WEIGHTS)}{more}")
 
 
 def _safetensors_torch():
@@ -120,39 +156,46 @@ def _unpickling_reason(e: Exception) -> str:
 
 def _read(path: Path, map_location: Any) -> dict[str, Any]:
     """The raw checkpoint as a dict; safetensors files become ``{"state_dict", "model"?, **extra}``."""
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    if _is_safetensors(path):
-        _safetensors_torch()  # a clear error when the optional package is missing
-        from safetensors import SafetensorError, safe_open
-
-        device = str(map_location) if isinstance(map_location, (str, torch.device)) else "cpu"
-        try:
-            with safe_open(str(path), framework="pt", device=device) as f:
-                meta = f.metadata() or {}
-                state = {k: f.get_tensor(k) for k in f.keys()}
-        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-            raise CheckpointError(f"cannot read safetensors file {path}: {e}") from e
-        out: dict[str, Any] = {"state_dict": state}
-        if "kdcache_checkpoint" in meta:
-            try:
-                out["kdcache_checkpoint"] = int(meta["kdcache_checkpoint"])
-                out["model"] = json.loads(meta["model"])
-                out.update(json.loads(meta.get("extra", "{}")))
-            except (KeyError, ValueError) as e:
-                raise CheckpointError(f"{path}: malformed kdcache metadata: {e}") from e
-        return out
+    path = _weights_file(path)
+    kind = _sniff(path)
+    if _is_safetensors(path) or kind == "safetensors":
+        return _read_safetensors(path, map_location)
+    if kind == "unknown":
+        raise CheckpointError(f"{path} is not a weights file (neither a torch checkpoint nor safetensors)")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(f"cannot read {path} as weights only ({_unpickling_reason(e)}): it is not a torch "
                               "checkpoint, or it holds objects other than tensors and plain data, which kdcache "
                               "never unpickles; re-save the state_dict alone") from e
-    except (OSError, RuntimeError, EOFError, ValueError) as e:
-        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
+    except (OSError, RuntimeError, EOFError, ValueError, KeyError, IndexError) as e:
+        # A damaged file makes the unpickler fail with whatever it tripped on (KeyError: 101, ...).
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict or state dict")
     return obj
+
+
+def _read_safetensors(path: Path, map_location: Any) -> dict[str, Any]:
+    _safetensors_torch()  # a clear error when the optional package is missing
+    from safetensors import SafetensorError, safe_open
+
+    device = str(map_location) if isinstance(map_location, (str, torch.device)) else "cpu"
+    try:
+        with safe_open(str(path), framework="pt", device=device) as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"cannot read safetensors file {path}: {e}") from e
+    out: dict[str, Any] = {"state_dict": state}
+    if "kdcache_checkpoint" in meta:
+        try:
+            out["kdcache_checkpoint"] = int(meta["kdcache_checkpoint"])
+            out["model"] = json.loads(meta["model"])
+            out.update(json.loads(meta.get("extra", "{}")))
+        except (KeyError, ValueError) as e:
+            raise CheckpointError(f"{path}: malformed kdcache metadata: {e}") from e
+    return out
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -176,7 +219,7 @@ def _extract_state_dict(obj: dict[str, Any], path: Path) -> dict[str, torch.Tens
 
 def is_kdcache_checkpoint(path: str | os.PathLike) -> bool:
     """True for a checkpoint written by :func:`save_checkpoint` (it names its model), False for other
-    weights files; raises :class:`CheckpointError` for a missing or unreadable file."""
+    weights files and directories; raises :class:`CheckpointError` for a missing or unreadable file."""
     obj = _read(Path(path), "cpu")
     return obj.get("kdcache_checkpoint") is not None and isinstance(obj.get("model"), Mapping)
 
@@ -192,19 +235,46 @@ def _listed(keys: list[str]) -> str:
     return ", ".join(keys[:_MAX_LISTED]) + more
 
 
+def _prefix_hint(own: set[str], theirs: set[str]) -> str:
+    """A key prefix that would make the file's keys fit the model's, said as what to do about it."""
+    best, best_fit = "", len(own & theirs)
+    for prefix in _PREFIXES:
+        stripped = {k[len(prefix):] for k in theirs if k.startswith(prefix)}
+        if len(own & stripped) > best_fit:
+            best, best_fit = f"the file's keys carry a {prefix!r} prefix the model's lack: strip it", len(own & stripped)
+        added = {prefix + k for k in theirs}
+        if len(own & added) > best_fit:
+            best, best_fit = f"the model's keys start with {prefix!r} and the file's do not: add it", len(own & added)
+    return best
+
+
+def _head_hint(shapes: list[tuple[str, tuple, tuple]]) -> str:
+    """The shape mismatches look like a classifier head for another number of classes."""
+    firsts = {(a[0], b[0]) for _, a, b in shapes if a and b and a[1:] == b[1:] and a[0] != b[0]}
+    if len(shapes) <= 2 and len(firsts) == 1:
+        (got, want), = firsts
+        names = ", ".join(k for k, _, _ in shapes)
+        return (f"{names}: a head for {got} outputs but the model's has {want}; these weights were trained "
+                f"for {got} classes (rebuild the model with num_classes={got}, or load a checkpoint trained on "
+                f"this data)")
+    return ""
+
+
 def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     own = model.state_dict()
     # BatchNorm's batch counter only matters with momentum=None; many public checkpoints omit it.
     missing = sorted(k for k in own.keys() - state.keys() if not k.endswith("num_batches_tracked"))
     unexpected = sorted(state.keys() - own.keys())
-    shapes = sorted(f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+    shapes = sorted((k, tuple(state[k].shape), tuple(own[k].shape))
                     for k in own.keys() & state.keys() if own[k].shape != state[k].shape)
     if missing or unexpected or shapes:
         parts = [f"missing keys: {_listed(missing)}" if missing else "",
                  f"unexpected keys: {_listed(unexpected)}" if unexpected else "",
-                 f"shape mismatches: {_listed(shapes)}" if shapes else ""]
+                 "shape mismatches: " + _listed([f"{k} {a} vs model {b}" for k, a, b in shapes]) if shapes else ""]
+        hints = [_prefix_hint(set(own), set(state)) if missing and unexpected else "", _head_hint(shapes)]
+        hint = "; ".join(h for h in hints if h)
         raise CheckpointError(f"weights in {source} do not fit {type(model).__name__}: "
-                              + "; ".join(p for p in parts if p))
+                              + "; ".join(p for p in parts if p) + (f" (likely cause: {hint})" if hint else ""))
     full = {**{k: v for k, v in own.items() if k not in state}, **state}
     try:
         model.load_state_dict(full, strict=True)
@@ -214,7 +284,8 @@ def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) 
 
 def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
     """Load weights into ``model`` strictly from a kdcache checkpoint, a training checkpoint with a
-    ``state_dict``/``model``/``model_state`` entry, a bare state dict, or a ``.safetensors`` file."""
+    ``state_dict``/``model``/``model_state`` entry, a bare state dict, a safetensors file, or a timm /
+    Hugging Face checkpoint directory (``model.safetensors`` or ``pytorch_model.bin``)."""
     _load_strict(model, read_state_dict(path), str(path))
 
 

@@ -125,6 +125,16 @@ def test_bad_input_gives_one_line_error(tmp_path, args, needle):
     assert not (tmp_path / "x.zarr").exists()
 
 
+def test_a_text_file_as_teacher_weights_is_a_one_line_error(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("e: the teacher was fine-tuned for 3 epochs\n")
+    res = run("dump-teacher", "--data", "digits", "--limit", "8", "--teacher", "cnn_tiny", "--teacher-weights",
+              notes, "--out", tmp_path / "x.zarr", "--workers", "0", "--no-progress", ok=False)
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1 and "notes.txt is not a weights file" in res.output
+    assert not (tmp_path / "x.zarr").exists()
+
+
 def test_dump_into_unwritable_location(tmp_path, tiny_h5, tiny_teacher):
     (tmp_path / "afile").write_text("not a directory")
     res = run(*dump_args(tiny_h5, tiny_teacher, str(tmp_path / "afile" / "c.zarr")), ok=False)

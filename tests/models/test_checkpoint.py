@@ -147,8 +147,11 @@ def test_bad_files(tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
         load_weights(model, tmp_path / "nope.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="cannot read"):
+    with pytest.raises(CheckpointError, match="not a weights file"):
         load_weights(model, tmp_path / "junk.pt")
+    (tmp_path / "damaged.pt").write_bytes(b"\x80\x02e" + b"\x00" * 32)  # a pickle header, then garbage
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        load_weights(model, tmp_path / "damaged.pt")
     (tmp_path / "junk.safetensors").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="safetensors"):
         load_weights(model, tmp_path / "junk.safetensors")
@@ -199,3 +202,79 @@ def test_map_location_moves_the_model(tmp_path):
     save_checkpoint(tmp_path / "m.pt", create_model("cnn_tiny", num_classes=5))
     loaded, _ = load_checkpoint(tmp_path / "m.pt", map_location="meta")
     assert next(loaded.parameters()).device.type == "meta"
+
+
+# --- weights from anywhere: text files, safetensors, checkpoint directories, helpful mismatches ---------
+
+@pytest.mark.parametrize("text", ["e: notes about the teacher\n", "hello\n", "", "PK but not a zip"])
+def test_a_text_file_as_weights_is_a_one_line_error(tmp_path, text):
+    (tmp_path / "notes.txt").write_text(text)
+    with pytest.raises(CheckpointError) as info:
+        load_weights(create_model("cnn_tiny", num_classes=5), tmp_path / "notes.txt")
+    assert "\n" not in str(info.value) and "notes.txt" in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["w.safetensors", "w.bin"])
+def test_safetensors_weights_load_whatever_the_suffix(tmp_path, name):
+    from safetensors.torch import save_file
+
+    source = _trained_like()
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, tmp_path / name)
+    target = create_model("cnn_small", num_classes=5)
+    load_weights(target, tmp_path / name)
+    assert _same_outputs(source, target)
+
+
+@pytest.mark.parametrize(("safe", "weights_file"), [(True, "model.safetensors"), (False, "pytorch_model.bin")])
+def test_timm_checkpoint_directory(tmp_path, safe, weights_file):
+    timm = pytest.importorskip("timm")
+    from timm.models import save_for_hf
+
+    source = create_model("timm:resnet18", num_classes=5)
+    # What timm pushes to the Hub: config.json and the weights.
+    save_for_hf(source, tmp_path / "timm-resnet18", safe_serialization=safe)
+    assert (tmp_path / "timm-resnet18" / weights_file).is_file()
+    target = create_model("timm:resnet18", num_classes=5)
+    load_weights(target, tmp_path / "timm-resnet18")
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(source.eval()(x), target.eval()(x))
+    assert timm is not None
+
+
+def test_pytorch_model_bin_directory_and_directories_without_weights(tmp_path):
+    source = _trained_like()
+    (tmp_path / "ckpt").mkdir()
+    torch.save(source.state_dict(), tmp_path / "ckpt" / "pytorch_model.bin")
+    target = create_model("cnn_small", num_classes=5)
+    load_weights(target, tmp_path / "ckpt")
+    assert _same_outputs(source, target)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="directory without model.safetensors or pytorch_model.bin"):
+        load_weights(target, tmp_path / "empty")
+
+
+@pytest.mark.parametrize(("transform", "hint"), [
+    (lambda k: f"model.{k}", "the file's keys carry a 'model.' prefix the model's lack: strip it"),
+    (lambda k: k.split(".", 1)[1] if k.startswith("model.") else k, "model's keys start with 'model.'"),
+])
+def test_a_key_prefix_mismatch_names_the_prefix(tmp_path, transform, hint):
+    pytest.importorskip("transformers")
+    from kdcache.models.hf import HFImageClassifier
+
+    inner = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5))
+    model = HFImageClassifier(inner) if "start with" in hint else inner
+    torch.save({transform(k): v for k, v in model.state_dict().items()}, tmp_path / "w.pt")
+    with pytest.raises(CheckpointError) as info:
+        load_weights(model, tmp_path / "w.pt")
+    msg = str(info.value)
+    assert "missing keys: " in msg and "unexpected keys: " in msg and hint in msg
+
+
+def test_a_head_of_another_size_is_named_with_its_shapes(tmp_path):
+    torch.save(create_model("cnn_small", num_classes=10).state_dict(), tmp_path / "w10.pt")
+    with pytest.raises(CheckpointError) as info:
+        load_weights(create_model("cnn_small", num_classes=5), tmp_path / "w10.pt")
+    msg = str(info.value)
+    assert "fc.weight (10, 64) vs model (5, 64)" in msg
+    assert "a head for 10 outputs but the model's has 5" in msg and "num_classes=10" in msg
