@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
+from kdcache.models import create_model
 
 
 def run(*args: str, ok: bool = True):
@@ -133,6 +134,24 @@ def test_a_text_file_as_teacher_weights_is_a_one_line_error(tmp_path):
     assert res.exit_code == 1 and "Traceback" not in res.output
     assert len(res.output.strip().splitlines()) == 1 and "notes.txt is not a weights file" in res.output
     assert not (tmp_path / "x.zarr").exists()
+
+
+def test_teacher_weights_from_a_checkpoint_directory(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from kdcache.engine import TeacherSpec, build_teacher
+
+    torch.manual_seed(4)
+    state = create_model("cnn_tiny", num_classes=10).state_dict()
+    (tmp_path / "hub-style").mkdir()
+    save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "hub-style" / "model.safetensors")
+    out = tmp_path / "c.zarr"
+    run("dump-teacher", "--data", "digits", "--limit", "8", "--teacher", "cnn_tiny", "--teacher-weights",
+        tmp_path / "hub-style", "--out", out, "--size", "16", "--views", "1", "--workers", "0", "--no-progress")
+    info = json.loads(run("info", out, "--json").output)
+    want = build_teacher(TeacherSpec(name="cnn_tiny", weights=str(tmp_path / "hub-style")), num_classes=10)
+    assert info["teacher"]["weights_sha256"] == want.weights_sha256
 
 
 def test_dump_into_unwritable_location(tmp_path, tiny_h5, tiny_teacher):
