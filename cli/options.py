@@ -183,7 +183,7 @@ _VIEW_FIELDS = dataclasses.fields(ViewSpec)
 _VIEW_HINTS = typing.get_type_hints(ViewSpec)
 
 view_options = section(
-    "View (defaults: the model's input size, normalisation and interpolation; then ViewSpec's)",
+    "View (defaults: the model's input size, normalisation, interpolation and eval crop; then ViewSpec's)",
     *[_view_option(f, _VIEW_HINTS[f.name]) for f in _VIEW_FIELDS],
 )
 
