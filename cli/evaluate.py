@@ -28,8 +28,9 @@ from kdcache.utils import parse_model_args
     "Model (instead of a kdcache CHECKPOINT)",
     click.option("--model", "model_name", default=None,
                  help="Evaluate this model (any name 'kdcache models' accepts)."),
-    click.option("--weights", type=click.Path(exists=True, dir_okay=False), default=None,
-                 help="Its weights: a bare or foreign state dict, a training checkpoint, or a kdcache checkpoint."),
+    click.option("--weights", type=click.Path(exists=True), default=None,
+                 help="Its weights: a bare or foreign state dict, a training or kdcache checkpoint, a .safetensors "
+                      "file, or a timm/Hugging Face checkpoint directory."),
     click.option("--model-arg", "model_args", multiple=True, help="KEY=VALUE for its constructor (repeatable)."),
     click.option("--random-init", is_flag=True, help="Evaluate it as initialised (seeded), without weights."),
 )

@@ -188,9 +188,9 @@ view_options = section(
 )
 
 # What a deterministic evaluation view uses (resize, centre crop, normalise): ``evaluate --model``.
-_EVAL_VIEW_FIELDS = ("size", "interpolation", "antialias", "mean", "std")
+_EVAL_VIEW_FIELDS = ("size", "interpolation", "antialias", "mean", "std", "crop_pct")
 eval_view_options = section(
-    "Eval view (with --model; defaults: the model's input size, normalisation and interpolation)",
+    "Eval view (with --model; defaults: the model's input size, normalisation, interpolation and eval crop)",
     *[_view_option(f, _VIEW_HINTS[f.name]) for f in _VIEW_FIELDS if f.name in _EVAL_VIEW_FIELDS],
 )
 

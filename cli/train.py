@@ -70,8 +70,9 @@ def _report(result: dict) -> None:
     click.option("--online-teacher", "teacher", default=None,
                  help="Reference run: load this teacher and pay its forward pass at every step, on fresh views "
                       "(online KD through the same loop); --cache is then optional."),
-    click.option("--teacher-weights", type=click.Path(exists=True, dir_okay=False), default=None,
-                 help="Weights of the --online-teacher (checkpoint or state dict, loaded with weights_only=True)."),
+    click.option("--teacher-weights", type=click.Path(exists=True), default=None,
+                 help="Weights of the --online-teacher (checkpoint, state dict, .safetensors or checkpoint "
+                      "directory; torch files load with weights_only=True)."),
     click.option("--teacher-arg", "teacher_args", multiple=True,
                  help="KEY=VALUE for the --online-teacher's constructor (repeatable)."),
     click.option("--views-per-image", type=click.IntRange(min=1), default=1, show_default=True,

@@ -355,7 +355,7 @@ def evaluate_model(model: TeacherSpec, data: DataConfig, *, view: dict[str, Any]
                    batch_size: int = 256, workers: int = 2, device: str = "auto") -> dict[str, Any]:
     """Top-1/top-5 of any model by name with weights from any supported file (a bare or foreign state
     dict, a training checkpoint, a kdcache checkpoint), on the model's default eval view (its input size,
-    normalisation and interpolation) with ``view`` overrides. ``model.weights=None`` evaluates the
+    normalisation, interpolation and eval crop) with ``view`` overrides. ``model.weights=None`` evaluates the
     model as initialised (seeded), e.g. as a chance-level reference."""
     if not model.name:
         raise ConfigError("name the model to evaluate")
