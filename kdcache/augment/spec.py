@@ -22,6 +22,9 @@ INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 MIX_MODES = ("none", "mixup", "cutmix", "both")
 
 _TUPLE_FIELDS = ("scale", "ratio", "mean", "std")
+# Settings that shape only the deterministic evaluation view, never a training view: not part of what a
+# cached view is (a cache's identity), so changing them never invalidates a cache.
+EVAL_ONLY_FIELDS = ("crop_pct",)
 
 
 def _number(name: str, value: Any) -> float:
@@ -149,6 +152,10 @@ class ViewSpec:
         for name in _TUPLE_FIELDS:
             d[name] = list(d[name])
         return d
+
+    def replay_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` without the eval-only settings: what determines a training view (cache identity)."""
+        return {k: v for k, v in self.to_dict().items() if k not in EVAL_ONLY_FIELDS}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ViewSpec:

@@ -264,7 +264,7 @@ def _dump(cfg: DumpConfig, mode: TargetMode, ctx: DistContext, *, progress: bool
     teacher = build_teacher(cfg.teacher, num_classes=ds.num_classes)
     spec = resolve_view_spec(teacher.cfg, cfg.view)
     pipeline = ViewPipeline(spec)
-    identity = CacheIdentity(teacher=teacher.identity(), dataset=dataset_identity(ds), view_spec=spec.to_dict(),
+    identity = CacheIdentity(teacher=teacher.identity(), dataset=dataset_identity(ds), view_spec=spec.replay_dict(),
                              seed=int(cfg.seed), targets=str(mode))
     attrs = {
         "view_spec": pipeline.describe(),

@@ -79,3 +79,11 @@ def test_a_failing_background_write_stops_the_dump_with_that_unit_not_done(tmp_p
     monkeypatch.setattr(CacheStore, "write_unit", original)
     s = dump_teacher(_cfg(tiny_h5, tiny_teacher, out), progress=False, log=lambda _m: None)
     assert s.units_computed == 12 - 5 and s.done_fraction == 1.0
+
+
+def test_eval_only_view_settings_are_not_part_of_the_cache_identity(tmp_path, tiny_h5, tiny_teacher):
+    a = dump_teacher(_cfg(tiny_h5, tiny_teacher, tmp_path / "a.zarr", views=1), progress=False, log=lambda _m: None)
+    b = dump_teacher(_cfg(tiny_h5, tiny_teacher, tmp_path / "a.zarr", views=1, view={"size": 16, "crop_pct": 0.875}),
+                     progress=False, log=lambda _m: None)  # the same cache: nothing to recompute
+    assert a.fingerprint == b.fingerprint and b.views_computed == 0
+    assert "crop_pct" not in CacheStore.open(a.out).identity.view_spec
