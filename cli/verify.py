@@ -54,9 +54,9 @@ def verify_cmd(cache, teacher, teacher_weights, teacher_args, data, split, limit
         if as_json:
             echo_json(r)
         else:
+            sums = "yes" if r["checksums"] else "no (an older cache: only chunks that fail to decode are found)"
             click.echo(f"cache      {r['path']} (fingerprint {r['fingerprint'][:16]})\n"
-                       f"checksums  {'yes' if r['checksums'] else 'no (made before checksums: only chunks that '}"
-                       f"{'' if r['checksums'] else 'fail to decode are found)'}\n"
+                       f"checksums  {sums}\n"
                        f"checked    {r['chunks_checked']} chunks, {r['units_done']} done units")
             _echo_damage(r)
         if not r["ok"]:
