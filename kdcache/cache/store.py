@@ -331,6 +331,8 @@ class CacheStore:
         """Gather, for every sample, the arrays of the view chosen for its block.
 
         One chunk-aligned read per block and array: the access pattern the chunking is made for.
+        Choose done units: in a checksummed cache a unit never written has no chunks, and reading
+        it raises :class:`CacheDamagedError` like a deleted one (never the fill value).
         """
         names = list(names or self.view_array_names)
         if len(views_per_block) != self.num_blocks:
