@@ -151,6 +151,16 @@ def test_memory_store_url(tmp_path):
     store.write_unit(0, 1, _unit(store, 0, 4.0))
     again = CacheStore.open("memory://kdcache-test/c.zarr")
     assert again.done()[:4, 1].all() and again.nbytes_on_disk() is not None
+    # integrity checks go through the store's own exists/list on URLs too
+    assert not scan_cache(again).damage
+    assert np.array_equal(again.read_unit(0, 1)["logits"], np.full((4, 5), 4.0, np.float16))
+    import fsspec
+
+    fsspec.filesystem("memory").rm("/kdcache-test/c.zarr/logits/c/0/1/0")
+    with pytest.raises(CacheDamagedError, match=r"logits chunk of block 0, view 1 is missing .*"
+                                                r"\[memory://kdcache-test/c.zarr/logits/c/0/1/0\]"):
+        again.read_unit(0, 1)
+    assert [(d.array, d.unit) for d in scan_cache(again).damage] == [("logits", (0, 1))]
 
 
 def test_target_modes():
