@@ -22,6 +22,9 @@ which recomputes the damaged units it finds).
 
 from __future__ import annotations
 
+import math
+from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -118,48 +121,80 @@ class IntegrityReport:
 def scan_cache(store: CacheStore, *, decode: bool = True) -> IntegrityReport:
     """Check every chunk a reader relies on; never raises for damage, returns it.
 
-    ``decode=False`` checks only that chunks exist (a listing per array: fast, reads no data
-    except ``done``); ``decode=True`` also decodes every chunk (its checksum) and counts NaN/Inf
-    in the float targets of done units.
+    ``decode=False`` checks only that chunks exist (a listing per array; of the data only ``done``
+    is read); ``decode=True`` also decodes every chunk of every done unit (its checksum) and counts
+    NaN/Inf in the float targets. Data is decoded in slabs of whole blocks (all views at once, at most
+    ``_SLAB_BYTES``), so zarr decodes many chunks per call; only a slab that fails is re-read chunk by
+    chunk to name the bad ones.
     """
     rep = IntegrityReport(checksums=store.checksums)
-    # Per-sample arrays: every chunk.
+    # Per-sample arrays: every chunk (a handful: 16384 samples each).
     for name in ("sample_key", "label"):
-        _check_chunks(store, rep, name, store.chunk_grid(name), decode=decode)
+        coords = store.chunk_grid(name)
+        rep.chunks_checked += len(coords)
+        missing = set(store.missing_chunks(name, coords, listing=True))
+        rep.damage.extend(store.chunk_damage(name, c, "missing") for c in coords if c in missing)
+        if decode:
+            rep.damage.extend(store.locate_damage(name, [c for c in coords if c not in missing]))
     # done: every chunk (it says which units the rest must hold), decoded always.
     units = [(b, v) for v in range(store.num_views) for b in range(store.num_blocks)]
-    done_chunks = _check_chunks(store, rep, "done", [(b, v) for b, v in units], decode=True)
-    done_units = [(b, v) for b, v in units if (b, v) in done_chunks and bool(np.all(done_chunks[(b, v)]))]
+    done_units = [u for u, values in _unit_values(store, rep, "done", units) if bool(np.all(values))]
     rep.units_done = len(done_units)
     topk_all = store.target_mode.kind == "topk" and store.target_mode.k >= store.num_classes
     must_be_finite = set(store.layout.float_target_names)
     for name in store.view_array_names:
-        tail = (0,) * (len(store.array(name).shape) - 2)
-        chunks = _check_chunks(store, rep, name, [(b, v, *tail) for b, v in done_units], decode=decode)
-        for coords, values in chunks.items():
-            if name not in must_be_finite:
-                continue
-            bad = nonfinite_count(name, values, topk_covers_all=topk_all)
+        if not decode:
+            _missing_units(store, rep, name, done_units)
+            continue
+        for (b, v), values in _unit_values(store, rep, name, done_units):
+            bad = nonfinite_count(name, values, topk_covers_all=topk_all) if name in must_be_finite else 0
             if bad:
                 rep.nonfinite_values += bad
-                rep.damage.append(store.chunk_damage(name, coords, "nonfinite", f"{bad} NaN/Inf values"))
+                rep.damage.append(store.chunk_damage(name, store.unit_chunk(name, b, v), "nonfinite",
+                                                     f"{bad} NaN/Inf values"))
     return rep
 
 
-def _check_chunks(store: CacheStore, rep: IntegrityReport, name: str, coords: list[tuple[int, ...]], *,
-                  decode: bool) -> dict[tuple[int, ...], np.ndarray]:
-    """Existence (checksummed caches) and, with ``decode``, the decoded values of the given chunks."""
-    rep.chunks_checked += len(coords)
-    missing = set(store.missing_chunks(name, coords, listing=True))
-    rep.damage.extend(store.chunk_damage(name, c, "missing") for c in coords if c in missing)
-    out: dict[tuple[int, ...], np.ndarray] = {}
-    if not decode:
-        return out
-    for c in coords:
-        if c in missing:
+_SLAB_BYTES = 64 << 20  # decoded bytes per read while scanning
+
+
+def _missing_units(store: CacheStore, rep: IntegrityReport, name: str, units: list[tuple[int, int]]
+                   ) -> set[tuple[int, int]]:
+    """Units whose chunk of ``name`` does not exist (recorded as damage); one listing of the array."""
+    rep.chunks_checked += len(units)
+    coords = {store.unit_chunk(name, b, v): (b, v) for b, v in units}
+    missing = store.missing_chunks(name, list(coords), listing=True)
+    rep.damage.extend(store.chunk_damage(name, c, "missing") for c in missing)
+    return {coords[c] for c in missing}
+
+
+def _unit_values(store: CacheStore, rep: IntegrityReport, name: str, units: list[tuple[int, int]]
+                 ) -> Iterator[tuple[tuple[int, int], np.ndarray]]:
+    """(unit, decoded rows) of the units' chunks of a per-view array that exist and decode."""
+    missing = _missing_units(store, rep, name, units)
+    views_of: dict[int, list[int]] = defaultdict(list)
+    for b, v in units:
+        if (b, v) not in missing:
+            views_of[b].append(v)
+    arr = store.array(name)
+    per_block = store.block_size * arr.shape[1] * math.prod(arr.shape[2:]) * np.dtype(arr.dtype).itemsize
+    step = max(1, _SLAB_BYTES // max(per_block, 1))
+    for first in range(0, store.num_blocks, step):
+        blocks = [b for b in range(first, min(first + step, store.num_blocks)) if views_of.get(b)]
+        if not blocks:
             continue
+        r0, r1 = store.block_bounds(blocks[0])[0], store.block_bounds(blocks[-1])[1]
         try:
-            out[c] = store.read_chunk(name, c, check_exists=False)
-        except CacheDamagedError as e:
-            rep.damage.extend(e.damage)
-    return out
+            slab = np.asarray(arr[r0:r1])
+        except Exception:  # noqa: BLE001 - some chunk of the slab does not decode: go chunk by chunk
+            slab = None
+        for b in blocks:
+            b0, b1 = store.block_bounds(b)
+            for v in views_of[b]:
+                if slab is not None:
+                    yield (b, v), slab[b0 - r0:b1 - r0, v]
+                    continue
+                try:
+                    yield (b, v), store.read_chunk(name, store.unit_chunk(name, b, v), check_exists=False)
+                except CacheDamagedError as e:
+                    rep.damage.extend(e.damage)

@@ -425,11 +425,12 @@ class CacheStore:
                        ) -> list[tuple[int, ...]]:
         """Which of these chunks do not exist (always none for caches made without checksums).
 
-        ``listing`` lists the array's keys once instead of asking per chunk (for whole-array scans).
+        ``listing`` lists the array's keys once instead of asking per chunk (for whole-array scans of
+        remote stores; a local stat per chunk is cheaper than walking the directory tree).
         """
         if not self.checksums or not coords:
             return []
-        if not listing:
+        if not listing or isinstance(self._g.store_path.store, zarr.storage.LocalStore):
             return [c for _, c in self._missing_keys([(name, c) for c in coords])]
         arr = self.array(name)
         prefix = f"{arr.store_path.path}/"
