@@ -136,9 +136,12 @@ def scan_cache(store: CacheStore, *, decode: bool = True) -> IntegrityReport:
         rep.damage.extend(store.chunk_damage(name, c, "missing") for c in coords if c in missing)
         if decode:
             rep.damage.extend(store.locate_damage(name, [c for c in coords if c not in missing]))
-    # done: every chunk (it says which units the rest must hold), decoded always.
+    # done: every chunk (it says which units the rest must hold), decoded always; the chunks of views
+    # being added right now may not exist yet (CacheStore.settled_views): those read as not done.
     units = [(b, v) for v in range(store.num_views) for b in range(store.num_blocks)]
-    done_units = [u for u, values in _unit_values(store, rep, "done", units) if bool(np.all(values))]
+    adding = {u for u in units if u[1] >= store.settled_views}
+    done_units = [u for u, values in _unit_values(store, rep, "done", units, skip_missing=adding)
+                  if bool(np.all(values))]
     rep.units_done = len(done_units)
     topk_all = store.target_mode.kind == "topk" and store.target_mode.k >= store.num_classes
     must_be_finite = set(store.layout.float_target_names)
@@ -168,10 +171,13 @@ def _missing_units(store: CacheStore, rep: IntegrityReport, name: str, units: li
     return {coords[c] for c in missing}
 
 
-def _unit_values(store: CacheStore, rep: IntegrityReport, name: str, units: list[tuple[int, int]]
-                 ) -> Iterator[tuple[tuple[int, int], np.ndarray]]:
-    """(unit, decoded rows) of the units' chunks of a per-view array that exist and decode."""
-    missing = _missing_units(store, rep, name, units)
+def _unit_values(store: CacheStore, rep: IntegrityReport, name: str, units: list[tuple[int, int]], *,
+                 skip_missing: set[tuple[int, int]] = frozenset()) -> Iterator[tuple[tuple[int, int], np.ndarray]]:
+    """(unit, decoded rows) of the units' chunks of a per-view array that exist and decode.
+
+    Units in ``skip_missing`` are not checked for existence (a missing chunk reads as the fill value).
+    """
+    missing = _missing_units(store, rep, name, [u for u in units if u not in skip_missing])
     views_of: dict[int, list[int]] = defaultdict(list)
     for b, v in units:
         if (b, v) not in missing:

@@ -245,8 +245,19 @@ class CacheStore:
 
     # ------------------------------------------------------------------ completion
     def done(self) -> np.ndarray:
-        """The (N, V) completion mask."""
-        return np.asarray(self.read_array("done")[:, : self.num_views], dtype=bool)
+        """The (N, V) completion mask (a missing or corrupt ``done`` chunk raises :class:`CacheDamagedError`)."""
+        # Views being added may lack done chunks for a moment (see settled_views): they read as not done.
+        missing = self.missing_chunks("done", [c for c in self.chunk_grid("done") if c[1] < self.settled_views])
+        if missing:
+            raise damage_error(self.path, [self.chunk_damage("done", c, "missing") for c in missing])
+        return np.asarray(self.read_array("done", check_missing=False)[:, : self.num_views], dtype=bool)
+
+    @property
+    def settled_views(self) -> int:
+        """Views whose ``done`` chunks all exist: ``add_views`` resizes the arrays, writes the new views'
+        done chunks, and only then records the new count (the ``num_views`` attribute), so a reader
+        opened in between sees more views than are settled; those read as not done, never as damage."""
+        return min(self.num_views, int(self.attrs.get("num_views", self.num_views)))
 
     def done_units(self) -> np.ndarray:
         """(num_blocks, V) bool: unit (block, view) complete. A unit is done only as a whole."""

@@ -221,3 +221,20 @@ def test_new_caches_carry_checksums_and_write_every_chunk(tmp_path):
     grown = store.add_views(1)
     assert grown == 3 and not store.missing_chunks("done", store.chunk_grid("done"), listing=True)
     assert not scan_cache(CacheStore.open(str(tmp_path / "c.zarr"))).damage
+
+
+def test_views_being_added_read_as_not_done_until_their_count_is_recorded(tmp_path):
+    """add_views resizes, writes the new done chunks, then records num_views: a reader opened in between
+    sees the new views as not done (not as damage); once recorded, a missing done chunk is damage."""
+    path = str(tmp_path / "c.zarr")
+    store = _create(path)
+    g = zarr.open_group(path, mode="r+")
+    for name in [*store.view_array_names, "done"]:  # add_views interrupted right after its resizes
+        g[name].resize((10, 3, *g[name].shape[2:]))
+    mid = CacheStore.open(path)
+    assert (mid.num_views, mid.settled_views) == (3, 2)
+    assert not mid.done()[:, 2].any() and not scan_cache(mid).damage
+    g.attrs["num_views"] = 3  # recorded without the done chunks: they were lost
+    with pytest.raises(CacheDamagedError, match="done chunk of block 0, view 2 is missing"):
+        CacheStore.open(path).done()
+    assert {d.unit for d in scan_cache(CacheStore.open(path)).damage} == {(0, 2), (1, 2), (2, 2)}
