@@ -7,7 +7,7 @@ import click
 from cli.options import config_option, data_options, echo_json, library_errors
 from kdcache.data import DataConfig
 from kdcache.engine import TeacherSpec
-from kdcache.engine.verify import verify_cache
+from kdcache.engine.verify import verify_cache, verify_integrity
 from kdcache.utils import parse_key_values, parse_model_args
 
 
@@ -26,28 +26,48 @@ from kdcache.utils import parse_key_values, parse_model_args
 @click.option("--atol", type=click.FloatRange(min=0), default=None,
               help="Largest allowed |teacher - cached| logit difference [max(1e-2, 2^-10 max|logit|)].")
 @click.option("--allow-incomplete", is_flag=True, help="Do not fail on a cache with views not yet done.")
+@click.option("--integrity-only", is_flag=True,
+              help="Only check that every chunk of every done unit exists, passes its checksum and is finite "
+                   "(fast; no teacher or data needed).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")
 @click.option("--storage-option", "storage_options", multiple=True, help="KEY=VALUE for fsspec URLs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @library_errors
 def verify_cmd(cache, teacher, teacher_weights, teacher_args, data, split, limit, subset_seed, samples, seed, atol,
-               allow_incomplete, batch_size, device, storage_options, as_json):
+               allow_incomplete, integrity_only, batch_size, device, storage_options, as_json):
     """Check a cache against its teacher: replay sampled views from their recorded parameters.
 
     Rebuilds each sampled view from the parameters stored in the cache, runs the teacher on it and
-    compares with the cached targets; also scans all cached targets for NaN/Inf and checks coverage.
-    Exits with status 1 when anything fails.
+    compares with the cached targets. First, an integrity pass checks every chunk of every done unit
+    (exists, checksum, no NaN/Inf) and names damaged units (array, block, view); it also checks
+    coverage. Exits with status 1 when anything fails. --integrity-only runs just the integrity pass.
 
     \b
     Example:
       kdcache verify cifar-r56.zarr --data hdf5:cifar10.h5 --teacher cifar_resnet56 \\
           --teacher-weights resnet56.th --samples 256
     """
+    opts = parse_key_values(storage_options) or None
+    if integrity_only:
+        r = verify_integrity(cache, storage_options=opts)
+        if as_json:
+            echo_json(r)
+        else:
+            sums = "yes" if r["checksums"] else "no (an older cache: only chunks that fail to decode are found)"
+            click.echo(f"cache      {r['path']} (fingerprint {r['fingerprint'][:16]})\n"
+                       f"checksums  {sums}\n"
+                       f"checked    {r['chunks_checked']} chunks, {r['units_done']} done units")
+            _echo_damage(r)
+        if not r["ok"]:
+            raise click.ClickException("integrity check failed: " + "; ".join(r["failures"]))
+        if not as_json:
+            click.echo("ok")
+        return
     r = verify_cache(cache, TeacherSpec(name=teacher, weights=teacher_weights, kwargs=parse_model_args(teacher_args)),
                      DataConfig(source=data, split=split, limit=limit, subset_seed=subset_seed),
                      samples=samples, seed=seed, batch_size=batch_size, device=device, atol=atol,
-                     allow_incomplete=allow_incomplete, storage_options=parse_key_values(storage_options) or None)
+                     allow_incomplete=allow_incomplete, storage_options=opts)
     if as_json:
         echo_json(r)
     else:
@@ -59,7 +79,14 @@ def verify_cmd(cache, teacher, teacher_weights, teacher_args, data, split, limit
                    f"max diff   {diff}\nargmax     {agree} agree\n"
                    f"NaN/Inf    {r['nonfinite_targets']} in cached targets\n"
                    f"coverage   {100 * r['coverage']:.2f}% done")
+        _echo_damage(r)
     if not r["ok"]:
         raise click.ClickException("verification failed: " + "; ".join(r["failures"]))
     if not as_json:
         click.echo("ok")
+
+
+def _echo_damage(r: dict) -> None:
+    click.echo(f"damaged    {len(r['damaged_units'])} units, {len(r['damage'])} chunks")
+    for d in r["damage"]:
+        click.echo(f"  {d['message']}")

@@ -19,6 +19,7 @@ __all__ = [
     "CacheNotFoundError",
     "CacheMismatchError",
     "CacheIncompleteError",
+    "CacheDamagedError",
     "TeacherOutputError",
     "DownloadUnavailableError",
     "RunError",
@@ -76,6 +77,17 @@ class CacheMismatchError(CacheError, ValueError):
 
 class CacheIncompleteError(CacheError):
     """The cache lacks views a command needs (``done`` not set)."""
+
+
+class CacheDamagedError(CacheError):
+    """Stored chunks of the cache are missing, fail their checksum or hold NaN/Inf.
+
+    ``damage`` lists every damaged chunk found (:class:`kdcache.cache.integrity.Damage`).
+    """
+
+    def __init__(self, message: str, damage: list | None = None):
+        super().__init__(message)
+        self.damage = list(damage or [])
 
 
 class TeacherOutputError(CacheError, ArithmeticError):

@@ -29,6 +29,7 @@ import numpy as np
 import zarr
 from tqdm import tqdm
 
+from kdcache.cache.integrity import damage_error, scan_cache
 from kdcache.cache.store import CacheStore
 from kdcache.errors import CacheError, ConfigError
 
@@ -58,6 +59,9 @@ def export_hdf5(path: str, out_h5: str | os.PathLike[str], *, storage_options: M
     if not os.path.isdir(parent):
         raise CacheError(f"cannot write {out}: directory {parent} does not exist")
     store = CacheStore.open(path, mode="r", storage_options=storage_options)  # validates the cache
+    damage = scan_cache(store, decode=False).damage  # missing chunks; corrupt ones fail while copying
+    if damage:
+        raise damage_error(store.path, damage)
     arrays = store.arrays()
     steps = sum(len(list(_blocks(a))) for a in arrays.values())
     fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{os.path.basename(out)}.", suffix=".tmp")
@@ -68,7 +72,7 @@ def export_hdf5(path: str, out_h5: str | os.PathLike[str], *, storage_options: M
             _write_attrs(f, dict(store.attrs))
             f.attrs[_ENCODING_ATTR] = ATTRS_ENCODING
             for name, arr in arrays.items():
-                _copy_array(f, name, arr, compression, bar)
+                _copy_array(f, store, name, arr, compression, bar)
         os.replace(tmp, out)
     except BaseException:
         if os.path.exists(tmp):
@@ -134,11 +138,21 @@ def _blocks(arr: zarr.Array) -> Iterator[tuple[slice, ...]]:
             yield (slice(r0, min(r0 + rows, shape[0])), slice(c0, min(c0 + cols, shape[1])))
 
 
+def _chunks_of(arr: zarr.Array, sel: tuple[slice, ...]) -> list[tuple[int, ...]]:
+    """Chunk coordinates a chunk-aligned selection of :func:`_blocks` covers."""
+    first = sel[0].start // arr.chunks[0]
+    if len(sel) == 1:
+        return [(first,)]
+    tail = (0,) * (arr.ndim - 2)
+    return [(first, v, *tail) for v in range(sel[1].start, sel[1].stop)]
+
+
 def _is_text(arr: zarr.Array) -> bool:
     return np.dtype(arr.dtype).kind in ("T", "U", "O")
 
 
-def _copy_array(f: h5py.File, name: str, arr: zarr.Array, compression: str, bar: tqdm) -> None:
+def _copy_array(f: h5py.File, store: CacheStore, name: str, arr: zarr.Array, compression: str,
+                bar: tqdm) -> None:
     is_str = _is_text(arr)
     dtype = h5py.string_dtype("utf-8") if is_str else np.dtype(arr.dtype)
     chunks = tuple(max(1, min(c, s)) for c, s in zip(arr.chunks, arr.shape)) if arr.shape else None
@@ -148,7 +162,13 @@ def _copy_array(f: h5py.File, name: str, arr: zarr.Array, compression: str, bar:
         kw["shuffle"] = not is_str  # byte shuffle helps fixed-width numbers, not string heap pointers
     dset = f.create_dataset(name, shape=arr.shape, dtype=dtype, chunks=chunks, **(kw if chunks else {}))
     for sel in _blocks(arr):
-        block = np.asarray(arr[sel])
+        try:
+            block = np.asarray(arr[sel])
+        except Exception as e:  # noqa: BLE001 - a chunk's bytes do not decode: name it
+            damage = store.locate_damage(name, _chunks_of(arr, sel))
+            if not damage:
+                raise
+            raise damage_error(store.path, damage) from e
         dset[sel] = block.astype(object) if is_str else block
         bar.update(1)
     _write_attrs(dset, dict(arr.attrs))

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from kdcache.cache.integrity import damage_error, scan_cache
 from kdcache.cache.store import CacheStore
 
 __all__ = ["cache_info", "label_agreement"]
@@ -13,6 +14,10 @@ __all__ = ["cache_info", "label_agreement"]
 
 def cache_info(path: str, *, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     store = CacheStore.open(path, mode="r", storage_options=storage_options)
+    # Coverage counts only units whose chunks are all there (a listing per array; no data decoded).
+    damage = scan_cache(store, decode=False).damage
+    if damage:
+        raise damage_error(store.path, damage)
     a = store.attrs
     done = store.done()
     n_views_done = int(done.sum())
@@ -24,6 +29,7 @@ def cache_info(path: str, *, storage_options: dict[str, Any] | None = None) -> d
     return {
         "path": store.path,
         "kdcache_format": a["kdcache_format"],
+        "checksums": store.checksums,
         "fingerprint": store.identity.fingerprint,
         "num_samples": store.num_samples,
         "num_views": store.num_views,
@@ -48,5 +54,5 @@ def label_agreement(store: CacheStore, done: np.ndarray) -> float | None:
     """Fraction of complete views whose teacher argmax equals the sample's label."""
     if not done.any():
         return None
-    argmax = np.asarray(store.array("argmax")[:, : store.num_views])
+    argmax = store.read_array("argmax", check_missing=False)[:, : store.num_views]
     return float((argmax == store.labels[:, None])[done].mean())

@@ -22,18 +22,27 @@ detected and redone.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
+from zarr.core.sync import sync
 
 from kdcache.cache.identity import CacheIdentity, dataset_differences
+from kdcache.cache.integrity import Damage, damage_error
 from kdcache.cache.layout import UnitLayout
 from kdcache.cache.targets import TargetMode
-from kdcache.errors import CacheError, CacheIncompleteError, CacheMismatchError, CacheNotFoundError
+from kdcache.errors import (
+    CacheDamagedError,
+    CacheError,
+    CacheIncompleteError,
+    CacheMismatchError,
+    CacheNotFoundError,
+)
 
 __all__ = ["CacheStore", "FORMAT_VERSION", "DEFAULT_BLOCK_SIZE", "is_url"]
 
@@ -42,6 +51,12 @@ DEFAULT_BLOCK_SIZE = 1024
 # Blosc(zstd) with byte shuffle: float16 logits and small integers compress best when
 # their high and low bytes are grouped; decoding is fast enough to never be the bottleneck.
 _COMPRESSOR = BloscCodec(cname="zstd", clevel=5, shuffle="shuffle")
+# Every chunk ends with its CRC32C (the last bytes codec), so changed bytes fail to decode
+# instead of decoding to other numbers; see kdcache/cache/integrity.py.
+_COMPRESSORS = (_COMPRESSOR, Crc32cCodec())
+_KEY_COMPRESSORS = (ZstdCodec(level=0), Crc32cCodec())  # zarr's default for strings, plus the checksum
+# Every chunk is written, even one equal to the fill value, so a missing chunk is damage.
+_WRITE_ALL = {"write_empty_chunks": True}
 _KEY_CHUNK = 16384
 
 
@@ -75,6 +90,9 @@ class CacheStore:
         self.block_size = int(attrs["block_size"])
         self.view_array_names: list[str] = list(attrs["view_arrays"])
         self._layout: UnitLayout | None = None
+        # Caches made with checksums write every chunk: a missing chunk is damage (integrity.py).
+        self.checksums = bool(attrs.get("checksums", False))
+        self._arrays: dict[str, zarr.Array] = {}  # opening an array reads its metadata: once per handle
         # The view count is read from the arrays (the authority) so a handle opened while
         # another process adds views sees a consistent snapshot.
         self.num_views = int(group["done"].shape[1])
@@ -111,18 +129,21 @@ class CacheStore:
         g = _open_group(path, "w", storage_options, attributes={
             "kdcache_format": FORMAT_VERSION, "ready": False, "fingerprint": identity.fingerprint,
             "identity": identity.to_dict()})
-        g.create_array("sample_key", shape=(n,), chunks=(min(n, _KEY_CHUNK),), dtype=str)
+        g.create_array("sample_key", shape=(n,), chunks=(min(n, _KEY_CHUNK),), dtype=str,
+                       compressors=_KEY_COMPRESSORS, config=_WRITE_ALL)
         g.create_array("label", shape=(n,), chunks=(min(n, _KEY_CHUNK),), dtype="int32",
-                       compressors=_COMPRESSOR, fill_value=0)
+                       compressors=_COMPRESSORS, fill_value=0, config=_WRITE_ALL)
         g["sample_key"][:] = np.asarray(list(keys), dtype=str)
         g["label"][:] = np.asarray(labels, dtype=np.int32)
         for name, (trail, dtype) in layout.specs.items():
             g.create_array(name, shape=(n, num_views, *trail), chunks=(b, 1, *trail), dtype=dtype,
-                           compressors=_COMPRESSOR, fill_value=0)
-        g.create_array("done", shape=(n, num_views), chunks=(b, 1), dtype=bool, compressors=_COMPRESSOR,
-                       fill_value=False)
+                           compressors=_COMPRESSORS, fill_value=0, config=_WRITE_ALL)
+        done = g.create_array("done", shape=(n, num_views), chunks=(b, 1), dtype=bool, compressors=_COMPRESSORS,
+                              fill_value=False, config=_WRITE_ALL)
+        done[:] = False  # every done chunk exists from the start: a missing one is damage
         meta = dict(attrs)
         meta.update({
+            "checksums": True,
             "num_samples": n,
             "num_views": num_views,
             "num_classes": int(num_classes),
@@ -190,7 +211,7 @@ class CacheStore:
     def layout(self) -> UnitLayout:
         """Which per-view arrays make a unit (read from the arrays themselves on first use)."""
         if self._layout is None:
-            self._layout = UnitLayout.of_arrays(self.target_mode, {n: self._g[n] for n in self.view_array_names})
+            self._layout = UnitLayout.of_arrays(self.target_mode, {n: self.array(n) for n in self.view_array_names})
         return self._layout
 
     # ------------------------------------------------------------------ geometry
@@ -203,7 +224,12 @@ class CacheStore:
         return b0, min(b0 + self.block_size, self.num_samples)
 
     def array(self, name: str) -> zarr.Array:
-        return self._g[name]
+        if name not in self._arrays:
+            self._arrays[name] = self._g[name]
+        return self._arrays[name]
+
+    def _writable_array(self, name: str) -> zarr.Array:
+        return self.array(name).with_config(_WRITE_ALL)
 
     def arrays(self) -> dict[str, zarr.Array]:
         """Every array of the group by name (sorted), for tools that copy the whole store."""
@@ -211,16 +237,27 @@ class CacheStore:
 
     @property
     def keys(self) -> list[str]:
-        return [str(k) for k in self._g["sample_key"][:]]
+        return [str(k) for k in self.read_array("sample_key")]
 
     @property
     def labels(self) -> np.ndarray:
-        return np.asarray(self._g["label"][:], dtype=np.int64)
+        return np.asarray(self.read_array("label"), dtype=np.int64)
 
     # ------------------------------------------------------------------ completion
     def done(self) -> np.ndarray:
-        """The (N, V) completion mask."""
-        return np.asarray(self._g["done"][:, : self.num_views], dtype=bool)
+        """The (N, V) completion mask (a missing or corrupt ``done`` chunk raises :class:`CacheDamagedError`)."""
+        # Views being added may lack done chunks for a moment (see settled_views): they read as not done.
+        missing = self.missing_chunks("done", [c for c in self.chunk_grid("done") if c[1] < self.settled_views])
+        if missing:
+            raise damage_error(self.path, [self.chunk_damage("done", c, "missing") for c in missing])
+        return np.asarray(self.read_array("done", check_missing=False)[:, : self.num_views], dtype=bool)
+
+    @property
+    def settled_views(self) -> int:
+        """Views whose ``done`` chunks all exist: ``add_views`` resizes the arrays, writes the new views'
+        done chunks, and only then records the new count (the ``num_views`` attribute), so a reader
+        opened in between sees more views than are settled; those read as not done, never as damage."""
+        return min(self.num_views, int(self.attrs.get("num_views", self.num_views)))
 
     def done_units(self) -> np.ndarray:
         """(num_blocks, V) bool: unit (block, view) complete. A unit is done only as a whole."""
@@ -244,13 +281,31 @@ class CacheStore:
             raise CacheError(f"unit arrays mismatch: missing {sorted(missing)}, unexpected {sorted(extra)}")
         b0, b1 = self.block_bounds(block)
         for name in self.view_array_names:
-            arr = self._g[name]
+            arr = self._writable_array(name)
             value = np.asarray(arrays[name])
             if value.shape[0] != b1 - b0:
                 raise CacheError(f"{name}: unit has {value.shape[0]} rows, block {block} has {b1 - b0}")
             _check_fits(name, value, arr.dtype)
             arr[b0:b1, view] = value.astype(arr.dtype, copy=False)
-        self._g["done"][b0:b1, view] = True
+        self._writable_array("done")[b0:b1, view] = True
+
+    def clear_units(self, units: Iterable[tuple[int, int]]) -> None:
+        """Mark units not done (rewriting their ``done`` chunks whole), so a dump recomputes them."""
+        if not self.writable:
+            raise CacheError(f"{self.path} is open read-only")
+        done = self._writable_array("done")
+        for block, view in units:
+            b0, b1 = self.block_bounds(block)
+            done[b0:b1, view] = False
+
+    def rewrite_samples(self, keys: Sequence[str], labels: np.ndarray) -> None:
+        """Rewrite the per-sample arrays (``sample_key``, ``label``) from the dataset."""
+        if not self.writable:
+            raise CacheError(f"{self.path} is open read-only")
+        if len(keys) != self.num_samples:
+            raise CacheError(f"expected {self.num_samples} sample keys, got {len(keys)}")
+        self._writable_array("sample_key")[:] = np.asarray(list(keys), dtype=str)
+        self._writable_array("label")[:] = np.asarray(labels, dtype=np.int32)
 
     def add_views(self, count: int) -> int:
         """Grow every per-view array by ``count`` views (metadata only; one process). Returns the new V."""
@@ -261,36 +316,167 @@ class CacheStore:
         new_v = self.num_views + int(count)
         # Recorded first, so a rerun of an interrupted addition resumes it (see engine.dump).
         self._g.attrs["last_add"] = {"from": self.num_views, "to": new_v}
+        old_v = self.num_views
         for name in [*self.view_array_names, "done"]:
-            arr = self._g[name]
+            arr = self.array(name)
             arr.resize((arr.shape[0], new_v, *arr.shape[2:]))
+        self._arrays.clear()  # reopen with the new shapes
+        if self.checksums:  # the new views' done chunks exist from the start, like at creation
+            self._writable_array("done")[:, old_v:new_v] = False
         self._g.attrs["num_views"] = new_v
         self.num_views = new_v
         return new_v
 
     # ------------------------------------------------------------------ reading
     def read_unit(self, block: int, view: int, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
-        b0, b1 = self.block_bounds(block)
-        return {n: np.asarray(self._g[n][b0:b1, view]) for n in (names or self.view_array_names)}
+        """One unit's per-view arrays; a missing or corrupt chunk raises :class:`CacheDamagedError`."""
+        names = list(names or self.view_array_names)
+        coords = {n: self.unit_chunk(n, block, view) for n in names}
+        missing = self._missing_keys([(n, c) for n, c in coords.items()])
+        if missing:
+            raise damage_error(self.path, [self.chunk_damage(n, c, "missing") for n, c in missing])
+        return {n: self.read_chunk(n, c, check_exists=False) for n, c in coords.items()}
 
     def read_views(self, views_per_block: Sequence[int], names: Iterable[str] | None = None
                    ) -> dict[str, np.ndarray]:
         """Gather, for every sample, the arrays of the view chosen for its block.
 
         One chunk-aligned read per block and array: the access pattern the chunking is made for.
+        Choose done units: in a checksummed cache a unit never written has no chunks, and reading
+        it raises :class:`CacheDamagedError` like a deleted one (never the fill value).
         """
         names = list(names or self.view_array_names)
         if len(views_per_block) != self.num_blocks:
             raise CacheError(f"need one view per block ({self.num_blocks}), got {len(views_per_block)}")
+        # One existence check per chunk read, all of them in one batch (concurrent on remote stores).
+        wanted = [(n, self.unit_chunk(n, b, int(v))) for n in names for b, v in enumerate(views_per_block)]
+        missing = self._missing_keys(wanted)
+        if missing:
+            raise damage_error(self.path, [self.chunk_damage(n, c, "missing") for n, c in missing])
         out: dict[str, np.ndarray] = {}
         for name in names:
-            arr = self._g[name]
+            arr = self.array(name)
             buf = np.empty((self.num_samples, *arr.shape[2:]), dtype=arr.dtype)
             for b, v in enumerate(views_per_block):
                 b0, b1 = self.block_bounds(b)
-                buf[b0:b1] = arr[b0:b1, int(v)]
+                buf[b0:b1] = self._decode(arr, name, (b, int(v), *(0,) * (arr.ndim - 2)))
             out[name] = buf
         return out
+
+    def read_array(self, name: str, *, check_missing: bool = True) -> np.ndarray:
+        """A whole array, checked: a missing or corrupt chunk raises :class:`CacheDamagedError`.
+
+        For ``done`` and the per-sample arrays, whose chunks always exist, and small per-view arrays
+        (``check_missing=False``: units not done may lack chunks; the caller checks done units).
+        """
+        arr = self.array(name)
+        grid = self.chunk_grid(name)
+        missing = self._missing_keys([(name, c) for c in grid]) if check_missing else []
+        if missing:
+            raise damage_error(self.path, [self.chunk_damage(n, c, "missing") for n, c in missing])
+        try:
+            return np.asarray(arr[...])
+        except Exception:  # noqa: BLE001 - some chunk's bytes do not decode; find which ones
+            damage = self.locate_damage(name, grid)
+            if not damage:
+                raise
+            raise damage_error(self.path, damage) from None
+
+    def locate_damage(self, name: str, coords: Iterable[tuple[int, ...]]) -> list[Damage]:
+        """Decode these chunks one by one (after a multi-chunk read failed) and return the bad ones."""
+        damage: list[Damage] = []
+        arr = self.array(name)
+        for c in coords:
+            try:
+                self._decode(arr, name, c)
+            except CacheDamagedError as e:
+                damage.extend(e.damage)
+        return damage
+
+    # ------------------------------------------------------------------ chunks (integrity)
+    def unit_chunk(self, name: str, block: int, view: int) -> tuple[int, ...]:
+        """Chunk coordinates of unit (block, view) in a per-view array (or ``done``)."""
+        return (int(block), int(view), *(0,) * (len(self.array(name).shape) - 2))
+
+    def chunk_grid(self, name: str) -> list[tuple[int, ...]]:
+        """Coordinates of every chunk of ``name`` (per-view arrays: unit by unit)."""
+        arr = self.array(name)
+        if arr.ndim == 1:
+            return [(c,) for c in range(-(-arr.shape[0] // arr.chunks[0]))]
+        return [self.unit_chunk(name, b, v) for v in range(arr.shape[1]) for b in range(self.num_blocks)]
+
+    def chunk_key(self, name: str, coords: tuple[int, ...]) -> str:
+        """The chunk's key in the store (e.g. ``logits/c/3/1/0``)."""
+        arr = self.array(name)
+        return f"{arr.store_path.path}/{arr.metadata.encode_chunk_key(tuple(coords))}"
+
+    def chunk_location(self, name: str, coords: tuple[int, ...]) -> str:
+        """The chunk's path (file path for local caches, URL otherwise)."""
+        key = self.chunk_key(name, coords)[len(self._g.store_path.path):].lstrip("/")
+        return f"{self.path.rstrip('/')}/{key}" if is_url(self.path) else os.path.join(self.path, key)
+
+    def chunk_damage(self, name: str, coords: tuple[int, ...], problem: str, detail: str = "") -> Damage:
+        """A :class:`Damage` naming the chunk's unit (per-view arrays) or sample rows, and its path."""
+        arr = self.array(name)
+        if arr.ndim == 1:
+            c0 = coords[0] * arr.chunks[0]
+            return Damage(array=name, problem=problem, location=self.chunk_location(name, coords),
+                          samples=(c0, min(c0 + arr.chunks[0], arr.shape[0])), detail=detail)
+        return Damage(array=name, problem=problem, location=self.chunk_location(name, coords),
+                      block=int(coords[0]), view=int(coords[1]), samples=self.block_bounds(int(coords[0])),
+                      detail=detail)
+
+    def read_chunk(self, name: str, coords: tuple[int, ...], *, check_exists: bool = True) -> np.ndarray:
+        """One chunk's values (per-view arrays: without the view axis), checked."""
+        if check_exists and self._missing_keys([(name, coords)]):
+            raise damage_error(self.path, [self.chunk_damage(name, coords, "missing")])
+        return self._decode(self.array(name), name, coords)
+
+    def missing_chunks(self, name: str, coords: Sequence[tuple[int, ...]], *, listing: bool = False
+                       ) -> list[tuple[int, ...]]:
+        """Which of these chunks do not exist (always none for caches made without checksums).
+
+        ``listing`` lists the array's keys once instead of asking per chunk (for whole-array scans of
+        remote stores; a local stat per chunk is cheaper than walking the directory tree).
+        """
+        if not self.checksums or not coords:
+            return []
+        if not listing or isinstance(self._g.store_path.store, zarr.storage.LocalStore):
+            return [c for _, c in self._missing_keys([(name, c) for c in coords])]
+        arr = self.array(name)
+        prefix = f"{arr.store_path.path}/"
+        present = set(sync(_collect(arr.store_path.store.list_prefix(prefix))))
+        return [c for c in coords if self.chunk_key(name, c) not in present]
+
+    def _missing_keys(self, chunks: Sequence[tuple[str, tuple[int, ...]]]) -> list[tuple[str, tuple[int, ...]]]:
+        """(array, coords) pairs whose chunk does not exist; one batched round of ``exists`` calls."""
+        if not self.checksums or not chunks:
+            return []
+        store = self._g.store_path.store
+        keys = [self.chunk_key(n, c) for n, c in chunks]
+        if isinstance(store, zarr.storage.LocalStore):
+            # A stat per chunk in this thread: far cheaper than a trip through zarr's event loop each.
+            root = str(store.root)
+            found = [os.path.isfile(os.path.join(root, k)) for k in keys]
+        else:
+            found = sync(_exist(store, keys))  # remote stores: all requests in flight at once
+        return [nc for nc, ok in zip(chunks, found) if not ok]
+
+    def _decode(self, arr: zarr.Array, name: str, coords: tuple[int, ...]) -> np.ndarray:
+        """Read one chunk; bytes that fail their checksum or do not decode raise :class:`CacheDamagedError`."""
+        if arr.ndim == 1:
+            c0 = coords[0] * arr.chunks[0]
+            sel: tuple[Any, ...] = (slice(c0, min(c0 + arr.chunks[0], arr.shape[0])),)
+        else:
+            b0, b1 = self.block_bounds(coords[0])
+            sel = (slice(b0, b1), coords[1])
+        try:
+            return np.asarray(arr[sel])
+        except Exception as e:  # noqa: BLE001 - whatever the codecs raise, the stored bytes are bad
+            msg = str(e)
+            detail = ("checksum mismatch: truncated or overwritten" if "checksum" in msg.lower()
+                      else f"cannot be decoded: {type(e).__name__}: {msg[:120]}")
+            raise damage_error(self.path, [self.chunk_damage(name, coords, "corrupt", detail)]) from e
 
     def nbytes_on_disk(self) -> int | None:
         """Bytes the store takes on its filesystem (None when the store cannot tell)."""
@@ -303,6 +489,14 @@ class CacheStore:
             return int(fs.du(p))
         except Exception:  # noqa: BLE001 - size is informational; some filesystems cannot report it
             return None
+
+
+async def _collect(it) -> list[str]:
+    return [k async for k in it]
+
+
+async def _exist(store, keys: list[str]) -> list[bool]:
+    return list(await asyncio.gather(*(store.exists(k) for k in keys)))
 
 
 def _check_fits(name: str, value: np.ndarray, dtype: np.dtype) -> None:

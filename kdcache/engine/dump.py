@@ -33,6 +33,7 @@ from tqdm import tqdm
 from kdcache.augment import ViewParams, ViewPipeline, ViewSpec, param_array_specs
 from kdcache.cache import CacheIdentity, CacheStore, TargetMode, dataset_identity, is_url
 from kdcache.cache.info import label_agreement
+from kdcache.cache.integrity import scan_cache
 from kdcache.cache.layout import VIEW_SEED, UnitLayout
 from kdcache.config import ConfigBase
 from kdcache.data import DataConfig
@@ -122,6 +123,10 @@ def _prepare_store(cfg: DumpConfig, ds, identity: CacheIdentity, attrs: dict[str
             raise CacheError(f"cannot create {cfg.out}: {e.strerror or e}") from e
     store = CacheStore.open(cfg.out, mode="r+", storage_options=cfg.storage_options)
     store.check_identity(identity)
+    if not cfg.add_views and cfg.views is not None and cfg.views != store.num_views:
+        raise ConfigError(f"{cfg.out} has {store.num_views} views, not {cfg.views}; "
+                          f"use `add_views` {max(cfg.views - store.num_views, 1)} to compute more views")
+    _repair(store, ds, log)
     if cfg.add_views:
         old = store.num_views
         last = store.attrs.get("last_add") or {}
@@ -134,10 +139,27 @@ def _prepare_store(cfg: DumpConfig, ds, identity: CacheIdentity, attrs: dict[str
         except OSError as e:
             raise CacheError(f"cannot extend {cfg.out}: {e.strerror or e}") from e
         log(f"{cfg.out}: views {old} -> {store.num_views}")
-    elif cfg.views is not None and cfg.views != store.num_views:
-        raise ConfigError(f"{cfg.out} has {store.num_views} views, not {cfg.views}; "
-                          f"use `add_views` {max(cfg.views - store.num_views, 1)} to compute more views")
     return store
+
+
+def _repair(store: CacheStore, ds, log: Callable[[str], None]) -> None:
+    """Find damaged chunks (missing, failing their checksum, NaN/Inf) and make the dump redo them.
+
+    Damaged units are marked not done, so this run recomputes exactly those (with the bytes an
+    uninterrupted dump writes); damaged per-sample arrays are rewritten from the dataset.
+    """
+    rep = scan_cache(store)
+    if not rep.damage:
+        return
+    units = rep.damaged_units
+    log(f"{store.path}: {len(rep.damage)} damaged chunks ({'; '.join(d.describe() for d in rep.damage[:3])}"
+        f"{'; ...' if len(rep.damage) > 3 else ''}); recomputing {len(units)} units")
+    try:
+        if rep.damaged_sample_arrays:
+            store.rewrite_samples(ds.keys, ds.labels)
+        store.clear_units(units)
+    except OSError as e:
+        raise CacheError(f"cannot repair {store.path}: {e.strerror or e}") from e
 
 
 def _unit_arrays(mode: TargetMode, logits: torch.Tensor, params: list[ViewParams], seeds: np.ndarray,

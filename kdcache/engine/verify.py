@@ -4,9 +4,11 @@ A cache is only worth distilling from if (a) its targets are what the teacher ou
 (b) the views its recorded parameters describe. Verification re-derives both for a seeded
 sample of completed (sample, view) pairs: each view is rebuilt from its *recorded*
 parameters alone (exactly what a student does), the teacher is run on it again, and the
-fresh logits are compared with the cached targets. It also scans every completed entry
-for NaN/Inf and reports coverage. All cache reads are chunk reads of one unit
-(block × view), each unit read once.
+fresh logits are compared with the cached targets. First, an integrity pass
+(``kdcache.cache.integrity.scan_cache``, also available alone as :func:`verify_integrity`)
+checks that every chunk of every completed unit exists, passes its checksum and holds finite
+targets; damaged units are reported and never replayed. It also reports coverage. All cache
+reads are chunk reads of one unit (block × view).
 
 Tolerance. Targets are stored as float16, which keeps 10 explicit mantissa bits: rounding
 moves a value by at most half an ulp, ``2**-11 * |x|``. The default tolerance allows one
@@ -30,13 +32,14 @@ import torch
 
 from kdcache.augment import ViewPipeline, ViewSpec
 from kdcache.cache import CacheStore, TargetMode, canonical_json
+from kdcache.cache.integrity import scan_cache
 from kdcache.data import DataConfig
 from kdcache.engine.teacher import TeacherSpec, build_teacher
 from kdcache.errors import CacheMismatchError, ConfigError
 from kdcache.runtime import select_device
 from kdcache.views import build_views
 
-__all__ = ["verify_cache", "default_atol", "FP16_ULP", "MIN_ATOL"]
+__all__ = ["verify_cache", "verify_integrity", "default_atol", "FP16_ULP", "MIN_ATOL"]
 
 FP16_ULP = 2.0 ** -10   # one float16 ulp relative to the value (10 mantissa bits)
 MIN_ATOL = 1e-2
@@ -45,6 +48,32 @@ MIN_ATOL = 1e-2
 def default_atol(max_abs_logit: float) -> float:
     """One float16 ulp of the largest logit, at least ``MIN_ATOL`` (see the module docstring)."""
     return max(MIN_ATOL, FP16_ULP * float(max_abs_logit))
+
+
+def verify_integrity(path: str, *, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The integrity pass alone (no teacher, no data): every chunk of every done unit exists, passes
+    its checksum and holds finite targets; ``done`` and the per-sample arrays too.
+
+    Returns a JSON-safe report; ``ok`` is False when any chunk is damaged (``damage`` names each:
+    array, block, view, path, problem).
+    """
+    store = CacheStore.open(path, mode="r", storage_options=storage_options)
+    rep = scan_cache(store)
+    report: dict[str, Any] = {"path": store.path, "fingerprint": store.identity.fingerprint,
+                              "num_samples": store.num_samples, "num_views": store.num_views,
+                              "num_blocks": store.num_blocks, **rep.to_dict()}
+    report["failures"] = _damage_failures(report)
+    report["ok"] = not report["failures"]
+    return report
+
+
+def _damage_failures(r: dict[str, Any]) -> list[str]:
+    if not r["damage"]:
+        return []
+    first = r["damage"][0]["message"]
+    more = f" (and {len(r['damage']) - 1} more)" if len(r["damage"]) > 1 else ""
+    return [f"{len(r['damage'])} damaged chunks in {len(r['damaged_units'])} units: {first}{more}; "
+            "rerun the dump-teacher command that made this cache to repair it"]
 
 
 def verify_cache(path: str, teacher: TeacherSpec, data: DataConfig, *, samples: int = 64, seed: int = 0,
@@ -71,9 +100,14 @@ def verify_cache(path: str, teacher: TeacherSpec, data: DataConfig, *, samples: 
     pipeline = ViewPipeline(ViewSpec.from_dict(store.identity.view_spec))
     mode = store.target_mode
 
+    integrity = scan_cache(store)  # first: a damaged chunk is reported, never replayed
     done = store.done()
-    pairs = _sample_pairs(done, samples, seed)
-    picked, nonfinite = _read_units(store, done, pairs)
+    usable = done.copy()
+    for b, v in integrity.damaged_units:
+        b0, b1 = store.block_bounds(b)
+        usable[b0:b1, v] = False
+    pairs = _sample_pairs(usable, samples, seed)
+    picked = _read_units(store, pairs)
     fresh = _replay(loaded.model, pipeline, ds, pairs, picked, batch_size=batch_size, device=device)
 
     report: dict[str, Any] = {
@@ -85,7 +119,10 @@ def verify_cache(path: str, teacher: TeacherSpec, data: DataConfig, *, samples: 
         "num_views": store.num_views,
         "coverage": float(done.mean()) if done.size else 0.0,
         "views_done": int(done.sum()),
-        "nonfinite_targets": nonfinite,
+        "nonfinite_targets": integrity.nonfinite_values,
+        "checksums": integrity.checksums,
+        "damaged_units": [list(u) for u in integrity.damaged_units],
+        "damage": [d.to_dict() for d in integrity.damage],
         "samples_checked": len(pairs),
         "seed": int(seed),
         "dumped_with_amp": bool(store.attrs.get("config", {}).get("amp", False)),
@@ -120,47 +157,24 @@ def _sample_pairs(done: np.ndarray, samples: int, seed: int) -> np.ndarray:
     return np.stack(np.divmod(chosen, done.shape[1]), axis=1).astype(np.int64).reshape(-1, 2)
 
 
-def _count_nonfinite(name: str, values: np.ndarray, mode: TargetMode, num_classes: int) -> int:
-    bad = ~np.isfinite(values)
-    if name == "topk_tail_lse" and mode.k >= num_classes:
-        bad &= ~np.isneginf(values)  # nothing left outside the top K: the tail is legitimately empty
-    return int(bad.sum())
-
-
-def _read_units(store: CacheStore, done: np.ndarray, pairs: np.ndarray) -> tuple[dict[str, np.ndarray], int]:
-    """One pass over the completed units: count NaN/Inf in every target and gather the sampled rows.
-
-    Each unit (block, view) is read once, chunk-aligned; rows of sampled pairs are returned in
-    the order of ``pairs``.
-    """
-    mode = store.target_mode
-    scan = store.layout.float_target_names
+def _read_units(store: CacheStore, pairs: np.ndarray) -> dict[str, np.ndarray]:
+    """The rows of the sampled pairs, in the order of ``pairs``; each unit read once, chunk-aligned."""
     gather = store.layout.names
     wanted: dict[tuple[int, int], list[int]] = defaultdict(list)
     for j, (i, v) in enumerate(pairs):
         wanted[(int(i) // store.block_size, int(v))].append(j)
     rows: dict[str, list[np.ndarray]] = {n: [] for n in gather}
     order: list[np.ndarray] = []
-    nonfinite = 0
-    for b in range(store.num_blocks):
-        b0, b1 = store.block_bounds(b)
-        for v in range(store.num_views):
-            mask = done[b0:b1, v]
-            if not mask.any():
-                continue
-            js = wanted.get((b, v), [])
-            unit = store.read_unit(b, v, scan + [n for n in gather if n not in scan] if js else scan)
-            for name in scan:
-                nonfinite += _count_nonfinite(name, unit[name][mask], mode, store.num_classes)
-            if js:
-                local = pairs[js, 0] - b0
-                for name in gather:
-                    rows[name].append(unit[name][local])
-                order.append(np.asarray(js))
+    for (b, v), js in sorted(wanted.items()):
+        unit = store.read_unit(b, v, gather)
+        local = pairs[js, 0] - store.block_bounds(b)[0]
+        for name in gather:
+            rows[name].append(unit[name][local])
+        order.append(np.asarray(js))
     if not order:
-        return {}, nonfinite
+        return {}
     inverse = np.argsort(np.concatenate(order))
-    return {n: np.concatenate(r)[inverse] for n, r in rows.items()}, nonfinite
+    return {n: np.concatenate(r)[inverse] for n, r in rows.items()}
 
 
 def _replay(model: torch.nn.Module, pipeline: ViewPipeline, ds, pairs: np.ndarray,
@@ -239,6 +253,8 @@ def _failures(r: dict[str, Any]) -> list[str]:
                        f"({r['argmax_mismatches']} of {r['samples_checked']} differ)")
     if r["nonfinite_targets"]:
         out.append(f"{r['nonfinite_targets']} NaN/Inf values in the cached targets")
+    if any(d["problem"] != "nonfinite" for d in r["damage"]):  # NaN/Inf has its own line above
+        out.extend(_damage_failures(r))
     if r["coverage"] < 1.0 and not r["allow_incomplete"]:
         out.append(f"coverage {100 * r['coverage']:.2f}% < 100% (rerun dump-teacher to finish it, "
                    "or pass `allow_incomplete`)")

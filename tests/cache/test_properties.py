@@ -5,11 +5,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kdcache.cache import CacheIdentity, CacheStore, TargetMode, UnitLayout
+from kdcache.errors import CacheDamagedError
 from kdcache.train.losses import teacher_log_probs
 
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -53,15 +55,21 @@ def test_done_units_pending_units_and_read_views_agree_with_what_was_written(tmp
         b0, b1 = store.block_bounds(b)
         for v in range(views):
             assert done[b0:b1, v].all() == ((b, v) in written) and done[b0:b1, v].any() == ((b, v) in written)
-    # gathering one view per block returns exactly that unit's rows, in sample order
+    # gathering one view per block returns exactly that unit's rows, in sample order; a unit never
+    # written has no chunks, and reading it is an error that names it (never the fill value)
     choice = [data.draw(st.integers(0, views - 1)) for _ in range(store.num_blocks)]
+    unwritten = [(b, v) for b, v in enumerate(choice) if (b, v) not in written]
+    if unwritten:
+        with pytest.raises(CacheDamagedError, match="block {}, view {} is missing".format(*unwritten[0])) as e:
+            store.read_views(choice)
+        assert {d.unit for d in e.value.damage} == set(unwritten)
+        return
     got = store.read_views(choice)
     for b, v in enumerate(choice):
         b0, b1 = store.block_bounds(b)
-        if (b, v) in written:
-            want = _unit(store, b, v)
-            for name, arr in want.items():
-                np.testing.assert_array_equal(got[name][b0:b1], arr.astype(got[name].dtype))
+        want = _unit(store, b, v)
+        for name, arr in want.items():
+            np.testing.assert_array_equal(got[name][b0:b1], arr.astype(got[name].dtype))
 
 
 @settings(max_examples=60, deadline=None)

@@ -9,9 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from zarr.codecs import ZstdCodec
 
 from kdcache.cache import CacheIdentity, CacheStore, TargetMode, UnitLayout
+from kdcache.cache.integrity import scan_cache
 from kdcache.errors import (
+    CacheDamagedError,
     CacheError,
     CacheIncompleteError,
     CacheMismatchError,
@@ -148,6 +151,16 @@ def test_memory_store_url(tmp_path):
     store.write_unit(0, 1, _unit(store, 0, 4.0))
     again = CacheStore.open("memory://kdcache-test/c.zarr")
     assert again.done()[:4, 1].all() and again.nbytes_on_disk() is not None
+    # integrity checks go through the store's own exists/list on URLs too
+    assert not scan_cache(again).damage
+    assert np.array_equal(again.read_unit(0, 1)["logits"], np.full((4, 5), 4.0, np.float16))
+    import fsspec
+
+    fsspec.filesystem("memory").rm("/kdcache-test/c.zarr/logits/c/0/1/0")
+    with pytest.raises(CacheDamagedError, match=r"logits chunk of block 0, view 1 is missing .*"
+                                                r"\[memory://kdcache-test/c.zarr/logits/c/0/1/0\]"):
+        again.read_unit(0, 1)
+    assert [(d.array, d.unit) for d in scan_cache(again).damage] == [("logits", (0, 1))]
 
 
 def test_target_modes():
@@ -159,3 +172,69 @@ def test_target_modes():
             TargetMode.parse(bad)
     with pytest.raises(ConfigError):
         TargetMode.parse("topk:11").check_classes(10)
+
+
+def test_cache_made_before_checksums_stays_readable_and_names_undecodable_chunks(tmp_path, monkeypatch):
+    """A format-1 cache from before checksums (no crc32c codec, chunks equal to the fill value not
+    written, no ``checksums`` attribute) reads as before: a chunk zarr skipped is not damage there.
+    A chunk that no longer decodes is still named."""
+    import kdcache.cache.store as store_module
+
+    path = str(tmp_path / "old.zarr")
+    monkeypatch.setattr(store_module, "_COMPRESSORS", (store_module._COMPRESSOR,))
+    monkeypatch.setattr(store_module, "_KEY_COMPRESSORS", (ZstdCodec(level=0),))
+    monkeypatch.setattr(store_module, "_WRITE_ALL", {"write_empty_chunks": False})
+    _create(path)
+    g = zarr.open_group(path, mode="r+")
+    g.attrs.put({k: v for k, v in g.attrs.items() if k != "checksums"})
+    store = CacheStore.open(path, mode="r+")
+    for b in range(store.num_blocks):
+        store.write_unit(b, 0, _unit(store, b, 0.0))  # all-zero logits: zarr skips those chunks
+    monkeypatch.undo()
+    assert [c["name"] for c in json.loads((Path(path) / "logits" / "zarr.json").read_text())["codecs"]] == \
+        ["bytes", "blosc"]
+    assert not (Path(path) / "logits" / "c").exists() and not (Path(path) / "done" / "c" / "0" / "1").exists()
+
+    store = CacheStore.open(path)
+    assert not store.checksums
+    assert store.done_units()[:, 0].all() and not store.done_units()[:, 1].any()
+    assert not scan_cache(store).damage
+    assert np.array_equal(store.read_views([0, 0, 0])["logits"], np.zeros((10, 5), np.float16))
+    crop = Path(store.chunk_location("crop", store.unit_chunk("crop", 1, 0)))
+    crop.write_bytes(crop.read_bytes()[:10])
+    with pytest.raises(CacheDamagedError, match=r"crop chunk of block 1, view 0 is corrupt \(cannot be decoded"):
+        store.read_views([0, 0, 0])
+    assert [(d.array, d.unit, d.problem) for d in scan_cache(store).damage] == [("crop", (1, 0), "corrupt")]
+
+
+def test_new_caches_carry_checksums_and_write_every_chunk(tmp_path):
+    store = _create(tmp_path / "c.zarr")
+    assert store.checksums and store.attrs["checksums"] is True
+    for name in ("sample_key", "label", "logits", "done"):
+        codecs = json.loads((tmp_path / "c.zarr" / name / "zarr.json").read_text())["codecs"]
+        assert codecs[-1] == {"name": "crc32c"}, name
+    # done exists whole from creation; a unit equal to the fill value is still written
+    assert not store.missing_chunks("done", store.chunk_grid("done"))
+    store.write_unit(0, 1, _unit(store, 0, 0.0))
+    assert not store.missing_chunks("logits", [store.unit_chunk("logits", 0, 1)])
+    assert store.missing_chunks("logits", [store.unit_chunk("logits", 1, 1)]) == [(1, 1, 0)]
+    grown = store.add_views(1)
+    assert grown == 3 and not store.missing_chunks("done", store.chunk_grid("done"), listing=True)
+    assert not scan_cache(CacheStore.open(str(tmp_path / "c.zarr"))).damage
+
+
+def test_views_being_added_read_as_not_done_until_their_count_is_recorded(tmp_path):
+    """add_views resizes, writes the new done chunks, then records num_views: a reader opened in between
+    sees the new views as not done (not as damage); once recorded, a missing done chunk is damage."""
+    path = str(tmp_path / "c.zarr")
+    store = _create(path)
+    g = zarr.open_group(path, mode="r+")
+    for name in [*store.view_array_names, "done"]:  # add_views interrupted right after its resizes
+        g[name].resize((10, 3, *g[name].shape[2:]))
+    mid = CacheStore.open(path)
+    assert (mid.num_views, mid.settled_views) == (3, 2)
+    assert not mid.done()[:, 2].any() and not scan_cache(mid).damage
+    g.attrs["num_views"] = 3  # recorded without the done chunks: they were lost
+    with pytest.raises(CacheDamagedError, match="done chunk of block 0, view 2 is missing"):
+        CacheStore.open(path).done()
+    assert {d.unit for d in scan_cache(CacheStore.open(path)).damage} == {(0, 2), (1, 2), (2, 2)}

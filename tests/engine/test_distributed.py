@@ -52,14 +52,21 @@ def test_torchrun_dump_equals_single_process_dump(world, tmp_path):
     assert {0, 1} <= set(writes), f"both ranks must be audited: {sorted(writes)}"
     placed = {r: _renamed(writes[r]) for r in (0, 1)}
     on_disk = {os.path.realpath(Path(d) / f) for d, _, fs in os.walk(out) for f in fs}
-    # Every file of the store was written by exactly one rank: no chunk is shared between ranks.
-    assert not placed[0] & placed[1], f"chunks written by both ranks: {sorted(placed[0] & placed[1])[:5]}"
+    def is_done_chunk(p: str) -> bool:
+        return f"{os.sep}done{os.sep}c{os.sep}" in p
+
+    # Every data chunk of the store was written by exactly one rank: no chunk is shared between ranks.
+    # (done is written whole by rank 0 at creation, before the other ranks start; then each unit's done
+    # chunk is rewritten by the rank that computed the unit.)
+    shared = placed[0] & placed[1]
+    assert not [p for p in shared if not is_done_chunk(p)], f"chunks written by both ranks: {sorted(shared)[:5]}"
     assert on_disk == placed[0] | placed[1]
     # Only rank 0 touches metadata; both ranks computed units (their done chunks).
     assert not [p for p in placed[1] if p.endswith("zarr.json")]
-    done = {r: [p for p in placed[r] if f"{os.sep}done{os.sep}c{os.sep}" in p] for r in (0, 1)}
-    assert len(done[0]) + len(done[1]) == world.num_units
-    assert len(done[0]) == len(done[1]) == world.num_units // 2
+    done = {r: [p for e, p in writes[r] if e == "os.rename" and is_done_chunk(p)] for r in (0, 1)}
+    assert len(done[1]) == len(set(done[1])) == world.num_units // 2
+    assert len(done[0]) == world.num_units + world.num_units // 2  # creation, then its own units
+    assert len(set(done[0])) == world.num_units and set(done[1]) <= set(done[0])
 
 
 def test_torchrun_dump_when_rank0_reads_pending_units_late(world, tmp_path):

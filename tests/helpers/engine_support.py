@@ -178,11 +178,14 @@ def wait_for(predicate: Callable[[], bool], proc: subprocess.Popen, *, what: str
 
 
 def done_chunk_count(out: Path) -> int:
-    """Number of written chunks of ``done`` (one per finished unit; unwritten chunks are all False)."""
-    root = out / "done" / "c"
-    if not root.is_dir():
+    """Number of finished units: ``done`` chunks that are all true (every done chunk exists from
+    creation, all false; chunk files are replaced atomically, so a concurrent read is safe)."""
+    try:
+        done = np.asarray(zarr.open_group(str(out), mode="r")["done"][...])
+    except Exception:  # noqa: BLE001 - not created yet (or mid-creation): nothing finished
         return 0
-    return sum(1 for _, _, fs in os.walk(root) for f in fs if not f.endswith(".partial"))
+    blocks = -(-done.shape[0] // BLOCK)
+    return int(sum(done[b * BLOCK:(b + 1) * BLOCK].all(axis=0).sum() for b in range(blocks)))
 
 
 def group_attrs(out: Path) -> dict | None:
