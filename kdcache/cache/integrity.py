@@ -25,64 +25,18 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from kdcache.cache.damage import REPAIR_HINT, Damage, damage_error
 from kdcache.errors import CacheDamagedError
 
 if TYPE_CHECKING:
     from kdcache.cache.store import CacheStore
 
 __all__ = ["Damage", "IntegrityReport", "damage_error", "scan_cache", "nonfinite_count", "REPAIR_HINT"]
-
-REPAIR_HINT = "rerun the dump-teacher command that made this cache to repair it (it recomputes damaged units)"
-_PROBLEMS = ("missing", "corrupt", "nonfinite")
-
-
-@dataclass(frozen=True)
-class Damage:
-    """One damaged chunk: which array, which unit (per-view arrays) or sample rows, what is wrong."""
-
-    array: str
-    problem: str                     # "missing" | "corrupt" | "nonfinite"
-    location: str                    # the chunk's path (file or URL)
-    block: int | None = None         # per-view arrays and done: the unit (block, view)
-    view: int | None = None
-    samples: tuple[int, int] = (0, 0)  # rows [start, stop) the chunk holds
-    detail: str = ""
-
-    def __post_init__(self):
-        if self.problem not in _PROBLEMS:
-            raise ValueError(f"problem must be one of {_PROBLEMS}, got {self.problem!r}")
-
-    @property
-    def unit(self) -> tuple[int, int] | None:
-        return None if self.view is None else (int(self.block), int(self.view))
-
-    def describe(self) -> str:
-        if self.view is not None:
-            where = f"block {self.block}, view {self.view}"
-        else:
-            where = f"samples {self.samples[0]}-{self.samples[1] - 1}"
-        what = {"missing": "is missing (deleted or never written)",
-                "corrupt": f"is corrupt ({self.detail})",
-                "nonfinite": f"holds {self.detail}"}[self.problem]
-        return f"{self.array} chunk of {where} {what} [{self.location}]"
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["samples"] = list(self.samples)
-        d["message"] = self.describe()
-        return d
-
-
-def damage_error(path: str, damage: list[Damage]) -> CacheDamagedError:
-    """One line: the first damaged chunk, how many more, and how to repair."""
-    more = f" (and {len(damage) - 1} more damaged chunks)" if len(damage) > 1 else ""
-    return CacheDamagedError(f"cache {path}: {damage[0].describe()}{more}; {REPAIR_HINT}", damage)
-
 
 def nonfinite_count(name: str, values: np.ndarray, *, topk_covers_all: bool = False) -> int:
     """NaN/Inf values of a float array (``topk_tail_lse`` may be -inf when the top K is every class)."""

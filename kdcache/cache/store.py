@@ -32,8 +32,8 @@ import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 from zarr.core.sync import sync
 
+from kdcache.cache.damage import Damage, damage_error
 from kdcache.cache.identity import CacheIdentity, dataset_differences
-from kdcache.cache.integrity import Damage, damage_error
 from kdcache.cache.layout import UnitLayout
 from kdcache.cache.targets import TargetMode
 from kdcache.errors import (
