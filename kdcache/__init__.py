@@ -1,6 +1,125 @@
-"""kdcache: cache a vision teacher's outputs over replayable augmented views once, distil many students."""
+"""kdcache: cache a vision teacher's outputs over replayable augmented views once, distil many students.
 
-from kdcache.errors import KdcacheError
+The public API is what this package exports (``kdcache.__all__``); everything else is internal.
+Train from a cache in your own loop with :func:`open_cache`, :class:`CacheDataset` and
+:class:`DistillationLoss` (README: "Use kdcache from your own training code"); make caches and
+run students with :func:`dump_teacher` and :func:`train_student` (what the CLI calls).
+
+Names are imported on first use, so ``import kdcache`` stays cheap (the CLI's fast paths and
+``kdcache.errors`` do not pay for torchvision and zarr).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from kdcache.errors import (
+    CacheError,
+    CacheIncompleteError,
+    CacheMismatchError,
+    CacheNotFoundError,
+    CheckpointError,
+    ConfigError,
+    DataError,
+    DataNotFoundError,
+    DownloadUnavailableError,
+    KdcacheError,
+    ModelError,
+    TeacherOutputError,
+)
+
+if TYPE_CHECKING:
+    from kdcache._cache_dataset import CacheDataset, open_cache
+    from kdcache.augment import ViewParams, ViewPipeline, ViewSpec
+    from kdcache.cache import CacheIdentity, CacheStore, TargetMode
+    from kdcache.data import DataConfig, ImageDataset, open_dataset
+    from kdcache.engine import DumpConfig, DumpSummary, TeacherSpec, dump_teacher
+    from kdcache.engine.verify import verify_cache
+    from kdcache.models import create_model, list_models, load_checkpoint, register_model, save_checkpoint
+    from kdcache.train import (
+        DistillationLoss,
+        LossConfig,
+        TrainConfig,
+        epoch_views,
+        evaluate,
+        evaluate_checkpoint,
+        soft_labels,
+        teacher_log_probs,
+        train_student,
+        train_teacher,
+    )
 
 __version__ = "0.1.0"
-__all__ = ["KdcacheError", "__version__"]
+
+# public name -> the module that defines it (imported on first access)
+_LAZY: dict[str, str] = {
+    # training from a cache in your own code
+    "open_cache": "kdcache._cache_dataset",
+    "CacheDataset": "kdcache._cache_dataset",
+    "DistillationLoss": "kdcache.train",
+    "LossConfig": "kdcache.train",
+    "teacher_log_probs": "kdcache.train",
+    "soft_labels": "kdcache.train",
+    "epoch_views": "kdcache.train",
+    # the cache
+    "CacheStore": "kdcache.cache",
+    "CacheIdentity": "kdcache.cache",
+    "TargetMode": "kdcache.cache",
+    # data and views
+    "DataConfig": "kdcache.data",
+    "ImageDataset": "kdcache.data",
+    "open_dataset": "kdcache.data",
+    "ViewSpec": "kdcache.augment",
+    "ViewParams": "kdcache.augment",
+    "ViewPipeline": "kdcache.augment",
+    # models
+    "create_model": "kdcache.models",
+    "list_models": "kdcache.models",
+    "register_model": "kdcache.models",
+    "load_checkpoint": "kdcache.models",
+    "save_checkpoint": "kdcache.models",
+    # the commands, as library calls
+    "DumpConfig": "kdcache.engine",
+    "DumpSummary": "kdcache.engine",
+    "TeacherSpec": "kdcache.engine",
+    "dump_teacher": "kdcache.engine",
+    "verify_cache": "kdcache.engine.verify",
+    "TrainConfig": "kdcache.train",
+    "train_student": "kdcache.train",
+    "train_teacher": "kdcache.train",
+    "evaluate": "kdcache.train",
+    "evaluate_checkpoint": "kdcache.train",
+}
+
+# Spelled out (not built from _LAZY) so linters and type checkers see the public names.
+__all__ = [
+    "__version__",
+    # training from a cache in your own code
+    "open_cache", "CacheDataset", "DistillationLoss", "LossConfig", "teacher_log_probs", "soft_labels",
+    "epoch_views",
+    # the cache, data, views, models
+    "CacheStore", "CacheIdentity", "TargetMode", "DataConfig", "ImageDataset", "open_dataset", "ViewSpec",
+    "ViewParams", "ViewPipeline", "create_model", "list_models", "register_model", "load_checkpoint",
+    "save_checkpoint",
+    # the commands, as library calls
+    "DumpConfig", "DumpSummary", "TeacherSpec", "dump_teacher", "verify_cache", "TrainConfig", "train_student",
+    "train_teacher", "evaluate", "evaluate_checkpoint",
+    # errors
+    "KdcacheError", "ConfigError", "DataError", "DataNotFoundError", "ModelError", "CheckpointError",
+    "CacheError", "CacheNotFoundError", "CacheMismatchError", "CacheIncompleteError", "TeacherOutputError",
+    "DownloadUnavailableError",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kdcache' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,166 @@
+"""The public way to train from a cache in your own loop: :func:`open_cache` and :class:`CacheDataset`.
+
+:class:`CacheDataset` is a map-style torch ``Dataset`` that yields, per sample, the epoch's
+replayed view, its label (mixed for MixUp/CutMix views) and the teacher's cached targets for
+that exact view. It is built from the pieces ``train-student`` uses, so it picks the same
+views and yields the same pixels and targets:
+
+* :meth:`CacheDataset.set_epoch` picks each block's view with
+  :func:`~kdcache.train.schedule.epoch_views` and reads the epoch's arrays with
+  :meth:`~kdcache.cache.CacheStore.read_views` (one chunk read per block and array), in the
+  calling (main) process;
+* items are rebuilt by :class:`~kdcache.views.ReplayViews` from those numpy arrays, and their
+  labels and targets come from :func:`~kdcache.train.loop.batch_targets`.
+
+DataLoader workers therefore only see numpy arrays and the dataset's images: they never touch
+the Zarr store (zarr's event loop and forked workers do not mix), and no item reads the store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from kdcache.augment import ViewPipeline, ViewSpec
+from kdcache.cache import CacheStore
+from kdcache.data import DataConfig, ImageDataset
+from kdcache.errors import ConfigError
+from kdcache.train.loop import batch_targets
+from kdcache.train.schedule import epoch_views
+from kdcache.views import ReplayViews
+
+__all__ = ["open_cache", "CacheDataset"]
+
+_CPU = torch.device("cpu")
+
+
+def open_cache(path: str, *, storage_options: Mapping[str, Any] | None = None) -> CacheStore:
+    """Open the teacher cache at ``path`` (a directory or an fsspec URL) read-only.
+
+    The returned :class:`~kdcache.cache.CacheStore` tells ``num_samples``, ``num_views``,
+    ``num_classes``, ``target_mode`` and the cache's ``identity``; pass it (or the path) to
+    :class:`CacheDataset`. Raises :class:`~kdcache.errors.CacheNotFoundError` when nothing
+    (or no kdcache cache) is there.
+    """
+    return CacheStore.open(str(path), mode="r", storage_options=storage_options)
+
+
+class CacheDataset(Dataset):
+    """A torch ``Dataset`` of a cache's replayed views, labels and teacher targets, epoch by epoch.
+
+    Args:
+        cache: a path (or URL) of a cache, or a store from :func:`open_cache`.
+        data: the images the cache was made from: an :class:`~kdcache.data.ImageDataset`, a
+            :class:`~kdcache.data.DataConfig`, a source string such as ``"hdf5:PATH"`` (the cache's
+            split is used) or None for the data the cache records in its dump configuration.
+            Data whose sample keys and labels differ from the cache's is refused
+            (:class:`~kdcache.errors.CacheMismatchError`).
+        seed: the run seed that orders each block's views over epochs — the same ``seed`` as
+            ``train-student``'s, so both pick the same view for every sample and epoch.
+        epoch: the epoch to start at (:meth:`set_epoch` changes it).
+        targets: False leaves the teacher's targets out (a labels-only baseline reads less).
+        storage_options: fsspec options for a cache given by URL.
+
+    Item ``i`` is a dict that :func:`torch.utils.data.default_collate` batches:
+
+    * ``"image"``: float32 (3, S, S), the view the teacher saw, normalised;
+    * ``"label"``: float32 (C,), the ground-truth distribution: one-hot, or
+      ``lam · onehot(y) + (1 − lam) · onehot(y_partner)`` for a MixUp/CutMix view;
+    * ``"targets"``: the teacher's targets for this view, float32/int64 tensors by name —
+      ``logits`` (C,) for a ``full`` cache, or ``topk_values``/``topk_indices`` (K,) and
+      ``topk_tail_lse`` () for ``topk:K``; ``argmax`` () in both (absent when ``targets=False``);
+    * ``"index"``: the sample index; ``"view"``: the cached view index it replays.
+
+    A batch's ``image``, ``label`` and ``targets`` go straight into a model and
+    :class:`~kdcache.train.losses.DistillationLoss`. Call :meth:`set_epoch` before each epoch, as
+    with a ``DistributedSampler`` (and create the DataLoader's iterator afterwards: persistent
+    workers keep the epoch they started with). Any sampler, batch size and worker count works.
+    """
+
+    def __init__(self, cache: str | CacheStore, data: ImageDataset | DataConfig | str | None = None, *,
+                 seed: int = 0, epoch: int = 0, targets: bool = True,
+                 storage_options: Mapping[str, Any] | None = None) -> None:
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise ConfigError(f"seed must be an integer, got {seed!r}")
+        store = cache if isinstance(cache, CacheStore) else open_cache(cache, storage_options=storage_options)
+        self.path = store.path
+        self.storage_options = dict(storage_options) if storage_options else None
+        self.seed = int(seed)
+        self.with_targets = bool(targets)
+        self.dataset = _open_data(store, data)
+        store.check_dataset(self.dataset)
+        self.num_classes = store.num_classes
+        self.block_size = store.block_size
+        self.target_mode = store.target_mode
+        self.pipeline = ViewPipeline(ViewSpec.from_dict(store.identity.view_spec))
+        self.labels = np.asarray(self.dataset.labels, dtype=np.int64)
+        self.epoch = -1
+        self.views: np.ndarray = np.zeros(0, dtype=np.int64)
+        self._replay: ReplayViews  # the epoch's replay arrays (numpy), set by set_epoch
+        self._teacher: dict[str, np.ndarray] | None = None
+        self.set_epoch(epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Read ``epoch``'s view of every sample: the view ``train-student`` trains on in that epoch.
+
+        Runs in the calling process: the cache is reopened (views another process has finished
+        since become eligible, as in ``train-student``) and read once per block and array.
+        Setting the current epoch again reads nothing.
+        """
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+            raise ConfigError(f"epoch must be an integer >= 0, got {epoch!r}")
+        if epoch == self.epoch:
+            return
+        store = open_cache(self.path, storage_options=self.storage_options)
+        views = epoch_views(store.done_units(), epoch=int(epoch), seed=self.seed)
+        names = store.layout.names if self.with_targets else store.layout.replay_names
+        arrays, teacher = store.layout.split(store.read_views(views, names=names))
+        self._replay = ReplayViews(self.dataset, self.pipeline, arrays)
+        self._teacher = teacher or None
+        self.views = views
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        """Items at ``indices``, built together (each image decoded once, with block reads)."""
+        batch = self._replay.__getitems__([int(i) for i in indices])
+        labels, teacher = batch_targets(batch, self.labels, self.num_classes, self._teacher, _CPU)
+        teacher = {k: v.float() if v.is_floating_point() else v.long() for k, v in (teacher or {}).items()}
+        items = []
+        for row, i in enumerate(batch.indices.tolist()):
+            item: dict[str, Any] = {"image": batch.images[row], "label": labels[row], "index": i,
+                                    "view": int(self.views[i // self.block_size])}
+            if self._teacher is not None:
+                item["targets"] = {k: v[row] for k, v in teacher.items()}
+            items.append(item)
+        return items
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.__getitems__([index])[0]
+
+    def __repr__(self) -> str:
+        return (f"CacheDataset({self.path!r}, samples={len(self)}, classes={self.num_classes}, "
+                f"targets={self.target_mode if self.with_targets else None}, epoch={self.epoch})")
+
+
+def _open_data(store: CacheStore, data: ImageDataset | DataConfig | str | None) -> ImageDataset:
+    if isinstance(data, ImageDataset):
+        return data
+    if data is None:
+        recorded = (store.attrs.get("config") or {}).get("data")
+        if not recorded:
+            raise ConfigError(f"{store.path} does not record its data source; pass `data`")
+        data = DataConfig.from_dict(recorded)
+    elif isinstance(data, str):
+        data = DataConfig(source=data, split=str(store.identity.dataset.get("split", "train")))
+    elif not isinstance(data, DataConfig):
+        raise ConfigError(f"data must be an ImageDataset, a DataConfig, a source string or None, "
+                          f"got {type(data).__name__}")
+    # Resident before DataLoader workers fork, so they share one copy (as train-student does).
+    return data.open().preload()
