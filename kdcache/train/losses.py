@@ -29,6 +29,10 @@ _TOPK_FILL = ("spread", "renorm")
 
 @dataclass(frozen=True)
 class LossConfig(ConfigBase):
+    """How a student learns: ``distill`` (``soft``, ``hard`` or ``none`` = labels only), the KD weight
+    ``alpha``, the softmax ``temperature`` of soft KD, ``label_smoothing`` of the task loss and
+    ``topk_fill``, how a top-k cache's missing classes are rebuilt (see :func:`teacher_log_probs`)."""
+
     distill: str = "soft"
     alpha: float = 0.5
     temperature: float = 4.0
@@ -83,6 +87,16 @@ def teacher_log_probs(targets: dict[str, torch.Tensor], num_classes: int, temper
 
 
 class DistillationLoss(nn.Module):
+    """``(1 − α) · task + α · kd`` of a student's outputs, usable on its own.
+
+    ``loss_fn(outputs, y, teacher)`` returns ``{"loss", "task_loss", "kd_loss"}`` (the parts detached,
+    for logging). ``outputs``: (B, C) logits, or a DeiT student's ``(cls, dist)`` pair. ``y``: (B, C)
+    label distribution (mixed labels of MixUp/CutMix views) or (B,) class indices. ``teacher``: the
+    batch's cached targets (``logits``, or ``topk_values``/``topk_indices``/``topk_tail_lse``, and
+    ``argmax``, as :class:`~kdcache.CacheDataset` yields them), or a (B, C) tensor of teacher logits,
+    or None for the task loss alone.
+    """
+
     def __init__(self, cfg: LossConfig, num_classes: int):
         super().__init__()
         self.cfg = cfg
@@ -99,9 +113,11 @@ class DistillationLoss(nn.Module):
         s_log = F.log_softmax(logits.float() / c.temperature, dim=1)
         return F.kl_div(s_log, t_log, reduction="batchmean", log_target=True) * c.temperature ** 2
 
-    def forward(self, outputs, y: torch.Tensor, teacher: dict[str, torch.Tensor] | None = None
+    def forward(self, outputs, y: torch.Tensor, teacher: dict[str, torch.Tensor] | torch.Tensor | None = None
                 ) -> dict[str, torch.Tensor]:
-        """``y``: (B, C) label distribution; ``teacher``: the batch's cached targets (or None)."""
+        """``y``: (B, C) label distribution or (B,) classes; ``teacher``: cached targets, logits or None."""
+        if isinstance(teacher, torch.Tensor):
+            teacher = {"logits": teacher, "argmax": teacher.argmax(dim=1)}
         two_heads = isinstance(outputs, (tuple, list))
         cls_out, dist_out = (outputs[0], outputs[1]) if two_heads else (outputs, outputs)
         task = self._task(cls_out, y)
