@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--alpha", type=float, default=0.7)
     p.add_argument("--temperature", type=float, default=4.0)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0, help="orders the cached views over epochs, as train-student's")
+    p.add_argument("--seed", type=int, default=0, help="the view order's seed (train-student's --seed)")
     p.add_argument("--out", default="runs/hf-student")
     args = p.parse_args(argv)
 
@@ -73,7 +73,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         output_dir=args.out, num_train_epochs=args.epochs, per_device_train_batch_size=args.batch_size,
         learning_rate=args.lr, seed=args.seed, dataloader_num_workers=args.workers,
         remove_unused_columns=False,  # the batch is kdcache's dict, not the model's keyword arguments
-        save_strategy="no", report_to="none", logging_steps=10, disable_tqdm=True, use_cpu=not torch.cuda.is_available())
+        save_strategy="no", report_to="none", logging_steps=10, disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available())
     trainer = DistillationTrainer(model=student, args=training_args, train_dataset=train,
                                   data_collator=default_collate, callbacks=[SetEpoch(train)],
                                   kd_loss=kdcache.DistillationLoss(loss, num_classes=cache.num_classes))

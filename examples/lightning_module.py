@@ -66,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--alpha", type=float, default=0.7)
     p.add_argument("--temperature", type=float, default=4.0)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0, help="orders the cached views over epochs, as train-student's")
+    p.add_argument("--seed", type=int, default=0, help="the view order's seed (train-student's --seed)")
     p.add_argument("--out", default="runs/lightning-student")
     args = p.parse_args(argv)
 
@@ -77,8 +77,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     loss = kdcache.LossConfig(distill=args.distill, alpha=args.alpha, temperature=args.temperature)
     module = DistilledStudent(kdcache.create_model(args.student, num_classes=cache.num_classes),
                               kdcache.DistillationLoss(loss, num_classes=cache.num_classes), lr=args.lr)
-    trainer = L.Trainer(max_epochs=args.epochs, reload_dataloaders_every_n_epochs=1, default_root_dir=args.out,
-                        logger=False, enable_checkpointing=False, enable_model_summary=False, log_every_n_steps=1)
+    trainer = L.Trainer(max_epochs=args.epochs, reload_dataloaders_every_n_epochs=1,
+                        default_root_dir=args.out, logger=False, enable_checkpointing=False,
+                        enable_model_summary=False, log_every_n_steps=1)
     trainer.fit(module, datamodule=data)
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "student.pt")

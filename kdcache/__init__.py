@@ -103,8 +103,8 @@ __all__ = [
     "ViewParams", "ViewPipeline", "create_model", "list_models", "register_model", "load_checkpoint",
     "save_checkpoint",
     # the commands, as library calls
-    "DumpConfig", "DumpSummary", "TeacherSpec", "dump_teacher", "verify_cache", "TrainConfig", "train_student",
-    "train_teacher", "evaluate", "evaluate_checkpoint",
+    "DumpConfig", "DumpSummary", "TeacherSpec", "dump_teacher", "verify_cache", "TrainConfig",
+    "train_student", "train_teacher", "evaluate", "evaluate_checkpoint",
     # errors
     "KdcacheError", "ConfigError", "DataError", "DataNotFoundError", "ModelError", "CheckpointError",
     "CacheError", "CacheNotFoundError", "CacheMismatchError", "CacheIncompleteError", "TeacherOutputError",

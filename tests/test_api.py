@@ -27,8 +27,9 @@ BLOCK = 16
 
 def _dump(data: str, teacher: str, out, *, mix: str = "none", targets: str = "full", views: int = 3) -> str:
     cfg = kdcache.DumpConfig(data=kdcache.DataConfig(source=data), out=str(out),
-                             teacher=kdcache.TeacherSpec(weights=teacher), views=views, seed=7, targets=targets,
-                             view={"size": 16, "mix": mix}, batch_size=8, workers=0, block_size=BLOCK)
+                             teacher=kdcache.TeacherSpec(weights=teacher), views=views, seed=7,
+                             targets=targets, view={"size": 16, "mix": mix}, batch_size=8, workers=0,
+                             block_size=BLOCK)
     kdcache.dump_teacher(cfg, progress=False, log=lambda _m: None)
     return str(out)
 
@@ -117,7 +118,8 @@ def test_dataset_replays_what_the_teacher_saw_through_workers_and_ranks(tmp_path
             expect = F.one_hot(torch.as_tensor(labels[idx]), store.num_classes).float()
             if mix != "none":
                 mixed = params["mix_kind"][idx] > 0
-                lam = torch.as_tensor(np.where(mixed, params["mix_lam"][idx], 1.0), dtype=torch.float32)[:, None]
+                lam = torch.as_tensor(np.where(mixed, params["mix_lam"][idx], 1.0), dtype=torch.float32)
+                lam = lam[:, None]
                 partner = F.one_hot(torch.as_tensor(labels[np.where(mixed, params["mix_partner"][idx], idx)]),
                                     store.num_classes).float()
                 expect = lam * expect + (1 - lam) * partner
@@ -189,12 +191,13 @@ def test_distillation_loss_on_its_own():
         for t in (teacher, {"logits": teacher, "argmax": teacher.argmax(1)}):
             assert torch.allclose(loss_fn(student, y, t)["loss"], expect, atol=1e-5)
     # a top-k cache's targets (K = C - 1): rebuilt exactly at T = 1
-    encoded = kdcache.TargetMode.parse("topk:4").encode(teacher)
-    topk = {k: torch.as_tensor(np.asarray(v)) for k, v in encoded.items()}
-    full = {k: torch.as_tensor(np.asarray(v)) for k, v in kdcache.TargetMode.parse("full").encode(teacher).items()}
+    topk, full = ({k: torch.as_tensor(v) for k, v in kdcache.TargetMode.parse(mode).encode(teacher).items()}
+                  for mode in ("topk:4", "full"))
     at1 = kdcache.DistillationLoss(kdcache.LossConfig(distill="soft", temperature=1.0), 5)
-    assert torch.allclose(at1(student, classes, topk)["kd_loss"], at1(student, classes, full)["kd_loss"], atol=2e-2)
-    hard = kdcache.DistillationLoss(kdcache.LossConfig(distill="hard", alpha=1.0), 5)(student, classes, teacher)
+    assert torch.allclose(at1(student, classes, topk)["kd_loss"], at1(student, classes, full)["kd_loss"],
+                          atol=2e-2)
+    hard_loss = kdcache.DistillationLoss(kdcache.LossConfig(distill="hard", alpha=1.0), 5)
+    hard = hard_loss(student, classes, teacher)
     assert torch.allclose(hard["loss"], F.cross_entropy(student, teacher.argmax(1)))
     alone = loss_fn(student, classes)
     assert float(alone["kd_loss"]) == 0.0 and torch.allclose(alone["loss"], F.cross_entropy(student, classes))

@@ -40,7 +40,8 @@ def test_readme_training_loop_runs(tmp_path, monkeypatch, capsys, tiny_h5, tiny_
     path = re.search(r'open_cache\("([^"]+)"\)', code).group(1)
     monkeypatch.chdir(tmp_path)
     (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
-    dump_teacher(DumpConfig(data=DataConfig(source=tiny_h5), out=path, teacher=TeacherSpec(weights=tiny_teacher),
+    dump_teacher(DumpConfig(data=DataConfig(source=tiny_h5), out=path,
+                            teacher=TeacherSpec(weights=tiny_teacher),
                             views=2, seed=1, view={"size": 16, "mix": "mixup"}, batch_size=16, workers=0,
                             block_size=16), progress=False, log=lambda _m: None)
     namespace: dict = {"__name__": "__readme__"}
