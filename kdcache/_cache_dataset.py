@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 from kdcache.augment import ViewPipeline, ViewSpec
 from kdcache.cache import CacheStore
 from kdcache.data import DataConfig, ImageDataset
-from kdcache.errors import ConfigError
+from kdcache.errors import CacheMismatchError, ConfigError
 from kdcache.train.loop import batch_targets
 from kdcache.train.schedule import epoch_views
 from kdcache.views import ReplayViews
@@ -88,6 +88,7 @@ class CacheDataset(Dataset):
             raise ConfigError(f"seed must be an integer, got {seed!r}")
         store = cache if isinstance(cache, CacheStore) else open_cache(cache, storage_options=storage_options)
         self.path = store.path
+        self.fingerprint = store.identity.fingerprint
         self.storage_options = dict(storage_options) if storage_options else None
         self.seed = int(seed)
         self.with_targets = bool(targets)
@@ -116,6 +117,9 @@ class CacheDataset(Dataset):
         if epoch == self.epoch:
             return
         store = open_cache(self.path, storage_options=self.storage_options)
+        if store.identity.fingerprint != self.fingerprint:
+            raise CacheMismatchError(f"{self.path} was replaced by another cache since this dataset "
+                                     "opened it; create a new CacheDataset")
         views = epoch_views(store.done_units(), epoch=int(epoch), seed=self.seed)
         names = store.layout.names if self.with_targets else store.layout.replay_names
         arrays, teacher = store.layout.split(store.read_views(views, names=names))

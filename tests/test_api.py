@@ -156,6 +156,12 @@ def test_items_never_read_the_store(tmp_path, tiny_h5, tiny_teacher):
     ds.set_epoch(0)  # the current epoch again: nothing to read
     with pytest.raises(kdcache.CacheNotFoundError):
         ds.set_epoch(1)
+    other = kdcache.DumpConfig(data=kdcache.DataConfig(source=tiny_h5), out=path,
+                               teacher=kdcache.TeacherSpec(weights=tiny_teacher), views=2, seed=8,
+                               view={"size": 16}, batch_size=8, workers=0, block_size=BLOCK)
+    kdcache.dump_teacher(other, progress=False, log=lambda _m: None)  # another cache at the same path
+    with pytest.raises(kdcache.CacheMismatchError, match="replaced"):
+        ds.set_epoch(1)
 
 
 def test_data_sources_and_refusals(tmp_path, tiny_h5, tiny_teacher):
