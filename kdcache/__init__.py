@@ -44,6 +44,7 @@ if TYPE_CHECKING:
         epoch_views,
         evaluate,
         evaluate_checkpoint,
+        evaluate_model,
         soft_labels,
         teacher_log_probs,
         train_student,
@@ -90,6 +91,7 @@ _LAZY: dict[str, str] = {
     "train_teacher": "kdcache.train",
     "evaluate": "kdcache.train",
     "evaluate_checkpoint": "kdcache.train",
+    "evaluate_model": "kdcache.train",
 }
 
 # Spelled out (not built from _LAZY) so linters and type checkers see the public names.
@@ -104,7 +106,7 @@ __all__ = [
     "save_checkpoint",
     # the commands, as library calls
     "DumpConfig", "DumpSummary", "TeacherSpec", "dump_teacher", "verify_cache", "TrainConfig",
-    "train_student", "train_teacher", "evaluate", "evaluate_checkpoint",
+    "train_student", "train_teacher", "evaluate", "evaluate_checkpoint", "evaluate_model",
     # errors
     "KdcacheError", "ConfigError", "DataError", "DataNotFoundError", "ModelError", "CheckpointError",
     "CacheError", "CacheNotFoundError", "CacheMismatchError", "CacheIncompleteError", "TeacherOutputError",

@@ -9,8 +9,9 @@ views and yields the same pixels and targets:
   :func:`~kdcache.train.schedule.epoch_views` and reads the epoch's arrays with
   :meth:`~kdcache.cache.CacheStore.read_views` (one chunk read per block and array), in the
   calling (main) process;
-* items are rebuilt by :class:`~kdcache.views.ReplayViews` from those numpy arrays, and their
-  labels and targets come from :func:`~kdcache.train.loop.batch_targets`.
+* items are rebuilt by :class:`~kdcache.views.ReplayViews` from those numpy arrays; their labels
+  come from :func:`~kdcache.train.loop.label_targets` and their targets from
+  :class:`~kdcache.train.targets.CachedTargets`, as in the training loop.
 
 DataLoader workers therefore only see numpy arrays and the dataset's images: they never touch
 the Zarr store (zarr's event loop and forked workers do not mix), and no item reads the store.
@@ -29,8 +30,9 @@ from kdcache.augment import ViewPipeline, ViewSpec
 from kdcache.cache import CacheStore
 from kdcache.data import DataConfig, ImageDataset
 from kdcache.errors import CacheMismatchError, ConfigError
-from kdcache.train.loop import batch_targets
+from kdcache.train.loop import label_targets
 from kdcache.train.schedule import epoch_views
+from kdcache.train.targets import CachedTargets
 from kdcache.views import ReplayViews
 
 __all__ = ["open_cache", "CacheDataset"]
@@ -102,7 +104,7 @@ class CacheDataset(Dataset):
         self.epoch = -1
         self.views: np.ndarray = np.zeros(0, dtype=np.int64)
         self._replay: ReplayViews  # the epoch's replay arrays (numpy), set by set_epoch
-        self._teacher: dict[str, np.ndarray] | None = None
+        self._teacher: CachedTargets | None = None
         self.set_epoch(epoch)
 
     def set_epoch(self, epoch: int) -> None:
@@ -124,7 +126,7 @@ class CacheDataset(Dataset):
         names = store.layout.names if self.with_targets else store.layout.replay_names
         arrays, teacher = store.layout.split(store.read_views(views, names=names))
         self._replay = ReplayViews(self.dataset, self.pipeline, arrays)
-        self._teacher = teacher or None
+        self._teacher = CachedTargets(teacher) if teacher else None
         self.views = views
         self.epoch = int(epoch)
 
@@ -134,8 +136,9 @@ class CacheDataset(Dataset):
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
         """Items at ``indices``, built together (each image decoded once, with block reads)."""
         batch = self._replay.__getitems__([int(i) for i in indices])
-        labels, teacher = batch_targets(batch, self.labels, self.num_classes, self._teacher, _CPU)
-        teacher = {k: v.float() if v.is_floating_point() else v.long() for k, v in (teacher or {}).items()}
+        labels = label_targets(batch, self.labels, self.num_classes, _CPU)
+        cached = self._teacher(batch, batch.images) if self._teacher is not None else {}
+        teacher = {k: v.float() if v.is_floating_point() else v.long() for k, v in cached.items()}
         items = []
         for row, i in enumerate(batch.indices.tolist()):
             item: dict[str, Any] = {"image": batch.images[row], "label": labels[row], "index": i,
