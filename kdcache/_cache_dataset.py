@@ -31,7 +31,7 @@ from kdcache.cache import CacheStore
 from kdcache.data import DataConfig, ImageDataset
 from kdcache.errors import CacheMismatchError, ConfigError
 from kdcache.train.loop import label_targets
-from kdcache.train.schedule import epoch_views
+from kdcache.train.schedule import read_epoch
 from kdcache.train.targets import CachedTargets
 from kdcache.views import ReplayViews
 
@@ -122,9 +122,7 @@ class CacheDataset(Dataset):
         if store.identity.fingerprint != self.fingerprint:
             raise CacheMismatchError(f"{self.path} was replaced by another cache since this dataset "
                                      "opened it; create a new CacheDataset")
-        views = epoch_views(store.done_units(), epoch=int(epoch), seed=self.seed)
-        names = store.layout.names if self.with_targets else store.layout.replay_names
-        arrays, teacher = store.layout.split(store.read_views(views, names=names))
+        views, arrays, teacher = read_epoch(store, epoch=int(epoch), seed=self.seed, targets=self.with_targets)
         self._replay = ReplayViews(self.dataset, self.pipeline, arrays)
         self._teacher = CachedTargets(teacher) if teacher else None
         self.views = views

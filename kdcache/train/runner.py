@@ -39,7 +39,7 @@ from kdcache.runtime import DistContext, select_device
 from kdcache.train.logging import MetricsLogger
 from kdcache.train.loop import evaluate, train_one_epoch
 from kdcache.train.losses import DistillationLoss, LossConfig
-from kdcache.train.schedule import epoch_views
+from kdcache.train.schedule import read_epoch
 from kdcache.train.targets import CachedTargets, OnlineTargets, TargetSource
 from kdcache.views import EvalViews, FlatBatches, ReplayViews, ViewDraws, identity_collate, resolve_view_spec
 
@@ -279,17 +279,14 @@ def train_student(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str
 
 def _cached_epochs(store: CacheStore, ds, pipeline: ViewPipeline, cfg: TrainConfig, ctx: DistContext, pin: bool):
     """Each epoch: one cached view per sample (``epoch_views``), replayed, with its cached targets."""
-    names = store.layout.names if cfg.loss.distill != "none" else store.layout.replay_names
-
+    distill = cfg.loss.distill != "none"
     m = cfg.views_per_image
 
     def epoch_data(epoch: int):
         # Reopen each epoch: views another process added (and marked done) become eligible.
         store = CacheStore.open(cfg.cache, mode="r", storage_options=cfg.storage_options)
-        done = store.done_units()
         # Epochs epoch..epoch+m-1 train on the views epoch_views picks for them, whatever m is.
-        slots = [store.layout.split(store.read_views(epoch_views(done, epoch=epoch + j, seed=cfg.seed),
-                                                     names=names)) for j in range(m)]
+        slots = [read_epoch(store, epoch=epoch + j, seed=cfg.seed, targets=distill)[1:] for j in range(m)]
         targets = CachedTargets([t for _, t in slots]) if slots[0][1] else None
         batches = _shard_batches(len(ds), epoch=epoch, seed=cfg.seed, batch_size=cfg.batch_size, ctx=ctx)
         if m == 1:

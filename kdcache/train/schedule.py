@@ -14,7 +14,7 @@ import numpy as np
 
 from kdcache.errors import CacheIncompleteError
 
-__all__ = ["epoch_views"]
+__all__ = ["epoch_views", "read_epoch"]
 
 
 def epoch_views(done_units: np.ndarray, *, epoch: int, seed: int) -> np.ndarray:
@@ -29,3 +29,16 @@ def epoch_views(done_units: np.ndarray, *, epoch: int, seed: int) -> np.ndarray:
         rng = np.random.default_rng([int(seed), b, cycle, 0x6B64])
         out[b] = rng.permutation(eligible)[pos]
     return out
+
+
+def read_epoch(store, *, epoch: int, seed: int, targets: bool = True
+               ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """What a cached run trains on in ``epoch``: (view per block, replay arrays, target arrays).
+
+    The views are :func:`epoch_views` of the store's done units; every array is read once per block
+    (one chunk each), in the calling process. Without ``targets`` only the replay arrays are read.
+    """
+    views = epoch_views(store.done_units(), epoch=epoch, seed=seed)
+    names = store.layout.names if targets else store.layout.replay_names
+    replay, teacher = store.layout.split(store.read_views(views, names=names))
+    return views, replay, teacher
