@@ -23,7 +23,7 @@ from kdcache.augment import ViewSpec
 from kdcache.errors import KdcacheError
 
 __all__ = ["config_option", "data_options", "runtime_options", "view_options", "eval_view_options", "view_overrides",
-           "library_errors", "echo_json", "load_config_file", "SectionedCommand", "section"]
+           "library_errors", "echo_json", "load_config_file", "SectionedCommand", "section", "random_init_options"]
 
 
 class SectionedCommand(click.Command):
@@ -200,6 +200,14 @@ def view_overrides(kw: dict) -> dict:
     out = {f.name: kw.pop(f.name, None) for f in _VIEW_FIELDS}
     return {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in out.items()
             if v is not None and v != ()}
+
+
+random_init_options = (
+    click.option("--random-init", is_flag=True,
+                 help="Use the teacher untrained, initialised from --init-seed (tests and benchmarks only)."),
+    click.option("--init-seed", type=int, default=0, show_default=True,
+                 help="Seed of --random-init's initialisation (the same weights in every process)."),
+)
 
 
 def library_errors(f: Callable) -> Callable:

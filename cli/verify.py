@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli.options import config_option, data_options, echo_json, library_errors
+from cli.options import config_option, data_options, echo_json, library_errors, random_init_options
 from kdcache.data import DataConfig
 from kdcache.engine import TeacherSpec
 from kdcache.engine.verify import verify_cache, verify_integrity
@@ -19,6 +19,8 @@ from kdcache.utils import parse_key_values, parse_model_args
               help="Teacher weights the cache was made with (file or timm/Hugging Face checkpoint directory).")
 @click.option("--teacher-arg", "teacher_args", multiple=True,
               help="KEY=VALUE passed to the teacher's constructor (repeatable), as given to dump-teacher.")
+@random_init_options[0]
+@random_init_options[1]
 @data_options()
 @click.option("--samples", type=click.IntRange(min=1), default=64, show_default=True,
               help="Completed (sample, view) pairs to replay through the teacher.")
@@ -34,8 +36,8 @@ from kdcache.utils import parse_key_values, parse_model_args
 @click.option("--storage-option", "storage_options", multiple=True, help="KEY=VALUE for fsspec URLs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @library_errors
-def verify_cmd(cache, teacher, teacher_weights, teacher_args, data, split, limit, subset_seed, samples, seed, atol,
-               allow_incomplete, integrity_only, batch_size, device, storage_options, as_json):
+def verify_cmd(cache, teacher, teacher_weights, teacher_args, random_init, init_seed, data, split, limit, subset_seed,
+               samples, seed, atol, allow_incomplete, integrity_only, batch_size, device, storage_options, as_json):
     """Check a cache against its teacher: replay sampled views from their recorded parameters.
 
     Rebuilds each sampled view from the parameters stored in the cache, runs the teacher on it and
@@ -64,7 +66,8 @@ def verify_cmd(cache, teacher, teacher_weights, teacher_args, data, split, limit
         if not as_json:
             click.echo("ok")
         return
-    r = verify_cache(cache, TeacherSpec(name=teacher, weights=teacher_weights, kwargs=parse_model_args(teacher_args)),
+    r = verify_cache(cache, TeacherSpec(name=teacher, weights=teacher_weights, kwargs=parse_model_args(teacher_args),
+                                         random_init=random_init, init_seed=init_seed),
                      DataConfig(source=data, split=split, limit=limit, subset_seed=subset_seed),
                      samples=samples, seed=seed, batch_size=batch_size, device=device, atol=atol,
                      allow_incomplete=allow_incomplete, storage_options=opts)

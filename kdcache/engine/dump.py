@@ -40,7 +40,14 @@ from kdcache.data import DataConfig
 from kdcache.engine.teacher import TeacherSpec, build_teacher
 from kdcache.errors import CacheError, CacheMismatchError, ConfigError, KdcacheError, TeacherOutputError
 from kdcache.runtime import DistContext, autocast, select_device
-from kdcache.views import BlockBatches, ViewBatch, ViewDraws, identity_collate, resolve_view_spec
+from kdcache.views import (
+    BlockBatches,
+    ViewBatch,
+    ViewDraws,
+    describe_view_sources,
+    identity_collate,
+    resolve_view_sources,
+)
 
 __all__ = ["DumpConfig", "DumpSummary", "dump_teacher"]
 
@@ -284,7 +291,9 @@ def _dump(cfg: DumpConfig, mode: TargetMode, ctx: DistContext, *, progress: bool
     ds = cfg.data.open().preload()  # resident before forking workers: one shared copy
     mode.check_classes(ds.num_classes)
     teacher = build_teacher(cfg.teacher, num_classes=ds.num_classes)
-    spec = resolve_view_spec(teacher.cfg, cfg.view)
+    spec, sources = resolve_view_sources(teacher.cfg, cfg.view, recorded=teacher.views,
+                                         recorded_from=teacher.views_from or "the checkpoint")
+    log(describe_view_sources(spec, sources))
     pipeline = ViewPipeline(spec)
     identity = CacheIdentity(teacher=teacher.identity(), dataset=dataset_identity(ds), view_spec=spec.replay_dict(),
                              seed=int(cfg.seed), targets=str(mode))

@@ -82,9 +82,9 @@ def test_config_file_supplies_options_and_flags_override(tmp_path, tiny_h5, cach
 
 def test_dump_refuses_other_teacher_and_leaves_cache_untouched(tmp_path, tiny_h5, tiny_teacher, cache):
     before = tree_digest(Path(cache))
-    res = run("dump-teacher", "--data", tiny_h5, "--teacher", "cnn_small", "--out", cache, "--size", "16",
-              "--workers", "0", "--no-progress", ok=False)
-    assert res.exit_code == 1 and "teacher" in res.output and "Traceback" not in res.output
+    res = run("dump-teacher", "--data", tiny_h5, "--teacher", "cnn_small", "--random-init", "--out", cache,
+              "--size", "16", "--workers", "0", "--no-progress", ok=False)
+    assert res.exit_code == 1 and "teacher.name" in res.output and "Traceback" not in res.output
     res = run(*dump_args(tiny_h5, tiny_teacher, cache, "--seed", "5"), ok=False)
     assert res.exit_code == 1 and "seed" in res.output
     res = run(*dump_args(tiny_h5, tiny_teacher, cache, "--targets", "topk:2"), ok=False)
