@@ -221,6 +221,9 @@ def library_errors(f: Callable) -> Callable:
             raise click.ClickException(_flag_names(str(e), click.get_current_context())) from e
         except KeyboardInterrupt:
             raise click.ClickException("interrupted; rerun the same command to resume") from None
+        except OSError as e:  # a path the library did not check itself: still one line, never a traceback
+            where = f": {e.filename}" if e.filename else ""
+            raise click.ClickException(f"{e.strerror or e}{where}") from e
 
     return wrapper
 

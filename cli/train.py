@@ -36,18 +36,20 @@ optim_options = section(
     click.option("--grad-clip", type=float, default=None, help="Clip the gradient norm."),
     click.option("--amp/--no-amp", default=False, show_default=True, help="Mixed precision on CUDA."),
     click.option("--resume", is_flag=True, help="Continue from OUT/last.pt."),
+    click.option("--overwrite", is_flag=True, help="Replace the run already in OUT (its checkpoints and metrics)."),
     click.option("--max-steps-per-epoch", type=click.IntRange(min=1), default=None,
                  help="Cap the steps of each epoch (quick runs)."),
 )
 
 
 def _common(data, split, limit, subset_seed, out, val_split, epochs, batch_size, lr, min_lr, weight_decay,
-            warmup_epochs, label_smoothing, grad_clip, amp, resume, max_steps_per_epoch, seed, device, workers):
+            warmup_epochs, label_smoothing, grad_clip, amp, resume, overwrite, max_steps_per_epoch, seed, device,
+            workers):
     return dict(
         data=DataConfig(source=data, split=split, limit=limit, subset_seed=subset_seed), out=out,
         val_split=None if str(val_split).lower() == "none" else val_split, epochs=epochs, batch_size=batch_size,
         lr=lr, min_lr=min_lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs, grad_clip=grad_clip,
-        amp=amp, resume=resume, max_steps_per_epoch=max_steps_per_epoch, seed=seed, device=device,
+        amp=amp, resume=resume, overwrite=overwrite, max_steps_per_epoch=max_steps_per_epoch, seed=seed, device=device,
         workers=workers), label_smoothing
 
 

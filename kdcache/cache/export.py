@@ -64,7 +64,10 @@ def export_hdf5(path: str, out_h5: str | os.PathLike[str], *, storage_options: M
         raise damage_error(store.path, damage)
     arrays = store.arrays()
     steps = sum(len(list(_blocks(a))) for a in arrays.values())
-    fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{os.path.basename(out)}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{os.path.basename(out)}.", suffix=".tmp")
+    except OSError as e:
+        raise CacheError(f"cannot write {out}: {e.strerror or e}") from e
     os.close(fd)
     t0 = time.perf_counter()
     try:
@@ -74,9 +77,11 @@ def export_hdf5(path: str, out_h5: str | os.PathLike[str], *, storage_options: M
             for name, arr in arrays.items():
                 _copy_array(f, store, name, arr, compression, bar)
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError):  # a full disk, a vanished directory: nothing was left behind
+            raise CacheError(f"cannot write {out}: {e.strerror or e}; nothing was written") from e
         raise
     return {
         "cache": store.path,
