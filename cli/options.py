@@ -136,16 +136,19 @@ def config_option(f: Callable) -> Callable:
                         help="TOML/YAML/JSON file whose keys are this command's options; flags override it.")(f)
 
 
-def data_options(*, split_default: str = "train") -> Callable:
+def data_options(*, split_default: str = "train", from_cache: bool = False) -> Callable:
+    """--data/--split/--limit/--subset-seed; ``from_cache``: unset options take the cache's recorded data."""
+    cached = " [the cache's]" if from_cache else ""
     return section(
         "Data",
-        click.option("--data", "data", default="digits", show_default=True,
-                     help="Dataset: digits | hdf5:PATH | folder:PATH | cifar10:ROOT."),
-        click.option("--split", default=split_default, show_default=True, help="Dataset split."),
+        click.option("--data", "data", default=None if from_cache else "digits", show_default=not from_cache,
+                     help="Dataset: digits | hdf5:PATH | folder:PATH | cifar10:ROOT." + cached),
+        click.option("--split", default=None if from_cache else split_default, show_default=not from_cache,
+                     help="Dataset split." + cached),
         click.option("--limit", type=click.IntRange(min=1), default=None,
-                     help="Use a seeded, class-stratified subset of N samples (quick runs)."),
-        click.option("--subset-seed", type=int, default=0, show_default=True,
-                     help="Seed of the stratified subset taken by --limit."),
+                     help="Use a seeded, class-stratified subset of N samples (quick runs)." + cached),
+        click.option("--subset-seed", type=int, default=None if from_cache else 0, show_default=not from_cache,
+                     help="Seed of the stratified subset taken by --limit." + cached),
     )
 
 

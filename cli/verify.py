@@ -5,7 +5,6 @@ from __future__ import annotations
 import click
 
 from cli.options import config_option, data_options, echo_json, library_errors, random_init_options
-from kdcache.data import DataConfig
 from kdcache.engine import TeacherSpec
 from kdcache.engine.verify import verify_cache, verify_integrity
 from kdcache.utils import parse_key_values, parse_model_args
@@ -21,7 +20,7 @@ from kdcache.utils import parse_key_values, parse_model_args
               help="KEY=VALUE passed to the teacher's constructor (repeatable), as given to dump-teacher.")
 @random_init_options[0]
 @random_init_options[1]
-@data_options()
+@data_options(from_cache=True)
 @click.option("--samples", type=click.IntRange(min=1), default=64, show_default=True,
               help="Completed (sample, view) pairs to replay through the teacher.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the choice of pairs.")
@@ -47,8 +46,9 @@ def verify_cmd(cache, teacher, teacher_weights, teacher_args, random_init, init_
 
     \b
     Example:
-      kdcache verify cifar-r56.zarr --data hdf5:cifar10.h5 --teacher cifar_resnet56 \\
-          --teacher-weights resnet56.th --samples 256
+      kdcache verify cifar-r56.zarr --teacher cifar_resnet56 --teacher-weights resnet56.th --samples 256
+
+    The data is the one recorded in the cache; --data, --split, --limit, --subset-seed override it.
     """
     opts = parse_key_values(storage_options) or None
     if integrity_only:
@@ -68,7 +68,7 @@ def verify_cmd(cache, teacher, teacher_weights, teacher_args, random_init, init_
         return
     r = verify_cache(cache, TeacherSpec(name=teacher, weights=teacher_weights, kwargs=parse_model_args(teacher_args),
                                          random_init=random_init, init_seed=init_seed),
-                     DataConfig(source=data, split=split, limit=limit, subset_seed=subset_seed),
+                     dict(source=data, split=split, limit=limit, subset_seed=subset_seed),
                      samples=samples, seed=seed, batch_size=batch_size, device=device, atol=atol,
                      allow_incomplete=allow_incomplete, storage_options=opts)
     if as_json:
