@@ -55,8 +55,8 @@ from kdcache.utils import human_bytes, parse_key_values, parse_model_args
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @runtime_options
 @library_errors
-def dump_teacher_cmd(data, split, limit, subset_seed, teacher, teacher_weights, teacher_args, random_init, init_seed,
-                     out, views, add_views, seed, targets, batch_size, block_size, amp, storage_options, as_json, device, workers, progress,
+def dump_teacher_cmd(data, split, limit, subset_seed, val_fraction, teacher, teacher_weights, teacher_args,
+                     random_init, init_seed, out, views, add_views, seed, targets, batch_size, block_size, amp, storage_options, as_json, device, workers, progress,
                      **view_kw):
     """Run a teacher once over V augmented views of a dataset and cache its outputs.
 
@@ -71,7 +71,7 @@ def dump_teacher_cmd(data, split, limit, subset_seed, teacher, teacher_weights, 
           --teacher-weights resnet56.th --views 8 --out cifar-r56.zarr
     """
     cfg = DumpConfig(
-        data=DataConfig(source=data, split=split, limit=limit, subset_seed=subset_seed),
+        data=DataConfig(source=data, split=split, limit=limit, subset_seed=subset_seed, val_fraction=val_fraction),
         out=out, teacher=TeacherSpec(name=teacher, weights=teacher_weights, kwargs=parse_model_args(teacher_args),
                                      random_init=random_init, init_seed=init_seed),
         views=views, add_views=add_views,

@@ -149,6 +149,10 @@ def data_options(*, split_default: str = "train", from_cache: bool = False) -> C
                      help="Use a seeded, class-stratified subset of N samples (quick runs)." + cached),
         click.option("--subset-seed", type=int, default=None if from_cache else 0, show_default=not from_cache,
                      help="Seed of the stratified subset taken by --limit." + cached),
+        click.option("--val-fraction", type=click.FloatRange(min=0, max=1, max_open=True),
+                     default=None if from_cache else 0.0, show_default=not from_cache,
+                     help="folder: data without split folders: hold out this fraction per class as the "
+                          "'val' split (deterministic, by file name)." + cached),
     )
 
 

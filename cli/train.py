@@ -23,8 +23,8 @@ optim_options = section(
     "Training",
     click.option("--out", required=True, type=click.Path(file_okay=False),
                  help="Run directory (checkpoints, metrics.jsonl, config.json)."),
-    click.option("--val-split", default="test", show_default=True,
-                 help="Held-out split evaluated each epoch ('none' to skip)."),
+    click.option("--val-split", default=None,
+                 help="Held-out split evaluated each epoch ('none' to skip) [test; val with --val-fraction]."),
     click.option("--seed", type=int, default=0, show_default=True),
     click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True),
     click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True),
@@ -42,15 +42,22 @@ optim_options = section(
 )
 
 
-def _common(data, split, limit, subset_seed, out, val_split, epochs, batch_size, lr, min_lr, weight_decay,
+def _common(data, split, limit, subset_seed, val_fraction, out, val_split, epochs, batch_size, lr, min_lr,
+            weight_decay,
             warmup_epochs, label_smoothing, grad_clip, amp, resume, overwrite, max_steps_per_epoch, seed, device,
             workers):
     return dict(
-        data=DataConfig(source=data, split=split, limit=limit, subset_seed=subset_seed), out=out,
-        val_split=None if str(val_split).lower() == "none" else val_split, epochs=epochs, batch_size=batch_size,
+        data=DataConfig(source=data, split=split, limit=limit, subset_seed=subset_seed, val_fraction=val_fraction),
+        out=out, val_split=_val_split(val_split, val_fraction), epochs=epochs, batch_size=batch_size,
         lr=lr, min_lr=min_lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs, grad_clip=grad_clip,
         amp=amp, resume=resume, overwrite=overwrite, max_steps_per_epoch=max_steps_per_epoch, seed=seed, device=device,
         workers=workers), label_smoothing
+
+
+def _val_split(given: str | None, val_fraction: float) -> str | None:
+    if given is None:
+        return "val" if val_fraction else "test"
+    return None if given.lower() == "none" else given
 
 
 def _report(result: dict) -> None:

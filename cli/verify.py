@@ -36,7 +36,8 @@ from kdcache.utils import parse_key_values, parse_model_args
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @library_errors
 def verify_cmd(cache, teacher, teacher_weights, teacher_args, random_init, init_seed, data, split, limit, subset_seed,
-               samples, seed, atol, allow_incomplete, integrity_only, batch_size, device, storage_options, as_json):
+               val_fraction, samples, seed, atol, allow_incomplete, integrity_only, batch_size, device,
+               storage_options, as_json):
     """Check a cache against its teacher: replay sampled views from their recorded parameters.
 
     Rebuilds each sampled view from the parameters stored in the cache, runs the teacher on it and
@@ -68,7 +69,7 @@ def verify_cmd(cache, teacher, teacher_weights, teacher_args, random_init, init_
         return
     r = verify_cache(cache, TeacherSpec(name=teacher, weights=teacher_weights, kwargs=parse_model_args(teacher_args),
                                          random_init=random_init, init_seed=init_seed),
-                     dict(source=data, split=split, limit=limit, subset_seed=subset_seed),
+                     dict(source=data, split=split, limit=limit, subset_seed=subset_seed, val_fraction=val_fraction),
                      samples=samples, seed=seed, batch_size=batch_size, device=device, atol=atol,
                      allow_incomplete=allow_incomplete, storage_options=opts)
     if as_json:
