@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -80,8 +81,10 @@ def export_hdf5(path: str, out_h5: str | os.PathLike[str], *, storage_options: M
     except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        if isinstance(e, OSError):  # a full disk, a vanished directory: nothing was left behind
-            raise CacheError(f"cannot write {out}: {e.strerror or e}; nothing was written") from e
+        if isinstance(e, (OSError, RuntimeError)):  # a full disk (h5py: RuntimeError), a vanished directory
+            found = re.search(r"error message = '([^']+)'", str(e))  # HDF5's report names the OS error
+            reason = getattr(e, "strerror", None) or (found.group(1) if found else str(e).strip().splitlines()[0])
+            raise CacheError(f"cannot write {out}: {reason}; nothing was written") from e
         raise
     return {
         "cache": store.path,

@@ -150,8 +150,9 @@ def _run_directory(cfg: TrainConfig, ctx: DistContext) -> Iterator[None]:
 
 
 def _write_failed(path: str, e: BaseException) -> CheckpointError:
-    text = str(e).strip()
-    reason = getattr(e, "strerror", None) or (text.splitlines()[0] if text else type(e).__name__)
+    # torch reports a short write as RuntimeError("[enforce fail at inline_container.cc] unexpected pos ...")
+    reason = getattr(e, "strerror", None) or ("the file could not be written in full" if isinstance(e, RuntimeError)
+                                              else str(e).strip() or type(e).__name__)
     return CheckpointError(f"cannot write {path} ({reason}); is the disk full or the directory read-only?")
 
 
