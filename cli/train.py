@@ -9,6 +9,7 @@ from cli.options import (
     config_option,
     data_options,
     library_errors,
+    random_init_options,
     runtime_options,
     section,
     view_options,
@@ -84,6 +85,7 @@ def _report(result: dict) -> None:
                       "directory; torch files load with weights_only=True)."),
     click.option("--teacher-arg", "teacher_args", multiple=True,
                  help="KEY=VALUE for the --online-teacher's constructor (repeatable)."),
+    *random_init_options,
     click.option("--views-per-image", type=click.IntRange(min=1), default=1, show_default=True,
                  help="Replay M cached views from each decoded image (FKD's trick): one pass over the data "
                       "trains M epochs; --epochs must be a multiple of M."),
@@ -102,7 +104,8 @@ def _report(result: dict) -> None:
 @optim_options
 @runtime_options
 @library_errors
-def train_student_cmd(cache, storage_options, teacher, teacher_weights, teacher_args, views_per_image, student,
+def train_student_cmd(cache, storage_options, teacher, teacher_weights, teacher_args, random_init, init_seed,
+                      views_per_image, student,
                       model_args, distill, no_distill, alpha, temperature, topk_fill, progress, **kw):
     """Train a student from a teacher cache, replaying each cached view exactly.
 
@@ -120,13 +123,14 @@ def train_student_cmd(cache, storage_options, teacher, teacher_weights, teacher_
           --student deit_tiny_patch4_32_distilled --distill hard --epochs 100 --out runs/deit
     """
     view = view_overrides(kw)
-    if teacher is None and (teacher_weights or teacher_args):
-        raise click.UsageError("--teacher-weights and --teacher-arg need --online-teacher")
+    if teacher is None and (teacher_weights or teacher_args or random_init):
+        raise click.UsageError("--teacher-weights, --teacher-arg and --random-init need --online-teacher")
     if cache is None and teacher is None:
         raise click.UsageError("give --cache (cached training) or --online-teacher (the online reference)")
     online = None
     if teacher is not None:
-        online = TeacherSpec(name=teacher, weights=teacher_weights, kwargs=parse_model_args(teacher_args))
+        online = TeacherSpec(name=teacher, weights=teacher_weights, kwargs=parse_model_args(teacher_args),
+                             random_init=random_init, init_seed=init_seed)
     common, ls = _common(**kw)
     loss = LossConfig(distill="none" if no_distill else distill, alpha=alpha, temperature=temperature,
                       label_smoothing=ls, topk_fill=topk_fill)
