@@ -19,8 +19,20 @@ def add_teacher_args(ap: argparse.ArgumentParser, *, student: bool = True) -> No
     ap.add_argument("--data", default=f"hdf5:{SHARED / 'data' / 'cifar10.h5'}")
     ap.add_argument("--teacher", default="cifar_resnet56")
     ap.add_argument("--weights", default=str(SHARED / "weights" / "resnet56-4bfd9763.th"))
+    ap.add_argument("--random-init", action="store_true",
+                    help="an untrained teacher seeded by --init-seed instead of --weights (speed runs only)")
+    ap.add_argument("--init-seed", type=int, default=0)
     if student:
         ap.add_argument("--student", default="cifar_resnet20")
+
+
+def teacher_spec(args: argparse.Namespace):
+    """The teacher the arguments name: --weights, or a seeded random initialisation with --random-init."""
+    from kdcache.engine import TeacherSpec
+
+    if args.random_init:
+        return TeacherSpec(name=args.teacher, random_init=True, init_seed=args.init_seed)
+    return TeacherSpec(name=args.teacher, weights=args.weights)
 
 
 def write_json(path: str, args: argparse.Namespace, **payload: Any) -> None:

@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 
 import torch
-from _common import add_teacher_args, write_json
+from _common import add_teacher_args, teacher_spec, write_json
 
 from kdcache.cache import CacheStore
 from kdcache.data import DataConfig
-from kdcache.engine import DumpConfig, TeacherSpec, dump_teacher
+from kdcache.engine import DumpConfig, dump_teacher
 
 
 def array_bytes(path: str, name: str) -> int:
@@ -43,7 +43,7 @@ def main() -> None:
         for mode in args.modes.split(","):
             out = os.path.join(tmp, mode.replace(":", "") + ".zarr")
             cfg = DumpConfig(data=DataConfig(source=args.data, limit=args.limit), out=out,
-                             teacher=TeacherSpec(name=args.teacher, weights=args.weights), views=args.views,
+                             teacher=teacher_spec(args), views=args.views,
                              targets=mode, workers=args.workers, batch_size=256)
             t0 = time.perf_counter()
             s = dump_teacher(cfg, progress=False, log=lambda _m: None)

@@ -14,7 +14,7 @@ import os
 import tempfile
 import time
 
-from _common import add_teacher_args, write_json
+from _common import add_teacher_args, teacher_spec, write_json
 
 from kdcache.data import DataConfig
 from kdcache.engine import DumpConfig, TeacherSpec, dump_teacher
@@ -40,25 +40,25 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         cache = os.path.join(tmp, "teacher.zarr")
-        teacher_spec = TeacherSpec(name=args.teacher, weights=args.weights)
+        spec = teacher_spec(args)
         finetune_s = 0.0
         if args.finetune_epochs:
             t0 = time.perf_counter()
             ft = train_teacher(TrainConfig(data=train, out=os.path.join(tmp, "ft"), model=args.teacher,
-                                           init_weights=args.weights, epochs=args.finetune_epochs, lr=5e-4,
+                                           init_weights=None if args.random_init else args.weights, epochs=args.finetune_epochs, lr=5e-4,
                                            warmup_epochs=0.5, view={"scale": tuple(args.scale)}, val_split=None,
                                            workers=args.workers), progress=False, log=lambda _m: None)
             finetune_s = time.perf_counter() - t0
-            teacher_spec = TeacherSpec(weights=ft["last"])
+            spec = TeacherSpec(weights=ft["last"])
         t0 = time.perf_counter()
-        s = dump_teacher(DumpConfig(data=train, out=cache, teacher=teacher_spec,
+        s = dump_teacher(DumpConfig(data=train, out=cache, teacher=spec,
                                     views=args.views, view={"scale": tuple(args.scale)}, workers=args.workers,
                                     batch_size=256), progress=False, log=lambda _m: None)
         dump_s = time.perf_counter() - t0
         # the teacher as a kdcache checkpoint, so it is evaluated exactly like the students
         from kdcache.engine import build_teacher
 
-        t = build_teacher(teacher_spec, num_classes=10)
+        t = build_teacher(spec, num_classes=10)
         teacher_ckpt = os.path.join(tmp, "teacher.pt")
         save_checkpoint(teacher_ckpt, t.model)
         tuned = f" fine-tuned {args.finetune_epochs} ep" if args.finetune_epochs else " (public)"

@@ -20,13 +20,13 @@ import time
 
 import numpy as np
 import torch
-from _common import add_teacher_args, write_json
+from _common import add_teacher_args, teacher_spec, write_json
 from torch.utils.data import DataLoader
 
 from kdcache.augment import ViewPipeline, ViewSpec
 from kdcache.cache import CacheStore
 from kdcache.data import DataConfig
-from kdcache.engine import DumpConfig, TeacherSpec, build_teacher, dump_teacher
+from kdcache.engine import DumpConfig, build_teacher, dump_teacher
 from kdcache.models import create_model
 from kdcache.train import DistillationLoss, LossConfig, epoch_views, train_one_epoch
 from kdcache.train.targets import OnlineTargets
@@ -61,13 +61,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cache = os.path.join(tmp, "c.zarr")
         t0 = time.perf_counter()
-        s = dump_teacher(DumpConfig(data=data, out=cache, teacher=TeacherSpec(name=args.teacher, weights=args.weights),
+        s = dump_teacher(DumpConfig(data=data, out=cache, teacher=teacher_spec(args),
                                     views=args.views, workers=0, batch_size=256), progress=False, log=lambda _m: None)
         dump_seconds = time.perf_counter() - t0
         store = CacheStore.open(cache)
         spec = ViewSpec.from_dict(store.identity.view_spec)
         pipeline = ViewPipeline(spec)
-        teacher = build_teacher(TeacherSpec(name=args.teacher, weights=args.weights), num_classes=ds.num_classes).model
+        teacher = build_teacher(teacher_spec(args), num_classes=ds.num_classes).model
         arrays = store.read_views(epoch_views(store.done_units(), epoch=0, seed=0))
         targets = {k: arrays.pop(k) for k in ("logits", "argmax")}
         perm = np.random.default_rng(0).permutation(len(ds)).tolist()

@@ -225,13 +225,9 @@ def main() -> None:
     result: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         if args.teacher_weights is None:  # a seeded random teacher is fine for speed
-            from kdcache.models.checkpoint import save_checkpoint
-
-            weights = os.path.join(tmp, "teacher.pt")
-            save_checkpoint(weights, create_model(args.teacher, num_classes=ds.num_classes))
+            teacher_spec = TeacherSpec(name=args.teacher, random_init=True)
         else:
-            weights = args.teacher_weights
-        teacher_spec = TeacherSpec(name=args.teacher, weights=weights)
+            teacher_spec = TeacherSpec(name=args.teacher, weights=args.teacher_weights)
         teacher = build_teacher(teacher_spec, num_classes=ds.num_classes)
         spec = resolve_view_spec(teacher.cfg, {"size": args.size})
         if "train" in args.parts:

@@ -10,6 +10,7 @@ from cli.options import (
     data_options,
     echo_json,
     library_errors,
+    random_init_options,
     runtime_options,
     section,
     view_options,
@@ -32,6 +33,7 @@ from kdcache.utils import human_bytes, parse_key_values, parse_model_args
                       "timm/Hugging Face checkpoint directory (torch files load with weights_only=True)."),
     click.option("--teacher-arg", "teacher_args", multiple=True,
                  help="KEY=VALUE passed to the teacher's constructor (repeatable), e.g. pretrained=true."),
+    *random_init_options,
     click.option("--amp/--no-amp", default=False, show_default=True, help="Mixed precision on CUDA."),
     click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True),
 )
@@ -53,13 +55,15 @@ from kdcache.utils import human_bytes, parse_key_values, parse_model_args
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @runtime_options
 @library_errors
-def dump_teacher_cmd(data, split, limit, subset_seed, teacher, teacher_weights, teacher_args, out, views, add_views, seed,
-                     targets, batch_size, block_size, amp, storage_options, as_json, device, workers, progress,
+def dump_teacher_cmd(data, split, limit, subset_seed, val_fraction, teacher, teacher_weights, teacher_args,
+                     random_init, init_seed, out, views, add_views, seed, targets, batch_size, block_size, amp, storage_options, as_json, device, workers, progress,
                      **view_kw):
     """Run a teacher once over V augmented views of a dataset and cache its outputs.
 
     Each view's augmentation parameters are recorded beside the teacher's logits, so
     students replay the exact view. Rerunning the same command resumes an interrupted dump.
+    A kdcache teacher checkpoint that records its training views sets the view size,
+    normalisation and interpolation (flags override them); the command prints which it used.
 
     \b
     Example:
@@ -67,11 +71,13 @@ def dump_teacher_cmd(data, split, limit, subset_seed, teacher, teacher_weights, 
           --teacher-weights resnet56.th --views 8 --out cifar-r56.zarr
     """
     cfg = DumpConfig(
-        data=DataConfig(source=data, split=split, limit=limit, subset_seed=subset_seed),
-        out=out, teacher=TeacherSpec(name=teacher, weights=teacher_weights, kwargs=parse_model_args(teacher_args)), views=views, add_views=add_views,
+        data=DataConfig(source=data, split=split, limit=limit, subset_seed=subset_seed, val_fraction=val_fraction),
+        out=out, teacher=TeacherSpec(name=teacher, weights=teacher_weights, kwargs=parse_model_args(teacher_args),
+                                     random_init=random_init, init_seed=init_seed),
+        views=views, add_views=add_views,
         seed=seed, targets=targets, view=view_overrides(view_kw), batch_size=batch_size, workers=workers,
         block_size=block_size, device=device, amp=amp, storage_options=parse_key_values(storage_options) or None)
-    s = dump_teacher(cfg, progress=progress, log=click.echo)
+    s = dump_teacher(cfg, progress=progress, log=lambda m: click.echo(m, err=as_json))
     if s.rank != 0:
         return
     if as_json:

@@ -40,8 +40,8 @@ from kdcache.utils import parse_model_args
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @runtime_options
 @library_errors
-def evaluate_cmd(checkpoint, model_name, weights, model_args, random_init, data, split, limit, subset_seed, batch_size,
-                 as_json, device, workers, progress, **view_kw):
+def evaluate_cmd(checkpoint, model_name, weights, model_args, random_init, data, split, limit, subset_seed,
+                 val_fraction, batch_size, as_json, device, workers, progress, **view_kw):
     """Top-1 / top-5 accuracy of a kdcache CHECKPOINT (on its own eval views), or of any --model with
     --weights from any file (on the model's default eval view; the eval view options override it).
     A DeiT student averages its two heads.
@@ -64,13 +64,14 @@ def evaluate_cmd(checkpoint, model_name, weights, model_args, random_init, data,
         raise click.UsageError("--model needs --weights FILE (or --random-init to evaluate it untrained)")
     if weights and random_init:
         raise click.UsageError("--weights and --random-init exclude each other")
-    dc = DataConfig(source=data, split=split, limit=limit, subset_seed=subset_seed)
+    dc = DataConfig(source=data, split=split, limit=limit, subset_seed=subset_seed, val_fraction=val_fraction)
     if checkpoint:
         what = checkpoint
         stats = evaluate_checkpoint(checkpoint, dc, batch_size=batch_size, workers=workers, device=device)
     else:
         what = f"{model_name} ({weights or 'random init'})"
-        stats = evaluate_model(TeacherSpec(name=model_name, weights=weights, kwargs=parse_model_args(model_args)),
+        stats = evaluate_model(TeacherSpec(name=model_name, weights=weights, kwargs=parse_model_args(model_args),
+                                           random_init=random_init),
                                dc, view=view, batch_size=batch_size, workers=workers, device=device)
     if as_json:
         echo_json(stats)

@@ -23,7 +23,7 @@ from kdcache.augment import ViewSpec
 from kdcache.errors import KdcacheError
 
 __all__ = ["config_option", "data_options", "runtime_options", "view_options", "eval_view_options", "view_overrides",
-           "library_errors", "echo_json", "load_config_file", "SectionedCommand", "section"]
+           "library_errors", "echo_json", "load_config_file", "SectionedCommand", "section", "random_init_options"]
 
 
 class SectionedCommand(click.Command):
@@ -136,16 +136,23 @@ def config_option(f: Callable) -> Callable:
                         help="TOML/YAML/JSON file whose keys are this command's options; flags override it.")(f)
 
 
-def data_options(*, split_default: str = "train") -> Callable:
+def data_options(*, split_default: str = "train", from_cache: bool = False) -> Callable:
+    """--data/--split/--limit/--subset-seed; ``from_cache``: unset options take the cache's recorded data."""
+    cached = " [the cache's]" if from_cache else ""
     return section(
         "Data",
-        click.option("--data", "data", default="digits", show_default=True,
-                     help="Dataset: digits | hdf5:PATH | folder:PATH | cifar10:ROOT."),
-        click.option("--split", default=split_default, show_default=True, help="Dataset split."),
+        click.option("--data", "data", default=None if from_cache else "digits", show_default=not from_cache,
+                     help="Dataset: digits | hdf5:PATH | folder:PATH | cifar10:ROOT." + cached),
+        click.option("--split", default=None if from_cache else split_default, show_default=not from_cache,
+                     help="Dataset split." + cached),
         click.option("--limit", type=click.IntRange(min=1), default=None,
-                     help="Use a seeded, class-stratified subset of N samples (quick runs)."),
-        click.option("--subset-seed", type=int, default=0, show_default=True,
-                     help="Seed of the stratified subset taken by --limit."),
+                     help="Use a seeded, class-stratified subset of N samples (quick runs)." + cached),
+        click.option("--subset-seed", type=int, default=None if from_cache else 0, show_default=not from_cache,
+                     help="Seed of the stratified subset taken by --limit." + cached),
+        click.option("--val-fraction", type=click.FloatRange(min=0, max=1, max_open=True),
+                     default=None if from_cache else 0.0, show_default=not from_cache,
+                     help="folder: data without split folders: hold out this fraction per class as the "
+                          "'val' split (deterministic, by file name)." + cached),
     )
 
 
@@ -202,6 +209,14 @@ def view_overrides(kw: dict) -> dict:
             if v is not None and v != ()}
 
 
+random_init_options = (
+    click.option("--random-init", is_flag=True,
+                 help="Use the teacher untrained, initialised from --init-seed (tests and benchmarks only)."),
+    click.option("--init-seed", type=int, default=0, show_default=True,
+                 help="Seed of --random-init's initialisation (the same weights in every process)."),
+)
+
+
 def library_errors(f: Callable) -> Callable:
     """Run a command body; library errors become a one-line message and exit code 1."""
 
@@ -213,6 +228,9 @@ def library_errors(f: Callable) -> Callable:
             raise click.ClickException(_flag_names(str(e), click.get_current_context())) from e
         except KeyboardInterrupt:
             raise click.ClickException("interrupted; rerun the same command to resume") from None
+        except OSError as e:  # a path the library did not check itself: still one line, never a traceback
+            where = f": {e.filename}" if e.filename else ""
+            raise click.ClickException(f"{e.strerror or e}{where}") from e
 
     return wrapper
 

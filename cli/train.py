@@ -9,6 +9,7 @@ from cli.options import (
     config_option,
     data_options,
     library_errors,
+    random_init_options,
     runtime_options,
     section,
     view_options,
@@ -23,8 +24,8 @@ optim_options = section(
     "Training",
     click.option("--out", required=True, type=click.Path(file_okay=False),
                  help="Run directory (checkpoints, metrics.jsonl, config.json)."),
-    click.option("--val-split", default="test", show_default=True,
-                 help="Held-out split evaluated each epoch ('none' to skip)."),
+    click.option("--val-split", default=None,
+                 help="Held-out split evaluated each epoch ('none' to skip) [test; val with --val-fraction]."),
     click.option("--seed", type=int, default=0, show_default=True),
     click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True),
     click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True),
@@ -36,19 +37,28 @@ optim_options = section(
     click.option("--grad-clip", type=float, default=None, help="Clip the gradient norm."),
     click.option("--amp/--no-amp", default=False, show_default=True, help="Mixed precision on CUDA."),
     click.option("--resume", is_flag=True, help="Continue from OUT/last.pt."),
+    click.option("--overwrite", is_flag=True, help="Replace the run already in OUT (its checkpoints and metrics)."),
     click.option("--max-steps-per-epoch", type=click.IntRange(min=1), default=None,
                  help="Cap the steps of each epoch (quick runs)."),
 )
 
 
-def _common(data, split, limit, subset_seed, out, val_split, epochs, batch_size, lr, min_lr, weight_decay,
-            warmup_epochs, label_smoothing, grad_clip, amp, resume, max_steps_per_epoch, seed, device, workers):
+def _common(data, split, limit, subset_seed, val_fraction, out, val_split, epochs, batch_size, lr, min_lr,
+            weight_decay,
+            warmup_epochs, label_smoothing, grad_clip, amp, resume, overwrite, max_steps_per_epoch, seed, device,
+            workers):
     return dict(
-        data=DataConfig(source=data, split=split, limit=limit, subset_seed=subset_seed), out=out,
-        val_split=None if str(val_split).lower() == "none" else val_split, epochs=epochs, batch_size=batch_size,
+        data=DataConfig(source=data, split=split, limit=limit, subset_seed=subset_seed, val_fraction=val_fraction),
+        out=out, val_split=_val_split(val_split, val_fraction), epochs=epochs, batch_size=batch_size,
         lr=lr, min_lr=min_lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs, grad_clip=grad_clip,
-        amp=amp, resume=resume, max_steps_per_epoch=max_steps_per_epoch, seed=seed, device=device,
+        amp=amp, resume=resume, overwrite=overwrite, max_steps_per_epoch=max_steps_per_epoch, seed=seed, device=device,
         workers=workers), label_smoothing
+
+
+def _val_split(given: str | None, val_fraction: float) -> str | None:
+    if given is None:
+        return "val" if val_fraction else "test"
+    return None if given.lower() == "none" else given
 
 
 def _report(result: dict) -> None:
@@ -75,6 +85,7 @@ def _report(result: dict) -> None:
                       "directory; torch files load with weights_only=True)."),
     click.option("--teacher-arg", "teacher_args", multiple=True,
                  help="KEY=VALUE for the --online-teacher's constructor (repeatable)."),
+    *random_init_options,
     click.option("--views-per-image", type=click.IntRange(min=1), default=1, show_default=True,
                  help="Replay M cached views from each decoded image (FKD's trick): one pass over the data "
                       "trains M epochs; --epochs must be a multiple of M."),
@@ -93,7 +104,8 @@ def _report(result: dict) -> None:
 @optim_options
 @runtime_options
 @library_errors
-def train_student_cmd(cache, storage_options, teacher, teacher_weights, teacher_args, views_per_image, student,
+def train_student_cmd(cache, storage_options, teacher, teacher_weights, teacher_args, random_init, init_seed,
+                      views_per_image, student,
                       model_args, distill, no_distill, alpha, temperature, topk_fill, progress, **kw):
     """Train a student from a teacher cache, replaying each cached view exactly.
 
@@ -111,13 +123,14 @@ def train_student_cmd(cache, storage_options, teacher, teacher_weights, teacher_
           --student deit_tiny_patch4_32_distilled --distill hard --epochs 100 --out runs/deit
     """
     view = view_overrides(kw)
-    if teacher is None and (teacher_weights or teacher_args):
-        raise click.UsageError("--teacher-weights and --teacher-arg need --online-teacher")
+    if teacher is None and (teacher_weights or teacher_args or random_init):
+        raise click.UsageError("--teacher-weights, --teacher-arg and --random-init need --online-teacher")
     if cache is None and teacher is None:
         raise click.UsageError("give --cache (cached training) or --online-teacher (the online reference)")
     online = None
     if teacher is not None:
-        online = TeacherSpec(name=teacher, weights=teacher_weights, kwargs=parse_model_args(teacher_args))
+        online = TeacherSpec(name=teacher, weights=teacher_weights, kwargs=parse_model_args(teacher_args),
+                             random_init=random_init, init_seed=init_seed)
     common, ls = _common(**kw)
     loss = LossConfig(distill="none" if no_distill else distill, alpha=alpha, temperature=temperature,
                       label_smoothing=ls, topk_fill=topk_fill)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli.options import config_option, data_options, echo_json, library_errors
-from kdcache.data import DataConfig
+from cli.options import config_option, data_options, echo_json, library_errors, random_init_options
 from kdcache.engine import TeacherSpec
 from kdcache.engine.verify import verify_cache, verify_integrity
 from kdcache.utils import parse_key_values, parse_model_args
@@ -19,7 +18,9 @@ from kdcache.utils import parse_key_values, parse_model_args
               help="Teacher weights the cache was made with (file or timm/Hugging Face checkpoint directory).")
 @click.option("--teacher-arg", "teacher_args", multiple=True,
               help="KEY=VALUE passed to the teacher's constructor (repeatable), as given to dump-teacher.")
-@data_options()
+@random_init_options[0]
+@random_init_options[1]
+@data_options(from_cache=True)
 @click.option("--samples", type=click.IntRange(min=1), default=64, show_default=True,
               help="Completed (sample, view) pairs to replay through the teacher.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the choice of pairs.")
@@ -34,8 +35,9 @@ from kdcache.utils import parse_key_values, parse_model_args
 @click.option("--storage-option", "storage_options", multiple=True, help="KEY=VALUE for fsspec URLs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @library_errors
-def verify_cmd(cache, teacher, teacher_weights, teacher_args, data, split, limit, subset_seed, samples, seed, atol,
-               allow_incomplete, integrity_only, batch_size, device, storage_options, as_json):
+def verify_cmd(cache, teacher, teacher_weights, teacher_args, random_init, init_seed, data, split, limit, subset_seed,
+               val_fraction, samples, seed, atol, allow_incomplete, integrity_only, batch_size, device,
+               storage_options, as_json):
     """Check a cache against its teacher: replay sampled views from their recorded parameters.
 
     Rebuilds each sampled view from the parameters stored in the cache, runs the teacher on it and
@@ -45,8 +47,9 @@ def verify_cmd(cache, teacher, teacher_weights, teacher_args, data, split, limit
 
     \b
     Example:
-      kdcache verify cifar-r56.zarr --data hdf5:cifar10.h5 --teacher cifar_resnet56 \\
-          --teacher-weights resnet56.th --samples 256
+      kdcache verify cifar-r56.zarr --teacher cifar_resnet56 --teacher-weights resnet56.th --samples 256
+
+    The data is the one recorded in the cache; --data, --split, --limit, --subset-seed override it.
     """
     opts = parse_key_values(storage_options) or None
     if integrity_only:
@@ -64,8 +67,9 @@ def verify_cmd(cache, teacher, teacher_weights, teacher_args, data, split, limit
         if not as_json:
             click.echo("ok")
         return
-    r = verify_cache(cache, TeacherSpec(name=teacher, weights=teacher_weights, kwargs=parse_model_args(teacher_args)),
-                     DataConfig(source=data, split=split, limit=limit, subset_seed=subset_seed),
+    r = verify_cache(cache, TeacherSpec(name=teacher, weights=teacher_weights, kwargs=parse_model_args(teacher_args),
+                                         random_init=random_init, init_seed=init_seed),
+                     dict(source=data, split=split, limit=limit, subset_seed=subset_seed, val_fraction=val_fraction),
                      samples=samples, seed=seed, batch_size=batch_size, device=device, atol=atol,
                      allow_incomplete=allow_incomplete, storage_options=opts)
     if as_json:

@@ -16,6 +16,7 @@ from typing import Any
 
 from kdcache.data import DataConfig
 from kdcache.engine import DumpConfig, TeacherSpec, dump_teacher
+from kdcache.errors import ConfigError
 from kdcache.train import LossConfig, TrainConfig, evaluate_checkpoint, train_student, train_teacher
 
 __all__ = ["QuickstartConfig", "run_quickstart", "format_table"]
@@ -39,11 +40,14 @@ class QuickstartConfig:
 
 def run_quickstart(cfg: QuickstartConfig, *, progress: bool = True, log: Callable[[str], None] = print
                    ) -> dict[str, Any]:
-    os.makedirs(cfg.out, exist_ok=True)
+    try:
+        os.makedirs(cfg.out, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create {cfg.out}: {e.strerror or e}; choose another `out`") from e
     train = DataConfig(source=cfg.data, split="train", limit=cfg.limit)
     test = replace(train, split="test", limit=None)
     common = dict(data=train, batch_size=64, workers=cfg.workers, device=cfg.device, seed=cfg.seed,
-                  warmup_epochs=1.0, weight_decay=0.05)
+                  warmup_epochs=1.0, weight_decay=0.05, overwrite=True)  # the quickstart owns its directory
     rows: list[dict[str, Any]] = []
 
     def timed(stage: str, fn: Callable[[], Any]) -> Any:

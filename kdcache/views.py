@@ -25,18 +25,52 @@ if TYPE_CHECKING:
     from kdcache.models import ModelCfg
 
 __all__ = ["ViewDraws", "ViewBatch", "BlockBatches", "FlatBatches", "ReplayViews", "EvalViews", "identity_collate",
-           "build_views", "resolve_view_spec"]
+           "build_views", "resolve_view_spec", "resolve_view_sources", "describe_view_sources"]
 
 
-def resolve_view_spec(model: ModelCfg, overrides: Mapping[str, Any] | None = None) -> ViewSpec:
-    """The model's expected input (size, normalisation, interpolation, eval crop), then the user's overrides."""
+def resolve_view_spec(model: ModelCfg, overrides: Mapping[str, Any] | None = None, *,
+                      recorded: Mapping[str, Any] | None = None) -> ViewSpec:
+    """The model's expected input (size, normalisation, interpolation, eval crop), then the input settings
+    ``recorded`` with its weights (the views a checkpoint was trained on), then the user's overrides."""
+    return resolve_view_sources(model, overrides, recorded=recorded)[0]
+
+
+_INPUT_KEYS = ("size", "mean", "std", "interpolation", "crop_pct")
+
+
+def resolve_view_sources(model: ModelCfg, overrides: Mapping[str, Any] | None = None, *,
+                         recorded: Mapping[str, Any] | None = None, recorded_from: str = "the checkpoint"
+                         ) -> tuple[ViewSpec, dict[str, str]]:
+    """:func:`resolve_view_spec` and, for each input setting, where its value came from."""
     base: dict[str, Any] = {"size": model.input_size, "mean": tuple(model.mean), "std": tuple(model.std),
                             "interpolation": model.interpolation, "crop_pct": model.crop_pct}
-    base.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    sources = dict.fromkeys(base, f"the {model.name or 'model'} architecture's default")
+    for k, v in (recorded or {}).items():
+        if k in _INPUT_KEYS and v is not None:
+            base[k] = tuple(v) if isinstance(v, list) else v
+            sources[k] = recorded_from
+    for k, v in (overrides or {}).items():
+        if v is not None:
+            base[k] = v
+            if k in sources:
+                sources[k] = "set explicitly"
     try:
-        return ViewSpec(**base)
+        return ViewSpec(**base), sources
     except TypeError as e:
         raise ConfigError(f"invalid view option: {e}") from e
+
+
+def describe_view_sources(spec: ViewSpec, sources: Mapping[str, str]) -> str:
+    """One line: the view input settings used, grouped by where they came from."""
+    def fmt(k: str) -> str:
+        v = getattr(spec, k)
+        return f"{k} {' '.join(f'{x:.4g}' for x in v)}" if isinstance(v, tuple) else f"{k} {v}"
+
+    groups: dict[str, list[str]] = {}
+    for k in _INPUT_KEYS:
+        groups.setdefault(sources[k], []).append(fmt(k))
+    return "view input: " + "; ".join(f"{', '.join(items)} (from {src})" if not src.startswith("set")
+                                      else f"{', '.join(items)} ({src})" for src, items in groups.items())
 
 
 def _images_for(dataset, indices: Sequence[int]) -> dict[int, torch.Tensor]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -64,7 +65,10 @@ def export_hdf5(path: str, out_h5: str | os.PathLike[str], *, storage_options: M
         raise damage_error(store.path, damage)
     arrays = store.arrays()
     steps = sum(len(list(_blocks(a))) for a in arrays.values())
-    fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{os.path.basename(out)}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{os.path.basename(out)}.", suffix=".tmp")
+    except OSError as e:
+        raise CacheError(f"cannot write {out}: {e.strerror or e}") from e
     os.close(fd)
     t0 = time.perf_counter()
     try:
@@ -74,9 +78,13 @@ def export_hdf5(path: str, out_h5: str | os.PathLike[str], *, storage_options: M
             for name, arr in arrays.items():
                 _copy_array(f, store, name, arr, compression, bar)
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, (OSError, RuntimeError)):  # a full disk (h5py: RuntimeError), a vanished directory
+            found = re.search(r"error message = '([^']+)'", str(e))  # HDF5's report names the OS error
+            reason = getattr(e, "strerror", None) or (found.group(1) if found else str(e).strip().splitlines()[0])
+            raise CacheError(f"cannot write {out}: {reason}; nothing was written") from e
         raise
     return {
         "cache": store.path,

@@ -29,9 +29,14 @@ CIFAR10_SPLITS = ("train", "test")
 def _load(root: Path, split: str, *, download: bool) -> tuple[np.ndarray, np.ndarray, list[str]]:
     from torchvision.datasets import CIFAR10
 
+    # torchvision creates the root before downloading: a failed download must not leave it behind.
+    missing = [p for p in (root, *root.parents) if not p.exists()]
     try:
         tv = CIFAR10(str(root), train=(split == "train"), download=download)
     except OSError as e:  # urllib.error.URLError, ConnectionError, timeouts
+        for p in missing:  # deepest first; only directories this call made, and only while empty
+            if p.is_dir() and not any(p.iterdir()):
+                p.rmdir()
         reason = " ".join(str(getattr(e, "reason", e)).split())
         raise DownloadUnavailableError(
             f"could not download CIFAR-10 into {root} ({reason}); put the python batches in "

@@ -45,9 +45,10 @@ class ImageDataset(Dataset):
                             "every sample needs exactly one label")
         names = [str(c) for c in class_names]
         if labels.size and (labels.min() < 0 or labels.max() >= len(names)):
-            bad = int(labels.min()) if labels.min() < 0 else int(labels.max())
-            raise DataError(f"{source} [{split}]: label {bad} is out of range for {len(names)} classes "
-                            f"(labels must be 0..{len(names) - 1}); fix the labels or the class names")
+            i = int(np.flatnonzero((labels < 0) | (labels >= len(names)))[0])
+            raise DataError(f"{source} [{split}]: sample {i} ({str(keys[i])!r}) has label {int(labels[i])}, outside "
+                            f"the {len(names)} classes (labels must be 0..{len(names) - 1}); fix the label or the "
+                            "class names")
         key_list = [str(k) for k in keys]
         if len(set(key_list)) != len(key_list):
             dup = next(k for k, n in Counter(key_list).items() if n > 1)

@@ -1,7 +1,10 @@
 """``folder:PATH``: an ImageFolder tree, one sub-folder per class, JPEG/PNG files.
 
 If ``PATH`` holds split folders (``train``, ``val``, ``test``, ...), ``PATH/<split>`` is used;
-otherwise ``PATH`` itself is the ``train`` split. Classes are the sorted sub-folder names;
+otherwise ``PATH`` itself is the ``train`` split — or, with ``val_fraction`` > 0, it is divided
+into ``train`` and a held-out ``val`` split: in each class, the files whose sha256(key) ranks in
+the lowest ``round(val_fraction * n)`` (at least one, at most n - 1 when n > 1) are ``val``. The
+rule depends on the keys alone, so the division is the same on every machine and run. Classes are the sorted sub-folder names;
 files are found recursively and sorted by their path, so the order (and the keys: paths
 relative to the split root, with forward slashes) is the same on every machine. Hidden
 files and folders (``.ipynb_checkpoints``, ``.DS_Store``) are ignored.
@@ -12,6 +15,7 @@ file header (Pillow, lazily) so :meth:`image_size` does not decode.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -33,12 +37,14 @@ class FolderDataset(ImageDataset):
     """One split of an ImageFolder tree (see the module docstring)."""
 
     def __init__(self, *, path: str | os.PathLike[str], split: str = "train",
-                 source: str | None = None) -> None:
+                 source: str | None = None, val_fraction: float = 0.0) -> None:
         path = Path(path).expanduser()
         source = source if source is not None else f"folder:{path}"
         if not path.is_dir():
             raise DataNotFoundError(f"image folder not found: {path}; check the path in {source!r}")
-        root = _split_root(path, split)
+        if not 0.0 <= val_fraction < 1.0:
+            raise DataError(f"`val_fraction` must be in [0, 1), got {val_fraction!r}")
+        root = _split_root(path, split, val_fraction)
         class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
         if not class_dirs:
             raise DataError(f"{root} has no class sub-folders; expected one folder of images per class")
@@ -51,10 +57,21 @@ class FolderDataset(ImageDataset):
                                 "add images or remove the folder")
             keys.extend(files)
             labels.extend([label] * len(files))
+        if val_fraction > 0:
+            held = _held_out(keys, labels, val_fraction)
+            keep = [i for i in range(len(keys)) if held[i] == (split == "val")]
+            keys, labels = [keys[i] for i in keep], [labels[i] for i in keep]
         super().__init__(source=source, split=split, keys=keys, labels=np.asarray(labels, dtype=np.int64),
                          class_names=[p.name for p in class_dirs])
+        self.val_fraction = float(val_fraction)
         self._root = root
         self._files = keys  # relative paths by source position; subsets narrow self.keys only
+
+    def describe(self) -> dict:
+        d = super().describe()
+        if self.val_fraction:
+            d["val_fraction"] = self.val_fraction  # how train and val were divided (see the module docstring)
+        return d
 
     def _file(self, src_index: int) -> Path:
         return self._root / self._files[src_index]
@@ -88,16 +105,36 @@ class FolderDataset(ImageDataset):
         return image
 
 
-def _split_root(path: Path, split: str) -> Path:
+def _split_root(path: Path, split: str, val_fraction: float = 0.0) -> Path:
     split_dirs = sorted(p.name for p in path.iterdir() if p.is_dir() and p.name in SPLIT_FOLDER_NAMES)
     if split_dirs:
+        if val_fraction:
+            raise DataError(f"{path} has split folders ({', '.join(split_dirs)}); `val_fraction` only divides a "
+                            "folder without them")
         if split not in split_dirs:
             raise DataError(f"{path} has no split {split!r}; available splits: {', '.join(split_dirs)}")
         return path / split
-    if split != "train":
+    if val_fraction and split not in ("train", "val"):
+        raise DataError(f"{path} is divided by `val_fraction` into the splits train and val, not {split!r}")
+    if not val_fraction and split != "train":
         raise DataError(f"{path} has no split folders, so it is the 'train' split only; available splits: "
-                        f"train (or create {path}/{split}/<class>/...)")
+                        f"train (hold some out with `val_fraction`, or create {path}/{split}/<class>/...)")
     return path
+
+
+def _held_out(keys: list[str], labels: list[int], fraction: float) -> list[bool]:
+    """Per sample: in the held-out ``val`` split? Per class, the lowest sha256(key) ranks."""
+    held = [False] * len(keys)
+    by_class: dict[int, list[int]] = {}
+    for i, c in enumerate(labels):
+        by_class.setdefault(c, []).append(i)
+    for members in by_class.values():
+        n = len(members)
+        k = min(max(round(fraction * n), 1), n - 1) if n > 1 else 0
+        ranked = sorted(members, key=lambda i: hashlib.sha256(keys[i].encode()).hexdigest())
+        for i in ranked[:k]:
+            held[i] = True
+    return held
 
 
 def _image_files(class_dir: Path, root: Path) -> list[str]:

@@ -2,7 +2,7 @@
 
 Layout: ``<split>/images`` uint8 (N, H, W, 3) RGB, ``<split>/labels`` integer (N,), optional
 ``<split>/filenames`` (str or bytes; the sample keys, else ``"{split}/{index}"``), optional
-root attribute ``class_names``.
+root attribute ``class_names`` (or ``num_classes``); labels outside the classes are refused.
 
 Compressed HDF5 decodes whole chunks, so reading image by image would decode a full chunk
 (256 images in the shared CIFAR file) per image. Reads therefore go through chunk-aligned
@@ -183,17 +183,39 @@ def _read_metadata(f: h5py.File, path: Path, split: str) -> dict[str, Any]:
         keys = [f"{split}/{i}" for i in range(n)]
     if "class_names" in f.attrs:
         class_names = [_as_str(v) for v in np.atleast_1d(f.attrs["class_names"])]
+    elif "num_classes" in f.attrs:
+        c = f.attrs["num_classes"]
+        if not np.issubdtype(np.asarray(c).dtype, np.integer) or np.ndim(c) != 0 or int(c) < 1:
+            raise DataError(f"{path}: root attribute num_classes must be a positive integer, got {c!r}")
+        class_names = [str(i) for i in range(int(c))]  # labels outside 0..C-1 are refused by ImageDataset
     else:
-        if labels.size and labels.min() < 0:
-            raise DataError(f"{path} [{split}/labels]: negative label {int(labels.min())}; "
-                            "labels must be class indices 0..C-1")
-        class_names = [str(c) for c in range(int(labels.max()) + 1 if labels.size else 0)]
+        class_names = _classes_from_labels(labels, keys, path, split)
     if images.chunks is not None:
         block_rows = int(images.chunks[0])
     else:
         block_rows = max(1, _UNCHUNKED_BLOCK_BYTES // max(1, int(np.prod(images.shape[1:]))))
     return {"keys": keys, "labels": labels, "class_names": class_names,
             "shape": tuple(int(s) for s in images.shape), "block_rows": block_rows}
+
+
+def _classes_from_labels(labels: np.ndarray, keys: list[str], path: Path, split: str) -> list[str]:
+    """Classes 0..max(label) when the file names none. A label far past the others (one 999 among 0..9)
+    would silently make a 1000-class dataset: when most implied classes have no sample it is refused."""
+    if not labels.size:
+        return []
+    where = f"{path} [{split}/labels]"
+    if labels.min() < 0:
+        i = int(np.argmin(labels))
+        raise DataError(f"{where}: sample {i} ({keys[i]!r}) has negative label {int(labels[i])}; "
+                        "labels must be class indices 0..C-1")
+    n = int(labels.max()) + 1
+    empty = n - len(np.unique(labels))
+    if empty > n // 2:  # a few classes may be absent from a split; most of them absent is a stray label
+        i = int(np.argmax(labels))
+        raise DataError(f"{where}: labels imply {n} classes (sample {i} ({keys[i]!r}) has label {n - 1}) but "
+                        f"{empty} of them have no sample; fix the labels, or record the classes in the file's "
+                        "class_names (or num_classes) root attribute")
+    return [str(c) for c in range(n)]
 
 
 def _as_str(value: Any) -> str:

@@ -33,10 +33,10 @@ def _open_hdf5(arg: str, split: str, source: str) -> ImageDataset:
     return HDF5Dataset(path=arg, split=split, source=source)
 
 
-def _open_folder(arg: str, split: str, source: str) -> ImageDataset:
+def _open_folder(arg: str, split: str, source: str, val_fraction: float = 0.0) -> ImageDataset:
     from kdcache.data._folder import FolderDataset
 
-    return FolderDataset(path=arg, split=split, source=source)
+    return FolderDataset(path=arg, split=split, source=source, val_fraction=val_fraction)
 
 
 def _open_cifar10(arg: str, split: str, source: str) -> ImageDataset:
@@ -45,7 +45,7 @@ def _open_cifar10(arg: str, split: str, source: str) -> ImageDataset:
     return CIFAR10Dataset(root=arg, split=split, source=source)
 
 
-_OPENERS: dict[str, Callable[[str, str, str], ImageDataset]] = {
+_OPENERS: dict[str, Callable[..., ImageDataset]] = {
     "digits": _open_digits,
     "hdf5": _open_hdf5,
     "folder": _open_folder,
@@ -78,18 +78,24 @@ def _check_subset_args(limit: Any, subset_seed: Any, error: type[Exception]) -> 
 
 
 def open_dataset(source: str, split: str = "train", *, limit: int | None = None,
-                 subset_seed: int = 0) -> ImageDataset:
+                 subset_seed: int = 0, val_fraction: float = 0.0) -> ImageDataset:
     """Open ``split`` of ``source``, optionally a seeded stratified subset of ``limit`` samples.
 
     The subset takes from every class in proportion to its size (storage is often ordered by
     class) and keeps the chosen samples in their original order and with their original keys.
-    ``limit >= len`` keeps everything.
+    ``limit >= len`` keeps everything. ``val_fraction`` divides a ``folder:`` source without split
+    folders into ``train`` and a held-out ``val`` split (deterministic, by key).
     """
     _check_subset_args(limit, subset_seed, DataError)
     if not isinstance(split, str) or not split:
         raise DataError(f"split must be a non-empty string such as 'train', got {split!r}")
     scheme, arg = parse_source(source)
-    ds = _OPENERS[scheme](arg, split, source)
+    if val_fraction:
+        if scheme != "folder":
+            raise DataError(f"`val_fraction` divides folder: sources only, not {source!r}")
+        ds = _OPENERS[scheme](arg, split, source, val_fraction=float(val_fraction))
+    else:
+        ds = _OPENERS[scheme](arg, split, source)
     if limit is not None and int(limit) < len(ds):
         ds = ds.select(stratified_subset(ds.labels, ds.keys, int(limit), int(subset_seed)))
     return ds
@@ -103,6 +109,7 @@ class DataConfig(ConfigBase):
     split: str = "train"
     limit: int | None = None
     subset_seed: int = 0
+    val_fraction: float = 0.0   # folder: without split folders: hold out this fraction as the `val` split
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -115,4 +122,4 @@ class DataConfig(ConfigBase):
     def open(self, split: str | None = None) -> ImageDataset:
         """Open this config's data; ``split`` overrides the configured split (limit still applies)."""
         return open_dataset(self.source, self.split if split is None else split,
-                            limit=self.limit, subset_seed=self.subset_seed)
+                            limit=self.limit, subset_seed=self.subset_seed, val_fraction=self.val_fraction)

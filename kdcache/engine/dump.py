@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import queue
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -40,7 +41,14 @@ from kdcache.data import DataConfig
 from kdcache.engine.teacher import TeacherSpec, build_teacher
 from kdcache.errors import CacheError, CacheMismatchError, ConfigError, KdcacheError, TeacherOutputError
 from kdcache.runtime import DistContext, autocast, select_device
-from kdcache.views import BlockBatches, ViewBatch, ViewDraws, identity_collate, resolve_view_spec
+from kdcache.views import (
+    BlockBatches,
+    ViewBatch,
+    ViewDraws,
+    describe_view_sources,
+    identity_collate,
+    resolve_view_sources,
+)
 
 __all__ = ["DumpConfig", "DumpSummary", "dump_teacher"]
 
@@ -120,7 +128,9 @@ def _prepare_store(cfg: DumpConfig, ds, identity: CacheIdentity, attrs: dict[str
                 num_views=cfg.views or 4, layout=unit_layout(TargetMode.parse(identity.targets), spec, ds), attrs=attrs,
                 block_size=cfg.block_size, storage_options=cfg.storage_options)
         except OSError as e:
-            raise CacheError(f"cannot create {cfg.out}: {e.strerror or e}") from e
+            removed = _remove_new_store(cfg.out) if existing is None else False
+            raise CacheError(f"cannot create {cfg.out}: {e.strerror or e}"
+                             + ("; the half-made cache was removed" if removed else "")) from e
     store = CacheStore.open(cfg.out, mode="r+", storage_options=cfg.storage_options)
     store.check_identity(identity)
     if not cfg.add_views and cfg.views is not None and cfg.views != store.num_views:
@@ -239,6 +249,31 @@ def dump_teacher(cfg: DumpConfig, *, progress: bool = True, log: Callable[[str],
         ctx.close()
 
 
+def _remove_new_store(out: str) -> bool:
+    """Delete a local cache directory this run created; False for URLs (left to their owner)."""
+    if is_url(out) or not os.path.isdir(out):
+        return False
+    shutil.rmtree(out, ignore_errors=True)
+    return True
+
+
+def _after_failure(cfg: DumpConfig, ctx: DistContext) -> tuple[str, bool]:
+    """After a failed dump (all ranks stopped): a cache with no finished unit is removed, since it holds
+    nothing; otherwise it is kept, resumable. Returns what happened (for the message) and whether removed."""
+    if not ctx.is_main:
+        return "", False
+    try:
+        store = CacheStore.open(cfg.out, mode="r", storage_options=cfg.storage_options)
+        du = store.done_units()
+    except KdcacheError:
+        return "", False
+    if not du.any():
+        removed = _remove_new_store(cfg.out)
+        return (f"nothing was computed, so {cfg.out} was removed" if removed else ""), removed
+    return (f"{int(du.sum())} of {du.size} units are done and kept in {cfg.out}: rerun the same command to "
+            "resume", False)
+
+
 def _quiet(_msg: str) -> None:
     pass
 
@@ -284,7 +319,9 @@ def _dump(cfg: DumpConfig, mode: TargetMode, ctx: DistContext, *, progress: bool
     ds = cfg.data.open().preload()  # resident before forking workers: one shared copy
     mode.check_classes(ds.num_classes)
     teacher = build_teacher(cfg.teacher, num_classes=ds.num_classes)
-    spec = resolve_view_spec(teacher.cfg, cfg.view)
+    spec, sources = resolve_view_sources(teacher.cfg, cfg.view, recorded=teacher.views,
+                                         recorded_from=teacher.views_from or "the checkpoint")
+    log(describe_view_sources(spec, sources))
     pipeline = ViewPipeline(spec)
     identity = CacheIdentity(teacher=teacher.identity(), dataset=dataset_identity(ds), view_spec=spec.replay_dict(),
                              seed=int(cfg.seed), targets=str(mode))
@@ -346,7 +383,11 @@ def _dump(cfg: DumpConfig, mode: TargetMode, ctx: DistContext, *, progress: bool
         failure = e
     # A rank that failed must not leave the others waiting at a barrier forever.
     others_failed = ctx.any(failure is not None)
+    note, removed = _after_failure(cfg, ctx) if failure is not None or others_failed else ("", False)
     if failure is not None:
+        # Cache errors already say what is kept; every message says when the cache was removed.
+        if note and isinstance(failure, KdcacheError) and (removed or not isinstance(failure, CacheError)):
+            raise type(failure)(f"{failure}; {note}") from failure
         raise failure
     if others_failed:
         raise CacheError("another rank failed (see its message); units written so far are intact, rerun to resume")

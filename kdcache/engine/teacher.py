@@ -1,4 +1,12 @@
-"""Build a teacher for the dump or verification: model + weights + identity."""
+"""Build a teacher for the dump or verification: model + weights + identity.
+
+A teacher always has real, reproducible weights: a weights file, a constructor that loads them
+(``pretrained=True``, a ``python:`` or ``hf:`` builder), or, asked for explicitly with
+``random_init`` (tests and benchmarks), an initialisation seeded by ``init_seed`` that is bit for
+bit the same in every process, so a killed dump of it resumes. A kdcache checkpoint that records
+the views its model was trained on (``view_spec``) hands their input settings (size, mean, std,
+interpolation) to the dump as its defaults.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +18,11 @@ import torch
 from torch import nn
 
 from kdcache.config import ConfigBase
-from kdcache.errors import ModelError
+from kdcache.errors import ConfigError, ModelError
 from kdcache.models import ModelCfg, create_model, model_cfg
 from kdcache.models.checkpoint import is_kdcache_checkpoint, load_checkpoint, load_weights
 
-__all__ = ["TeacherSpec", "LoadedTeacher", "build_teacher", "state_dict_sha256"]
+__all__ = ["TeacherSpec", "LoadedTeacher", "build_teacher", "state_dict_sha256", "VIEW_INPUT_KEYS"]
 
 
 def state_dict_sha256(model: nn.Module) -> str:
@@ -34,6 +42,32 @@ class TeacherSpec(ConfigBase):
     name: str | None = None
     weights: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
+    random_init: bool = False    # no weights on purpose: a seeded initialisation (tests, benchmarks)
+    init_seed: int = 0           # the seed of that initialisation
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.random_init and self.weights:
+            raise ConfigError("`random_init` and `teacher_weights` exclude each other: a teacher either loads "
+                              "weights or is initialised at random")
+        if self.random_init and _truthy(self.kwargs.get("pretrained")):
+            raise ConfigError("`random_init` and pretrained=true exclude each other")
+        if not self.random_init and self.init_seed != 0:
+            raise ConfigError("`init_seed` only applies with `random_init`")
+
+
+# Input settings a teacher checkpoint's recorded training views hand to the dump as defaults.
+VIEW_INPUT_KEYS = ("size", "mean", "std", "interpolation", "crop_pct")
+
+
+def _truthy(v: Any) -> bool:
+    return v is True or (isinstance(v, str) and v.lower() in ("1", "true", "yes"))
+
+
+def _loads_own_weights(spec: TeacherSpec) -> bool:
+    """Constructors that bring real weights without a weights file."""
+    name = spec.name or ""
+    return _truthy((spec.kwargs or {}).get("pretrained")) or name.startswith(("python:", "hf:"))
 
 
 @dataclass
@@ -41,37 +75,66 @@ class LoadedTeacher:
     model: nn.Module
     cfg: ModelCfg
     weights_sha256: str
+    init_seed: int | None = None                 # set for a seeded random initialisation
+    # The input settings of the views the checkpoint's model was trained on, and where they came from.
+    views: dict[str, Any] = field(default_factory=dict)
+    views_from: str | None = None
 
     def identity(self) -> dict[str, Any]:
         """The teacher's part of a cache fingerprint (no file paths: a moved file still matches)."""
-        return {"name": self.cfg.name, "kwargs": self.cfg.kwargs, "weights_sha256": self.weights_sha256}
+        out = {"name": self.cfg.name, "kwargs": self.cfg.kwargs, "weights_sha256": self.weights_sha256}
+        if self.init_seed is not None:
+            out["random_init_seed"] = self.init_seed
+        return out
 
     def describe(self) -> dict[str, Any]:
         n_params = sum(p.numel() for p in self.model.parameters())
-        return {**self.identity(), "input_size": self.cfg.input_size, "mean": list(self.cfg.mean),
-                "std": list(self.cfg.std), "interpolation": self.cfg.interpolation, "parameters": n_params}
+        v = self.views
+        out = {**self.identity(), "input_size": v.get("size", self.cfg.input_size),
+               "mean": list(v.get("mean", self.cfg.mean)), "std": list(v.get("std", self.cfg.std)),
+               "interpolation": v.get("interpolation", self.cfg.interpolation), "parameters": n_params}
+        if self.views_from:
+            out["input_from"] = self.views_from
+        return out
 
 
 def build_teacher(spec: TeacherSpec, *, num_classes: int) -> LoadedTeacher:
     """Create the teacher in eval mode on CPU.
 
     ``spec.weights`` may be a kdcache checkpoint (then ``spec.name`` is optional and must match
-    when given) or any state dict for the named architecture.
+    when given) or any state dict for the named architecture. Without weights the teacher is
+    refused unless ``spec.random_init`` asks for a seeded initialisation (see the module docstring).
     """
+    views: dict[str, Any] = {}
+    views_from = None
     if spec.weights and is_kdcache_checkpoint(spec.weights):
-        model, _ = load_checkpoint(spec.weights)
+        model, extra = load_checkpoint(spec.weights)
         cfg = model_cfg(model)
         if spec.name and spec.name != cfg.name:
             raise ModelError(f"`teacher` {spec.name!r} but {spec.weights} holds a {cfg.name!r} model")
+        recorded = extra.get("view_spec")
+        if isinstance(recorded, dict):
+            views = {k: recorded[k] for k in VIEW_INPUT_KEYS if k in recorded}
+            views_from = f"{spec.weights} (the views it was trained on)" if views else None
     else:
         if not spec.name:
             raise ModelError("name a teacher with `teacher` (or pass a kdcache checkpoint as `teacher_weights`)")
-        model = create_model(spec.name, num_classes=num_classes, **(spec.kwargs or {}))
+        if spec.random_init:
+            with torch.random.fork_rng(devices=[]):  # seeded, and the caller's random state untouched
+                torch.manual_seed(spec.init_seed)
+                model = create_model(spec.name, num_classes=num_classes, **(spec.kwargs or {}))
+        else:
+            model = create_model(spec.name, num_classes=num_classes, **(spec.kwargs or {}))
         if spec.weights:
             load_weights(model, spec.weights)
+        elif not spec.random_init and not _loads_own_weights(spec):
+            raise ModelError(f"teacher {spec.name!r} has no weights: give `teacher_weights` (a checkpoint or state "
+                             "dict) or pretrained=true in `teacher_args`; a randomly initialised teacher "
+                             "(tests, benchmarks) must be asked for with `random_init`")
         cfg = model_cfg(model)
     got = cfg.kwargs.get("num_classes")
     if got is not None and int(got) != num_classes:
         raise ModelError(f"teacher {cfg.name!r} has {got} classes but the dataset has {num_classes}")
     model.eval()
-    return LoadedTeacher(model=model, cfg=cfg, weights_sha256=state_dict_sha256(model))
+    return LoadedTeacher(model=model, cfg=cfg, weights_sha256=state_dict_sha256(model),
+                         init_seed=spec.init_seed if spec.random_init else None, views=views, views_from=views_from)

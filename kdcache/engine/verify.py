@@ -35,11 +35,11 @@ from kdcache.cache import CacheStore, TargetMode, canonical_json
 from kdcache.cache.integrity import scan_cache
 from kdcache.data import DataConfig
 from kdcache.engine.teacher import TeacherSpec, build_teacher
-from kdcache.errors import CacheMismatchError, ConfigError
+from kdcache.errors import CacheMismatchError, ConfigError, DataNotFoundError
 from kdcache.runtime import select_device
 from kdcache.views import build_views
 
-__all__ = ["verify_cache", "verify_integrity", "default_atol", "FP16_ULP", "MIN_ATOL"]
+__all__ = ["verify_cache", "verify_integrity", "cache_data", "default_atol", "FP16_ULP", "MIN_ATOL"]
 
 FP16_ULP = 2.0 ** -10   # one float16 ulp relative to the value (10 mantissa bits)
 MIN_ATOL = 1e-2
@@ -76,14 +76,31 @@ def _damage_failures(r: dict[str, Any]) -> list[str]:
             "rerun the dump-teacher command that made this cache to repair it"]
 
 
-def verify_cache(path: str, teacher: TeacherSpec, data: DataConfig, *, samples: int = 64, seed: int = 0,
+def cache_data(store: CacheStore, overrides: DataConfig | Mapping[str, Any] | None = None) -> DataConfig:
+    """The data a cache was made from, as recorded in it; ``overrides`` replaces single fields
+    (``source``, ``split``, ``limit``, ``subset_seed``), a full :class:`DataConfig` all of them."""
+    if isinstance(overrides, DataConfig):
+        return overrides
+    recorded = dict((store.attrs.get("config") or {}).get("data") or {})
+    if not recorded.get("source"):
+        d = store.attrs.get("dataset") or {}
+        recorded = {k: d[k] for k in ("source", "split") if d.get(k)}
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if "source" not in recorded and "source" not in given:
+        raise ConfigError(f"{store.path} does not record its data source; pass `data`")
+    return DataConfig.from_dict({**recorded, **given})
+
+
+def verify_cache(path: str, teacher: TeacherSpec, data: DataConfig | Mapping[str, Any] | None = None, *,
+                 samples: int = 64, seed: int = 0,
                  batch_size: int = 64, device: str = "auto", atol: float | None = None,
                  allow_incomplete: bool = False, storage_options: Mapping[str, Any] | None = None
                  ) -> dict[str, Any]:
     """Replay ``samples`` random completed views through ``teacher`` and compare with the cache.
 
-    Raises :class:`CacheMismatchError` when ``data`` or ``teacher`` is not what the cache was
-    made from. Returns a JSON-safe report whose ``ok`` is False when the largest difference
+    ``data`` defaults to the data recorded in the cache (a mapping overrides single fields, see
+    :func:`cache_data`). Raises :class:`CacheMismatchError` when ``data`` or ``teacher`` is not
+    what the cache was made from. Returns a JSON-safe report whose ``ok`` is False when the largest difference
     exceeds the tolerance, any checked argmax differs, any cached target is NaN/Inf, nothing
     could be checked, or coverage is below 100 % (unless ``allow_incomplete``); ``failures``
     says which, in words.
@@ -93,7 +110,13 @@ def verify_cache(path: str, teacher: TeacherSpec, data: DataConfig, *, samples: 
     if atol is not None and not atol >= 0:
         raise ConfigError(f"atol must be >= 0, got {atol!r}")
     store = CacheStore.open(path, mode="r", storage_options=storage_options)
-    ds = data.open()
+    data_cfg = cache_data(store, data)
+    try:
+        ds = data_cfg.open()
+    except DataNotFoundError as e:
+        if isinstance(data, DataConfig) or (data or {}).get("source"):
+            raise
+        raise DataNotFoundError(f"{e} (the data recorded in the cache; pass `data` to use another path)") from e
     store.check_dataset(ds)
     loaded = build_teacher(teacher, num_classes=ds.num_classes)
     _check_teacher(store, loaded.identity())

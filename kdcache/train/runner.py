@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -32,7 +34,7 @@ from kdcache.config import ConfigBase
 from kdcache.data import DataConfig
 from kdcache.engine import teacher as _teacher
 from kdcache.engine.teacher import TeacherSpec
-from kdcache.errors import CacheMismatchError, CheckpointError, ConfigError
+from kdcache.errors import CacheMismatchError, CheckpointError, ConfigError, KdcacheError
 from kdcache.models import create_model, model_cfg
 from kdcache.models.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from kdcache.runtime import DistContext, select_device
@@ -70,6 +72,7 @@ class TrainConfig(ConfigBase):
     amp: bool = False
     grad_clip: float | None = None
     resume: bool = False
+    overwrite: bool = False             # replace the checkpoints and metrics of a run already in `out`
     max_steps_per_epoch: int | None = None
     storage_options: dict[str, Any] | None = None
     views_per_image: int = 1            # cached students: M cached views from each decoded image (FKD)
@@ -85,6 +88,72 @@ class TrainConfig(ConfigBase):
                               f"each pass over the decoded images trains {m} epochs' worth of views")
         if self.lr <= 0 or self.warmup_epochs < 0 or self.workers < 0:
             raise ConfigError("lr must be > 0, warmup epochs and workers >= 0")
+        if self.resume and self.overwrite:
+            raise ConfigError("`resume` and `overwrite` exclude each other: continue the run in `out` or replace it")
+
+
+# What a run writes into its directory; a directory holding any of them holds a run.
+RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "config.json")
+RUN_DIRS = ("tb",)
+
+
+def _prepare_run_dir(cfg: TrainConfig) -> bool:
+    """Check and create ``cfg.out``; True when this run created it (so a failed start removes it again).
+
+    A directory that already holds a run is refused unless the run continues it (``resume``) or
+    replaces it (``overwrite``, which deletes the old run's files first): never overwritten silently.
+    """
+    out = cfg.out
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ConfigError(f"run directory {out} is a file; choose another `out`")
+    held = [f for f in RUN_FILES if os.path.exists(os.path.join(out, f))]
+    if held and not cfg.resume:
+        if not cfg.overwrite:
+            raise ConfigError(f"{out} already holds a run ({', '.join(held)}); continue it with `resume`, "
+                              "replace it with `overwrite`, or choose another `out`")
+        for f in held:
+            os.remove(os.path.join(out, f))
+        for d in RUN_DIRS:
+            shutil.rmtree(os.path.join(out, d), ignore_errors=True)
+    created = not os.path.isdir(out)
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create run directory {out}: {e.strerror or e}") from e
+    return created
+
+
+@contextmanager
+def _run_directory(cfg: TrainConfig, ctx: DistContext) -> Iterator[None]:
+    """The run directory for the run's lifetime: a run that fails before its first checkpoint leaves
+    nothing behind (when it made the directory); one that fails later keeps its checkpoints and says so."""
+    created = _prepare_run_dir(cfg) if ctx.is_main else False
+    try:
+        yield
+    except BaseException as e:
+        if not ctx.is_main:
+            raise
+        last = os.path.join(cfg.out, "last.pt")
+        if not os.path.exists(last):
+            if created:
+                shutil.rmtree(cfg.out, ignore_errors=True)
+            elif not cfg.resume:  # a directory that held no run: remove only what this run wrote
+                for f in RUN_FILES:
+                    if os.path.exists(os.path.join(cfg.out, f)):
+                        os.remove(os.path.join(cfg.out, f))
+                for d in RUN_DIRS:
+                    shutil.rmtree(os.path.join(cfg.out, d), ignore_errors=True)
+            raise
+        if isinstance(e, KdcacheError):
+            raise type(e)(f"{e}; {last} is kept: rerun with `resume` to continue from it") from e
+        raise
+
+
+def _write_failed(path: str, e: BaseException) -> CheckpointError:
+    # torch reports a short write as RuntimeError("[enforce fail at inline_container.cc] unexpected pos ...")
+    reason = getattr(e, "strerror", None) or ("the file could not be written in full" if isinstance(e, RuntimeError)
+                                              else str(e).strip() or type(e).__name__)
+    return CheckpointError(f"cannot write {path} ({reason}); is the disk full or the directory read-only?")
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, *, steps_per_epoch: int, epochs: int,
@@ -137,17 +206,28 @@ class _Run:
         # best.pt: highest validation top-1, or lowest training loss when there is no validation split
         self.best_score: float | None = None
         self.best_top1: float | None = None
-        self.metrics = MetricsLogger(cfg.out, enabled=ctx.is_main)
         if cfg.resume:
             self._resume()
+        self.metrics = MetricsLogger(cfg.out, enabled=ctx.is_main)
 
     def fit(self, epoch_data: Callable[[int], tuple[DataLoader, TargetSource | None]],
             labels: np.ndarray, val: DataLoader | None, progress: bool) -> dict[str, Any]:
         """The epoch loop: ``epoch_data(epoch)`` gives the epoch's loader and teacher target source."""
+        try:
+            return self._fit(epoch_data, labels, val, progress)
+        except BaseException:
+            self.metrics.close()  # release the event files before the run directory is cleaned up
+            raise
+
+    def _fit(self, epoch_data, labels: np.ndarray, val: DataLoader | None, progress: bool) -> dict[str, Any]:
         cfg = self.cfg
         if self.ctx.is_main:
-            with open(os.path.join(cfg.out, "config.json"), "w") as f:
-                json.dump(self.meta, f, indent=2, default=str)
+            path = os.path.join(cfg.out, "config.json")
+            try:
+                with open(path, "w") as f:
+                    json.dump(self.meta, f, indent=2, default=str)
+            except OSError as e:
+                raise _write_failed(path, e) from e
         # With M views per decoded image, one pass over the data trains M epochs' worth of samples
         # (epochs count samples, not decodes): ``epoch_data(epoch)`` then covers epochs epoch..epoch+M-1.
         m = cfg.views_per_image
@@ -195,7 +275,10 @@ class _Run:
         row = {"epoch": epoch, **{f"train/{k}": v for k, v in train_stats.items()}}
         if val_stats:
             row.update({f"val/{k}": v for k, v in val_stats.items()})
-        self.metrics.write(row, step=epoch)
+        try:
+            self.metrics.write(row, step=epoch)
+        except OSError as e:
+            raise _write_failed(self.metrics.path, e) from e
         score = val_stats["top1"] if val_stats else -train_stats["loss"]
         is_best = self.best_score is None or score > self.best_score
         if is_best:
@@ -203,9 +286,12 @@ class _Run:
             self.best_top1 = val_stats["top1"] if val_stats else None
         state = dict(self.meta, epoch=epoch, best_score=self.best_score, best_top1=self.best_top1, metrics=row,
                      optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict())
-        save_checkpoint(os.path.join(self.cfg.out, "last.pt"), self.model, **state)
-        if is_best:
-            save_checkpoint(os.path.join(self.cfg.out, "best.pt"), self.model, **state)
+        for name in ("last.pt", "best.pt") if is_best else ("last.pt",):
+            path = os.path.join(self.cfg.out, name)
+            try:
+                save_checkpoint(path, self.model, **state)
+            except (OSError, RuntimeError) as e:  # torch reports a short write as a RuntimeError
+                raise _write_failed(path, e) from e
         val = f" val top1 {val_stats['top1']:.2f} top5 {val_stats['top5']:.2f}" if val_stats else ""
         self.log(f"epoch {epoch + 1}/{self.cfg.epochs}: loss {train_stats['loss']:.4f}{val}")
 
@@ -245,34 +331,35 @@ def train_student(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str
                           "drop them, or drop `cache` to draw views from the online teacher's input")
     ctx = DistContext.from_env(cfg.device)
     try:
-        store = CacheStore.open(cfg.cache, mode="r", storage_options=cfg.storage_options) if cfg.cache else None
-        ds = cfg.data.open().preload()  # resident before forking workers: one shared copy
-        meta: dict[str, Any] = {"class_names": list(ds.class_names)}
-        if store is not None:
-            store.check_dataset(ds)
-            meta["cache_fingerprint"] = store.identity.fingerprint
-        teacher = None
-        if online:
-            # Looked up on the module so a test can prove that a cached run never calls it.
-            teacher = _teacher.build_teacher(cfg.teacher, num_classes=ds.num_classes)
-            meta["online_teacher"] = teacher.describe()
-            if store is not None and teacher.identity() != store.identity.teacher:
-                log(f"note: the online teacher {teacher.cfg.name!r} is not the teacher of {cfg.cache}; "
-                    "its views (view spec) are used all the same")
-        spec = (ViewSpec.from_dict(store.identity.view_spec) if store is not None
-                else resolve_view_spec(teacher.cfg, cfg.view))
-        meta["view_spec"] = spec.to_dict()
-        pipeline = ViewPipeline(spec)
-        run = _Run(cfg, ctx, num_classes=ds.num_classes, num_samples=len(ds), kind="student",
-                   log=log if ctx.is_main else _quiet, extra_meta=meta)
-        pin = run.device.type == "cuda"
-        if online:
-            targets = OnlineTargets(teacher.model.to(run.device), amp=cfg.amp)
-            epoch_data = _fresh_view_epochs(ds, pipeline, targets, cfg, ctx, pin)
-        else:
-            epoch_data = _cached_epochs(store, ds, pipeline, cfg, ctx, pin)
-        val = _val_loader(cfg, pipeline, pin) if ctx.is_main else None
-        return run.fit(epoch_data, np.asarray(ds.labels, dtype=np.int64), val, progress)
+        with _run_directory(cfg, ctx):
+            store = CacheStore.open(cfg.cache, mode="r", storage_options=cfg.storage_options) if cfg.cache else None
+            ds = cfg.data.open().preload()  # resident before forking workers: one shared copy
+            meta: dict[str, Any] = {"class_names": list(ds.class_names)}
+            if store is not None:
+                store.check_dataset(ds)
+                meta["cache_fingerprint"] = store.identity.fingerprint
+            teacher = None
+            if online:
+                # Looked up on the module so a test can prove that a cached run never calls it.
+                teacher = _teacher.build_teacher(cfg.teacher, num_classes=ds.num_classes)
+                meta["online_teacher"] = teacher.describe()
+                if store is not None and teacher.identity() != store.identity.teacher:
+                    log(f"note: the online teacher {teacher.cfg.name!r} is not the teacher of {cfg.cache}; "
+                        "its views (view spec) are used all the same")
+            spec = (ViewSpec.from_dict(store.identity.view_spec) if store is not None
+                    else resolve_view_spec(teacher.cfg, cfg.view))
+            meta["view_spec"] = spec.to_dict()
+            pipeline = ViewPipeline(spec)
+            run = _Run(cfg, ctx, num_classes=ds.num_classes, num_samples=len(ds), kind="student",
+                       log=log if ctx.is_main else _quiet, extra_meta=meta)
+            pin = run.device.type == "cuda"
+            if online:
+                targets = OnlineTargets(teacher.model.to(run.device), amp=cfg.amp)
+                epoch_data = _fresh_view_epochs(ds, pipeline, targets, cfg, ctx, pin)
+            else:
+                epoch_data = _cached_epochs(store, ds, pipeline, cfg, ctx, pin)
+            val = _val_loader(cfg, pipeline, pin) if ctx.is_main else None
+            return run.fit(epoch_data, np.asarray(ds.labels, dtype=np.int64), val, progress)
     finally:
         ctx.close()
 
@@ -318,17 +405,18 @@ def train_teacher(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str
         raise ConfigError("`views_per_image` replays cached views; a teacher run draws a fresh view per epoch")
     ctx = DistContext.from_env(cfg.device)
     try:
-        ds = cfg.data.open().preload()  # resident before forking workers: one shared copy
-        cfg = replace(cfg, loss=replace(cfg.loss, distill="none"))
-        run = _Run(cfg, ctx, num_classes=ds.num_classes, num_samples=len(ds), kind="teacher",
-                   log=log if ctx.is_main else _quiet, extra_meta={"class_names": list(ds.class_names)})
-        spec = resolve_view_spec(model_cfg(run.model), cfg.view)
-        run.meta["view_spec"] = spec.to_dict()  # travels in every checkpoint: evaluate uses these views
-        pipeline = ViewPipeline(spec)
-        pin = run.device.type == "cuda"
-        epoch_data = _fresh_view_epochs(ds, pipeline, None, cfg, ctx, pin)
-        val = _val_loader(cfg, pipeline, pin) if ctx.is_main else None
-        return run.fit(epoch_data, np.asarray(ds.labels, dtype=np.int64), val, progress)
+        with _run_directory(cfg, ctx):
+            ds = cfg.data.open().preload()  # resident before forking workers: one shared copy
+            cfg = replace(cfg, loss=replace(cfg.loss, distill="none"))
+            run = _Run(cfg, ctx, num_classes=ds.num_classes, num_samples=len(ds), kind="teacher",
+                       log=log if ctx.is_main else _quiet, extra_meta={"class_names": list(ds.class_names)})
+            spec = resolve_view_spec(model_cfg(run.model), cfg.view)
+            run.meta["view_spec"] = spec.to_dict()  # travels in every checkpoint: evaluate uses these views
+            pipeline = ViewPipeline(spec)
+            pin = run.device.type == "cuda"
+            epoch_data = _fresh_view_epochs(ds, pipeline, None, cfg, ctx, pin)
+            val = _val_loader(cfg, pipeline, pin) if ctx.is_main else None
+            return run.fit(epoch_data, np.asarray(ds.labels, dtype=np.int64), val, progress)
     finally:
         ctx.close()
 

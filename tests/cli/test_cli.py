@@ -82,9 +82,9 @@ def test_config_file_supplies_options_and_flags_override(tmp_path, tiny_h5, cach
 
 def test_dump_refuses_other_teacher_and_leaves_cache_untouched(tmp_path, tiny_h5, tiny_teacher, cache):
     before = tree_digest(Path(cache))
-    res = run("dump-teacher", "--data", tiny_h5, "--teacher", "cnn_small", "--out", cache, "--size", "16",
-              "--workers", "0", "--no-progress", ok=False)
-    assert res.exit_code == 1 and "teacher" in res.output and "Traceback" not in res.output
+    res = run("dump-teacher", "--data", tiny_h5, "--teacher", "cnn_small", "--random-init", "--out", cache,
+              "--size", "16", "--workers", "0", "--no-progress", ok=False)
+    assert res.exit_code == 1 and "teacher.name" in res.output and "Traceback" not in res.output
     res = run(*dump_args(tiny_h5, tiny_teacher, cache, "--seed", "5"), ok=False)
     assert res.exit_code == 1 and "seed" in res.output
     res = run(*dump_args(tiny_h5, tiny_teacher, cache, "--targets", "topk:2"), ok=False)
@@ -318,3 +318,25 @@ def test_views_per_image_through_the_cli(tmp_path, tiny_h5, cache):
     res = run("train-student", "--cache", cache, "--data", tiny_h5, "--student", "cnn_tiny", "--views-per-image",
               "2", "--epochs", "3", "--out", tmp_path / "r2", "--workers", "0", ok=False)
     assert res.exit_code == 1 and "--epochs (3) must be a multiple of --views-per-image (2)" in res.output
+
+
+def test_train_teacher_validates_on_a_held_out_folder_split(tmp_path):
+    """An ImageFolder without split folders: --val-fraction gives train-teacher a 'val' split to evaluate."""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "imgs"
+    for c in range(3):
+        (root / f"c{c}").mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(np.full((8, 8, 3), 30 * c + i, np.uint8)).save(root / f"c{c}" / f"{i}.png")
+    out = tmp_path / "t"
+    run("train-teacher", "--data", f"folder:{root}", "--val-fraction", "0.34", "--teacher", "cnn_tiny",
+        "--size", "16", "--epochs", "1", "--batch-size", "8", "--out", out, "--workers", "0", "--no-progress")
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert "val/top1" in rows[0]
+    saved = json.loads((out / "config.json").read_text())["config"]
+    assert saved["data"]["val_fraction"] == 0.34 and saved["val_split"] == "val"
+    res = run("evaluate", out / "best.pt", "--data", f"folder:{root}", "--val-fraction", "0.34", "--split", "val",
+              "--workers", "0", "--json")
+    assert json.loads(res.output)["images"] == 6

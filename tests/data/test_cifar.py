@@ -83,7 +83,8 @@ def test_pickle_drops_the_array_and_reloads(tmp_path, monkeypatch, no_network):
 
 def test_offline_download_fails_with_one_line_hint(tmp_path, no_network):
     with pytest.raises(DownloadUnavailableError) as info:
-        open_dataset(f"cifar10:{tmp_path / 'cifar'}")
+        open_dataset(f"cifar10:{tmp_path / 'cifar' / 'sub'}")
+    assert not (tmp_path / "cifar").exists()  # the folders made for the download are gone again
     message = str(info.value)
     assert "\n" not in message
     assert "could not download CIFAR-10" in message and "name resolution" in message

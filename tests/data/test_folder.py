@@ -112,3 +112,33 @@ def test_deleted_image(make_folder):
     (root / "a" / "1.png").unlink()
     with pytest.raises(DataNotFoundError, match=r"1\.png"):
         ds.get_image(1)
+
+
+def test_val_fraction_holds_out_a_deterministic_stratified_split(make_folder):
+    files = {f"{c}/{i:02d}.png": img(4, 4, seed=i) for c in ("cat", "dog") for i in range(10)}
+    files["emu/only.png"] = img(4, 4, seed=99)  # a one-image class stays in train
+    root = make_folder(files)
+    train = open_dataset(f"folder:{root}", "train", val_fraction=0.2)
+    val = open_dataset(f"folder:{root}", "val", val_fraction=0.2)
+    assert sorted(train.keys + val.keys) == sorted(files)
+    assert not set(train.keys) & set(val.keys)
+    assert np.bincount(val.labels, minlength=3).tolist() == [2, 2, 0]
+    assert train.class_names == val.class_names == ["cat", "dog", "emu"]
+    # The division depends on the keys alone: same result for a copy of the tree elsewhere.
+    copy = make_folder(files, name="copy")
+    assert open_dataset(f"folder:{copy}", "val", val_fraction=0.2).keys == val.keys
+    assert val.describe()["val_fraction"] == 0.2 and "val_fraction" not in open_dataset(f"folder:{root}").describe()
+    for image_key, i in zip(val.keys, range(len(val))):
+        assert torch.equal(val[i][0], chw(files[image_key]))
+    with pytest.raises(DataError, match="train and val, not 'test'"):
+        open_dataset(f"folder:{root}", "test", val_fraction=0.2)
+    with pytest.raises(DataError, match="hold some out with `val_fraction`"):
+        open_dataset(f"folder:{root}", "val")
+
+
+def test_val_fraction_is_refused_where_it_does_not_apply(make_folder, tmp_path):
+    root = make_folder({"train/a/x.png": img(), "val/a/y.png": img()})
+    with pytest.raises(DataError, match="has split folders .*`val_fraction` only divides a folder without them"):
+        open_dataset(f"folder:{root}", val_fraction=0.1)
+    with pytest.raises(DataError, match="folder: sources only"):
+        open_dataset("digits", val_fraction=0.1)

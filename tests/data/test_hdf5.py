@@ -182,17 +182,42 @@ def test_float_labels(make_h5):
 
 
 def test_labels_out_of_range_of_class_names(make_h5):
-    path = make_h5({"train": (images(3), np.array([0, 1, 2]), None)}, class_names=["a", "b"])
-    with pytest.raises(DataError, match="label 2 is out of range for 2 classes"):
+    path = make_h5({"train": (images(3), np.array([0, 1, 2]), ["x.png", "y.png", "z.png"])}, class_names=["a", "b"])
+    with pytest.raises(DataError, match=r"sample 2 \('z.png'\) has label 2, outside the 2 classes"):
         open_dataset(f"hdf5:{path}")
 
 
 def test_negative_labels(make_h5):
     path = make_h5({"train": (images(2), np.array([0, -1]), None)})
-    with pytest.raises(DataError, match="negative label -1"):
+    with pytest.raises(DataError, match=r"sample 1 \('train/1'\) has negative label -1"):
         open_dataset(f"hdf5:{path}")
     path = make_h5({"train": (images(2), np.array([0, -1]), None)}, class_names=["a", "b"], name="n.h5")
-    with pytest.raises(DataError, match="label -1 is out of range"):
+    with pytest.raises(DataError, match="has label -1, outside the 2 classes"):
+        open_dataset(f"hdf5:{path}")
+
+
+def test_one_stray_label_does_not_make_a_thousand_classes(make_h5):
+    """The issue's case: one label 999 among a 10-class file without class names is refused, naming it."""
+    labels = np.arange(20) % 10
+    labels[13] = 999
+    path = make_h5({"train": (images(20), labels, None)})
+    with pytest.raises(DataError, match=r"labels imply 1000 classes \(sample 13 \('train/13'\) has label 999\) "
+                                        r"but 989 of them have no sample"):
+        open_dataset(f"hdf5:{path}")
+    # With the class count recorded, the same label is out of range, and the message names the sample.
+    import h5py
+
+    with h5py.File(path, "a") as f:
+        f.attrs["num_classes"] = 10
+    with pytest.raises(DataError, match=r"sample 13 \('train/13'\) has label 999, outside the 10 classes"):
+        open_dataset(f"hdf5:{path}")
+    with h5py.File(path, "a") as f:
+        f["train/labels"][13] = 3
+        f.attrs["num_classes"] = 12  # two classes without samples are fine when the file says so
+    assert open_dataset(f"hdf5:{path}").num_classes == 12
+    with h5py.File(path, "a") as f:
+        f.attrs["num_classes"] = 2.5
+    with pytest.raises(DataError, match="num_classes must be a positive integer"):
         open_dataset(f"hdf5:{path}")
 
 

@@ -56,7 +56,7 @@ def test_open_dataset_returns_an_image_dataset_with_the_source_as_given():
 def test_data_config_round_trip_and_open():
     cfg = DataConfig(source="digits", split="test", limit=25, subset_seed=3)
     d = cfg.to_dict()
-    assert d == {"source": "digits", "split": "test", "limit": 25, "subset_seed": 3}
+    assert d == {"source": "digits", "split": "test", "limit": 25, "subset_seed": 3, "val_fraction": 0.0}
     assert DataConfig.from_dict(json.loads(json.dumps(d))) == cfg
     ds = cfg.open()
     assert len(ds) == 25 and ds.split == "test"

@@ -55,3 +55,37 @@ def test_dump_to_an_fsspec_url_equals_a_local_dump(tmp_path, tiny_h5, tiny_teach
     assert a.identity == b.identity
     for name in a.view_array_names + ["done"]:
         assert np.array_equal(a.array(name)[:], b.array(name)[:]), name
+
+
+def _folder_with_bad_image(root, bad: str):
+    """6 PNGs in 3 classes plus one corrupt JPEG at ``bad`` (class/name)."""
+    from PIL import Image
+
+    for i, cls in enumerate("aabbcc"):
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(root / cls / f"{i}.png")
+    (root / bad).write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    return f"folder:{root}"
+
+
+@pytest.mark.filterwarnings("ignore:The image decoding and encoding:DeprecationWarning")
+@pytest.mark.parametrize("bad,done", [("a/0_bad.jpg", 0), ("c/9_bad.jpg", 3)])
+def test_a_corrupt_image_removes_an_empty_cache_or_keeps_finished_units(tmp_path, tiny_teacher, bad, done):
+    """7 samples in blocks of 2, one view. The bad file is the first sample (nothing done: the new cache
+    is removed) or the last (blocks 0-2 done: kept, and the message says the dump resumes)."""
+    from kdcache.errors import DataError
+
+    data = _folder_with_bad_image(tmp_path / "imgs", bad)
+    out = tmp_path / "c.zarr"
+    cfg = DumpConfig(data=DataConfig(source=data), out=str(out), teacher=TeacherSpec(weights=tiny_teacher),
+                     views=1, view={"size": 16}, workers=0, block_size=2, batch_size=2)
+    with pytest.raises(DataError) as info:
+        dump_teacher(cfg, progress=False, log=lambda _m: None)
+    msg = str(info.value)
+    assert "\n" not in msg and bad in msg and ("cannot decode image" in msg or "cannot read image" in msg)
+    if done == 0:
+        assert "nothing was computed" in msg and "was removed" in msg
+        assert not out.exists()
+    else:
+        assert f"{done} of 4 units are done and kept" in msg and "rerun the same command to resume" in msg
+        assert CacheStore.open(str(out)).done_units().sum() == done

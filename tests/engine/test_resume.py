@@ -111,6 +111,34 @@ def test_resume_after_sigkills_matches_uninterrupted_dump(world, tmp_path):
     assert_stores_equal(out, world.reference)
 
 
+@pytest.mark.slow
+def test_random_init_teacher_dump_resumes_after_sigkill(world, tmp_path):
+    """A --random-init teacher is seeded: a process killed midway and a fresh process that resumes
+    build bit-identical weights, so the finished store equals one uninterrupted in-process dump."""
+    teacher = ["--teacher", "cnn_tiny", "--random-init", "--init-seed", "7"]
+    reference = tmp_path / "ref.zarr"
+    world.dump(reference, teacher=TeacherSpec(name="cnn_tiny", random_init=True, init_seed=7))
+    out = tmp_path / "c.zarr"
+    cmd = kdcache_cmd(world.dump_args(out, teacher=teacher))
+    proc = start(cmd, tmp_path, "kill")
+    wait_for(lambda: done_chunk_count(out) >= world.num_units // 3, proc, what="a third of the units")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, logs(proc)
+    done = assert_done_units_match(out, reference)
+    assert 0 < done < world.num_units
+    result = run(cmd + ["--json"])
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["units_computed"] == world.num_units - done
+    assert_stores_equal(out, reference)
+    assert CacheStore.open(str(out)).identity.teacher["random_init_seed"] == 7
+    # Another seed is another teacher: the same cache refuses it by name.
+    other = run(kdcache_cmd(world.dump_args(out, teacher=["--teacher", "cnn_tiny", "--random-init",
+                                                          "--init-seed", "8"])))
+    assert other.returncode == 1 and "random_init_seed" in other.stderr and "Traceback" not in other.stderr
+
+
 class _WriteCrash(Exception):
     """Raised right after a chosen store write, inside zarr's event loop (so an Exception, not a
     BaseException, which would take the loop thread down with it)."""

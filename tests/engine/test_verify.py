@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import h5py
@@ -286,3 +287,27 @@ def test_cli_verify_bad_input(tmp_path, full_cache, tiny_h5, tiny_teacher):
 
     res = _cli(full_cache, "--data", tiny_h5, "--teacher-weights", tiny_teacher, "--samples", "0")
     assert res.exit_code == 2  # click usage error
+
+
+def test_cli_verify_defaults_to_the_data_recorded_in_the_cache(tmp_path, full_cache, tiny_h5, tiny_teacher):
+    res = _cli(full_cache, "--teacher-weights", tiny_teacher, "--device", "cpu", "--samples", "4")
+    assert res.exit_code == 0, res.output
+    assert res.output.strip().endswith("ok")
+    # --split alone overrides one field of the recorded data: another split is other data.
+    res = _cli(full_cache, "--teacher-weights", tiny_teacher, "--device", "cpu", "--split", "test")
+    assert res.exit_code == 1 and "split" in res.output and "Traceback" not in res.output
+    # Recorded data that moved: one line that says where the path came from and what to pass.
+    moved = tmp_path / "moved.zarr"
+    shutil.copytree(full_cache, moved)
+    data_file = tiny_h5.split(":", 1)[1]
+    os.rename(data_file, data_file + ".away")
+    try:
+        res = _cli(str(moved), "--teacher-weights", tiny_teacher, "--device", "cpu")
+        lines = [ln for ln in res.output.splitlines() if ln.strip()]
+        assert res.exit_code == 1 and len(lines) == 1 and "Traceback" not in res.output
+        assert "recorded in the cache" in lines[0] and "--data" in lines[0]
+        res = _cli(str(moved), "--data", "hdf5:" + data_file + ".away", "--teacher-weights", tiny_teacher,
+                   "--device", "cpu", "--samples", "4")
+        assert res.exit_code == 0, res.output
+    finally:
+        os.rename(data_file + ".away", data_file)

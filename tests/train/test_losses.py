@@ -81,6 +81,6 @@ def test_configs_round_trip_through_json():
     t = TrainConfig(data=DataConfig(source="digits", limit=100), out="r", model="cnn_tiny",
                     model_kwargs={"width": 4}, loss=LossConfig(distill="hard", alpha=0.3), epochs=3)
     assert TrainConfig.from_dict(json.loads(json.dumps(t.to_dict()))) == t
-    d = DumpConfig(data=DataConfig(source="digits"), out="c.zarr", teacher=TeacherSpec(name="cnn_small"),
+    d = DumpConfig(data=DataConfig(source="digits"), out="c.zarr", teacher=TeacherSpec(name="cnn_small", random_init=True, init_seed=3),
                    views=3, view={"scale": (0.5, 1.0), "mix": "cutmix"}, targets="topk:2")
     assert DumpConfig.from_dict(json.loads(json.dumps(d.to_dict()))) == d

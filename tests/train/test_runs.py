@@ -94,3 +94,84 @@ def test_tensorboard_event_files_when_the_extra_is_installed(tmp_path, tiny_h5, 
     tags = acc.Tags()["scalars"]
     assert "train/loss" in tags and "val/top1" in tags
     assert [e.step for e in acc.Scalars("val/top1")] == [0, 1]
+
+
+# ---------------------------------------------------------------------- the run directory
+def _teacher_cfg(tiny_h5, out, **kw) -> TrainConfig:
+    base = dict(data=DataConfig(source=tiny_h5), out=str(out), model="cnn_tiny", epochs=1, batch_size=16,
+                workers=0, val_split=None, view={"size": 16})
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_an_existing_run_is_never_overwritten_silently(tmp_path, tiny_h5):
+    import pytest
+
+    from kdcache.errors import ConfigError
+    from kdcache.train import train_teacher
+
+    out = tmp_path / "run"
+    train_teacher(_teacher_cfg(tiny_h5, out), progress=False, log=lambda _m: None)
+    before = (out / "last.pt").read_bytes()
+    with pytest.raises(ConfigError, match=r"already holds a run \(last.pt, best.pt, metrics.jsonl, config.json\)"
+                       r".*`resume`.*`overwrite`"):
+        train_teacher(_teacher_cfg(tiny_h5, out, seed=1), progress=False, log=lambda _m: None)
+    assert (out / "last.pt").read_bytes() == before
+    with pytest.raises(ConfigError, match="exclude each other"):
+        _teacher_cfg(tiny_h5, out, resume=True, overwrite=True)
+    train_teacher(_teacher_cfg(tiny_h5, out, seed=1, overwrite=True), progress=False, log=lambda _m: None)
+    assert (out / "last.pt").read_bytes() != before
+    rows = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == 1  # the old run's metrics went with it, not appended to
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_leaves_nothing(tmp_path, tiny_h5):
+    import pytest
+
+    from kdcache.errors import KdcacheError
+    from kdcache.train import train_teacher
+
+    out = tmp_path / "new" / "run"
+    with pytest.raises(KdcacheError, match="unknown model"):
+        train_teacher(_teacher_cfg(tiny_h5, out, model="no_such_model"), progress=False, log=lambda _m: None)
+    assert not out.exists()
+    # A directory the user made stays, emptied of what the run wrote (metrics, TensorBoard files).
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    with pytest.raises(KdcacheError):
+        train_student(TrainConfig(data=DataConfig(source=tiny_h5), out=str(mine), model="cnn_tiny",
+                                  cache=str(tmp_path / "missing.zarr"), workers=0), progress=False,
+                      log=lambda _m: None)
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+
+
+def test_a_checkpoint_write_failure_keeps_the_last_checkpoint_and_says_so(tmp_path, tiny_h5, monkeypatch):
+    """A disk that fills up at epoch 2: one-line CheckpointError, epoch 1's last.pt kept and resumable."""
+    import errno
+
+    import pytest
+
+    import kdcache.train.runner as runner
+    from kdcache.errors import CheckpointError
+    from kdcache.train import train_teacher
+
+    real = runner.save_checkpoint
+    calls = {"n": 0}
+
+    def fill_up(path, model, **extra):
+        calls["n"] += 1
+        if extra["epoch"] == 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, model, **extra)
+
+    monkeypatch.setattr(runner, "save_checkpoint", fill_up)
+    out = tmp_path / "run"
+    with pytest.raises(CheckpointError, match=r"cannot write .*last.pt \(No space left on device\).*"
+                                              r"last.pt is kept: rerun with `resume`") as info:
+        train_teacher(_teacher_cfg(tiny_h5, out, epochs=3), progress=False, log=lambda _m: None)
+    assert "\n" not in str(info.value)
+    assert load_checkpoint(out / "last.pt")[1]["epoch"] == 0
+    monkeypatch.setattr(runner, "save_checkpoint", real)
+    train_teacher(_teacher_cfg(tiny_h5, out, epochs=3, resume=True), progress=False, log=lambda _m: None)
+    assert load_checkpoint(out / "last.pt")[1]["epoch"] == 2
