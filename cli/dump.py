@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import click
-
-from cli.options import (
+from kdcache.cli.options import (
     SectionedCommand,
     config_option,
     data_options,
@@ -16,6 +15,7 @@ from cli.options import (
     view_options,
     view_overrides,
 )
+
 from kdcache.data import DataConfig
 from kdcache.engine import DumpConfig, TeacherSpec, dump_teacher
 from kdcache.utils import human_bytes, parse_key_values, parse_model_args

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import click
+from kdcache.cli.options import config_option, echo_json, library_errors
 
-from cli.options import config_option, echo_json, library_errors
 from kdcache.cache.export import COMPRESSIONS, export_hdf5
 from kdcache.utils import human_bytes, parse_key_values
 

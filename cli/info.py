@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import click
+from kdcache.cli.options import config_option, echo_json, library_errors
 
-from cli.options import config_option, echo_json, library_errors
 from kdcache.cache.info import cache_info
 from kdcache.utils import human_bytes, parse_key_values
 

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import click
+from kdcache.cli.dump import dump_teacher_cmd
+from kdcache.cli.evaluate import evaluate_cmd
+from kdcache.cli.export import export_cmd
+from kdcache.cli.info import info_cmd
+from kdcache.cli.models import models_cmd
+from kdcache.cli.plot import plot_cmd
+from kdcache.cli.quickstart import quickstart_cmd
+from kdcache.cli.train import train_student_cmd, train_teacher_cmd
+from kdcache.cli.verify import verify_cmd
 
-from cli.dump import dump_teacher_cmd
-from cli.evaluate import evaluate_cmd
-from cli.export import export_cmd
-from cli.info import info_cmd
-from cli.models import models_cmd
-from cli.plot import plot_cmd
-from cli.quickstart import quickstart_cmd
-from cli.train import train_student_cmd, train_teacher_cmd
-from cli.verify import verify_cmd
 from kdcache import __version__
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import click
+from kdcache.cli.options import config_option, echo_json, library_errors
 
-from cli.options import config_option, echo_json, library_errors
 from kdcache.models.summary import format_table, model_table
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import click
+from kdcache.cli.options import echo_json, library_errors
 
-from cli.options import echo_json, library_errors
 from kdcache.report import plot_runs, read_metrics, summarize_run, summary_table
 
 

@@ -6,8 +6,8 @@ import json
 import os
 
 import click
+from kdcache.cli.options import config_option, library_errors
 
-from cli.options import config_option, library_errors
 from kdcache.quickstart import QuickstartConfig, format_table, run_quickstart
 
 

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import click
-
-from cli.options import (
+from kdcache.cli.options import (
     SectionedCommand,
     config_option,
     data_options,
@@ -15,6 +14,7 @@ from cli.options import (
     view_options,
     view_overrides,
 )
+
 from kdcache.data import DataConfig
 from kdcache.engine import TeacherSpec
 from kdcache.train import LossConfig, TrainConfig, train_student, train_teacher

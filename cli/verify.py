@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import click
+from kdcache.cli.options import config_option, data_options, echo_json, library_errors, random_init_options
 
-from cli.options import config_option, data_options, echo_json, library_errors, random_init_options
 from kdcache.engine import TeacherSpec
 from kdcache.engine.verify import verify_cache, verify_integrity
 from kdcache.utils import parse_key_values, parse_model_args

@@ -1,5 +1,5 @@
 """``python -m kdcache`` runs the command line."""
 
-from cli.main import main
+from kdcache.cli.main import main
 
 main()

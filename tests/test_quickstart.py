@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 
 from click.testing import CliRunner
-
-from cli.main import cli
+from kdcache.cli.main import cli
 
 
 def test_reduced_quickstart_end_to_end(tmp_path):

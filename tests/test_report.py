@@ -6,8 +6,8 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from kdcache.cli.main import cli
 
-from cli.main import cli
 from kdcache.errors import RunError, RunNotFoundError
 from kdcache.report import read_metrics, summarize_run
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 import zarr
 from click.testing import CliRunner
+from kdcache.cli.main import cli
 
-from cli.main import cli
 from kdcache.cache.export import ATTRS_ENCODING, _blocks, export_hdf5, read_hdf5_attrs
 from kdcache.data import DataConfig
 from kdcache.engine import DumpConfig, TeacherSpec, dump_teacher

@@ -15,8 +15,7 @@ import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
-from cli.main import cli
+from kdcache.cli.main import cli
 
 
 def _one_line(res) -> str:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from kdcache.cli.main import cli
 
-from cli.main import cli
 from kdcache.models import create_model
 
 

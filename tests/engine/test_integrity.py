@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from engine_support import BLOCK, N_TRAIN, VIEWS, assert_stores_equal
+from kdcache.cli.main import cli
 
-from cli.main import cli
 from kdcache.cache import CacheStore
 from kdcache.cache.export import export_hdf5
 from kdcache.cache.info import cache_info

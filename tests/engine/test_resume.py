@@ -42,8 +42,8 @@ from engine_support import (
     tree_digest,
     wait_for,
 )
+from kdcache.cli.main import cli
 
-from cli.main import cli
 from kdcache.cache import CacheStore
 from kdcache.engine import TeacherSpec
 from kdcache.errors import CacheIncompleteError, CacheMismatchError, TeacherOutputError

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
+from kdcache.cli.main import cli
 
-from cli.main import cli
 from kdcache.augment import ViewSpec
 from kdcache.cache import CacheStore
 from kdcache.data import DataConfig

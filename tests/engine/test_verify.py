@@ -12,8 +12,8 @@ import pytest
 import torch
 import zarr
 from click.testing import CliRunner
+from kdcache.cli.main import cli
 
-from cli.main import cli
 from kdcache.data import DataConfig
 from kdcache.engine import DumpConfig, TeacherSpec, dump_teacher
 from kdcache.engine.verify import FP16_ULP, MIN_ATOL, default_atol, verify_cache

@@ -73,6 +73,6 @@ if __name__ == "__main__":
     elif RANK == 1:
         _rank1_reports()
     sys.argv = ["kdcache", *sys.argv[2:]]
-    from cli.main import main
+    from kdcache.cli.main import main
 
     main()
