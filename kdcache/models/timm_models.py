@@ -62,7 +62,7 @@ def create_timm_model(name: str, *, num_classes: int, pretrained: bool = False, 
             raise
         raise DownloadUnavailableError(
             f"cannot download the pretrained weights of timm model {name!r} ({e}); when offline, build it "
-            f"without pretrained weights and pass --teacher-weights PATH to a local checkpoint") from e
+            f"without pretrained weights and pass `teacher_weights` PATH to a local checkpoint") from e
     except RuntimeError as e:
         # timm reports unknown names as RuntimeError("Unknown model (...)").
         raise ModelError(f"timm model {name!r}: {e}") from e

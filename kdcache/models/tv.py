@@ -120,7 +120,7 @@ def create_torchvision_model(name: str, *, num_classes: int, pretrained: bool = 
                          "kdcache teachers and students must produce class logits")
     if "weights" in kw:
         raise ModelError("pass pretrained=True (the default weights) or load weights with "
-                         "--teacher-weights PATH instead of a torchvision 'weights' argument")
+                         "`teacher_weights` PATH instead of a torchvision 'weights' argument")
     try:
         default_weights = tvm.get_model_weights(name).DEFAULT
     except (ValueError, AttributeError):
@@ -137,7 +137,7 @@ def create_torchvision_model(name: str, *, num_classes: int, pretrained: bool = 
         except (URLError, OSError) as e:
             raise DownloadUnavailableError(
                 f"cannot download the pretrained weights of {name!r} ({e}); when offline, build the model "
-                f"without pretrained weights and pass --teacher-weights PATH to a local checkpoint") from e
+                f"without pretrained weights and pass `teacher_weights` PATH to a local checkpoint") from e
         old_classes = len(default_weights.meta.get("categories") or []) or 1000
         if num_classes != old_classes:
             resize_head(model, old_classes=old_classes, num_classes=num_classes)

@@ -168,5 +168,5 @@ def test_timm_unknown_model_and_unknown_argument():
 
 
 def test_timm_pretrained_weights_offline_is_a_clear_error(hub_offline):
-    with pytest.raises(DownloadUnavailableError, match="--teacher-weights PATH"):
+    with pytest.raises(DownloadUnavailableError, match="`teacher_weights` PATH"):
         create_model("timm:resnet18", num_classes=3, pretrained=True)

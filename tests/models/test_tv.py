@@ -89,7 +89,7 @@ def test_pretrained_offline_raises_download_unavailable(monkeypatch, tmp_path):
         raise URLError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
-    with pytest.raises(DownloadUnavailableError, match="--teacher-weights PATH"):
+    with pytest.raises(DownloadUnavailableError, match="`teacher_weights` PATH"):
         create_model("mobilenet_v3_small", num_classes=10, pretrained=True)
 
 
@@ -118,3 +118,19 @@ def test_mobilenet_v2_at_32px_trains():
     assert out.shape == (2, 10)
     out.logsumexp(1).mean().backward()
     assert model.features[0][0].weight.grad is not None
+
+
+def test_pretrained_offline_through_the_cli_names_the_flag(monkeypatch, tmp_path, tiny_h5):
+    from click.testing import CliRunner
+    from kdcache.cli.main import cli
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def offline(url, *args, **kwargs):
+        raise URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    res = CliRunner().invoke(cli, ["dump-teacher", "--data", tiny_h5, "--teacher", "mobilenet_v3_small",
+                                   "--teacher-arg", "pretrained=true", "--out", str(tmp_path / "c.zarr"),
+                                   "--size", "16", "--workers", "0", "--no-progress"])
+    assert res.exit_code == 1 and "pass --teacher-weights PATH" in res.output and "Traceback" not in res.output
