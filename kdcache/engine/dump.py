@@ -38,9 +38,9 @@ from kdcache.cache.integrity import scan_cache
 from kdcache.cache.layout import VIEW_SEED, UnitLayout
 from kdcache.config import ConfigBase
 from kdcache.data import DataConfig
-from kdcache.engine.teacher import TeacherSpec, build_teacher
 from kdcache.errors import CacheError, CacheMismatchError, ConfigError, KdcacheError, TeacherOutputError
 from kdcache.runtime import DistContext, autocast, select_device
+from kdcache.teacher import TeacherSpec, build_teacher
 from kdcache.views import (
     BlockBatches,
     ViewBatch,

@@ -34,9 +34,9 @@ from kdcache.augment import ViewPipeline, ViewSpec
 from kdcache.cache import CacheStore, TargetMode, canonical_json
 from kdcache.cache.integrity import scan_cache
 from kdcache.data import DataConfig
-from kdcache.engine.teacher import TeacherSpec, build_teacher
 from kdcache.errors import CacheMismatchError, ConfigError, DataNotFoundError
 from kdcache.runtime import select_device
+from kdcache.teacher import TeacherSpec, build_teacher
 from kdcache.views import build_views
 
 __all__ = ["verify_cache", "verify_integrity", "cache_data", "default_atol", "FP16_ULP", "MIN_ATOL"]

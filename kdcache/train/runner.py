@@ -28,16 +28,16 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from kdcache import teacher as _teacher
 from kdcache.augment import ViewPipeline, ViewSpec
 from kdcache.cache import CacheStore
 from kdcache.config import ConfigBase
 from kdcache.data import DataConfig
-from kdcache.engine import teacher as _teacher
-from kdcache.engine.teacher import TeacherSpec
 from kdcache.errors import CacheMismatchError, CheckpointError, ConfigError, KdcacheError
 from kdcache.models import create_model, model_cfg
 from kdcache.models.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from kdcache.runtime import DistContext, select_device
+from kdcache.teacher import TeacherSpec
 from kdcache.train.logging import MetricsLogger
 from kdcache.train.loop import evaluate, train_one_epoch
 from kdcache.train.losses import DistillationLoss, LossConfig

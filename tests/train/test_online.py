@@ -41,7 +41,7 @@ def _cfg(tmp_path, data, name, **kw) -> TrainConfig:
 
 
 def test_a_cached_run_never_builds_the_teacher(tmp_path, tiny_h5, small_teacher, monkeypatch):
-    from kdcache.engine import teacher as teacher_module
+    from kdcache import teacher as teacher_module
     from kdcache.models import registry
 
     cache = str(tmp_path / "c.zarr")

@@ -1,4 +1,4 @@
-"""Build a teacher for the dump or verification: model + weights + identity.
+"""Build a teacher (for the dump, verification and the online reference): model + weights + identity.
 
 A teacher always has real, reproducible weights: a weights file, a constructor that loads them
 (``pretrained=True``, a ``python:`` or ``hf:`` builder), or, asked for explicitly with
