@@ -75,3 +75,21 @@ def tiny_teacher(tmp_path) -> str:
     path = tmp_path / "teacher.pt"
     save_checkpoint(str(path), model)
     return str(path)
+
+
+@pytest.fixture
+def decodes(monkeypatch):
+    """Counts image decodes per sample index (every source reads through ``ImageDataset.get_images``)."""
+    from collections import Counter
+
+    from kdcache.data._dataset import ImageDataset
+
+    seen: Counter = Counter()
+    original = ImageDataset.get_images
+
+    def counting(self, indices):
+        seen.update(int(i) for i in indices)
+        return original(self, indices)
+
+    monkeypatch.setattr(ImageDataset, "get_images", counting)
+    return seen

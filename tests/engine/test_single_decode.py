@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from collections import Counter
-
 import numpy as np
 import pytest
 
 from kdcache.cache import CacheStore
 from kdcache.data import DataConfig
-from kdcache.data._dataset import ImageDataset
 from kdcache.engine import DumpConfig, TeacherSpec, dump_teacher
 from kdcache.errors import CacheError
 
@@ -19,19 +16,6 @@ def _cfg(data, teacher, out, **kw):
                 view={"size": 16}, batch_size=8, workers=0, block_size=16, device="cpu")
     base.update(kw)
     return DumpConfig(**base)
-
-
-@pytest.fixture
-def decodes(monkeypatch):
-    seen: Counter = Counter()
-    original = ImageDataset.get_images
-
-    def counting(self, indices):
-        seen.update(int(i) for i in indices)
-        return original(self, indices)
-
-    monkeypatch.setattr(ImageDataset, "get_images", counting)
-    return seen
 
 
 def test_each_image_is_decoded_once_for_all_its_views(tmp_path, tiny_h5, tiny_teacher, decodes):

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from kdcache.data import DataConfig
-from kdcache.data._dataset import ImageDataset
 from kdcache.engine import DumpConfig, TeacherSpec, dump_teacher
 from kdcache.engine.verify import default_atol
 from kdcache.errors import ConfigError
@@ -29,7 +28,7 @@ def cache(tmp_path, tiny_h5, tiny_teacher) -> str:
     return out
 
 
-def _run(tmp_path, tiny_h5, cache, name, m, monkeypatch, epochs=4):
+def _run(tmp_path, tiny_h5, cache, name, m, monkeypatch, decodes, epochs=4):
     seen = []
     original = CachedTargets.__call__
 
@@ -39,21 +38,13 @@ def _run(tmp_path, tiny_h5, cache, name, m, monkeypatch, epochs=4):
         return t
 
     monkeypatch.setattr(CachedTargets, "__call__", recording)
-    decodes: Counter = Counter()
-    get = ImageDataset.get_images
-
-    def counting(self, indices):
-        decodes.update(int(i) for i in indices)
-        return get(self, indices)
-
-    monkeypatch.setattr(ImageDataset, "get_images", counting)
+    decodes.clear()
     cfg = TrainConfig(data=DataConfig(source=tiny_h5), out=str(tmp_path / name), model="cnn_tiny", cache=cache,
                       epochs=epochs, batch_size=16, workers=0, val_split=None, device="cpu", views_per_image=m,
                       loss=LossConfig(distill="soft"))
     train_student(cfg, progress=False, log=lambda _m: None)
     monkeypatch.setattr(CachedTargets, "__call__", original)
-    monkeypatch.setattr(ImageDataset, "get_images", get)
-    return seen, decodes
+    return seen, Counter(decodes)
 
 
 def _key(batch, row, t):
@@ -62,9 +53,9 @@ def _key(batch, row, t):
 
 
 def test_m_views_per_decode_train_on_the_same_views_and_targets(tmp_path, tiny_h5, tiny_teacher, cache,
-                                                                 monkeypatch):
-    one, dec1 = _run(tmp_path, tiny_h5, cache, "m1", 1, monkeypatch)
-    two, dec2 = _run(tmp_path, tiny_h5, cache, "m2", 2, monkeypatch)
+                                                                 monkeypatch, decodes):
+    one, dec1 = _run(tmp_path, tiny_h5, cache, "m1", 1, monkeypatch, decodes)
+    two, dec2 = _run(tmp_path, tiny_h5, cache, "m2", 2, monkeypatch, decodes)
     # the same (sample, view, targets) over the run; the schedule counts samples: same number of steps
     assert len(one) == len(two) == 4 * 3
     assert Counter(_key(b, r, t) for b, _, t in one for r in range(len(b.indices))) == \
