@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kdcache.errors import KdcacheError, RunError, RunNotFoundError
+from kdcache.errors import RunError, RunNotFoundError
+from kdcache.utils import optional_import
 
 __all__ = ["read_metrics", "summarize_run", "summary_table", "plot_runs"]
 
@@ -92,11 +93,8 @@ def summary_table(summaries: Sequence[dict[str, Any]]) -> str:
 def plot_runs(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *, metric: str = "val/top1",
               runs: dict[str, list[dict[str, Any]]] | None = None) -> Path:
     """Draw the runs' training loss and ``metric`` per epoch side by side into the PNG ``out``."""
-    try:
-        from matplotlib.figure import Figure
-        from matplotlib.ticker import MaxNLocator
-    except ImportError as e:
-        raise KdcacheError("plotting needs matplotlib: pip install 'kdcache[plot]'") from e
+    Figure = optional_import("matplotlib.figure", extra="plot", what="plots").Figure
+    MaxNLocator = optional_import("matplotlib.ticker", extra="plot", what="plots").MaxNLocator
     runs = runs if runs is not None else {str(d): read_metrics(d) for d in run_dirs}
     if not any(metric in r for rows in runs.values() for r in rows):
         known = sorted({k for rows in runs.values() for r in rows for k in r if k != "epoch"})

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterable
+from types import ModuleType
 
-from kdcache.errors import ConfigError
+from kdcache.errors import ConfigError, KdcacheError
 
-__all__ = ["human_bytes", "parse_key_values", "parse_model_args"]
+__all__ = ["human_bytes", "optional_import", "parse_key_values", "parse_model_args"]
 
 
 def human_bytes(n: int | float | None) -> str:
@@ -45,3 +47,14 @@ def parse_model_args(items: Iterable[str]) -> dict[str, object]:
         except yaml.YAMLError as e:
             raise ConfigError(f"cannot read the value of {key}={raw!r}: {e}") from e
     return out
+
+
+def optional_import(module: str, *, extra: str, what: str,
+                    error: type[KdcacheError] = KdcacheError) -> ModuleType:
+    """Import an optional dependency, or raise ``error`` saying what needs it (a plural noun phrase such as
+    ``"timm: models"``) and which extra installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise error(f"{what} need the optional {module.split('.')[0]} package ({e}); "
+                    f"install it with: pip install 'kdcache[{extra}]'") from e

@@ -56,3 +56,13 @@ def test_missing_required_key_is_a_config_error():
         DumpConfig.from_dict({"data": {"source": "digits"}, "teacher": {}})
     with pytest.raises(ConfigError, match="must be an integer"):
         TrainConfig(data=DataConfig("digits"), out="r", model="m", epochs=1.5)
+
+
+def test_a_missing_optional_package_names_the_extra_that_installs_it():
+    from kdcache.errors import ModelError
+    from kdcache.utils import optional_import
+
+    assert optional_import("json", extra="x", what="things").dumps([]) == "[]"
+    with pytest.raises(ModelError, match=r"timm: models need the optional no_such_pkg package .*"
+                                         r"pip install 'kdcache\[timm\]'"):
+        optional_import("no_such_pkg.sub", extra="timm", what="timm: models", error=ModelError)

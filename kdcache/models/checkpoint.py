@@ -30,6 +30,7 @@ from torch import nn
 from kdcache.errors import CheckpointError, ModelError
 from kdcache.models._cfg import ModelCfg
 from kdcache.models.registry import create_model, model_cfg
+from kdcache.utils import optional_import
 
 __all__ = ["CHECKPOINT_VERSION", "is_kdcache_checkpoint", "save_checkpoint", "load_checkpoint", "load_weights",
            "read_state_dict"]
@@ -76,12 +77,8 @@ def _weights_file(path: Path) -> Path:
 
 
 def _safetensors_torch():
-    try:
-        import safetensors.torch as st
-    except ImportError as e:
-        raise ModelError("'.safetensors' checkpoints need the optional safetensors package; "
-                         "install it with: pip install 'kdcache[safetensors]'") from e
-    return st
+    return optional_import("safetensors.torch", extra="safetensors", what="'.safetensors' checkpoints",
+                           error=ModelError)
 
 
 def _check_plain(value: Any, where: str) -> None:

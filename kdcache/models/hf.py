@@ -11,7 +11,6 @@ logits tensor, as every kdcache model does. ``transformers`` is an optional extr
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,6 +21,7 @@ from torch import nn
 
 from kdcache.errors import DownloadUnavailableError, ModelError
 from kdcache.models._cfg import IMAGENET_MEAN, IMAGENET_STD, set_model_cfg
+from kdcache.utils import optional_import
 
 __all__ = ["HFImageClassifier", "create_hf_model"]
 
@@ -38,14 +38,6 @@ class HFImageClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(pixel_values=x).logits
-
-
-def _import_transformers():
-    try:
-        return importlib.import_module("transformers")
-    except ImportError as e:
-        raise ModelError(f"hf: models need the optional transformers package ({e}); "
-                         "install it with: pip install 'kdcache[hf]'") from e
 
 
 def _looks_like_path(ref: str) -> bool:
@@ -102,7 +94,7 @@ def create_hf_model(ref: str, *, num_classes: int, **kw: Any) -> nn.Module:
     if not ref:
         raise ModelError("hf: needs a model directory or a Hub id, e.g. 'hf:./my-vit' or "
                          "'hf:google/vit-base-patch16-224'")
-    tf = _import_transformers()
+    tf = optional_import("transformers", extra="hf", what="hf: models", error=ModelError)
     local = Path(ref).expanduser()
     if local.is_dir():
         source, offline = str(local), True

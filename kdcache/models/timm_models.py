@@ -12,7 +12,6 @@ the teacher to ``head_dist``), their average in eval.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 from urllib.error import URLError
 
@@ -20,16 +19,9 @@ from torch import nn
 
 from kdcache.errors import DownloadUnavailableError, ModelError
 from kdcache.models._cfg import IMAGENET_MEAN, IMAGENET_STD, set_model_cfg
+from kdcache.utils import optional_import
 
 __all__ = ["create_timm_model"]
-
-
-def _import_timm():
-    try:
-        return importlib.import_module("timm")
-    except ImportError as e:
-        raise ModelError(f"timm models need the optional timm package ({e}); "
-                         "install the timm extra: pip install 'kdcache[timm]'") from e
 
 
 def _input_spec(model: nn.Module) -> dict[str, Any]:
@@ -53,7 +45,7 @@ def _input_spec(model: nn.Module) -> dict[str, Any]:
 
 def create_timm_model(name: str, *, num_classes: int, pretrained: bool = False, **kw: Any) -> nn.Module:
     """Build timm model ``name`` with a ``num_classes``-way head (timm resizes the pretrained head itself)."""
-    timm = _import_timm()
+    timm = optional_import("timm", extra="timm", what="timm: models", error=ModelError)
     try:
         model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kw)
     except (URLError, OSError) as e:
