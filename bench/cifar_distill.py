@@ -18,7 +18,7 @@ from _common import add_teacher_args, teacher_spec, write_json
 
 from kdcache.data import DataConfig
 from kdcache.engine import DumpConfig, TeacherSpec, dump_teacher
-from kdcache.models.checkpoint import save_checkpoint
+from kdcache.models._checkpoint import save_checkpoint
 from kdcache.train import LossConfig, TrainConfig, evaluate_checkpoint, train_student, train_teacher
 
 

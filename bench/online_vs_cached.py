@@ -23,14 +23,14 @@ import torch
 from _common import add_teacher_args, teacher_spec, write_json
 from torch.utils.data import DataLoader
 
+from kdcache._views import ReplayViews, ViewDraws, identity_collate
 from kdcache.augment import ViewPipeline, ViewSpec
 from kdcache.cache import CacheStore
 from kdcache.data import DataConfig
 from kdcache.engine import DumpConfig, build_teacher, dump_teacher
 from kdcache.models import create_model
 from kdcache.train import DistillationLoss, LossConfig, epoch_views, train_one_epoch
-from kdcache.train.targets import OnlineTargets
-from kdcache.views import ReplayViews, ViewDraws, identity_collate
+from kdcache.train._targets import OnlineTargets
 
 
 def timed_epoch(model, loader, loss_fn, labels, teacher_targets, steps=20):

@@ -34,14 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from kdcache.augment import ViewPipeline, ViewSpec
-from kdcache.cache import CacheIdentity, CacheStore, TargetMode, UnitLayout
-from kdcache.data import DataConfig
-from kdcache.engine import DumpConfig, TeacherSpec, build_teacher, dump_teacher
-from kdcache.models import create_model
-from kdcache.train import DistillationLoss, LossConfig, epoch_views, train_one_epoch
-from kdcache.train.targets import CachedTargets, OnlineTargets
-from kdcache.views import (
+from kdcache._views import (
     BlockBatches,
     FlatBatches,
     ReplayViews,
@@ -49,6 +42,13 @@ from kdcache.views import (
     identity_collate,
     resolve_view_spec,
 )
+from kdcache.augment import ViewPipeline, ViewSpec
+from kdcache.cache import CacheIdentity, CacheStore, TargetMode, UnitLayout
+from kdcache.data import DataConfig
+from kdcache.engine import DumpConfig, TeacherSpec, build_teacher, dump_teacher
+from kdcache.models import create_model
+from kdcache.train import DistillationLoss, LossConfig, epoch_views, train_one_epoch
+from kdcache.train._targets import CachedTargets, OnlineTargets
 
 
 class PlainDataset(Dataset):

@@ -16,9 +16,9 @@ from kdcache.cli.options import (
     view_overrides,
 )
 
+from kdcache._utils import human_bytes, parse_key_values, parse_model_args
 from kdcache.data import DataConfig
 from kdcache.engine import DumpConfig, TeacherSpec, dump_teacher
-from kdcache.utils import human_bytes, parse_key_values, parse_model_args
 
 
 @click.command("dump-teacher", cls=SectionedCommand)

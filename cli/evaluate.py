@@ -15,10 +15,10 @@ from kdcache.cli.options import (
     view_overrides,
 )
 
+from kdcache._utils import parse_model_args
 from kdcache.data import DataConfig
 from kdcache.engine import TeacherSpec
 from kdcache.train import evaluate_checkpoint, evaluate_model
-from kdcache.utils import parse_model_args
 
 
 @click.command("evaluate", cls=SectionedCommand)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 from kdcache.cli.options import config_option, echo_json, library_errors
 
-from kdcache.cache.export import COMPRESSIONS, export_hdf5
-from kdcache.utils import human_bytes, parse_key_values
+from kdcache._utils import human_bytes, parse_key_values
+from kdcache.cache._export import COMPRESSIONS, export_hdf5
 
 
 @click.command("export")

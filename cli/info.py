@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 from kdcache.cli.options import config_option, echo_json, library_errors
 
-from kdcache.cache.info import cache_info
-from kdcache.utils import human_bytes, parse_key_values
+from kdcache._utils import human_bytes, parse_key_values
+from kdcache.cache._info import cache_info
 
 
 @click.command("info")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from kdcache.cli.options import config_option, echo_json, library_errors
 
-from kdcache.models.summary import format_table, model_table
+from kdcache.models._summary import format_table, model_table
 
 
 @click.command("models")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from kdcache.cli.options import echo_json, library_errors
 
-from kdcache.report import plot_runs, read_metrics, summarize_run, summary_table
+from kdcache._report import plot_runs, read_metrics, summarize_run, summary_table
 
 
 @click.command("plot")

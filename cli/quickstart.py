@@ -8,7 +8,7 @@ import os
 import click
 from kdcache.cli.options import config_option, library_errors
 
-from kdcache.quickstart import QuickstartConfig, format_table, run_quickstart
+from kdcache._quickstart import QuickstartConfig, format_table, run_quickstart
 
 
 @click.command("quickstart")

@@ -15,10 +15,10 @@ from kdcache.cli.options import (
     view_overrides,
 )
 
+from kdcache._utils import parse_key_values, parse_model_args
 from kdcache.data import DataConfig
 from kdcache.engine import TeacherSpec
 from kdcache.train import LossConfig, TrainConfig, train_student, train_teacher
-from kdcache.utils import parse_key_values, parse_model_args
 
 optim_options = section(
     "Training",

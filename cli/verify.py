@@ -5,9 +5,9 @@ from __future__ import annotations
 import click
 from kdcache.cli.options import config_option, data_options, echo_json, library_errors, random_init_options
 
+from kdcache._utils import parse_key_values, parse_model_args
 from kdcache.engine import TeacherSpec
-from kdcache.engine.verify import verify_cache, verify_integrity
-from kdcache.utils import parse_key_values, parse_model_args
+from kdcache.engine._verify import verify_cache, verify_integrity
 
 
 @click.command("verify")

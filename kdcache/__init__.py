@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from kdcache.cache import CacheIdentity, CacheStore, TargetMode
     from kdcache.data import DataConfig, ImageDataset, open_dataset
     from kdcache.engine import DumpConfig, DumpSummary, TeacherSpec, dump_teacher
-    from kdcache.engine.verify import verify_cache
+    from kdcache.engine._verify import verify_cache
     from kdcache.models import create_model, list_models, load_checkpoint, register_model, save_checkpoint
     from kdcache.train import (
         DistillationLoss,
@@ -85,7 +85,7 @@ _LAZY: dict[str, str] = {
     "DumpSummary": "kdcache.engine",
     "TeacherSpec": "kdcache.engine",
     "dump_teacher": "kdcache.engine",
-    "verify_cache": "kdcache.engine.verify",
+    "verify_cache": "kdcache.engine._verify",
     "TrainConfig": "kdcache.train",
     "train_student": "kdcache.train",
     "train_teacher": "kdcache.train",

@@ -6,12 +6,12 @@ that exact view. It is built from the pieces ``train-student`` uses, so it picks
 views and yields the same pixels and targets:
 
 * :meth:`CacheDataset.set_epoch` picks each block's view with
-  :func:`~kdcache.train.schedule.epoch_views` and reads the epoch's arrays with
+  :func:`~kdcache.train._schedule.epoch_views` and reads the epoch's arrays with
   :meth:`~kdcache.cache.CacheStore.read_views` (one chunk read per block and array), in the
   calling (main) process;
-* items are rebuilt by :class:`~kdcache.views.ReplayViews` from those numpy arrays; their labels
-  come from :func:`~kdcache.train.loop.label_targets` and their targets from
-  :class:`~kdcache.train.targets.CachedTargets`, as in the training loop.
+* items are rebuilt by :class:`~kdcache._views.ReplayViews` from those numpy arrays; their labels
+  come from :func:`~kdcache.train._loop.label_targets` and their targets from
+  :class:`~kdcache.train._targets.CachedTargets`, as in the training loop.
 
 DataLoader workers therefore only see numpy arrays and the dataset's images: they never touch
 the Zarr store (zarr's event loop and forked workers do not mix), and no item reads the store.
@@ -26,14 +26,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from kdcache._views import ReplayViews
 from kdcache.augment import ViewPipeline, ViewSpec
 from kdcache.cache import CacheStore
 from kdcache.data import DataConfig, ImageDataset
 from kdcache.errors import CacheMismatchError, ConfigError
-from kdcache.train.loop import label_targets
-from kdcache.train.schedule import read_epoch
-from kdcache.train.targets import CachedTargets
-from kdcache.views import ReplayViews
+from kdcache.train._loop import label_targets
+from kdcache.train._schedule import read_epoch
+from kdcache.train._targets import CachedTargets
 
 __all__ = ["open_cache", "CacheDataset"]
 
@@ -78,7 +78,7 @@ class CacheDataset(Dataset):
     * ``"index"``: the sample index; ``"view"``: the cached view index it replays.
 
     A batch's ``image``, ``label`` and ``targets`` go straight into a model and
-    :class:`~kdcache.train.losses.DistillationLoss`. Call :meth:`set_epoch` before each epoch, as
+    :class:`~kdcache.train._losses.DistillationLoss`. Call :meth:`set_epoch` before each epoch, as
     with a ``DistributedSampler`` (and create the DataLoader's iterator afterwards: persistent
     workers keep the epoch they started with). Any sampler, batch size and worker count works.
     """

@@ -82,7 +82,7 @@ class CacheIncompleteError(CacheError):
 class CacheDamagedError(CacheError):
     """Stored chunks of the cache are missing, fail their checksum or hold NaN/Inf.
 
-    ``damage`` lists every damaged chunk found (:class:`kdcache.cache.integrity.Damage`).
+    ``damage`` lists every damaged chunk found (:class:`kdcache.cache._integrity.Damage`).
     """
 
     def __init__(self, message: str, damage: list | None = None):

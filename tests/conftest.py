@@ -68,7 +68,7 @@ def tiny_h5(tmp_path) -> str:
 def tiny_teacher(tmp_path) -> str:
     """A randomly initialised cnn_tiny teacher (3 classes, 16 px input) saved as a kdcache checkpoint."""
     from kdcache.models import create_model
-    from kdcache.models.checkpoint import save_checkpoint
+    from kdcache.models._checkpoint import save_checkpoint
 
     torch.manual_seed(1)
     model = create_model("cnn_tiny", num_classes=3)

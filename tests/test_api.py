@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 
 import kdcache
-from kdcache.engine.verify import default_atol
+from kdcache.engine._verify import default_atol
 
 BLOCK = 16
 
@@ -49,6 +49,26 @@ def test_every_public_name_resolves_and_is_documented():
     assert {n for n in namespace if not n.startswith("__")} == set(kdcache.__all__) - {"__version__"}
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         kdcache.nope  # noqa: B018
+
+
+def test_internal_modules_are_underscored_and_packages_export_their_public_names():
+    """The public surface is ``kdcache.__all__``, the subpackages' ``__all__`` and ``kdcache.errors``;
+    every other module is internal and says so with a leading underscore."""
+    import importlib
+    import pathlib
+
+    root = pathlib.Path(kdcache.__file__).parent
+    public_modules = {"__init__.py", "__main__.py", "errors.py"}
+    exposed = sorted(str(p.relative_to(root)) for p in root.rglob("*.py")
+                     if p.name not in public_modules and not p.name.startswith("_"))
+    assert not exposed, f"internal modules without a leading underscore: {exposed}"
+    packages = sorted({p.parent for p in root.rglob("__init__.py")} - {root})
+    assert packages, "no subpackages found"
+    for pkg in packages:
+        mod = importlib.import_module("kdcache." + ".".join(pkg.relative_to(root).parts))
+        assert mod.__all__, mod.__name__
+        for name in mod.__all__:
+            assert not name.startswith("_") and hasattr(mod, name), (mod.__name__, name)
 
 
 def test_public_callables_are_typed():

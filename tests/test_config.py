@@ -59,8 +59,8 @@ def test_missing_required_key_is_a_config_error():
 
 
 def test_a_missing_optional_package_names_the_extra_that_installs_it():
+    from kdcache._utils import optional_import
     from kdcache.errors import ModelError
-    from kdcache.utils import optional_import
 
     assert optional_import("json", extra="x", what="things").dumps([]) == "[]"
     with pytest.raises(ModelError, match=r"timm: models need the optional no_such_pkg package .*"

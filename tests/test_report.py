@@ -1,4 +1,4 @@
-"""kdcache plot / kdcache.report: curves and a side-by-side table from real run directories."""
+"""kdcache plot / kdcache._report: curves and a side-by-side table from real run directories."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from click.testing import CliRunner
 from kdcache.cli.main import cli
 
+from kdcache._report import read_metrics, summarize_run
 from kdcache.errors import RunError, RunNotFoundError
-from kdcache.report import read_metrics, summarize_run
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

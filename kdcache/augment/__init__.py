@@ -6,10 +6,10 @@ parameters and sees pixel-identical input. Parameters depend only on
 (base seed, sample key, view index) through :func:`derive_view_seed`.
 """
 
-from kdcache.augment.describe import describe_spec
-from kdcache.augment.params import ViewParams, param_array_specs
-from kdcache.augment.pipeline import ViewPipeline
-from kdcache.augment.seeding import derive_view_seed
-from kdcache.augment.spec import ViewSpec
+from kdcache.augment._describe import describe_spec
+from kdcache.augment._params import ViewParams, param_array_specs
+from kdcache.augment._pipeline import ViewPipeline
+from kdcache.augment._seeding import derive_view_seed
+from kdcache.augment._spec import ViewSpec
 
 __all__ = ["describe_spec", "ViewParams", "ViewPipeline", "ViewSpec", "derive_view_seed", "param_array_specs"]

@@ -1,9 +1,9 @@
 """The teacher cache (the only package that imports zarr). Format: docs/cache-format.md."""
 
-from kdcache.cache.identity import CacheIdentity, canonical_json, dataset_identity, sha256_json
-from kdcache.cache.layout import UnitLayout
-from kdcache.cache.store import DEFAULT_BLOCK_SIZE, FORMAT_VERSION, CacheStore, is_url
-from kdcache.cache.targets import TargetMode, smallest_int_dtype
+from kdcache.cache._identity import CacheIdentity, canonical_json, dataset_identity, sha256_json
+from kdcache.cache._layout import UnitLayout
+from kdcache.cache._store import DEFAULT_BLOCK_SIZE, FORMAT_VERSION, CacheStore, is_url
+from kdcache.cache._targets import TargetMode, smallest_int_dtype
 
 __all__ = [
     "CacheIdentity",

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from kdcache.config import ConfigBase
+from kdcache._config import ConfigBase
 from kdcache.data._dataset import ImageDataset
 from kdcache.data._subset import stratified_subset
 from kdcache.errors import ConfigError, DataError

@@ -1,9 +1,9 @@
 """Model registry and built-in architectures. Importing this package registers every built-in model."""
 
-from kdcache.models import bit, cifar_resnet, cnn, deit, tokenlearner, vit  # noqa: F401 (registers models)
+from kdcache.models import _bit, _cifar_resnet, _cnn, _deit, _tokenlearner, _vit  # noqa: F401 (registers models)
 from kdcache.models._cfg import IMAGENET_MEAN, IMAGENET_STD, ModelCfg, set_model_cfg
-from kdcache.models.checkpoint import load_checkpoint, load_weights, read_state_dict, save_checkpoint
-from kdcache.models.registry import (
+from kdcache.models._checkpoint import load_checkpoint, load_weights, read_state_dict, save_checkpoint
+from kdcache.models._registry import (
     create_model,
     is_registered,
     list_models,
@@ -12,7 +12,7 @@ from kdcache.models.registry import (
     model_tags,
     register_model,
 )
-from kdcache.models.summary import format_table, model_table
+from kdcache.models._summary import format_table, model_table
 
 __all__ = [
     "IMAGENET_MEAN",

@@ -1,15 +1,15 @@
 """Training: losses, the epoch view schedule, one loop, and the teacher/student runs."""
 
-from kdcache.train.loop import evaluate, train_one_epoch
-from kdcache.train.losses import DistillationLoss, LossConfig, soft_labels, teacher_log_probs
-from kdcache.train.runner import (
+from kdcache.train._loop import evaluate, train_one_epoch
+from kdcache.train._losses import DistillationLoss, LossConfig, soft_labels, teacher_log_probs
+from kdcache.train._runner import (
     TrainConfig,
     evaluate_checkpoint,
     evaluate_model,
     train_student,
     train_teacher,
 )
-from kdcache.train.schedule import epoch_views
+from kdcache.train._schedule import epoch_views
 
 __all__ = [
     "DistillationLoss",

@@ -13,12 +13,12 @@ import zarr
 from click.testing import CliRunner
 from kdcache.cli.main import cli
 
-from kdcache.cache.export import ATTRS_ENCODING, _blocks, export_hdf5, read_hdf5_attrs
+from kdcache.cache._export import ATTRS_ENCODING, _blocks, export_hdf5, read_hdf5_attrs
 from kdcache.data import DataConfig
 from kdcache.engine import DumpConfig, TeacherSpec, dump_teacher
 from kdcache.errors import CacheError, CacheNotFoundError, ConfigError
 from kdcache.models import create_model
-from kdcache.models.checkpoint import save_checkpoint
+from kdcache.models._checkpoint import save_checkpoint
 
 
 def _make_h5(path, n: int = 20) -> str:
@@ -90,7 +90,7 @@ def test_export_keeps_damage_and_incompleteness_exactly(tmp_path, caches):
 
 
 def test_blocks_are_chunk_aligned_and_cover_the_array(caches, monkeypatch):
-    import kdcache.cache.export as export
+    import kdcache.cache._export as export
 
     arr = zarr.open_group(caches["full"], mode="r")["logits"]  # (20, 3, 3), chunks (8, 1, 3)
     monkeypatch.setattr(export, "_READ_BUDGET", 2 * 8 * 3 * 2)  # two chunks per read
@@ -114,7 +114,7 @@ def test_existing_output_is_never_touched_without_overwrite(tmp_path, caches):
 
 
 def test_failed_export_leaves_no_file(tmp_path, caches, monkeypatch):
-    import kdcache.cache.export as export
+    import kdcache.cache._export as export
 
     def boom(*_a, **_k):
         raise OSError("disk full")

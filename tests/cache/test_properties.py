@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from kdcache.cache import CacheIdentity, CacheStore, TargetMode, UnitLayout
 from kdcache.errors import CacheDamagedError
-from kdcache.train.losses import teacher_log_probs
+from kdcache.train._losses import teacher_log_probs
 
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

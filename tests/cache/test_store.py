@@ -12,7 +12,7 @@ import zarr
 from zarr.codecs import ZstdCodec
 
 from kdcache.cache import CacheIdentity, CacheStore, TargetMode, UnitLayout
-from kdcache.cache.integrity import scan_cache
+from kdcache.cache._integrity import scan_cache
 from kdcache.errors import (
     CacheDamagedError,
     CacheError,
@@ -178,7 +178,7 @@ def test_cache_made_before_checksums_stays_readable_and_names_undecodable_chunks
     """A format-1 cache from before checksums (no crc32c codec, chunks equal to the fill value not
     written, no ``checksums`` attribute) reads as before: a chunk zarr skipped is not damage there.
     A chunk that no longer decodes is still named."""
-    import kdcache.cache.store as store_module
+    import kdcache.cache._store as store_module
 
     path = str(tmp_path / "old.zarr")
     monkeypatch.setattr(store_module, "_COMPRESSORS", (store_module._COMPRESSOR,))

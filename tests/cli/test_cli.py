@@ -216,7 +216,7 @@ def test_library_messages_name_the_command_line_flag(tmp_path, tiny_h5, tiny_tea
 
 def test_student_arg_reaches_the_constructor_and_the_checkpoint(tmp_path, tiny_h5, cache):
     from kdcache.models import model_cfg
-    from kdcache.models.checkpoint import load_checkpoint
+    from kdcache.models._checkpoint import load_checkpoint
 
     out = tmp_path / "run"
     run("train-student", "--cache", cache, "--data", tiny_h5, "--student", "cnn_tiny", "--student-arg", "width=4",
@@ -270,7 +270,7 @@ def test_evaluate_a_public_checkpoint_by_model_name(shared_cifar, shared_weights
 def test_evaluate_by_model_name_with_view_overrides_and_random_init(tmp_path, tiny_h5, tiny_teacher):
     import torch
 
-    from kdcache.models.checkpoint import load_checkpoint
+    from kdcache.models._checkpoint import load_checkpoint
 
     # A foreign file: the teacher's bare state dict, keys prefixed as DataParallel saves them.
     model, _ = load_checkpoint(tiny_teacher)

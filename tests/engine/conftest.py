@@ -43,7 +43,7 @@ def _write_dataset(path: Path) -> None:
 @pytest.fixture(scope="session")
 def world(tmp_path_factory) -> World:
     from kdcache.models import create_model
-    from kdcache.models.checkpoint import save_checkpoint
+    from kdcache.models._checkpoint import save_checkpoint
 
     root = tmp_path_factory.mktemp("engine_world")
     _write_dataset(root / "data.h5")

@@ -1,6 +1,6 @@
 """Readers and a writer on one cache at the same time: students train while views are added.
 
-The contract (kdcache/cache/store.py, kdcache/train/schedule.py): a reader only ever selects
+The contract (kdcache/cache/_store.py, kdcache/train/_schedule.py): a reader only ever selects
 views whose ``done`` is set, and because a unit's data is written before its flag, whatever a
 reader selects already holds its final bytes. Readers never write to the cache.
 """
@@ -26,7 +26,7 @@ from engine_support import (
 )
 
 from kdcache.cache import CacheStore
-from kdcache.train.schedule import epoch_views
+from kdcache.train._schedule import epoch_views
 
 BLOCKS = N_TRAIN // BLOCK
 STUDENT_EPOCHS = 2

@@ -28,7 +28,7 @@ from engine_support import (
 
 from kdcache.cache import CacheStore
 from kdcache.data import DataConfig
-from kdcache.models.checkpoint import load_checkpoint
+from kdcache.models._checkpoint import load_checkpoint
 from kdcache.train import TrainConfig, train_student
 
 pytestmark = pytest.mark.slow
@@ -144,7 +144,7 @@ def test_torchrun_dump_stops_every_rank_when_one_fails(world, tmp_path):
     (tmp_path / "rank1_nan.py").write_text(textwrap.dedent(f"""
         import os
 
-        from kdcache.models.checkpoint import load_checkpoint
+        from kdcache.models._checkpoint import load_checkpoint
 
 
         def build(*, num_classes):

@@ -22,10 +22,10 @@ from engine_support import BLOCK, N_TRAIN, VIEWS, assert_stores_equal
 from kdcache.cli.main import cli
 
 from kdcache.cache import CacheStore
-from kdcache.cache.export import export_hdf5
-from kdcache.cache.info import cache_info
-from kdcache.cache.integrity import scan_cache
-from kdcache.engine.verify import verify_integrity
+from kdcache.cache._export import export_hdf5
+from kdcache.cache._info import cache_info
+from kdcache.cache._integrity import scan_cache
+from kdcache.engine._verify import verify_integrity
 from kdcache.errors import CacheDamagedError
 
 BLOCKS = N_TRAIN // BLOCK

@@ -8,12 +8,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from kdcache._views import ReplayViews, identity_collate
 from kdcache.augment import ViewPipeline, ViewSpec
 from kdcache.cache import CacheStore
 from kdcache.data import DataConfig
 from kdcache.engine import DumpConfig, TeacherSpec, build_teacher, dump_teacher
-from kdcache.train.schedule import epoch_views
-from kdcache.views import ReplayViews, identity_collate
+from kdcache.train._schedule import epoch_views
 
 FP16_RTOL = 2.0 ** -10  # float16 keeps 10 mantissa bits
 

@@ -1,6 +1,6 @@
 """Crash safety of the dump: real SIGKILLs, interrupted creation, failing teachers, refused caches.
 
-The contract under test (kdcache/cache/store.py, kdcache/engine/dump.py): a unit's data is
+The contract under test (kdcache/cache/_store.py, kdcache/engine/_dump.py): a unit's data is
 written before its ``done`` flag, so whatever instant a dump dies at, every unit marked done
 holds final bytes, and rerunning the same command finishes the cache into exactly the store an
 uninterrupted run writes. A dump that fails, or that is pointed at something that is not its
@@ -308,7 +308,7 @@ def nan_teacher(world, tmp_path, monkeypatch):
     """A ``python:`` teacher: the reference teacher's weights, with NaN logits from a chosen forward call on."""
     name = f"kd_nan_teacher_{os.getpid()}"
     (tmp_path / f"{name}.py").write_text(textwrap.dedent(f"""
-        from kdcache.models.checkpoint import load_checkpoint
+        from kdcache.models._checkpoint import load_checkpoint
 
         WEIGHTS = {world.teacher!r}
         NAN_FROM_CALL = None  # 1-based forward call from which one logit of the batch is NaN
@@ -372,7 +372,7 @@ def test_teacher_nan_fails_unit_and_keeps_earlier_units(world, tmp_path, nan_tea
 @pytest.fixture
 def other_teacher(tmp_path) -> str:
     from kdcache.models import create_model
-    from kdcache.models.checkpoint import save_checkpoint
+    from kdcache.models._checkpoint import save_checkpoint
 
     torch.manual_seed(2)
     path = tmp_path / "other_teacher.pt"

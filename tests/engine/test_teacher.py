@@ -15,7 +15,7 @@ from kdcache.data import DataConfig
 from kdcache.engine import DumpConfig, TeacherSpec, build_teacher, dump_teacher
 from kdcache.errors import ConfigError, ModelError
 from kdcache.models import create_model
-from kdcache.models.checkpoint import save_checkpoint
+from kdcache.models._checkpoint import save_checkpoint
 
 
 def _one_line(res) -> str:

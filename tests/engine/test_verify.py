@@ -16,10 +16,10 @@ from kdcache.cli.main import cli
 
 from kdcache.data import DataConfig
 from kdcache.engine import DumpConfig, TeacherSpec, dump_teacher
-from kdcache.engine.verify import FP16_ULP, MIN_ATOL, default_atol, verify_cache
+from kdcache.engine._verify import FP16_ULP, MIN_ATOL, default_atol, verify_cache
 from kdcache.errors import CacheMismatchError, CacheNotFoundError, ConfigError
 from kdcache.models import create_model
-from kdcache.models.checkpoint import load_checkpoint, save_checkpoint
+from kdcache.models._checkpoint import load_checkpoint, save_checkpoint
 
 N_TRAIN, VIEWS, BLOCK = 48, 2, 16   # tiny_h5 has 48 training images: 3 blocks x 2 views = 6 units
 ALL = N_TRAIN * VIEWS

@@ -8,8 +8,8 @@ from torch import nn
 
 from kdcache.errors import ModelError
 from kdcache.models import create_model, list_models, model_cfg
-from kdcache.models.bit import ResNetV2, StdConv2d
-from kdcache.models.summary import count_params
+from kdcache.models._bit import ResNetV2, StdConv2d
+from kdcache.models._summary import count_params
 
 
 def test_registered_teachers():

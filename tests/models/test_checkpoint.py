@@ -10,7 +10,7 @@ import torch
 import torch.hub
 
 from kdcache.errors import CheckpointError, ModelError
-from kdcache.models import checkpoint as ckpt_mod
+from kdcache.models import _checkpoint as ckpt_mod
 from kdcache.models import create_model, load_checkpoint, load_weights, model_cfg, save_checkpoint
 
 
@@ -260,7 +260,7 @@ def test_pytorch_model_bin_directory_and_directories_without_weights(tmp_path):
 ])
 def test_a_key_prefix_mismatch_names_the_prefix(tmp_path, transform, hint):
     pytest.importorskip("transformers")
-    from kdcache.models.hf import HFImageClassifier
+    from kdcache.models._hf import HFImageClassifier
 
     inner = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5))
     model = HFImageClassifier(inner) if "start with" in hint else inner

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 
 from kdcache.errors import CheckpointError, ModelError
 from kdcache.models import create_model, load_weights, model_cfg
-from kdcache.models.cifar_resnet import BasicBlock, CifarResNet
-from kdcache.models.summary import count_params
+from kdcache.models._cifar_resnet import BasicBlock, CifarResNet
+from kdcache.models._summary import count_params
 
 # Parameter counts published with the checkpoints (10 classes), see /work/shared/weights/README.md.
 PUBLISHED_PARAMS = {20: 269_722, 32: 464_154, 44: 658_586, 56: 853_018}

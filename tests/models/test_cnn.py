@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from kdcache.errors import ModelError
 from kdcache.models import create_model, list_models, model_cfg
-from kdcache.models.summary import count_params
+from kdcache.models._summary import count_params
 
 
 @pytest.mark.parametrize("name", ["cnn_small", "cnn_tiny"])

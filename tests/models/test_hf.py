@@ -11,7 +11,7 @@ import torch
 from kdcache.cache import CacheStore
 from kdcache.data import DataConfig
 from kdcache.engine import DumpConfig, TeacherSpec, build_teacher, dump_teacher
-from kdcache.engine.verify import verify_cache
+from kdcache.engine._verify import verify_cache
 from kdcache.errors import CacheMismatchError, ModelError
 from kdcache.models import create_model, load_checkpoint, model_cfg, save_checkpoint
 

@@ -9,7 +9,7 @@ import torch
 
 from kdcache.errors import ModelError
 from kdcache.models import create_model, format_table, model_table
-from kdcache.models.summary import count_flops, count_params
+from kdcache.models._summary import count_flops, count_params
 
 
 def test_rows_for_cnn_small_and_cifar_resnet20():

@@ -15,16 +15,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from kdcache._views import ReplayViews, resolve_view_spec
 from kdcache.augment import ViewPipeline, ViewSpec
 from kdcache.cache import CacheStore
 from kdcache.data import DataConfig
 from kdcache.engine import DumpConfig, TeacherSpec, dump_teacher
-from kdcache.engine.verify import verify_cache
+from kdcache.engine._verify import verify_cache
 from kdcache.errors import DownloadUnavailableError, ModelError
 from kdcache.models import create_model, load_checkpoint, model_cfg, save_checkpoint
 from kdcache.train import LossConfig, TrainConfig, train_student
-from kdcache.train.losses import DistillationLoss
-from kdcache.views import ReplayViews, resolve_view_spec
+from kdcache.train._losses import DistillationLoss
 
 timm = pytest.importorskip("timm")
 

@@ -7,8 +7,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from kdcache.errors import ModelError
-from kdcache.models import create_model, vit
-from kdcache.models.tokenlearner import TokenLearner
+from kdcache.models import _vit as vit
+from kdcache.models import create_model
+from kdcache.models._tokenlearner import TokenLearner
 
 
 @pytest.mark.parametrize("version", ["1.0", "1.1"])

@@ -12,7 +12,7 @@ from torchvision import models as tvm
 
 from kdcache.errors import DownloadUnavailableError, ModelError
 from kdcache.models import create_model, model_cfg
-from kdcache.models.tv import find_head, resize_head
+from kdcache.models._tv import find_head, resize_head
 
 
 def test_resnet18_small_input_adapts_the_stem():

@@ -7,8 +7,8 @@ import torch
 
 from kdcache.errors import ModelError
 from kdcache.models import create_model, list_models, model_cfg
-from kdcache.models.layers import DropPath, PatchEmbed
-from kdcache.models.vit import VisionTransformer
+from kdcache.models._layers import DropPath, PatchEmbed
+from kdcache.models._vit import VisionTransformer
 
 TEST_MODELS = ["deit_test", "deit_test_distilled", "vit_tokenlearner_test", "vit_tokenlearner_test_v11"]
 TINY = {"img_size": 32, "patch_size": 8, "num_classes": 5, "embed_dim": 32, "depth": 2, "num_heads": 2}

@@ -9,14 +9,14 @@ import pytest
 import torch
 from torch import nn
 
+from kdcache._utils import parse_model_args
+from kdcache._views import ViewBatch
 from kdcache.augment import ViewParams
 from kdcache.errors import ConfigError, KdcacheError
 from kdcache.train import DistillationLoss, LossConfig, evaluate, train_one_epoch
-from kdcache.train.loop import label_targets
-from kdcache.train.runner import build_scheduler
-from kdcache.train.targets import CachedTargets
-from kdcache.utils import parse_model_args
-from kdcache.views import ViewBatch
+from kdcache.train._loop import label_targets
+from kdcache.train._runner import build_scheduler
+from kdcache.train._targets import CachedTargets
 
 C = 4
 

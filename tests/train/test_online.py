@@ -13,9 +13,9 @@ from kdcache.augment import ViewPipeline, ViewSpec, derive_view_seed
 from kdcache.data import DataConfig
 from kdcache.engine import DumpConfig, TeacherSpec, dump_teacher
 from kdcache.errors import CheckpointError, ConfigError
-from kdcache.models.checkpoint import load_checkpoint, save_checkpoint
+from kdcache.models._checkpoint import load_checkpoint, save_checkpoint
 from kdcache.train import LossConfig, TrainConfig, train_student
-from kdcache.train.targets import OnlineTargets
+from kdcache.train._targets import OnlineTargets
 
 
 @pytest.fixture
@@ -41,8 +41,8 @@ def _cfg(tmp_path, data, name, **kw) -> TrainConfig:
 
 
 def test_a_cached_run_never_builds_the_teacher(tmp_path, tiny_h5, small_teacher, monkeypatch):
-    from kdcache import teacher as teacher_module
-    from kdcache.models import registry
+    from kdcache import _teacher as teacher_module
+    from kdcache.models import _registry as registry
 
     cache = str(tmp_path / "c.zarr")
     dump_teacher(DumpConfig(data=DataConfig(source=tiny_h5), out=cache, teacher=TeacherSpec(weights=small_teacher),

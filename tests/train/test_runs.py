@@ -9,7 +9,7 @@ import torch
 
 from kdcache.data import DataConfig
 from kdcache.engine import DumpConfig, TeacherSpec, dump_teacher
-from kdcache.models.checkpoint import load_checkpoint
+from kdcache.models._checkpoint import load_checkpoint
 from kdcache.train import LossConfig, TrainConfig, train_student
 
 
@@ -39,7 +39,7 @@ def test_hard_distillation_of_a_deit_student_raises_teacher_agreement(tmp_path, 
 def test_resume_after_interruption_reproduces_an_uninterrupted_run(tmp_path, tiny_h5, tiny_teacher, monkeypatch):
     import pytest
 
-    from kdcache.train import runner
+    from kdcache.train import _runner as runner
 
     cache = _cache(tmp_path, tiny_h5, tiny_teacher)
     base = dict(data=DataConfig(source=tiny_h5), model="cnn_tiny", cache=cache, batch_size=16, workers=0,
@@ -152,7 +152,7 @@ def test_a_checkpoint_write_failure_keeps_the_last_checkpoint_and_says_so(tmp_pa
 
     import pytest
 
-    import kdcache.train.runner as runner
+    import kdcache.train._runner as runner
     from kdcache.errors import CheckpointError
     from kdcache.train import train_teacher
 

@@ -12,11 +12,11 @@ import torch
 
 from kdcache.data import DataConfig
 from kdcache.engine import DumpConfig, TeacherSpec, dump_teacher
-from kdcache.engine.verify import default_atol
+from kdcache.engine._verify import default_atol
 from kdcache.errors import ConfigError
-from kdcache.models.checkpoint import load_checkpoint
+from kdcache.models._checkpoint import load_checkpoint
 from kdcache.train import LossConfig, TrainConfig, train_student
-from kdcache.train.targets import CachedTargets
+from kdcache.train._targets import CachedTargets
 
 
 @pytest.fixture

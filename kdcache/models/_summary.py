@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from kdcache.errors import ModelError
-from kdcache.models.registry import create_model, list_models, model_cfg, model_description, model_tags
+from kdcache.models._registry import create_model, list_models, model_cfg, model_description, model_tags
 
 __all__ = ["model_table", "format_table", "count_params", "count_flops"]
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from kdcache.errors import ModelError
 from kdcache.models._cfg import set_model_cfg
-from kdcache.models.registry import register_model
+from kdcache.models._registry import register_model
 
 __all__ = ["SimpleCNN", "cnn_small", "cnn_tiny"]
 

@@ -17,9 +17,9 @@ from urllib.error import URLError
 
 from torch import nn
 
+from kdcache._utils import optional_import
 from kdcache.errors import DownloadUnavailableError, ModelError
 from kdcache.models._cfg import IMAGENET_MEAN, IMAGENET_STD, set_model_cfg
-from kdcache.utils import optional_import
 
 __all__ = ["create_timm_model"]
 

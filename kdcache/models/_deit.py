@@ -1,7 +1,7 @@
 """DeiT presets (Touvron et al., "Training data-efficient image transformers & distillation through attention", 2021).
 
 Each builder is a few lines of architecture arguments over
-:class:`~kdcache.models.vit.VisionTransformer`. The ``_distilled`` variants carry the distillation
+:class:`~kdcache.models._vit.VisionTransformer`. The ``_distilled`` variants carry the distillation
 token and ``head_dist`` as their own parameters: in training they return ``(cls_logits,
 dist_logits)``, in eval the average of the two.
 
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from kdcache.models.registry import register_model
-from kdcache.models.vit import VisionTransformer, build_vit
+from kdcache.models._registry import register_model
+from kdcache.models._vit import VisionTransformer, build_vit
 
 __all__: list[str] = []
 

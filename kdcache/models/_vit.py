@@ -8,10 +8,10 @@ One class covers the three student designs kdcache trains from a teacher cache:
   supervise the class head with labels and the distillation head with the teacher; eval returns
   their average. The token and the head are parameters of the model, so a saved student keeps them;
 * a ViT with TokenLearner (Ryoo et al. 2021, ``tokenlearner={...}``) that shrinks the patch grid to
-  a few learned tokens midway through the blocks (see :mod:`kdcache.models.tokenlearner` for how
+  a few learned tokens midway through the blocks (see :mod:`kdcache.models._tokenlearner` for how
   prefix tokens bypass it).
 
-Registered presets of the TokenLearner ViT live here; DeiT presets live in :mod:`kdcache.models.deit`.
+Registered presets of the TokenLearner ViT live here; DeiT presets live in :mod:`kdcache.models._deit`.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from torch import nn
 
 from kdcache.errors import ModelError
 from kdcache.models._cfg import IMAGENET_MEAN, IMAGENET_STD, set_model_cfg
-from kdcache.models.layers import LN_EPS, Block, PatchEmbed, _positive, _probability
-from kdcache.models.registry import register_model
-from kdcache.models.tokenlearner import TokenLearner
+from kdcache.models._layers import LN_EPS, Block, PatchEmbed, _positive, _probability
+from kdcache.models._registry import register_model
+from kdcache.models._tokenlearner import TokenLearner
 
 __all__ = ["VisionTransformer", "build_vit"]
 

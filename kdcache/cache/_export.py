@@ -30,8 +30,8 @@ import numpy as np
 import zarr
 from tqdm import tqdm
 
-from kdcache.cache.integrity import damage_error, scan_cache
-from kdcache.cache.store import CacheStore
+from kdcache.cache._integrity import damage_error, scan_cache
+from kdcache.cache._store import CacheStore
 from kdcache.errors import CacheError, ConfigError
 
 __all__ = ["export_hdf5", "read_hdf5_attrs", "ATTRS_ENCODING", "COMPRESSIONS"]

@@ -18,7 +18,7 @@ from torch import nn
 
 from kdcache.errors import ModelError
 from kdcache.models._cfg import set_model_cfg
-from kdcache.models.registry import register_model
+from kdcache.models._registry import register_model
 
 __all__ = ["StdConv2d", "PreActBottleneck", "ResNetV2", "bit_resnet50x1", "bit_resnet101x1",
            "bit_resnet50x3", "bit_resnet_test"]

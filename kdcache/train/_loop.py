@@ -1,8 +1,8 @@
 """One training loop for teachers and students: ``train_one_epoch`` and ``evaluate``.
 
-Batches are :class:`~kdcache.views.ViewBatch` objects (views built in workers); the
+Batches are :class:`~kdcache._views.ViewBatch` objects (views built in workers); the
 labels of a batch are looked up by sample index here, in the main process, and its teacher
-targets come from a target source (``kdcache.train.targets``): the cache's arrays read once per
+targets come from a target source (``kdcache.train._targets``): the cache's arrays read once per
 epoch — never a store read per sample — or, for the online reference, the teacher's forward pass.
 """
 
@@ -17,11 +17,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from kdcache._runtime import autocast
+from kdcache._views import ViewBatch
 from kdcache.errors import KdcacheError
-from kdcache.runtime import autocast
-from kdcache.train.losses import DistillationLoss, soft_labels
-from kdcache.train.targets import CachedTargets, TargetSource
-from kdcache.views import ViewBatch
+from kdcache.train._losses import DistillationLoss, soft_labels
+from kdcache.train._targets import CachedTargets, TargetSource
 
 __all__ = ["train_one_epoch", "evaluate", "label_targets"]
 
@@ -59,7 +59,7 @@ def train_one_epoch(
 ) -> dict[str, float]:
     """Train for one pass over ``loader``; returns mean loss parts, images/s and the final lr.
 
-    ``teacher_targets``: a target source (``kdcache.train.targets``), or the epoch's cached target
+    ``teacher_targets``: a target source (``kdcache.train._targets``), or the epoch's cached target
     arrays indexed by sample (wrapped in :class:`CachedTargets`); None trains from labels only.
     """
     if isinstance(teacher_targets, Mapping):

@@ -27,10 +27,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from kdcache._utils import optional_import
 from kdcache.errors import CheckpointError, ModelError
 from kdcache.models._cfg import ModelCfg
-from kdcache.models.registry import create_model, model_cfg
-from kdcache.utils import optional_import
+from kdcache.models._registry import create_model, model_cfg
 
 __all__ = ["CHECKPOINT_VERSION", "is_kdcache_checkpoint", "save_checkpoint", "load_checkpoint", "load_weights",
            "read_state_dict"]

@@ -17,7 +17,7 @@ import numpy as np
 from kdcache.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
-    from kdcache.augment.spec import ViewSpec
+    from kdcache.augment._spec import ViewSpec
 
 __all__ = [
     "MIX_CUTMIX",

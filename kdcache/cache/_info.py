@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from kdcache.cache.integrity import damage_error, scan_cache
-from kdcache.cache.store import CacheStore
+from kdcache.cache._integrity import damage_error, scan_cache
+from kdcache.cache._store import CacheStore
 
 __all__ = ["cache_info", "label_agreement"]
 

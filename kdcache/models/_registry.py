@@ -147,18 +147,18 @@ def _build(name: str, num_classes: int, kwargs: dict[str, Any]) -> nn.Module:
         check_kwargs(name, kwargs, accepted_kwargs(builder))
         return builder(num_classes=num_classes, **kwargs)
     if name.startswith("timm:"):
-        from kdcache.models.timm_models import create_timm_model
+        from kdcache.models._timm_models import create_timm_model
 
         return create_timm_model(name[len("timm:"):], num_classes=num_classes, **kwargs)
     if name.startswith("hf:"):
-        from kdcache.models.hf import create_hf_model
+        from kdcache.models._hf import create_hf_model
 
         return create_hf_model(name[len("hf:"):], num_classes=num_classes, **kwargs)
     if _torchvision_builder(name) is not None:
-        from kdcache.models.tv import create_torchvision_model
+        from kdcache.models._tv import create_torchvision_model
 
         return create_torchvision_model(name, num_classes=num_classes, **kwargs)
-    from kdcache.models.tv import classification_model_names
+    from kdcache.models._tv import classification_model_names
 
     close = difflib.get_close_matches(name, list_models() + classification_model_names(), n=3)
     hint = f"; did you mean {', '.join(close)}?" if close else "; run 'kdcache models' to list them"

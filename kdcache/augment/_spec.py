@@ -1,7 +1,7 @@
 """``ViewSpec``: the fixed settings of the replayable view pipeline.
 
 A spec holds no randomness. Together with the recorded per-view parameters
-(:class:`~kdcache.augment.params.ViewParams`) it determines every pixel of a view,
+(:class:`~kdcache.augment._params.ViewParams`) it determines every pixel of a view,
 so it is stored in the cache's attributes and compared before a student replays
 the cache. Validation happens in ``__post_init__`` so a bad value fails where it is
 written, with the value quoted, instead of deep inside a dump.

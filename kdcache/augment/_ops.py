@@ -3,7 +3,7 @@
 Sampling reuses torchvision v2's own ``RandomResizedCrop.make_params`` so the crop
 distribution is exactly torchvision's; applying uses the v2 functional kernels. The
 samplers draw from torch's global CPU generator and must run inside
-:func:`kdcache.augment.seeding.seeded_stream`.
+:func:`kdcache.augment._seeding.seeded_stream`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from kdcache.augment.spec import ViewSpec
+from kdcache.augment._spec import ViewSpec
 from kdcache.errors import DataError
 
 __all__ = ["CropSampler", "check_hw", "check_image", "crop_flip_float"]

@@ -15,7 +15,7 @@ Two versions, selected by ``version``:
   1x1 "feature" conv on the input tokens that the maps then pool. The authors found it trains
   better from scratch with limited data.
 
-How :class:`~kdcache.models.vit.VisionTransformer` uses it: after block ``after_block`` the
+How :class:`~kdcache.models._vit.VisionTransformer` uses it: after block ``after_block`` the
 sequence is split into its prefix tokens (class token, DeiT distillation token) and the patch
 grid. Only the grid goes through TokenLearner; the prefix tokens bypass it untouched and are
 re-prepended to the S learned tokens, so the class/distillation heads read the same tokens as in
@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from kdcache.errors import ModelError
-from kdcache.models.layers import LN_EPS
+from kdcache.models._layers import LN_EPS
 
 __all__ = ["TOKENLEARNER_VERSIONS", "TokenLearner"]
 

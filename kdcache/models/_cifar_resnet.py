@@ -15,7 +15,7 @@ from torch import nn
 
 from kdcache.errors import ModelError
 from kdcache.models._cfg import IMAGENET_MEAN, IMAGENET_STD, set_model_cfg
-from kdcache.models.registry import register_model
+from kdcache.models._registry import register_model
 
 __all__ = ["CifarResNet", "cifar_resnet20", "cifar_resnet32", "cifar_resnet44", "cifar_resnet56",
            "cifar_resnet110"]

@@ -30,11 +30,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kdcache.cache.damage import REPAIR_HINT, Damage, damage_error
+from kdcache.cache._damage import REPAIR_HINT, Damage, damage_error
 from kdcache.errors import CacheDamagedError
 
 if TYPE_CHECKING:
-    from kdcache.cache.store import CacheStore
+    from kdcache.cache._store import CacheStore
 
 __all__ = ["Damage", "IntegrityReport", "damage_error", "scan_cache", "nonfinite_count", "REPAIR_HINT"]
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdcache.config import ConfigBase
+from kdcache._config import ConfigBase
 from kdcache.errors import ConfigError
 
 __all__ = ["LossConfig", "DistillationLoss", "teacher_log_probs", "soft_labels"]

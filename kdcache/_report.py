@@ -1,7 +1,7 @@
 """Comparing training runs from their ``metrics.jsonl``: a summary per run and train/val curves.
 
 A run directory (``train-student``, ``train-teacher``) holds one JSON line per epoch, written by
-:class:`kdcache.train.logging.MetricsLogger`: ``epoch``, ``train/*`` (loss parts, images/s,
+:class:`kdcache.train._logging.MetricsLogger`: ``epoch``, ``train/*`` (loss parts, images/s,
 ``seconds``, ``epoch_seconds``, ``teacher_agreement`` when distilling) and ``val/*`` (top1, top5,
 loss). A resumed or rerun run appends; the last line written for an epoch wins. Plotting needs
 matplotlib (the ``plot`` extra) and uses its Agg renderer without touching pyplot's global state.
@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from kdcache._utils import optional_import
 from kdcache.errors import RunError, RunNotFoundError
-from kdcache.utils import optional_import
 
 __all__ = ["read_metrics", "summarize_run", "summary_table", "plot_runs"]
 

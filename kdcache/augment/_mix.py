@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from torchvision.transforms import v2
 
-from kdcache.augment.ops import CropSampler, check_hw
-from kdcache.augment.params import MIX_CUTMIX, MIX_MIXUP, MIX_NONE, ViewParams
-from kdcache.augment.spec import ViewSpec
+from kdcache.augment._ops import CropSampler, check_hw
+from kdcache.augment._params import MIX_CUTMIX, MIX_MIXUP, MIX_NONE, ViewParams
+from kdcache.augment._spec import ViewSpec
 from kdcache.errors import ConfigError, DataError
 
 __all__ = ["MixSampler", "mix_float", "require_partner_source"]

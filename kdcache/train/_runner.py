@@ -1,6 +1,6 @@
 """Training runs: a student from a cache (or an online teacher), a teacher from labels, evaluation.
 
-All runs share one loop (``kdcache.train.loop``); they differ only in where views and teacher
+All runs share one loop (``kdcache.train._loop``); they differ only in where views and teacher
 targets come from:
 
 * a teacher draws a fresh view per (sample, epoch) from the (seed, key, epoch) generator;
@@ -28,22 +28,22 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from kdcache import teacher as _teacher
+from kdcache import _teacher
+from kdcache._config import ConfigBase
+from kdcache._runtime import DistContext, select_device
+from kdcache._teacher import TeacherSpec
+from kdcache._views import EvalViews, FlatBatches, ReplayViews, ViewDraws, identity_collate, resolve_view_spec
 from kdcache.augment import ViewPipeline, ViewSpec
 from kdcache.cache import CacheStore
-from kdcache.config import ConfigBase
 from kdcache.data import DataConfig
 from kdcache.errors import CacheMismatchError, CheckpointError, ConfigError, KdcacheError
 from kdcache.models import create_model, model_cfg
-from kdcache.models.checkpoint import load_checkpoint, load_weights, save_checkpoint
-from kdcache.runtime import DistContext, select_device
-from kdcache.teacher import TeacherSpec
-from kdcache.train.logging import MetricsLogger
-from kdcache.train.loop import evaluate, train_one_epoch
-from kdcache.train.losses import DistillationLoss, LossConfig
-from kdcache.train.schedule import read_epoch
-from kdcache.train.targets import CachedTargets, OnlineTargets, TargetSource
-from kdcache.views import EvalViews, FlatBatches, ReplayViews, ViewDraws, identity_collate, resolve_view_spec
+from kdcache.models._checkpoint import load_checkpoint, load_weights, save_checkpoint
+from kdcache.train._logging import MetricsLogger
+from kdcache.train._loop import evaluate, train_one_epoch
+from kdcache.train._losses import DistillationLoss, LossConfig
+from kdcache.train._schedule import read_epoch
+from kdcache.train._targets import CachedTargets, OnlineTargets, TargetSource
 
 __all__ = ["TrainConfig", "train_student", "train_teacher", "evaluate_checkpoint", "evaluate_model", "build_scheduler"]
 

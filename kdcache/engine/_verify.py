@@ -5,7 +5,7 @@ A cache is only worth distilling from if (a) its targets are what the teacher ou
 sample of completed (sample, view) pairs: each view is rebuilt from its *recorded*
 parameters alone (exactly what a student does), the teacher is run on it again, and the
 fresh logits are compared with the cached targets. First, an integrity pass
-(``kdcache.cache.integrity.scan_cache``, also available alone as :func:`verify_integrity`)
+(``kdcache.cache._integrity.scan_cache``, also available alone as :func:`verify_integrity`)
 checks that every chunk of every completed unit exists, passes its checksum and holds finite
 targets; damaged units are reported and never replayed. It also reports coverage. All cache
 reads are chunk reads of one unit (block × view).
@@ -30,14 +30,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from kdcache._runtime import select_device
+from kdcache._teacher import TeacherSpec, build_teacher
+from kdcache._views import build_views
 from kdcache.augment import ViewPipeline, ViewSpec
 from kdcache.cache import CacheStore, TargetMode, canonical_json
-from kdcache.cache.integrity import scan_cache
+from kdcache.cache._integrity import scan_cache
 from kdcache.data import DataConfig
 from kdcache.errors import CacheMismatchError, ConfigError, DataNotFoundError
-from kdcache.runtime import select_device
-from kdcache.teacher import TeacherSpec, build_teacher
-from kdcache.views import build_views
 
 __all__ = ["verify_cache", "verify_integrity", "cache_data", "default_atol", "FP16_ULP", "MIN_ATOL"]
 

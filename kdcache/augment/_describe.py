@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from kdcache.augment.params import param_array_specs
-from kdcache.augment.spec import ViewSpec
+from kdcache.augment._params import param_array_specs
+from kdcache.augment._spec import ViewSpec
 
 __all__ = ["describe_spec"]
 

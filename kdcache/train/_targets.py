@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from kdcache.runtime import autocast
-from kdcache.views import ViewBatch
+from kdcache._runtime import autocast
+from kdcache._views import ViewBatch
 
 __all__ = ["TargetSource", "CachedTargets", "OnlineTargets"]
 

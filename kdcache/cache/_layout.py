@@ -5,7 +5,7 @@ Its arrays fall into three groups, and this module is the one place that says wh
 
 * ``view_seed`` — the view's derived seed;
 * the recorded view parameters (``crop``, ``flip``, mixing arrays: named by the view spec);
-* the teacher's targets (named by the :class:`~kdcache.cache.targets.TargetMode`).
+* the teacher's targets (named by the :class:`~kdcache.cache._targets.TargetMode`).
 
 The dump builds a unit from the teacher's logits and the drawn parameters, the store
 creates and checks arrays from it, a student reads the parameters (to replay) and the
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from kdcache.cache.targets import TargetMode, smallest_int_dtype
+from kdcache.cache._targets import TargetMode, smallest_int_dtype
 
 __all__ = ["UnitLayout", "VIEW_SEED", "CROP_ARRAYS"]
 

@@ -17,10 +17,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdcache.config import ConfigBase
+from kdcache._config import ConfigBase
 from kdcache.errors import ConfigError, ModelError
 from kdcache.models import ModelCfg, create_model, model_cfg
-from kdcache.models.checkpoint import is_kdcache_checkpoint, load_checkpoint, load_weights
+from kdcache.models._checkpoint import is_kdcache_checkpoint, load_checkpoint, load_weights
 
 __all__ = ["TeacherSpec", "LoadedTeacher", "build_teacher", "state_dict_sha256", "VIEW_INPUT_KEYS"]
 

@@ -14,13 +14,13 @@ import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as F
 
-from kdcache.augment import params as _params
-from kdcache.augment.describe import describe_spec
-from kdcache.augment.mix import MixSampler, mix_float, require_partner_source
-from kdcache.augment.ops import CropSampler, check_hw, check_image, crop_flip_float
-from kdcache.augment.params import ViewParams
-from kdcache.augment.seeding import seeded_stream
-from kdcache.augment.spec import ViewSpec
+from kdcache.augment import _params
+from kdcache.augment._describe import describe_spec
+from kdcache.augment._mix import MixSampler, mix_float, require_partner_source
+from kdcache.augment._ops import CropSampler, check_hw, check_image, crop_flip_float
+from kdcache.augment._params import ViewParams
+from kdcache.augment._seeding import seeded_stream
+from kdcache.augment._spec import ViewSpec
 from kdcache.errors import ConfigError
 
 __all__ = ["ViewPipeline"]
@@ -110,5 +110,5 @@ class ViewPipeline:
         return _params.param_array_specs(self.spec)
 
     def describe(self) -> dict:
-        """:func:`~kdcache.augment.describe.describe_spec` of this pipeline's spec."""
+        """:func:`~kdcache.augment._describe.describe_spec` of this pipeline's spec."""
         return describe_spec(self.spec)

@@ -32,10 +32,10 @@ import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 from zarr.core.sync import sync
 
-from kdcache.cache.damage import Damage, damage_error
-from kdcache.cache.identity import CacheIdentity, dataset_differences
-from kdcache.cache.layout import UnitLayout
-from kdcache.cache.targets import TargetMode
+from kdcache.cache._damage import Damage, damage_error
+from kdcache.cache._identity import CacheIdentity, dataset_differences
+from kdcache.cache._layout import UnitLayout
+from kdcache.cache._targets import TargetMode
 from kdcache.errors import (
     CacheDamagedError,
     CacheError,
@@ -52,7 +52,7 @@ DEFAULT_BLOCK_SIZE = 1024
 # their high and low bytes are grouped; decoding is fast enough to never be the bottleneck.
 _COMPRESSOR = BloscCodec(cname="zstd", clevel=5, shuffle="shuffle")
 # Every chunk ends with its CRC32C (the last bytes codec), so changed bytes fail to decode
-# instead of decoding to other numbers; see kdcache/cache/integrity.py.
+# instead of decoding to other numbers; see kdcache/cache/_integrity.py.
 _COMPRESSORS = (_COMPRESSOR, Crc32cCodec())
 _KEY_COMPRESSORS = (ZstdCodec(level=0), Crc32cCodec())  # zarr's default for strings, plus the checksum
 # Every chunk is written, even one equal to the fill value, so a missing chunk is damage.

@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from kdcache._utils import optional_import
 from kdcache.errors import DownloadUnavailableError, ModelError
 from kdcache.models._cfg import IMAGENET_MEAN, IMAGENET_STD, set_model_cfg
-from kdcache.utils import optional_import
 
 __all__ = ["HFImageClassifier", "create_hf_model"]
 

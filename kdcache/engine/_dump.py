@@ -31,17 +31,10 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from kdcache.augment import ViewParams, ViewPipeline, ViewSpec, param_array_specs
-from kdcache.cache import CacheIdentity, CacheStore, TargetMode, dataset_identity, is_url
-from kdcache.cache.info import label_agreement
-from kdcache.cache.integrity import scan_cache
-from kdcache.cache.layout import VIEW_SEED, UnitLayout
-from kdcache.config import ConfigBase
-from kdcache.data import DataConfig
-from kdcache.errors import CacheError, CacheMismatchError, ConfigError, KdcacheError, TeacherOutputError
-from kdcache.runtime import DistContext, autocast, select_device
-from kdcache.teacher import TeacherSpec, build_teacher
-from kdcache.views import (
+from kdcache._config import ConfigBase
+from kdcache._runtime import DistContext, autocast, select_device
+from kdcache._teacher import TeacherSpec, build_teacher
+from kdcache._views import (
     BlockBatches,
     ViewBatch,
     ViewDraws,
@@ -49,6 +42,13 @@ from kdcache.views import (
     identity_collate,
     resolve_view_sources,
 )
+from kdcache.augment import ViewParams, ViewPipeline, ViewSpec, param_array_specs
+from kdcache.cache import CacheIdentity, CacheStore, TargetMode, dataset_identity, is_url
+from kdcache.cache._info import label_agreement
+from kdcache.cache._integrity import scan_cache
+from kdcache.cache._layout import VIEW_SEED, UnitLayout
+from kdcache.data import DataConfig
+from kdcache.errors import CacheError, CacheMismatchError, ConfigError, KdcacheError, TeacherOutputError
 
 __all__ = ["DumpConfig", "DumpSummary", "dump_teacher"]
 
