@@ -89,6 +89,9 @@ def _report(result: dict) -> None:
     click.option("--views-per-image", type=click.IntRange(min=1), default=1, show_default=True,
                  help="Replay M cached views from each decoded image (FKD's trick): one pass over the data "
                       "trains M epochs; --epochs must be a multiple of M."),
+    click.option("--target-memory-mb", type=click.IntRange(min=1), default=1024, show_default=True,
+                 help="Cached targets held in memory at once per process. An epoch whose targets fit is "
+                      "shuffled whole; a larger one streams in windows of cache blocks, shuffled within."),
 )
 @click.option("--student", required=True, help="Student model name (see 'kdcache models').")
 @click.option("--student-arg", "model_args", multiple=True,
@@ -105,7 +108,7 @@ def _report(result: dict) -> None:
 @runtime_options
 @library_errors
 def train_student_cmd(cache, storage_options, teacher, teacher_weights, teacher_args, random_init, init_seed,
-                      views_per_image, student,
+                      views_per_image, target_memory_mb, student,
                       model_args, distill, no_distill, alpha, temperature, topk_fill, progress, **kw):
     """Train a student from a teacher cache, replaying each cached view exactly.
 
@@ -136,7 +139,7 @@ def train_student_cmd(cache, storage_options, teacher, teacher_weights, teacher_
                       label_smoothing=ls, topk_fill=topk_fill)
     cfg = TrainConfig(model=student, model_kwargs=parse_model_args(model_args), cache=cache, teacher=online,
                       loss=loss, view=view, storage_options=parse_key_values(storage_options) or None,
-                      views_per_image=views_per_image, **common)
+                      views_per_image=views_per_image, target_memory_mb=target_memory_mb, **common)
     _report(train_student(cfg, progress=progress, log=click.echo))
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -48,6 +49,7 @@ __all__ = ["CacheStore", "FORMAT_VERSION", "DEFAULT_BLOCK_SIZE", "is_url"]
 
 FORMAT_VERSION = 1
 DEFAULT_BLOCK_SIZE = 1024
+_READ_THREADS = 2  # chunks decoded at once by read_units
 # Blosc(zstd) with byte shuffle: float16 logits and small integers compress best when
 # their high and low bytes are grouped; decoding is fast enough to never be the bottleneck.
 _COMPRESSOR = BloscCodec(cname="zstd", clevel=5, shuffle="shuffle")
@@ -337,30 +339,51 @@ class CacheStore:
             raise damage_error(self.path, [self.chunk_damage(n, c, "missing") for n, c in missing])
         return {n: self.read_chunk(n, c, check_exists=False) for n, c in coords.items()}
 
-    def read_views(self, views_per_block: Sequence[int], names: Iterable[str] | None = None
-                   ) -> dict[str, np.ndarray]:
+    def read_views(self, views_per_block: Sequence[int], names: Iterable[str] | None = None, *,
+                   blocks: Iterable[int] | None = None) -> dict[str, np.ndarray]:
         """Gather, for every sample, the arrays of the view chosen for its block.
 
         One chunk-aligned read per block and array: the access pattern the chunking is made for.
-        Choose done units: in a checksummed cache a unit never written has no chunks, and reading
-        it raises :class:`CacheDamagedError` like a deleted one (never the fill value).
+        ``blocks`` reads only those blocks (a rank's share of an epoch); the other samples' rows of
+        the returned (num_samples, ...) arrays are left unset. Choose done units: in a checksummed
+        cache a unit never written has no chunks, and reading it raises :class:`CacheDamagedError`
+        like a deleted one (never the fill value).
         """
         names = list(names or self.view_array_names)
         if len(views_per_block) != self.num_blocks:
             raise CacheError(f"need one view per block ({self.num_blocks}), got {len(views_per_block)}")
-        # One existence check per chunk read, all of them in one batch (concurrent on remote stores).
-        wanted = [(n, self.unit_chunk(n, b, int(v))) for n in names for b, v in enumerate(views_per_block)]
-        missing = self._missing_keys(wanted)
-        if missing:
-            raise damage_error(self.path, [self.chunk_damage(n, c, "missing") for n, c in missing])
+        wanted = range(self.num_blocks) if blocks is None else sorted({int(b) for b in blocks})
+        units = self.read_units([(b, int(views_per_block[b])) for b in wanted], names)
         out: dict[str, np.ndarray] = {}
         for name in names:
             arr = self.array(name)
             buf = np.empty((self.num_samples, *arr.shape[2:]), dtype=arr.dtype)
-            for b, v in enumerate(views_per_block):
+            for b in wanted:
                 b0, b1 = self.block_bounds(b)
-                buf[b0:b1] = self._decode(arr, name, (b, int(v), *(0,) * (arr.ndim - 2)))
+                buf[b0:b1] = units[b, int(views_per_block[b])][name]
             out[name] = buf
+        return out
+
+    def read_units(self, units: Sequence[tuple[int, int]], names: Iterable[str] | None = None
+                   ) -> dict[tuple[int, int], dict[str, np.ndarray]]:
+        """The arrays of these (block, view) units: one chunk read each, decoded two at a time.
+
+        Existence is checked for all of them at once first (a missing chunk is damage, never the
+        fill value); a chunk whose bytes fail their checksum raises :class:`CacheDamagedError`.
+        """
+        names = list(names or self.view_array_names)
+        units = [(int(b), int(v)) for b, v in units]
+        wanted = [(n, self.unit_chunk(n, b, v)) for b, v in units for n in names]
+        missing = self._missing_keys(wanted)
+        if missing:
+            raise damage_error(self.path, [self.chunk_damage(n, c, "missing") for n, c in missing])
+        arrays = {n: self.array(n) for n in names}
+        # Decompression releases the GIL: two chunks in flight keep two cores busy on local disk.
+        with ThreadPoolExecutor(max_workers=_READ_THREADS) as pool:
+            decoded = list(pool.map(lambda nc: self._decode(arrays[nc[0]], nc[0], nc[1]), wanted))
+        out: dict[tuple[int, int], dict[str, np.ndarray]] = {u: {} for u in units}
+        for (n, c), a in zip(wanted, decoded):
+            out[c[0], c[1]][n] = a
         return out
 
     def read_array(self, name: str, *, check_missing: bool = True) -> np.ndarray:

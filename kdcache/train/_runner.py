@@ -42,8 +42,9 @@ from kdcache.models._checkpoint import load_checkpoint, load_weights, save_check
 from kdcache.train._logging import MetricsLogger
 from kdcache.train._loop import evaluate, train_one_epoch
 from kdcache.train._losses import DistillationLoss, LossConfig
-from kdcache.train._schedule import read_epoch
-from kdcache.train._targets import CachedTargets, OnlineTargets, TargetSource
+from kdcache.train._schedule import epoch_views
+from kdcache.train._stream import StreamedTargets, plan_epoch, window_blocks
+from kdcache.train._targets import OnlineTargets, TargetSource
 
 __all__ = ["TrainConfig", "train_student", "train_teacher", "evaluate_checkpoint", "evaluate_model", "build_scheduler"]
 
@@ -76,10 +77,11 @@ class TrainConfig(ConfigBase):
     max_steps_per_epoch: int | None = None
     storage_options: dict[str, Any] | None = None
     views_per_image: int = 1            # cached students: M cached views from each decoded image (FKD)
+    target_memory_mb: int = 1024        # cached students: targets resident at once per rank (streamed in windows)
 
     def __post_init__(self):
         super().__post_init__()
-        for name in ("epochs", "batch_size", "views_per_image"):
+        for name in ("epochs", "batch_size", "views_per_image", "target_memory_mb"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"`{name}` must be >= 1, got {getattr(self, name)!r}")
         m = self.views_per_image
@@ -239,11 +241,15 @@ class _Run:
             loader, teacher = epoch_data(epoch)
             last = epoch + m - 1
             desc = f"epoch {epoch + 1}/{cfg.epochs}" if m == 1 else f"epochs {epoch + 1}-{last + 1}/{cfg.epochs}"
-            stats = train_one_epoch(self.net, loader, loss_fn=self.loss_fn, optimizer=self.optimizer,
-                                    scheduler=self.scheduler, device=self.device, labels=labels,
-                                    teacher_targets=teacher, amp=cfg.amp, scaler=self.scaler,
-                                    grad_clip=cfg.grad_clip, progress=progress and self.ctx.is_main, desc=desc,
-                                    max_steps=cfg.max_steps_per_epoch and cfg.max_steps_per_epoch * m)
+            try:
+                stats = train_one_epoch(self.net, loader, loss_fn=self.loss_fn, optimizer=self.optimizer,
+                                        scheduler=self.scheduler, device=self.device, labels=labels,
+                                        teacher_targets=teacher, amp=cfg.amp, scaler=self.scaler,
+                                        grad_clip=cfg.grad_clip, progress=progress and self.ctx.is_main, desc=desc,
+                                        max_steps=cfg.max_steps_per_epoch and cfg.max_steps_per_epoch * m)
+            finally:
+                if hasattr(teacher, "close"):
+                    teacher.close()  # a streamed target source stops its reader
             val_stats = evaluate(self.model, val, device=self.device, amp=cfg.amp) if val is not None else None
             stats["epoch_seconds"] = time.perf_counter() - t0  # training and validation: the run's wall time
             self.end_epoch(last, stats, val_stats)
@@ -365,21 +371,33 @@ def train_student(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str
 
 
 def _cached_epochs(store: CacheStore, ds, pipeline: ViewPipeline, cfg: TrainConfig, ctx: DistContext, pin: bool):
-    """Each epoch: one cached view per sample (``epoch_views``), replayed, with its cached targets."""
+    """Each epoch: one cached view per sample (``epoch_views``), replayed, with its cached targets.
+
+    The epoch runs in windows of blocks (``kdcache.train._stream``): each rank reads the replay
+    parameters of its own blocks only and streams their targets a window ahead, holding at most
+    ``target_memory_mb`` of them; when the rank's targets fit, one window covers them all.
+    """
     distill = cfg.loss.distill != "none"
     m = cfg.views_per_image
 
     def epoch_data(epoch: int):
         # Reopen each epoch: views another process added (and marked done) become eligible.
         store = CacheStore.open(cfg.cache, mode="r", storage_options=cfg.storage_options)
+        done = store.done_units()
         # Epochs epoch..epoch+m-1 train on the views epoch_views picks for them, whatever m is.
-        slots = [read_epoch(store, epoch=epoch + j, seed=cfg.seed, targets=distill)[1:] for j in range(m)]
-        targets = CachedTargets([t for _, t in slots]) if slots[0][1] else None
-        batches = _shard_batches(len(ds), epoch=epoch, seed=cfg.seed, batch_size=cfg.batch_size, ctx=ctx)
+        views = [epoch_views(done, epoch=epoch + j, seed=cfg.seed) for j in range(m)]
+        layout = store.layout
+        per_sample = sum(int(np.prod(s, dtype=np.int64)) * d.itemsize for n, (s, d) in layout.specs.items()
+                         if n in layout.target_names)
+        window = window_blocks(cfg.target_memory_mb << 20, store.block_size * per_sample * m, store.num_blocks)
+        plan = plan_epoch(len(ds), store.block_size, epoch=epoch, seed=cfg.seed, batch_size=cfg.batch_size,
+                          window=window, rank=ctx.rank, world_size=ctx.world_size)
+        replay = [store.read_views(v, names=layout.replay_names, blocks=plan.blocks) for v in views]
+        targets = StreamedTargets(store, views, layout.target_names, plan) if distill else None
         if m == 1:
-            return _loader(ReplayViews(ds, pipeline, slots[0][0]), batches, cfg, pin), targets
+            return _loader(ReplayViews(ds, pipeline, replay[0]), plan.batches, cfg, pin), targets
         # Each worker item: one decode of a batch's images, m batches (one view of each image per batch).
-        return FlatBatches(_loader(ReplayViews(ds, pipeline, [a for a, _ in slots]), batches, cfg, pin), m), targets
+        return FlatBatches(_loader(ReplayViews(ds, pipeline, replay), plan.batches, cfg, pin), m), targets
 
     return epoch_data
 

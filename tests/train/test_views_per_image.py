@@ -15,8 +15,8 @@ from kdcache.engine import DumpConfig, TeacherSpec, dump_teacher
 from kdcache.engine._verify import default_atol
 from kdcache.errors import ConfigError
 from kdcache.models._checkpoint import load_checkpoint
-from kdcache.train import LossConfig, TrainConfig, train_student
-from kdcache.train._targets import CachedTargets
+from kdcache.train import LossConfig, TrainConfig, _runner, train_student
+from kdcache.train._stream import StreamedTargets
 
 
 @pytest.fixture
@@ -30,20 +30,20 @@ def cache(tmp_path, tiny_h5, tiny_teacher) -> str:
 
 def _run(tmp_path, tiny_h5, cache, name, m, monkeypatch, decodes, epochs=4):
     seen = []
-    original = CachedTargets.__call__
+    original = StreamedTargets.__call__
 
     def recording(self, batch, images):
         t = original(self, batch, images)
         seen.append((batch, images.clone(), {k: v.clone() for k, v in t.items()}))
         return t
 
-    monkeypatch.setattr(CachedTargets, "__call__", recording)
+    monkeypatch.setattr(StreamedTargets, "__call__", recording)
     decodes.clear()
     cfg = TrainConfig(data=DataConfig(source=tiny_h5), out=str(tmp_path / name), model="cnn_tiny", cache=cache,
                       epochs=epochs, batch_size=16, workers=0, val_split=None, device="cpu", views_per_image=m,
                       loss=LossConfig(distill="soft"))
     train_student(cfg, progress=False, log=lambda _m: None)
-    monkeypatch.setattr(CachedTargets, "__call__", original)
+    monkeypatch.setattr(StreamedTargets, "__call__", original)
     return seen, Counter(decodes)
 
 
@@ -52,8 +52,11 @@ def _key(batch, row, t):
     return int(batch.indices[row]), p.crop, p.flip, tuple(t["logits"][row].tolist())
 
 
+@pytest.mark.parametrize("window", [None, 1])
 def test_m_views_per_decode_train_on_the_same_views_and_targets(tmp_path, tiny_h5, tiny_teacher, cache,
-                                                                 monkeypatch, decodes):
+                                                                 monkeypatch, decodes, window):
+    if window:  # stream the targets one cache block per window (what a small --target-memory-mb does)
+        monkeypatch.setattr(_runner, "window_blocks", lambda *_a: window)
     one, dec1 = _run(tmp_path, tiny_h5, cache, "m1", 1, monkeypatch, decodes)
     two, dec2 = _run(tmp_path, tiny_h5, cache, "m2", 2, monkeypatch, decodes)
     # the same (sample, view, targets) over the run; the schedule counts samples: same number of steps

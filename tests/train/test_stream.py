@@ -1,0 +1,130 @@
+"""Streamed targets: the epoch plan (windows of blocks, rank shares) and :class:`StreamedTargets`, which must
+serve exactly the targets a whole-epoch read gives, hold at most two windows, read only a rank's blocks and
+raise a damaged chunk in the batch that needs it."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from kdcache._views import ViewBatch
+from kdcache.cache import CacheStore
+from kdcache.data import DataConfig
+from kdcache.engine import DumpConfig, TeacherSpec, dump_teacher
+from kdcache.errors import CacheDamagedError
+from kdcache.train._schedule import epoch_views
+from kdcache.train._stream import StreamedTargets, plan_epoch, window_blocks
+
+CPU = torch.empty(0)
+
+
+@pytest.fixture
+def cache(tmp_path, tiny_h5, tiny_teacher) -> str:
+    out = str(tmp_path / "c.zarr")
+    # 48 samples in blocks of 8: six blocks, three views
+    dump_teacher(DumpConfig(data=DataConfig(source=tiny_h5), out=out, teacher=TeacherSpec(weights=tiny_teacher),
+                            views=3, view={"size": 16}, workers=0, block_size=8, device="cpu"),
+                 progress=False, log=lambda _m: None)
+    return out
+
+
+def _batch(indices, slot=0) -> ViewBatch:
+    idx = np.asarray(indices, dtype=np.int64)
+    return ViewBatch(indices=idx, views=np.zeros_like(idx), seeds=np.zeros_like(idx), params=[], images=CPU,
+                     slot=slot)
+
+
+@pytest.mark.parametrize(("n", "block", "batch", "window", "world"),
+                         [(48, 8, 8, 1, 1), (48, 8, 5, 2, 1), (50, 8, 6, 1, 3), (50, 8, 64, 1, 2), (7, 8, 3, 4, 1)])
+def test_plan_covers_every_sample_once_in_windows_of_blocks(n, block, batch, window, world):
+    plans = [plan_epoch(n, block, epoch=2, seed=5, batch_size=batch, window=window, rank=r, world_size=world)
+             for r in range(world)]
+    flat = [np.concatenate([np.asarray(b) for b in p.batches]) for p in plans]
+    assert len({len(p.batches) for p in plans}) == 1          # every rank takes the same number of steps
+    allidx = np.concatenate(flat)
+    assert set(allidx.tolist()) == set(range(n)) and len(allidx) == -(-n // world) * world  # padding wraps
+    for p, f in zip(plans, flat):
+        # windows list, in order, the blocks of consecutive stretches of the rank's samples
+        pos = 0
+        for w, win in enumerate(p.windows):
+            size = sum(win.values())
+            assert size >= min(batch, len(f) - pos) or w == len(p.windows) - 1
+            part = f[pos:pos + size]
+            blocks, counts = np.unique(part // block, return_counts=True)
+            assert dict(zip(blocks.tolist(), counts.tolist())) == win
+            pos += size
+        assert pos == len(f)
+    if world == 1:  # the order is a seeded shuffle: another epoch, another order; the same epoch, the same
+        again = plan_epoch(n, block, epoch=2, seed=5, batch_size=batch, window=window)
+        other = plan_epoch(n, block, epoch=3, seed=5, batch_size=batch, window=window)
+        assert again.batches == plans[0].batches and other.batches != plans[0].batches
+
+
+def test_window_blocks_fits_two_windows_in_the_budget():
+    assert window_blocks(100 << 20, 1 << 20, 1000) == 50
+    assert window_blocks(1 << 20, 10 << 20, 1000) == 1      # never less than one block
+    assert window_blocks(1 << 30, 1 << 20, 20) == 20        # never more than the cache has
+
+
+@pytest.mark.parametrize(("window", "world", "m"), [(1, 1, 1), (2, 1, 2), (1, 2, 1), (6, 1, 1)])
+def test_streamed_targets_equal_a_whole_epoch_read(cache, monkeypatch, window, world, m):
+    store = CacheStore.open(cache, mode="r")
+    names = store.layout.target_names
+    views = [epoch_views(store.done_units(), epoch=e, seed=1) for e in range(m)]
+    whole = [store.read_views(v, names=names) for v in views]
+    read: list[int] = []
+    original = store.read_units
+
+    def spy(units, names=None):
+        read.extend(b for b, _ in units)
+        return original(units, names)
+
+    monkeypatch.setattr(store, "read_units", spy)
+    for rank in range(world):
+        read.clear()
+        plan = plan_epoch(store.num_samples, store.block_size, epoch=0, seed=1, batch_size=8, window=window,
+                          rank=rank, world_size=world)
+        source = StreamedTargets(store, views, names, plan)
+        for b in plan.batches:
+            for slot in range(m):
+                got = source(_batch(b, slot), CPU)
+                for k in names:
+                    assert np.array_equal(got[k].numpy(), whole[slot][k][b]), (k, slot)
+        source.close()
+        # a rank reads its own blocks, each once per slot (no block is read twice)
+        assert sorted(read) == sorted(plan.blocks * m)
+        if world > 1:
+            assert len(plan.blocks) < store.num_blocks
+        # at most two windows resident (the one training and the one read ahead)
+        assert source.peak_blocks <= 2 * max(len(w) for w in plan.windows) * m
+        if window == 1 and world == 1:
+            assert source.peak_blocks <= 2 * m < store.num_blocks * m
+
+
+def test_a_damaged_chunk_stops_the_batch_that_needs_it(cache):
+    store = CacheStore.open(cache, mode="r")
+    names = store.layout.target_names
+    views = [epoch_views(store.done_units(), epoch=0, seed=1)]
+    plan = plan_epoch(store.num_samples, store.block_size, epoch=0, seed=1, batch_size=8, window=1)
+    last_block = plan.windows[-1]
+    b = next(iter(last_block))
+    key = store.chunk_key(names[0], store.unit_chunk(names[0], b, int(views[0][b])))
+    os.remove(os.path.join(cache, key))
+    source = StreamedTargets(store, views, names, plan)
+    with pytest.raises(CacheDamagedError, match=f"block {b}|samples {b * 8}"):
+        for batch in plan.batches:
+            source(_batch(batch), CPU)
+    source.close()
+
+
+def test_close_stops_the_reader_of_an_epoch_cut_short(cache):
+    store = CacheStore.open(cache, mode="r")
+    names = store.layout.target_names
+    plan = plan_epoch(store.num_samples, store.block_size, epoch=0, seed=1, batch_size=8, window=1)
+    source = StreamedTargets(store, [epoch_views(store.done_units(), epoch=0, seed=1)], names, plan)
+    source(_batch(plan.batches[0]), CPU)
+    source.close()
+    assert source._thread is not None and not source._thread.is_alive()
