@@ -88,10 +88,10 @@ class StreamedTargets:
     """A target source (``kdcache.train._targets``) that reads the epoch's targets window by window.
 
     ``views``: for each slot (one per view of a decoded image), the view each block trains on.
-    A background thread reads window ``w + 1`` while window ``w`` trains and never holds more
-    than two windows; a read error (a damaged chunk) is raised by the batch that needed the data.
-    Batches must come in the plan's order (``plan.batches``), each slot's batch of a decoded image
-    before the next image batch.
+    A background thread reads window ``w + 1`` while window ``w`` trains, laying each window's
+    targets out in the order its samples are consumed, so a batch's targets are a slice; at most
+    two windows are resident. Batches must come in the plan's order (each slot's in turn); one
+    that does not is refused. A read error (a damaged chunk) is raised by the batch that needed it.
     """
 
     def __init__(self, store, views: Sequence[np.ndarray], names: Sequence[str], plan: EpochPlan):
@@ -100,18 +100,21 @@ class StreamedTargets:
         self.names = list(names)
         self.plan = plan
         self.block_size = store.block_size
-        m = len(self.views)
-        self._remaining = {(j, w, b): n for w, win in enumerate(plan.windows) for b, n in win.items()
-                           for j in range(m)}
-        self._left = [len(win) * m for win in plan.windows]   # (slot, block) units of each window still in use
-        self._first = 0                                    # the first window still in use
-        self._data: dict[tuple[int, int, int], dict[str, np.ndarray]] = {}  # (slot, window, block) -> arrays
+        self._order = (np.concatenate([np.asarray(b, dtype=np.int64) for b in plan.batches])
+                       if plan.batches else np.zeros(0, np.int64))
+        sizes = [sum(w.values()) for w in plan.windows]
+        self._ends = np.cumsum(sizes).astype(np.int64)     # window w covers [ends[w-1], ends[w]) of the order
+        self._cursor = [0] * len(self.views)                # each slot's position in the order
+        self._data: dict[tuple[int, int], dict[str, np.ndarray]] = {}  # (slot, window) -> arrays in order
         self._error: BaseException | None = None
         self._cond = threading.Condition()
         self._stop = threading.Event()
-        self._done = False
         self._thread: threading.Thread | None = None
-        self.peak_blocks = 0  # most (slot, block) units resident at once (tests and benchmarks read it)
+        self.peak_blocks = 0  # most blocks' worth of targets resident at once (tests and benchmarks read it)
+
+    def _first_in_use(self) -> int:
+        """The first window some slot still reads from."""
+        return int(np.searchsorted(self._ends, min(self._cursor), side="right"))
 
     # ------------------------------------------------------------------ the reader
     def _start(self) -> None:
@@ -124,73 +127,67 @@ class StreamedTargets:
         try:
             for w, win in enumerate(self.plan.windows):
                 with self._cond:
-                    while w > self._first + 1 and not self._stop.is_set():
+                    while w > self._first_in_use() + 1 and not self._stop.is_set():
                         self._cond.wait(timeout=0.5)
-                    if self._stop.is_set():
-                        return
-                    # a block the previous window also reads is shared, not read again
-                    have = {(j, b): self._data[j, w - 1, b] for j in range(m) for b in win
-                            if (j, w - 1, b) in self._data}
-                need = [(j, b) for b in win for j in range(m) if (j, b) not in have]
-                units = self.store.read_units([(b, int(self.views[j][b])) for j, b in need], self.names) \
-                    if need else {}
+                if self._stop.is_set():
+                    return
+                blocks = list(win)
+                units = self.store.read_units([(b, int(self.views[j][b])) for j in range(m) for b in blocks],
+                                              self.names)
+                start = int(self._ends[w - 1]) if w else 0
+                samples = self._order[start:int(self._ends[w])]
+                # row of each sample in the blocks' concatenation, in consumption order
+                offset = np.zeros(int(samples.max()) // self.block_size + 1 if len(samples) else 0, np.int64)
+                pos = 0
+                for b in blocks:
+                    offset[b] = pos - b * self.block_size
+                    b0, b1 = self.store.block_bounds(b)
+                    pos += b1 - b0
+                rows = samples + offset[samples // self.block_size]
+                ready = {}
+                for j in range(m):
+                    unit = [units[b, int(self.views[j][b])] for b in blocks]
+                    ready[j, w] = {n: np.concatenate([u[n] for u in unit])[rows] for n in self.names}
                 with self._cond:
-                    for j, b in need:
-                        have[j, b] = units[b, int(self.views[j][b])]
-                    for (j, b), arrays in have.items():
-                        self._data[j, w, b] = arrays
-                    self.peak_blocks = max(self.peak_blocks, len({(j, b) for j, _, b in self._data}))
+                    self._data.update(ready)
+                    held = {w_ for _, w_ in self._data}
+                    self.peak_blocks = max(self.peak_blocks, m * sum(len(self.plan.windows[x]) for x in held))
                     self._cond.notify_all()
         except BaseException as e:  # noqa: BLE001 - handed to the consumer, who raises it
             with self._cond:
                 self._error = e
                 self._cond.notify_all()
 
-    def _take(self, slot: int, block: int, n: int) -> list[tuple[dict[str, np.ndarray], int]]:
-        """Arrays for ``n`` samples of ``block``, from the earliest windows that still owe them (waits)."""
-        out = []
-        w = self._first
-        while n > 0:
-            while w < len(self.plan.windows) and self._remaining.get((slot, w, block), 0) <= 0:
-                w += 1
-            if w >= len(self.plan.windows):
-                raise RuntimeError(f"cache block {block}: more samples requested than this epoch's plan holds "
-                                   "(batches must follow the plan)")
-            while (slot, w, block) not in self._data:
-                if self._error is not None:
-                    raise self._error
-                self._cond.wait(timeout=0.5)
-            k = min(n, self._remaining[slot, w, block])
-            out.append((self._data[slot, w, block], k))
-            self._remaining[slot, w, block] -= k
-            if self._remaining[slot, w, block] == 0:
-                del self._data[slot, w, block]
-                self._left[w] -= 1
-                while self._first < len(self._left) and self._left[self._first] == 0:
-                    self._first += 1
-                    self._cond.notify_all()
-            n -= k
-        return out
-
     # ------------------------------------------------------------------ the target source
     def __call__(self, batch: ViewBatch, images: torch.Tensor) -> dict[str, torch.Tensor]:
         if self._thread is None:
             self._start()
+        slot = batch.slot
         idx = np.asarray(batch.indices, dtype=np.int64)
-        blk = idx // self.block_size
-        rows = idx - blk * self.block_size
-        blocks, counts = np.unique(blk, return_counts=True)
+        p0 = self._cursor[slot]
+        p1 = p0 + len(idx)
+        if not np.array_equal(self._order[p0:p1], idx):
+            raise RuntimeError("streamed targets: a batch out of the epoch plan's order (use the plan's batches, "
+                               "in order)")
+        w0 = int(np.searchsorted(self._ends, p0, side="right"))
+        w1 = int(np.searchsorted(self._ends, p1 - 1, side="right")) if p1 > p0 else w0
+        pieces: list[dict[str, np.ndarray]] = []
         with self._cond:
-            parts = {b: self._take(batch.slot, b, n)[0][0] for b, n in zip(blocks.tolist(), counts.tolist())}
-        out: dict[str, torch.Tensor] = {}
-        for name in self.names:
-            first = parts[int(blocks[0])][name]
-            buf = np.empty((len(idx), *first.shape[1:]), dtype=first.dtype)
-            for b, arrays in parts.items():
-                sel = blk == b
-                buf[sel] = arrays[name][rows[sel]]
-            out[name] = torch.from_numpy(buf).to(images.device, non_blocking=True)
-        return out
+            for w in range(w0, w1 + 1):
+                while (slot, w) not in self._data:
+                    if self._error is not None:
+                        raise self._error
+                    self._cond.wait(timeout=0.5)
+                start = int(self._ends[w - 1]) if w else 0
+                a, b = max(p0, start) - start, min(p1, int(self._ends[w])) - start
+                pieces.append({n: v[a:b] for n, v in self._data[slot, w].items()})
+            self._cursor[slot] = p1
+            first = self._first_in_use()
+            for key in [k for k in self._data if k[1] < first]:
+                del self._data[key]   # every slot has moved past these windows
+            self._cond.notify_all()
+        return {n: torch.from_numpy(pieces[0][n] if len(pieces) == 1 else np.concatenate([p[n] for p in pieces]))
+                .to(images.device, non_blocking=True) for n in self.names}
 
     def close(self) -> None:
         """Stop the reader (an epoch cut short by ``max_steps_per_epoch``) and drop what it holds."""

@@ -128,3 +128,13 @@ def test_close_stops_the_reader_of_an_epoch_cut_short(cache):
     source(_batch(plan.batches[0]), CPU)
     source.close()
     assert source._thread is not None and not source._thread.is_alive()
+
+
+def test_a_batch_out_of_the_plans_order_is_refused(cache):
+    store = CacheStore.open(cache, mode="r")
+    names = store.layout.target_names
+    plan = plan_epoch(store.num_samples, store.block_size, epoch=0, seed=1, batch_size=8, window=1)
+    source = StreamedTargets(store, [epoch_views(store.done_units(), epoch=0, seed=1)], names, plan)
+    with pytest.raises(RuntimeError, match="out of the epoch plan's order"):
+        source(_batch(plan.batches[1]), CPU)
+    source.close()
