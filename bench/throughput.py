@@ -22,7 +22,9 @@ alike; each figure is the median over rounds, and ratios are taken between media
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -34,10 +36,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from kdcache._runtime import DistContext
 from kdcache._views import (
     BlockBatches,
-    FlatBatches,
-    ReplayViews,
+    ViewBatch,
     ViewDraws,
     identity_collate,
     resolve_view_spec,
@@ -47,8 +49,10 @@ from kdcache.cache import CacheIdentity, CacheStore, TargetMode, UnitLayout
 from kdcache.data import DataConfig
 from kdcache.engine import DumpConfig, TeacherSpec, build_teacher, dump_teacher
 from kdcache.models import create_model
-from kdcache.train import DistillationLoss, LossConfig, epoch_views, train_one_epoch
-from kdcache.train._targets import CachedTargets, OnlineTargets
+from kdcache.train import DistillationLoss, LossConfig, TrainConfig, epoch_views, train_one_epoch
+from kdcache.train._runner import _cached_epochs
+from kdcache.train._stream import StreamedTargets, plan_epoch, window_blocks
+from kdcache.train._targets import OnlineTargets
 
 
 class PlainDataset(Dataset):
@@ -102,22 +106,21 @@ def batches(n: int, bs: int, seed: int) -> list[list[int]]:
     return [perm[i:i + bs] for i in range(0, n - bs + 1, bs)]
 
 
-def training_modes(ds, store: CacheStore, spec: ViewSpec, teacher, args):
+def training_modes(ds, data: DataConfig, cache: str, spec: ViewSpec, teacher, args):
     pipeline = ViewPipeline(spec)
-    done = store.done_units()
-
-    def slots(m: int, r: int):
-        return [store.layout.split(store.read_views(epoch_views(done, epoch=r * m + j, seed=0)))
-                for j in range(m)]
+    store = CacheStore.open(cache)
+    ctx = DistContext.from_env("cpu")
 
     def cached(r: int, m: int) -> float:
-        sl = slots(m, r)
-        replay = ReplayViews(ds, pipeline, sl[0][0] if m == 1 else [a for a, _ in sl])
-        loader = DataLoader(replay, batch_sampler=batches(len(ds), args.batch_size, r), num_workers=args.workers,
-                            collate_fn=identity_collate)
-        if m > 1:
-            loader = FlatBatches(loader, m)
-        return kdcache_rate(loader, CachedTargets([t for _, t in sl]), ds, args.student, args, args.steps)
+        # train-student's own epoch: plan, replay parameters and streamed targets (kdcache.train._runner)
+        cfg = TrainConfig(data=data, out="-", model=args.student, cache=cache, epochs=m, batch_size=args.batch_size,
+                          workers=args.workers, device="cpu", seed=r, views_per_image=m,
+                          loss=LossConfig(distill="soft"))
+        loader, targets = _cached_epochs(store, ds, pipeline, cfg, ctx, False)(0)
+        try:
+            return kdcache_rate(loader, targets, ds, args.student, args, args.steps * m)
+        finally:
+            targets.close()
 
     def online(r: int) -> float:
         draws = ViewDraws(ds, pipeline, 0)
@@ -162,29 +165,84 @@ def dump_modes(data: DataConfig, teacher_spec: TeacherSpec, ds, spec: ViewSpec, 
     return {"infer": infer, "dump": dump}
 
 
-def read_rate(tmp: str, n: int, classes: int, views: int, targets: str, block: int) -> float:
-    """Views/s of reading one epoch's targets (one view per block, kdcache's read_views) from local disk."""
+def synthetic_cache(tmp: str, n: int, classes: int, views: int, targets: str, block: int) -> str:
+    """A cache of ``n`` samples with random (incompressible) logits: the worst case for reading."""
     mode = TargetMode.parse(targets)
     ident = CacheIdentity(teacher={"name": "synthetic"}, dataset={"kind": "synthetic", "split": "train",
                                                                    "manifest_sha256": "0"},
                           view_spec={}, seed=0, targets=str(mode))
     layout = UnitLayout.build(mode, classes, {"crop": ((4,), "int16"), "flip": ((), "bool")})
-    path = os.path.join(tmp, f"read_{targets.replace(':', '')}.zarr")
+    path = os.path.join(tmp, f"read_{n}_{targets.replace(':', '')}.zarr")
     store = CacheStore.create(path, identity=ident, keys=[str(i) for i in range(n)], labels=np.zeros(n),
                               num_classes=classes, num_views=views, layout=layout, attrs={}, block_size=block)
     rng = np.random.default_rng(0)
     for b in range(store.num_blocks):
         b0, b1 = store.block_bounds(b)
-        logits = torch.from_numpy(rng.standard_normal((b1 - b0, classes), dtype=np.float32) * 3)
         for v in range(views):
+            logits = torch.from_numpy(rng.standard_normal((b1 - b0, classes), dtype=np.float32) * 3)
             arrays = mode.encode(logits)
             arrays.update(crop=np.zeros((b1 - b0, 4), np.int16), flip=np.zeros(b1 - b0, bool),
                           view_seed=np.zeros(b1 - b0, np.int64))
             store.write_unit(b, v, arrays)
+    return path
+
+
+def _stream_epoch(path: str, epoch: int, memory_mb: int, batch_size: int) -> StreamedTargets:
+    """Serve one epoch's targets batch by batch, as train-student streams them; returns the spent source."""
     store = CacheStore.open(path)
-    t0 = time.perf_counter()
-    store.read_views(epoch_views(store.done_units(), epoch=1, seed=0), names=store.layout.target_names)
-    return n / (time.perf_counter() - t0)
+    names = store.layout.target_names
+    per_block = store.block_size * sum(int(np.prod(s, dtype=np.int64)) * d.itemsize
+                                       for n, (s, d) in store.layout.specs.items() if n in names)
+    plan = plan_epoch(store.num_samples, store.block_size, epoch=epoch, seed=0, batch_size=batch_size,
+                      window=window_blocks(memory_mb << 20, per_block, store.num_blocks))
+    source = StreamedTargets(store, [epoch_views(store.done_units(), epoch=epoch, seed=0)], names, plan)
+    cpu = torch.empty(0)
+    for b in plan.batches:
+        idx = np.asarray(b, dtype=np.int64)
+        source(ViewBatch(indices=idx, views=idx, seeds=idx, params=[], images=cpu), cpu)
+    source.close()
+    return source
+
+
+def read_modes(path: str, memory_mb: int, batch_size: int) -> dict:
+    """Views/s of one epoch's targets from local disk: whole (one read of every block) vs streamed (P5)."""
+    store = CacheStore.open(path)
+    n = store.num_samples
+
+    def whole(r: int) -> float:
+        t0 = time.perf_counter()
+        CacheStore.open(path).read_views(epoch_views(store.done_units(), epoch=r, seed=0),
+                                         names=store.layout.target_names)
+        return n / (time.perf_counter() - t0)
+
+    def stream(r: int) -> float:
+        t0 = time.perf_counter()
+        _stream_epoch(path, r, memory_mb, batch_size)
+        return n / (time.perf_counter() - t0)
+
+    return {"whole": whole, "stream": stream}
+
+
+def _rss_child(path: str, memory_mb: int, batch_size: int, conn) -> None:
+    def status(key: str) -> int:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith(key)) << 10
+    CacheStore.open(path)  # imports and zarr warmed up: the baseline
+    before = status("VmRSS:")
+    source = _stream_epoch(path, 0, memory_mb, batch_size)
+    conn.send({"peak_over_baseline": status("VmHWM:") - before, "baseline": before,
+               "peak_blocks": source.peak_blocks})
+
+
+def stream_rss(path: str, memory_mb: int, batch_size: int) -> dict:
+    """P6: peak RSS over a fresh process's baseline while it streams one epoch's targets (Linux /proc)."""
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    p = ctx.Process(target=_rss_child, args=(path, memory_mb, batch_size, child))
+    p.start()
+    out = parent.recv()
+    p.join()
+    return out
 
 
 def alternate(modes: dict, rounds: int) -> dict[str, list[float]]:
@@ -216,6 +274,10 @@ def main() -> None:
     ap.add_argument("--no-online", action="store_true")
     ap.add_argument("--read-samples", type=int, nargs="+", default=[20000])
     ap.add_argument("--read-classes", type=int, default=1000)
+    ap.add_argument("--read-block-size", type=int, default=1024)
+    ap.add_argument("--read-batch-size", type=int, default=256)
+    ap.add_argument("--target-memory-mb", type=int, default=TrainConfig.target_memory_mb,
+                    help="train-student's budget for resident targets (the read part's streaming window)")
     ap.add_argument("--json", default="bench/results/throughput.json")
     args = ap.parse_args()
 
@@ -236,17 +298,26 @@ def main() -> None:
                                     view={"size": args.size}, batch_size=args.batch_size, workers=args.workers,
                                     block_size=args.block_size, device="cpu"), progress=False, log=lambda _m: None)
             store = CacheStore.open(cache)
-            result["train"] = alternate(training_modes(ds, store, ViewSpec.from_dict(store.identity.view_spec),
+            result["train"] = alternate(training_modes(ds, data, cache, ViewSpec.from_dict(store.identity.view_spec),
                                                        teacher, args), args.rounds)
         if "dump" in args.parts:
             result["dump"] = alternate(dump_modes(data, teacher_spec, ds, spec, teacher, args, tmp), args.rounds)
         if "read" in args.parts:
-            result["read"] = {}
+            result["read"], result["rss"] = {}, {}
             for n in args.read_samples:
                 for targets in ("full", "topk:10"):
-                    rates = [read_rate(tmp, n, args.read_classes, 2, targets, 1024) for _ in range(args.rounds)]
-                    result["read"][f"N={n} {targets}"] = rates
-    medians = {part: {k: statistics.median(v) for k, v in rs.items()} for part, rs in result.items()}
+                    path = synthetic_cache(tmp, n, args.read_classes, 2, targets, args.read_block_size)
+                    modes = read_modes(path, args.target_memory_mb, args.read_batch_size)
+                    for k, v in alternate(modes, args.rounds).items():
+                        result["read"][f"N={n} {targets} {k}"] = v
+                    if targets == "full":
+                        rss = stream_rss(path, args.target_memory_mb, args.read_batch_size)
+                        print(f"N={n} {targets}: peak RSS {rss['peak_over_baseline'] / 2**20:.1f} MiB over the "
+                              f"baseline, {rss['peak_blocks']} blocks resident at most", flush=True)
+                        result["rss"][f"N={n} {targets}"] = rss
+                    shutil.rmtree(path)
+    medians = {part: {k: statistics.median(v) for k, v in rs.items()} for part, rs in result.items()
+               if part != "rss"}
     ratios = {}
     if "train" in medians:
         t = medians["train"]
@@ -255,13 +326,17 @@ def main() -> None:
             ratios["cached/online"] = t["cached"] / t["online"]
     if "dump" in medians:
         ratios["dump/infer"] = medians["dump"]["dump"] / medians["dump"]["infer"]
+    if "rss" in result and len(result["rss"]) >= 2:
+        peaks = [r["peak_over_baseline"] for r in result["rss"].values()]
+        ratios["rss max/min"] = max(peaks) / max(1, min(peaks))
     print(f"\n{'part':<6} {'mode':<20} {'median /s':>12}")
     for part, ms in medians.items():
         for k, v in ms.items():
             print(f"{part:<6} {k:<20} {v:>12.1f}")
     for k, v in ratios.items():
         print(f"ratio  {k:<20} {v:>12.3f}")
-    write_json(args.json, args, rounds=result, medians=medians, ratios=ratios)
+    write_json(args.json, args, rounds={k: v for k, v in result.items() if k != "rss"}, rss=result.get("rss"),
+               medians=medians, ratios=ratios)
 
 
 if __name__ == "__main__":
