@@ -20,6 +20,7 @@ targets (hundreds to thousands of bytes a view) stream.
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -136,18 +137,27 @@ class StreamedTargets:
                                               self.names)
                 start = int(self._ends[w - 1]) if w else 0
                 samples = self._order[start:int(self._ends[w])]
-                # row of each sample in the blocks' concatenation, in consumption order
-                offset = np.zeros(int(samples.max()) // self.block_size + 1 if len(samples) else 0, np.int64)
-                pos = 0
-                for b in blocks:
-                    offset[b] = pos - b * self.block_size
-                    b0, b1 = self.store.block_bounds(b)
-                    pos += b1 - b0
-                rows = samples + offset[samples // self.block_size]
+                # scatter each block's rows to where its samples are consumed, freeing the block as it goes
+                blk = samples // self.block_size
+                by_block = np.argsort(blk, kind="stable")
+                cuts = np.searchsorted(blk[by_block], blocks)
+                ends = np.searchsorted(blk[by_block], blocks, side="right")
+                left = Counter((b, int(self.views[j][b])) for j in range(m) for b in blocks)  # slots per unit
                 ready = {}
                 for j in range(m):
-                    unit = [units[b, int(self.views[j][b])] for b in blocks]
-                    ready[j, w] = {n: np.concatenate([u[n] for u in unit])[rows] for n in self.names}
+                    first = units[blocks[0], int(self.views[j][blocks[0]])]
+                    dest = {n: np.empty((len(samples), *first[n].shape[1:]), first[n].dtype) for n in self.names}
+                    for b, c0, c1 in zip(blocks, cuts.tolist(), ends.tolist()):
+                        key = (b, int(self.views[j][b]))
+                        unit = units[key]
+                        left[key] -= 1
+                        if not left[key]:
+                            del units[key]
+                        pos = by_block[c0:c1]
+                        rows = samples[pos] - b * self.block_size
+                        for n in self.names:
+                            dest[n][pos] = unit[n][rows]
+                    ready[j, w] = dest
                 with self._cond:
                     self._data.update(ready)
                     held = {w_ for _, w_ in self._data}
