@@ -20,7 +20,6 @@ targets (hundreds to thousands of bytes a view) stream.
 from __future__ import annotations
 
 import threading
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -30,6 +29,8 @@ import torch
 from kdcache._views import ViewBatch
 
 __all__ = ["EpochPlan", "plan_epoch", "window_blocks", "StreamedTargets"]
+
+_READ_GROUP = 8  # blocks read per trip while a window is assembled
 
 
 @dataclass(frozen=True)
@@ -133,31 +134,32 @@ class StreamedTargets:
                 if self._stop.is_set():
                     return
                 blocks = list(win)
-                units = self.store.read_units([(b, int(self.views[j][b])) for j in range(m) for b in blocks],
-                                              self.names)
                 start = int(self._ends[w - 1]) if w else 0
                 samples = self._order[start:int(self._ends[w])]
-                # scatter each block's rows to where its samples are consumed, freeing the block as it goes
+                # each block's rows go where its samples are consumed; blocks are read a few at a time
+                # and dropped once scattered, so a window costs its own size plus a few blocks
                 blk = samples // self.block_size
                 by_block = np.argsort(blk, kind="stable")
                 cuts = np.searchsorted(blk[by_block], blocks)
                 ends = np.searchsorted(blk[by_block], blocks, side="right")
-                left = Counter((b, int(self.views[j][b])) for j in range(m) for b in blocks)  # slots per unit
-                ready = {}
-                for j in range(m):
-                    first = units[blocks[0], int(self.views[j][blocks[0]])]
-                    dest = {n: np.empty((len(samples), *first[n].shape[1:]), first[n].dtype) for n in self.names}
-                    for b, c0, c1 in zip(blocks, cuts.tolist(), ends.tolist()):
-                        key = (b, int(self.views[j][b]))
-                        unit = units[key]
-                        left[key] -= 1
-                        if not left[key]:
-                            del units[key]
-                        pos = by_block[c0:c1]
+                specs = self.store.layout.specs
+                ready = {(j, w): {n: np.empty((len(samples), *specs[n][0]), specs[n][1]) for n in self.names}
+                         for j in range(m)}
+                for g in range(0, len(blocks), _READ_GROUP):
+                    if self._stop.is_set():
+                        return
+                    group = range(g, min(g + _READ_GROUP, len(blocks)))
+                    wanted = {(blocks[i], int(self.views[j][blocks[i]])) for i in group for j in range(m)}
+                    units = self.store.read_units(sorted(wanted), self.names)
+                    for i in group:
+                        b = blocks[i]
+                        pos = by_block[cuts[i]:ends[i]]
                         rows = samples[pos] - b * self.block_size
-                        for n in self.names:
-                            dest[n][pos] = unit[n][rows]
-                    ready[j, w] = dest
+                        for j in range(m):
+                            unit = units[b, int(self.views[j][b])]
+                            for n in self.names:
+                                ready[j, w][n][pos] = unit[n][rows]
+                    del units
                 with self._cond:
                     self._data.update(ready)
                     held = {w_ for _, w_ in self._data}

@@ -134,6 +134,38 @@ def test_read_views_gathers_the_chosen_view_per_block(tmp_path):
         store.read_views([0, 0])
 
 
+def test_local_reads_decode_like_zarr_and_catch_damage(tmp_path, monkeypatch):
+    """read_units decodes local chunk files with the arrays' own codecs: the same arrays as zarr's path
+    (partial last block, every dtype), and a flipped byte or a deleted file is damage, never data."""
+    store = _create(tmp_path / "c.zarr")
+    rng = np.random.default_rng(0)
+    for b in range(3):
+        for v in range(2):
+            unit = _unit(store, b, 0.0)
+            unit["logits"] = rng.standard_normal(unit["logits"].shape).astype(np.float16)
+            unit["flip"] = rng.random(len(unit["flip"])) < 0.5
+            store.write_unit(b, v, unit)
+    units = [(b, v) for b in range(3) for v in range(2)]
+    local = store.read_units(units)
+    monkeypatch.setattr(CacheStore, "_local_root", lambda self: None)
+    through_zarr = store.read_units(units)
+    monkeypatch.undo()
+    assert local.keys() == through_zarr.keys()
+    for u in units:
+        for name, a in through_zarr[u].items():
+            assert local[u][name].dtype == a.dtype and np.array_equal(local[u][name], a), (u, name)
+    assert len(local[2, 1]["logits"]) == 2  # the last block holds 2 samples
+    chunk = tmp_path / "c.zarr" / store.chunk_key("logits", store.unit_chunk("logits", 1, 0))
+    raw = bytearray(chunk.read_bytes())
+    raw[len(raw) // 2] ^= 0x10
+    chunk.write_bytes(bytes(raw))
+    with pytest.raises(CacheDamagedError, match="block 1, view 0 .*checksum mismatch"):
+        store.read_units([(1, 0)], ["logits"])
+    chunk.unlink()
+    with pytest.raises(CacheDamagedError, match="block 1, view 0 is missing"):
+        store.read_units([(1, 0)], ["logits"])
+
+
 def test_open_errors(tmp_path):
     with pytest.raises(CacheNotFoundError):
         CacheStore.open(str(tmp_path / "missing.zarr"))
