@@ -78,6 +78,22 @@ def tiny_teacher(tmp_path) -> str:
 
 
 @pytest.fixture
+def make_cache(tmp_path, tiny_h5, tiny_teacher):
+    """``make_cache(views, block_size)``: the path of a cache of ``tiny_teacher`` over ``tiny_h5`` (16 px views)."""
+    from kdcache.data import DataConfig
+    from kdcache.engine import DumpConfig, TeacherSpec, dump_teacher
+
+    def make(views: int, block_size: int) -> str:
+        out = str(tmp_path / f"c{views}x{block_size}.zarr")
+        dump_teacher(DumpConfig(data=DataConfig(source=tiny_h5), out=out, teacher=TeacherSpec(weights=tiny_teacher),
+                                views=views, view={"size": 16}, workers=0, block_size=block_size, device="cpu"),
+                     progress=False, log=lambda _m: None)
+        return out
+
+    return make
+
+
+@pytest.fixture
 def decodes(monkeypatch):
     """Counts image decodes per sample index (every source reads through ``ImageDataset.get_images``)."""
     from collections import Counter

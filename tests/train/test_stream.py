@@ -12,8 +12,6 @@ import torch
 
 from kdcache._views import ViewBatch
 from kdcache.cache import CacheStore
-from kdcache.data import DataConfig
-from kdcache.engine import DumpConfig, TeacherSpec, dump_teacher
 from kdcache.errors import CacheDamagedError
 from kdcache.train._schedule import epoch_views
 from kdcache.train._stream import StreamedTargets, plan_epoch, window_blocks
@@ -22,13 +20,9 @@ CPU = torch.empty(0)
 
 
 @pytest.fixture
-def cache(tmp_path, tiny_h5, tiny_teacher) -> str:
-    out = str(tmp_path / "c.zarr")
+def cache(make_cache) -> str:
     # 48 samples in blocks of 8: six blocks, three views
-    dump_teacher(DumpConfig(data=DataConfig(source=tiny_h5), out=out, teacher=TeacherSpec(weights=tiny_teacher),
-                            views=3, view={"size": 16}, workers=0, block_size=8, device="cpu"),
-                 progress=False, log=lambda _m: None)
-    return out
+    return make_cache(3, 8)
 
 
 def _batch(indices, slot=0) -> ViewBatch:

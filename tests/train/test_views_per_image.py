@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from kdcache.data import DataConfig
-from kdcache.engine import DumpConfig, TeacherSpec, dump_teacher
+from kdcache.engine import TeacherSpec
 from kdcache.engine._verify import default_atol
 from kdcache.errors import ConfigError
 from kdcache.models._checkpoint import load_checkpoint
@@ -20,12 +20,8 @@ from kdcache.train._stream import StreamedTargets
 
 
 @pytest.fixture
-def cache(tmp_path, tiny_h5, tiny_teacher) -> str:
-    out = str(tmp_path / "c.zarr")
-    dump_teacher(DumpConfig(data=DataConfig(source=tiny_h5), out=out, teacher=TeacherSpec(weights=tiny_teacher),
-                            views=4, view={"size": 16}, workers=0, block_size=16, device="cpu"),
-                 progress=False, log=lambda _m: None)
-    return out
+def cache(make_cache) -> str:
+    return make_cache(4, 16)
 
 
 def _run(tmp_path, tiny_h5, cache, name, m, monkeypatch, decodes, epochs=4):
