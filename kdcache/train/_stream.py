@@ -112,7 +112,7 @@ class StreamedTargets:
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.peak_blocks = 0  # most blocks' worth of targets resident at once (tests and benchmarks read it)
+        self.peak_blocks = 0  # most blocks' worth of targets allocated at once (tests and benchmarks read it)
 
     def _first_in_use(self) -> int:
         """The first window some slot still reads from."""
@@ -145,6 +145,9 @@ class StreamedTargets:
                 specs = self.store.layout.specs
                 ready = {(j, w): {n: np.empty((len(samples), *specs[n][0]), specs[n][1]) for n in self.names}
                          for j in range(m)}
+                with self._cond:  # resident from now on: the windows held plus the one being assembled
+                    held = {x for _, x in self._data} | {w}
+                    self.peak_blocks = max(self.peak_blocks, m * sum(len(self.plan.windows[x]) for x in held))
                 for g in range(0, len(blocks), _READ_GROUP):
                     if self._stop.is_set():
                         return
@@ -162,8 +165,6 @@ class StreamedTargets:
                     del units
                 with self._cond:
                     self._data.update(ready)
-                    held = {w_ for _, w_ in self._data}
-                    self.peak_blocks = max(self.peak_blocks, m * sum(len(self.plan.windows[x]) for x in held))
                     self._cond.notify_all()
         except BaseException as e:  # noqa: BLE001 - handed to the consumer, who raises it
             with self._cond:
