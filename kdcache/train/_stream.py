@@ -30,7 +30,7 @@ from kdcache._views import ViewBatch
 
 __all__ = ["EpochPlan", "plan_epoch", "window_blocks", "StreamedTargets"]
 
-_READ_GROUP = 8  # blocks read per trip while a window is assembled
+_READ_GROUP = 2  # blocks read at a time while a window is assembled (their transient copies count too)
 
 
 @dataclass(frozen=True)
@@ -108,6 +108,10 @@ class StreamedTargets:
         self._ends = np.cumsum(sizes).astype(np.int64)     # window w covers [ends[w-1], ends[w]) of the order
         self._cursor = [0] * len(self.views)                # each slot's position in the order
         self._data: dict[tuple[int, int], dict[str, np.ndarray]] = {}  # (slot, window) -> arrays in order
+        # Window buffers are reused once released (no allocation per window: the process's footprint stays
+        # that of the windows held, whatever the epoch's length); each holds the largest window.
+        self._capacity = max((sum(w.values()) for w in plan.windows), default=0)
+        self._pool: list[dict[str, np.ndarray]] = []
         self._error: BaseException | None = None
         self._cond = threading.Condition()
         self._stop = threading.Event()
@@ -143,11 +147,13 @@ class StreamedTargets:
                 cuts = np.searchsorted(blk[by_block], blocks)
                 ends = np.searchsorted(blk[by_block], blocks, side="right")
                 specs = self.store.layout.specs
-                ready = {(j, w): {n: np.empty((len(samples), *specs[n][0]), specs[n][1]) for n in self.names}
-                         for j in range(m)}
                 with self._cond:  # resident from now on: the windows held plus the one being assembled
+                    buffers = [self._pool.pop() if self._pool else
+                               {n: np.empty((self._capacity, *specs[n][0]), specs[n][1]) for n in self.names}
+                               for _ in range(m)]
                     held = {x for _, x in self._data} | {w}
                     self.peak_blocks = max(self.peak_blocks, m * sum(len(self.plan.windows[x]) for x in held))
+                ready = {(j, w): {n: a[:len(samples)] for n, a in buffers[j].items()} for j in range(m)}
                 for g in range(0, len(blocks), _READ_GROUP):
                     if self._stop.is_set():
                         return
@@ -194,13 +200,14 @@ class StreamedTargets:
                 start = int(self._ends[w - 1]) if w else 0
                 a, b = max(p0, start) - start, min(p1, int(self._ends[w])) - start
                 pieces.append({n: v[a:b] for n, v in self._data[slot, w].items()})
+            # copies, made before a window's buffer can go back to the pool (and be overwritten)
+            out = {n: np.concatenate([p[n] for p in pieces]) for n in self.names}
             self._cursor[slot] = p1
             first = self._first_in_use()
             for key in [k for k in self._data if k[1] < first]:
-                del self._data[key]   # every slot has moved past these windows
+                self._pool.append({n: a.base if a.base is not None else a for n, a in self._data.pop(key).items()})
             self._cond.notify_all()
-        return {n: torch.from_numpy(pieces[0][n] if len(pieces) == 1 else np.concatenate([p[n] for p in pieces]))
-                .to(images.device, non_blocking=True) for n in self.names}
+        return {n: torch.from_numpy(v).to(images.device, non_blocking=True) for n, v in out.items()}
 
     def close(self) -> None:
         """Stop the reader (an epoch cut short by ``max_steps_per_epoch``) and drop what it holds."""
@@ -210,3 +217,4 @@ class StreamedTargets:
         if self._thread is not None:
             self._thread.join(timeout=10)
         self._data.clear()
+        self._pool.clear()
