@@ -3,7 +3,8 @@
 A *unit* is one block of samples × one view; it owns one chunk of every per-view array.
 Its arrays fall into three groups, and this module is the one place that says which:
 
-* ``view_seed`` — the view's derived seed;
+* ``view_seed`` — the view's derived seed: format-1 caches only; from format 2 on it is not stored, since
+  ``derive_view_seed(seed, key, view)`` recomputes it from the cache's seed, the sample key and the view;
 * the recorded view parameters (``crop``, ``flip``, mixing arrays: named by the view spec);
 * the teacher's targets (named by the :class:`~kdcache.cache._targets.TargetMode`).
 
@@ -33,7 +34,8 @@ Spec = tuple[tuple[int, ...], np.dtype]
 
 @dataclass(frozen=True)
 class UnitLayout:
-    """Names, trailing shapes and dtypes of a unit's arrays, in write order (seed, parameters, targets)."""
+    """Names, trailing shapes and dtypes of a unit's arrays, in write order (parameters, then targets;
+    a format-1 cache starts with ``view_seed``)."""
 
     mode: TargetMode
     specs: Mapping[str, Spec]
@@ -44,7 +46,7 @@ class UnitLayout:
         """The layout of a new cache. ``max_coordinate``: the largest pixel coordinate a crop or box can
         take when it is known in advance (images of one shape); crop arrays then use the smallest signed
         integer type that holds it. None keeps the parameter spec's type (image sizes vary)."""
-        specs: dict[str, Spec] = {VIEW_SEED: ((), np.dtype(np.int64))}
+        specs: dict[str, Spec] = {}
         for name, (shape, dtype) in param_specs.items():
             dt = np.dtype(dtype)
             if name in CROP_ARRAYS and max_coordinate is not None:

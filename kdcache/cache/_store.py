@@ -3,7 +3,7 @@
 Layout: per-sample arrays ``sample_key`` (N,) and ``label`` (N,); per-view arrays of
 shape (N, V, ...) — targets (``logits`` or ``topk_values``/``topk_indices``, and
 ``argmax``), the view's recorded augmentation parameters (``crop``, ``flip``, mixing
-arrays), ``view_seed`` — and the completion mask ``done`` (N, V).
+arrays; format 1 also ``view_seed``) — and the completion mask ``done`` (N, V).
 
 Every per-view array is chunked (B, 1, ...): one *unit* of work is a block of B
 samples times one view, and it owns exactly one chunk of every per-view array.
@@ -48,7 +48,7 @@ from kdcache.errors import (
 
 __all__ = ["CacheStore", "FORMAT_VERSION", "DEFAULT_BLOCK_SIZE", "is_url"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: no `view_seed` array (derived); format-1 caches stay readable and writable
 DEFAULT_BLOCK_SIZE = 1024
 _PROTOTYPE = default_buffer_prototype()
 # Blosc(zstd) with byte shuffle: float16 logits and small integers compress best when

@@ -183,7 +183,7 @@ def _unit_arrays(mode: TargetMode, logits: torch.Tensor, params: list[ViewParams
         raise TeacherOutputError(f"teacher logits of {where} overflow float16 (|x| > 65504)")
     out = mode.encode(logits)
     out.update(pipeline.params_to_arrays(params))
-    out[VIEW_SEED] = seeds
+    out[VIEW_SEED] = seeds  # a format-1 cache stores it; `_run_blocks` drops it for the others
     return out
 
 
@@ -210,20 +210,31 @@ class _Writer:
             for view, arrays, where in units:
                 try:
                     self.store.write_unit(block, view, arrays)
+                    self.bar.update(len(next(iter(arrays.values()))))
                 except BaseException as e:  # noqa: BLE001 - handed to the dump's thread
                     self.error = (e, where)
                     break
-                self.bar.update(len(arrays[VIEW_SEED]))
 
     def submit(self, block: int, units: list[tuple[int, dict[str, np.ndarray], str]]) -> None:
         self._raise()
-        self.queue.put((block, units))
+        self._put((block, units))
 
     def close(self, *, raise_error: bool = True) -> None:
-        self.queue.put(None)
+        self._put(None)
         self.thread.join()
         if raise_error:
             self._raise()
+
+    def _put(self, item) -> None:
+        # never block on a full queue whose reader has stopped (it always drains; this guards a dead thread)
+        while self.thread.is_alive():
+            try:
+                self.queue.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+        if self.error is None:
+            self.error = (RuntimeError("the cache writer thread stopped unexpectedly"), "the writer")
 
     def _raise(self) -> None:
         if self.error is None:
@@ -301,8 +312,10 @@ def _run_blocks(model, loader, work: list[tuple[int, list[int]]], store: CacheSt
         units = []
         for v in views:
             where = f"block {block} (samples {b0}-{b1 - 1}), view {v}"
-            units.append((v, _unit_arrays(mode, torch.cat(logits[v]), params[v], np.concatenate(seeds[v]),
-                                          pipeline, where), where))
+            arrays = _unit_arrays(mode, torch.cat(logits[v]), params[v], np.concatenate(seeds[v]), pipeline, where)
+            if VIEW_SEED not in store.layout.specs:  # derivable from (seed, key, view): stored by format 1 only
+                del arrays[VIEW_SEED]
+            units.append((v, arrays, where))
         writer.submit(block, units)
 
 

@@ -29,7 +29,7 @@ def _store(path, n, views, block, classes=3) -> CacheStore:
 def _unit(store, b, v):
     b0, b1 = store.block_bounds(b)
     rows = np.arange(b0, b1)
-    return {"view_seed": rows * 100 + v, "crop": np.stack([rows, rows + v, rows, rows], 1).astype(np.int16),
+    return {"crop": np.stack([rows, rows + v, rows, rows], 1).astype(np.int16),
             "flip": (rows + v) % 2 == 0, "logits": np.stack([rows + v * 0.5] * 3, 1).astype(np.float16),
             "argmax": np.full(b1 - b0, v % 3, np.int8)}
 

@@ -44,7 +44,7 @@ def _create(path, *, n=10, views=2, classes=5, block=4, targets="full", **kw) ->
 def _unit(store: CacheStore, block: int, value: float) -> dict[str, np.ndarray]:
     b0, b1 = store.block_bounds(block)
     n = b1 - b0
-    return {"view_seed": np.arange(n, dtype=np.int64), "crop": np.full((n, 4), 3, np.int16),
+    return {"crop": np.full((n, 4), 3, np.int16),
             "flip": np.ones(n, bool), "logits": np.full((n, store.num_classes), value, np.float16),
             "argmax": np.zeros(n, np.int8)}
 

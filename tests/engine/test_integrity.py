@@ -31,8 +31,8 @@ from kdcache.errors import CacheDamagedError
 BLOCKS = N_TRAIN // BLOCK
 UNITS = ((0, 0), (3, 1), (BLOCKS - 1, VIEWS - 1))  # (block, view): first, a middle one, the last
 FAULTS = ("delete", "truncate", "flip")
-KINDS = (("full", "logits"), ("topk", "topk_values"), ("full", "crop"), ("full", "flip"),
-         ("full", "view_seed"), ("full", "done"))
+KINDS = (("full", "logits"), ("topk", "topk_values"), ("topk", "topk_indices"), ("full", "crop"),
+         ("full", "flip"), ("full", "done"))
 TOPK = "topk:1"
 
 
@@ -139,7 +139,7 @@ def test_cli_refuses_a_damaged_cache_and_a_rerun_repairs_it(world, tmp_path):
     shutil.copytree(world.reference, out)
     store = CacheStore.open(str(out))
     injected = {}
-    for i, name in enumerate(["logits", "crop", "flip", "view_seed", "argmax", "done"]):
+    for i, name in enumerate(["logits", "crop", "flip", "argmax", "done"]):
         unit = (i % BLOCKS, i % VIEWS)
         _damage_units(store, name, [unit], FAULTS[i % 3])
         injected[(name, *unit)] = "missing" if FAULTS[i % 3] == "delete" else "corrupt"
