@@ -181,8 +181,7 @@ def synthetic_cache(tmp: str, n: int, classes: int, views: int, targets: str, bl
         for v in range(views):
             logits = torch.from_numpy(rng.standard_normal((b1 - b0, classes), dtype=np.float32) * 3)
             arrays = mode.encode(logits)
-            arrays.update(crop=np.zeros((b1 - b0, 4), np.int16), flip=np.zeros(b1 - b0, bool),
-                          view_seed=np.zeros(b1 - b0, np.int64))
+            arrays.update(crop=np.zeros((b1 - b0, 4), np.int16), flip=np.zeros(b1 - b0, bool))
             store.write_unit(b, v, arrays)
     return path
 
