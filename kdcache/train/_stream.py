@@ -10,8 +10,9 @@ view), and under DDP each rank needs only its share. So a cached epoch is planne
   this is a plain shuffle of the rank's share; with smaller windows every batch still mixes
   ``window`` blocks drawn from anywhere in the data.
 * :class:`StreamedTargets` reads each window's target chunks in a background thread while
-  the previous window trains (at most two windows resident), looks a batch's targets up by
-  sample index, and frees a block as soon as the last of its samples was served.
+  the previous window trains (at most two windows resident), lays the window out in the order
+  its samples are consumed (a batch's targets are a slice), and hands a window's buffer back
+  for reuse once every slot has moved past it.
 
 Replay parameters are small (tens of bytes a view) and stay whole-epoch arrays; only the
 targets (hundreds to thousands of bytes a view) stream.
