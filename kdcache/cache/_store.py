@@ -367,7 +367,7 @@ class CacheStore:
 
     def read_units(self, units: Sequence[tuple[int, int]], names: Iterable[str] | None = None
                    ) -> dict[tuple[int, int], dict[str, np.ndarray]]:
-        """The arrays of these (block, view) units: one chunk read each, all in flight at once.
+        """The arrays of these (block, view) units: one chunk read each (remote stores: all in flight at once).
 
         Existence is checked for all of them at once first (a missing chunk is damage, never the
         fill value); a chunk whose bytes fail their checksum raises :class:`CacheDamagedError`.
@@ -423,10 +423,7 @@ class CacheStore:
         except (AttributeError, NotImplementedError):  # a codec without a synchronous decoder
             return self._decode(arr, name, coords)
         except Exception as e:  # noqa: BLE001 - whatever the codecs raise, the stored bytes are bad
-            msg = str(e)
-            detail = ("checksum mismatch: truncated or overwritten" if "checksum" in msg.lower()
-                      else f"cannot be decoded: {type(e).__name__}: {msg[:120]}")
-            raise damage_error(self.path, [self.chunk_damage(name, coords, "corrupt", detail)]) from e
+            raise self._corrupt(name, coords, e) from e
         if arr.ndim == 1:
             c0 = coords[0] * arr.chunks[0]
             return chunk[:min(c0 + arr.chunks[0], arr.shape[0]) - c0]
@@ -553,10 +550,13 @@ class CacheStore:
         try:
             return np.asarray(arr[sel])
         except Exception as e:  # noqa: BLE001 - whatever the codecs raise, the stored bytes are bad
-            msg = str(e)
-            detail = ("checksum mismatch: truncated or overwritten" if "checksum" in msg.lower()
-                      else f"cannot be decoded: {type(e).__name__}: {msg[:120]}")
-            raise damage_error(self.path, [self.chunk_damage(name, coords, "corrupt", detail)]) from e
+            raise self._corrupt(name, coords, e) from e
+
+    def _corrupt(self, name: str, coords: tuple[int, ...], e: Exception) -> CacheDamagedError:
+        msg = str(e)
+        detail = ("checksum mismatch: truncated or overwritten" if "checksum" in msg.lower()
+                  else f"cannot be decoded: {type(e).__name__}: {msg[:120]}")
+        return damage_error(self.path, [self.chunk_damage(name, coords, "corrupt", detail)])
 
     def nbytes_on_disk(self) -> int | None:
         """Bytes the store takes on its filesystem (None when the store cannot tell)."""
