@@ -59,7 +59,7 @@ def plan(args) -> list[Row]:
     rows += [Row(f"{main}/cached-soft-V{v}/s0", main, "cached", "soft", "full", v) for v in GROW if v != 8]
     if args.rows == "all":
         others = (("vit_tokenlearner_mini_32", "vit_tokenlearner_mini_32", "soft", {}),
-                  ("vit_mini_32_noTL", "vit_tokenlearner_mini_32", "soft", {"tokenlearner": None}),
+                  ("vit_mini_32", "vit_mini_32", "soft", {}),  # the same ViT without TokenLearner
                   # DeiT-Ti's layout (patch 4, distillation token) at 96 wide and 6 blocks: DeiT-Ti itself (5.4 M
                   # parameters) trains 7x slower than ResNet-20 on 2 CPU cores; this one (0.68 M) about as fast
                   ("deit_mini_patch4_32_distilled", "deit_tiny_patch4_32_distilled", "hard",

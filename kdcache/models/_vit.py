@@ -224,6 +224,13 @@ def vit_tokenlearner_mini_32(*, num_classes: int, **overrides: Any) -> VisionTra
                      defaults={**_TL_MINI, "img_size": 32, "patch_size": 4}, overrides=overrides)
 
 
+@register_model(tags=("student",))
+def vit_mini_32(*, num_classes: int, **overrides: Any) -> VisionTransformer:
+    """vit_tokenlearner_mini_32 without TokenLearner: all 64 patch tokens through every block (the baseline)."""
+    return build_vit("vit_mini_32", num_classes=num_classes,
+                     defaults={**_TL_MINI, "img_size": 32, "patch_size": 4, "tokenlearner": None}, overrides=overrides)
+
+
 @register_model(tags=("student", "test"))
 def vit_tokenlearner_test(*, num_classes: int, **overrides: Any) -> VisionTransformer:
     """Tiny TokenLearner v1.0 ViT for fast tests (32 px, patch 8, dim 32, 2 blocks)."""

@@ -132,3 +132,12 @@ def test_non_square_grid_and_wrong_dim_raise():
         layer(torch.randn(1, 12, 8))
     with pytest.raises(ModelError, match="dim 8"):
         layer(torch.randn(1, 16, 6))
+
+
+def test_vit_mini_32_is_the_tokenlearner_preset_without_tokenlearner():
+    with_tl = create_model("vit_tokenlearner_mini_32", num_classes=10)
+    without = create_model("vit_mini_32", num_classes=10)
+    assert with_tl.tokenlearner is not None and without.tokenlearner is None
+    names = {n for n, _ in with_tl.named_parameters() if not n.startswith("tokenlearner.")}
+    assert names == {n for n, _ in without.named_parameters()}
+    assert without(torch.randn(2, 3, 32, 32)).shape == (2, 10)
