@@ -51,7 +51,7 @@ from kdcache.engine import DumpConfig, TeacherSpec, build_teacher, dump_teacher
 from kdcache.models import create_model
 from kdcache.train import DistillationLoss, LossConfig, TrainConfig, epoch_views, train_one_epoch
 from kdcache.train._runner import _cached_epochs
-from kdcache.train._stream import StreamedTargets, plan_epoch, window_blocks
+from kdcache.train._stream import StreamedTargets, plan_epoch, store_window
 from kdcache.train._targets import OnlineTargets
 
 
@@ -191,10 +191,8 @@ def _stream_epoch(path: str, epoch: int, memory_mb: int, batch_size: int, planne
     ``planned()`` is called once the epoch is planned, before any target is read."""
     store = CacheStore.open(path)
     names = store.layout.target_names
-    per_block = store.block_size * sum(int(np.prod(s, dtype=np.int64)) * d.itemsize
-                                       for n, (s, d) in store.layout.specs.items() if n in names)
     plan = plan_epoch(store.num_samples, store.block_size, epoch=epoch, seed=0, batch_size=batch_size,
-                      window=window_blocks(memory_mb << 20, per_block, store.num_blocks))
+                      window=store_window(store, memory_mb))
     source = StreamedTargets(store, [epoch_views(store.done_units(), epoch=epoch, seed=0)], names, plan)
     if planned is not None:
         planned()

@@ -89,7 +89,8 @@ def _report(result: dict) -> None:
     click.option("--views-per-image", type=click.IntRange(min=1), default=1, show_default=True,
                  help="Replay M cached views from each decoded image (FKD's trick): one pass over the data "
                       "trains M epochs; --epochs must be a multiple of M."),
-    click.option("--target-memory-mb", type=click.IntRange(min=1), default=1024, show_default=True,
+    click.option("--target-memory-mb", type=click.IntRange(min=1), default=TrainConfig.target_memory_mb,
+                 show_default=True,
                  help="Cached targets held in memory at once per process. An epoch whose targets fit is "
                       "shuffled whole; a larger one streams in windows of cache blocks, shuffled within."),
 )

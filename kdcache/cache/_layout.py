@@ -75,6 +75,12 @@ class UnitLayout:
         return [n for n in self.specs if n not in self.mode.target_names]
 
     @property
+    def target_bytes_per_view(self) -> int:
+        """Uncompressed bytes of one view's targets (what a student holds in memory per sample)."""
+        return sum(int(np.prod(self.specs[n][0], dtype=np.int64)) * self.specs[n][1].itemsize
+                   for n in self.target_names)
+
+    @property
     def float_target_names(self) -> list[str]:
         """Targets that must be finite (scanned for NaN/Inf)."""
         return [n for n in self.target_names if np.issubdtype(self.specs[n][1], np.floating)]

@@ -43,7 +43,7 @@ from kdcache.train._logging import MetricsLogger
 from kdcache.train._loop import evaluate, train_one_epoch
 from kdcache.train._losses import DistillationLoss, LossConfig
 from kdcache.train._schedule import epoch_views
-from kdcache.train._stream import StreamedTargets, plan_epoch, window_blocks
+from kdcache.train._stream import StreamedTargets, plan_epoch, store_window
 from kdcache.train._targets import OnlineTargets, TargetSource
 
 __all__ = ["TrainConfig", "train_student", "train_teacher", "evaluate_checkpoint", "evaluate_model", "build_scheduler"]
@@ -387,9 +387,7 @@ def _cached_epochs(store: CacheStore, ds, pipeline: ViewPipeline, cfg: TrainConf
         # Epochs epoch..epoch+m-1 train on the views epoch_views picks for them, whatever m is.
         views = [epoch_views(done, epoch=epoch + j, seed=cfg.seed) for j in range(m)]
         layout = store.layout
-        per_sample = sum(int(np.prod(s, dtype=np.int64)) * d.itemsize for n, (s, d) in layout.specs.items()
-                         if n in layout.target_names)
-        window = window_blocks(cfg.target_memory_mb << 20, store.block_size * per_sample * m, store.num_blocks)
+        window = store_window(store, cfg.target_memory_mb, m)
         plan = plan_epoch(len(ds), store.block_size, epoch=epoch, seed=cfg.seed, batch_size=cfg.batch_size,
                           window=window, rank=ctx.rank, world_size=ctx.world_size)
         replay = [store.read_views(v, names=layout.replay_names, blocks=plan.blocks) for v in views]

@@ -29,7 +29,7 @@ import torch
 
 from kdcache._views import ViewBatch
 
-__all__ = ["EpochPlan", "plan_epoch", "window_blocks", "StreamedTargets"]
+__all__ = ["EpochPlan", "plan_epoch", "window_blocks", "store_window", "StreamedTargets"]
 
 _READ_GROUP = 2  # blocks read at a time while a window is assembled (their transient copies count too)
 
@@ -85,6 +85,12 @@ def plan_epoch(num_samples: int, block_size: int, *, epoch: int, seed: int, batc
 def window_blocks(memory_bytes: int, bytes_per_block: int, num_blocks: int) -> int:
     """Blocks per window so that two windows (the one training and the one read ahead) fit ``memory_bytes``."""
     return int(min(num_blocks, max(1, memory_bytes // max(1, 2 * bytes_per_block))))
+
+
+def store_window(store, memory_mb: int, slots: int = 1) -> int:
+    """:func:`window_blocks` for ``store``'s targets, ``slots`` views per sample, a budget of ``memory_mb``."""
+    per_block = store.block_size * store.layout.target_bytes_per_view * slots
+    return window_blocks(int(memory_mb) << 20, per_block, store.num_blocks)
 
 
 class StreamedTargets:

@@ -14,7 +14,7 @@ from kdcache._views import ViewBatch
 from kdcache.cache import CacheStore
 from kdcache.errors import CacheDamagedError
 from kdcache.train._schedule import epoch_views
-from kdcache.train._stream import StreamedTargets, plan_epoch, window_blocks
+from kdcache.train._stream import StreamedTargets, plan_epoch, store_window, window_blocks
 
 CPU = torch.empty(0)
 
@@ -61,6 +61,15 @@ def test_window_blocks_fits_two_windows_in_the_budget():
     assert window_blocks(100 << 20, 1 << 20, 1000) == 50
     assert window_blocks(1 << 20, 10 << 20, 1000) == 1      # never less than one block
     assert window_blocks(1 << 30, 1 << 20, 20) == 20        # never more than the cache has
+
+
+def test_store_window_counts_the_stores_target_bytes(cache):
+    store = CacheStore.open(cache, mode="r")
+    # cnn_tiny teacher, 3 classes, full targets: float16 logits (3 x 2 B) + int8 argmax = 7 B a view
+    assert store.layout.target_bytes_per_view == 7
+    per_block = store.block_size * 7
+    assert store_window(store, 1) == window_blocks(1 << 20, per_block, store.num_blocks) == store.num_blocks
+    assert store_window(store, 1, slots=2) == store.num_blocks
 
 
 @pytest.mark.parametrize(("window", "world", "m"), [(1, 1, 1), (2, 1, 2), (1, 2, 1), (6, 1, 1)])
