@@ -107,13 +107,16 @@ def main() -> None:
     def save() -> None:
         write_json(args.json, args, key=key, dumps=dumps, rows=results, table=table(results, dumps, args))
 
-    def cache_at(name: str, views: int) -> str:
-        """The cache ``name`` with exactly ``views`` views (the full cache grows; dump time is cumulative)."""
+    def cache_at(name: str, views: int | None) -> str:
+        """The cache ``name`` with exactly ``views`` views (the full cache grows; dump time is cumulative).
+        ``views=None`` (online rows, which take only the cache's view spec): any view count, 8 if new."""
         path = os.path.join(args.workdir, f"{name}.zarr")
         view = {"scale": tuple(args.scale)}
         if name == "mix":
             view["mix"] = "both"
         d = dumps.setdefault(name, {"views": 0, "seconds": 0.0, "seconds_at": {}})
+        if views is None:
+            views = d["views"] or 8
         if d["views"] > views:
             raise SystemExit(f"cache {name} already has {d['views']} views > {views}: run rows in V order "
                              f"(delete {path} and its dumps entry to start over)")
@@ -135,7 +138,7 @@ def main() -> None:
     for r in rows:
         if r.id in results:
             continue
-        cache = cache_at(r.cache, r.views or 8)
+        cache = cache_at(r.cache, r.views)
         out = os.path.join(args.workdir, "runs", r.id.replace("/", "__"))
         cfg = TrainConfig(
             data=train, out=out, model=r.student, model_kwargs=dict(r.student_args), cache=cache,
