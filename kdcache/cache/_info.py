@@ -8,6 +8,7 @@ import numpy as np
 
 from kdcache.cache._integrity import damage_error, scan_cache
 from kdcache.cache._store import CacheStore
+from kdcache.cache._targets import stored_argmax
 
 __all__ = ["cache_info", "label_agreement"]
 
@@ -54,5 +55,6 @@ def label_agreement(store: CacheStore, done: np.ndarray) -> float | None:
     """Fraction of complete views whose teacher argmax equals the sample's label."""
     if not done.any():
         return None
-    argmax = store.read_array("argmax", check_missing=False)[:, : store.num_views]
+    name = "argmax" if "argmax" in store.layout.specs else "topk_indices"  # format-2 top-k: the first index
+    argmax = stored_argmax({name: store.read_array(name, check_missing=False)[:, : store.num_views]})
     return float((argmax == store.labels[:, None])[done].mean())

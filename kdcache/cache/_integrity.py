@@ -39,11 +39,11 @@ if TYPE_CHECKING:
 __all__ = ["Damage", "IntegrityReport", "damage_error", "scan_cache", "nonfinite_count", "REPAIR_HINT"]
 
 def nonfinite_count(name: str, values: np.ndarray, *, topk_covers_all: bool = False) -> int:
-    """NaN/Inf values of a float array (``topk_tail_lse`` may be -inf when the top K is every class)."""
+    """NaN/Inf values of a float array (the top-k tail may be -inf when the top K is every class)."""
     if values.dtype.kind != "f":
         return 0
     bad = ~np.isfinite(values)
-    if name == "topk_tail_lse" and topk_covers_all:
+    if name in ("topk_tail", "topk_tail_lse") and topk_covers_all:
         bad &= ~np.isneginf(values)  # nothing left outside the top K: the tail is legitimately empty
     return int(bad.sum())
 

@@ -80,6 +80,10 @@ class UnitLayout:
         return sum(int(np.prod(self.specs[n][0], dtype=np.int64)) * self.specs[n][1].itemsize
                    for n in self.target_names)
 
+    def encode_targets(self, logits) -> dict[str, np.ndarray]:
+        """A unit's target arrays from (B, C) float32 logits, in this cache's own encoding."""
+        return self.mode.encode(logits, self.target_names)
+
     @property
     def float_target_names(self) -> list[str]:
         """Targets that must be finite (scanned for NaN/Inf)."""

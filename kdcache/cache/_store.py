@@ -51,9 +51,13 @@ __all__ = ["CacheStore", "FORMAT_VERSION", "DEFAULT_BLOCK_SIZE", "is_url"]
 FORMAT_VERSION = 2  # 2: no `view_seed` array (derived); format-1 caches stay readable and writable
 DEFAULT_BLOCK_SIZE = 1024
 _PROTOTYPE = default_buffer_prototype()
-# Blosc(zstd) with byte shuffle: float16 logits and small integers compress best when
-# their high and low bytes are grouped; decoding is fast enough to never be the bottleneck.
+# Blosc(zstd) with byte shuffle: float16 logits compress best when their high and low bytes are grouped
+# (level 5: level 9 saves under 1% and encodes 20x slower). Multi-byte integers (class indices, crop
+# boxes, labels) use bit shuffle, which strips their unused high bits; one-byte arrays (quantised top-k
+# steps, flips, masks) zstd level 9 alone (shuffling a byte is a no-op). Measured by bench/storage.py.
 _COMPRESSOR = BloscCodec(cname="zstd", clevel=5, shuffle="shuffle")
+_INT_COMPRESSOR = BloscCodec(cname="zstd", clevel=9, shuffle="bitshuffle")
+_BYTE_COMPRESSOR = BloscCodec(cname="zstd", clevel=9, shuffle="noshuffle")
 # Every chunk ends with its CRC32C (the last bytes codec), so changed bytes fail to decode
 # instead of decoding to other numbers; see kdcache/cache/_integrity.py.
 _COMPRESSORS = (_COMPRESSOR, Crc32cCodec())
@@ -61,6 +65,16 @@ _KEY_COMPRESSORS = (ZstdCodec(level=0), Crc32cCodec())  # zarr's default for str
 # Every chunk is written, even one equal to the fill value, so a missing chunk is damage.
 _WRITE_ALL = {"write_empty_chunks": True}
 _KEY_CHUNK = 16384
+
+
+def _compressors(dtype: Any) -> tuple:
+    """The codecs of a new array of ``dtype`` (format 2; see the notes on the compressors above)."""
+    dt = np.dtype(dtype)
+    if dt.itemsize == 1:
+        return (_BYTE_COMPRESSOR, *_COMPRESSORS[1:])
+    if dt.kind in "iu":
+        return (_INT_COMPRESSOR, *_COMPRESSORS[1:])
+    return _COMPRESSORS
 
 
 def is_url(path: str) -> bool:
@@ -135,14 +149,14 @@ class CacheStore:
         g.create_array("sample_key", shape=(n,), chunks=(min(n, _KEY_CHUNK),), dtype=str,
                        compressors=_KEY_COMPRESSORS, config=_WRITE_ALL)
         g.create_array("label", shape=(n,), chunks=(min(n, _KEY_CHUNK),), dtype="int32",
-                       compressors=_COMPRESSORS, fill_value=0, config=_WRITE_ALL)
+                       compressors=_compressors("int32"), fill_value=0, config=_WRITE_ALL)
         g["sample_key"][:] = np.asarray(list(keys), dtype=str)
         g["label"][:] = np.asarray(labels, dtype=np.int32)
         for name, (trail, dtype) in layout.specs.items():
             g.create_array(name, shape=(n, num_views, *trail), chunks=(b, 1, *trail), dtype=dtype,
-                           compressors=_COMPRESSORS, fill_value=0, config=_WRITE_ALL)
-        done = g.create_array("done", shape=(n, num_views), chunks=(b, 1), dtype=bool, compressors=_COMPRESSORS,
-                              fill_value=False, config=_WRITE_ALL)
+                           compressors=_compressors(dtype), fill_value=0, config=_WRITE_ALL)
+        done = g.create_array("done", shape=(n, num_views), chunks=(b, 1), dtype=bool,
+                              compressors=_compressors(bool), fill_value=False, config=_WRITE_ALL)
         done[:] = False  # every done chunk exists from the start: a missing one is damage
         meta = dict(attrs)
         meta.update({

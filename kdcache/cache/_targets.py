@@ -1,15 +1,29 @@
-"""Target modes: what a cache stores of the teacher's output for each view.
+"""Target modes: what a cache stores of the teacher's output for each view, and how it is read back.
 
-``full``    — every logit, float16, shape (N, V, C).
-``topk:K``  — the K largest *raw logits* (float16) and their class indices, shape (N, V, K),
-plus ``topk_tail_lse`` (N, V): the log-sum-exp of the C−K logits left out, so the mass
-of the tail at temperature 1 is known exactly (``-inf`` when K == C).
-Raw logits, not probabilities, so the student can pick the softmax temperature later.
-``argmax`` (N, V) is stored in both modes.
+``full``    — every logit, float16, shape (N, V, C), and ``argmax`` (N, V).
+``topk:K``  — the K largest logits, quantised relative to the view's top logit (format 2):
+
+* ``topk_indices`` (N, V, K): their classes, largest logit first (``argmax`` is ``topk_indices[..., 0]``);
+* ``topk_steps`` (N, V, K−1), uint8 (absent when K = 1): logit ``i`` lies ``q_i / 16`` below the top one,
+  with ``q_i = min(round(16 · (top − logit_i)), 255)``; the array holds the increments ``q_i − q_{i−1}``
+  (``q_0 = 0``), which are small and compress to a few bits;
+* ``topk_tail`` (N, V), float16: the log-sum-exp of the C−K logits left out, minus the top logit
+  (``-inf`` when K = C), so the tail's total mass is known and the temperature can change later.
+
+Read back (:func:`decode_targets`), ``topk_values`` are the top-k logits *relative to the top one* (the
+first is 0; every softmax, at any temperature, is unchanged by that shift) and ``topk_tail_lse`` is the
+tail's log-sum-exp on the same scale. Error bound: each decoded value is within ``TOPK_STEP / 2 = 1/32``
+of the teacher's (relative) logit, except a value more than ``255 · TOPK_STEP ≈ 15.9`` below the top,
+which decodes as exactly that (its probability relative to the top class is below ``e^-15.9 ≈ 1.2e-7``
+either way); the tail carries float16 rounding (relative error ≤ 2^-11).
+
+Format-1 caches stored ``topk_values`` and ``topk_tail_lse`` as raw float16 logits and a separate ``argmax``;
+they are read back unchanged (raw logits), which gives the same softmax.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,7 +31,12 @@ import torch
 
 from kdcache.errors import ConfigError
 
-__all__ = ["TargetMode", "smallest_int_dtype"]
+__all__ = ["TargetMode", "smallest_int_dtype", "decode_targets", "stored_argmax", "TOPK_STEP", "TOPK_MAX_STEPS"]
+
+TOPK_STEP = 1.0 / 16  # logit units per quantisation step of a top-k value below the top logit
+TOPK_MAX_STEPS = 255  # uint8: values further below the top decode as 255 steps below it
+_TOPK = ("topk_indices", "topk_steps", "topk_tail")
+_TOPK_V1 = ("topk_values", "topk_indices", "topk_tail_lse", "argmax")  # format 1: raw float16 logits
 
 
 def smallest_int_dtype(max_value: int, *, signed: bool = False) -> np.dtype:
@@ -57,32 +76,66 @@ class TargetMode:
 
     @property
     def target_names(self) -> tuple[str, ...]:
-        """Every per-view array this mode stores (argmax included)."""
+        """Every per-view array this mode may store, in any format's encoding (``argmax`` included)."""
         if self.kind == "full":
             return ("logits", "argmax")
-        return ("topk_values", "topk_indices", "topk_tail_lse", "argmax")
+        return tuple(dict.fromkeys(_TOPK + _TOPK_V1))
 
-    def encode(self, logits: torch.Tensor) -> dict[str, np.ndarray]:
-        """The stored targets of (B, C) finite float32 logits: float16 logits or top-k + tail, and argmax."""
-        out: dict[str, np.ndarray] = {"argmax": logits.argmax(dim=1).numpy()}
+    def encode(self, logits: torch.Tensor, names: tuple[str, ...] | list[str] | None = None
+               ) -> dict[str, np.ndarray]:
+        """The stored targets of (B, C) finite float32 logits: the arrays ``names`` (a cache's target arrays;
+        default: this format's), so that format-1 caches extended today keep their own encoding."""
+        names = tuple(names) if names is not None else tuple(self.array_specs(logits.shape[1]))
+        out: dict[str, np.ndarray] = {}
         if self.kind == "full":
             out["logits"] = logits.to(torch.float16).numpy()
-            return out
+            out["argmax"] = logits.argmax(dim=1).numpy()
+            return {n: out[n] for n in names}
         values, indices = torch.topk(logits, self.k, dim=1)
-        out["topk_values"] = values.to(torch.float16).numpy()
+        tail = torch.logsumexp(logits.scatter(1, indices, float("-inf")), dim=1)
         out["topk_indices"] = indices.numpy()
-        out["topk_tail_lse"] = torch.logsumexp(logits.scatter(1, indices, float("-inf")), dim=1
-                                               ).to(torch.float16).numpy()
-        return out
+        if "topk_values" in names:  # format 1
+            out.update(topk_values=values.to(torch.float16).numpy(), topk_tail_lse=tail.to(torch.float16).numpy(),
+                       argmax=indices[:, 0].numpy())
+        else:
+            top = values[:, :1]
+            steps = torch.round((top - values[:, 1:]) / TOPK_STEP).clamp_(0, TOPK_MAX_STEPS).to(torch.int16)
+            out["topk_steps"] = torch.diff(steps, dim=1, prepend=steps.new_zeros(len(steps), 1)).to(torch.uint8).numpy()
+            out["topk_tail"] = (tail - top[:, 0]).to(torch.float16).numpy()
+        return {n: out[n] for n in names}
+
+    def decode(self, stored: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The targets a loss reads from stored arrays (as tensors): :func:`decode_targets`."""
+        return decode_targets(stored)
 
     def array_specs(self, num_classes: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-        """Per-view target arrays: name -> (trailing shape, dtype)."""
-        argmax = {"argmax": ((), smallest_int_dtype(num_classes - 1, signed=True))}
+        """Per-view target arrays of a new (format-2) cache: name -> (trailing shape, dtype)."""
         if self.kind == "full":
-            return {"logits": ((num_classes,), np.dtype(np.float16)), **argmax}
-        return {
-            "topk_values": ((self.k,), np.dtype(np.float16)),
-            "topk_indices": ((self.k,), smallest_int_dtype(num_classes - 1)),
-            "topk_tail_lse": ((), np.dtype(np.float16)),
-            **argmax,
-        }
+            return {"logits": ((num_classes,), np.dtype(np.float16)),
+                    "argmax": ((), smallest_int_dtype(num_classes - 1, signed=True))}
+        specs = {"topk_indices": ((self.k,), smallest_int_dtype(num_classes - 1))}
+        if self.k > 1:
+            specs["topk_steps"] = ((self.k - 1,), np.dtype(np.uint8))
+        specs["topk_tail"] = ((), np.dtype(np.float16))
+        return specs
+
+
+def decode_targets(stored: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What a student learns from, given a view's (or a batch's) stored target arrays as tensors:
+    ``logits`` and ``argmax`` (full), or ``topk_values``, ``topk_indices``, ``topk_tail_lse`` and ``argmax``
+    (top-k; format 2 decoded relative to the top logit, format 1 as stored). Leading dimensions are kept."""
+    if "topk_tail" not in stored:  # full, or a format-1 top-k cache: stored as read
+        return dict(stored)
+    indices = stored["topk_indices"]
+    tail = stored["topk_tail"].float()
+    if "topk_steps" in stored:
+        steps = torch.cumsum(stored["topk_steps"].to(torch.int32), dim=-1).float() * -TOPK_STEP
+        values = torch.cat([steps.new_zeros((*steps.shape[:-1], 1)), steps], dim=-1)
+    else:
+        values = tail.new_zeros((*indices.shape[:-1], 1))
+    return {"topk_values": values, "topk_indices": indices, "topk_tail_lse": tail, "argmax": indices[..., 0]}
+
+
+def stored_argmax(arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The teacher's argmax from a cache's stored arrays: ``argmax``, or the first top-k index (format 2)."""
+    return arrays["argmax"] if "argmax" in arrays else arrays["topk_indices"][..., 0]

@@ -172,7 +172,7 @@ def _repair(store: CacheStore, ds, log: Callable[[str], None]) -> None:
         raise CacheError(f"cannot repair {store.path}: {e.strerror or e}") from e
 
 
-def _unit_arrays(mode: TargetMode, logits: torch.Tensor, params: list[ViewParams], seeds: np.ndarray,
+def _unit_arrays(layout: UnitLayout, logits: torch.Tensor, params: list[ViewParams], seeds: np.ndarray,
                  pipeline: ViewPipeline, where: str) -> dict[str, np.ndarray]:
     """Targets + recorded parameters of one unit; refuses non-finite teacher outputs."""
     bad = (~torch.isfinite(logits)).any(dim=1)
@@ -181,9 +181,10 @@ def _unit_arrays(mode: TargetMode, logits: torch.Tensor, params: list[ViewParams
                                  "nothing of it was marked done (check the weights and `amp`)")
     if not bool(torch.isfinite(logits.to(torch.float16)).all()):
         raise TeacherOutputError(f"teacher logits of {where} overflow float16 (|x| > 65504)")
-    out = mode.encode(logits)
+    out = layout.encode_targets(logits)
     out.update(pipeline.params_to_arrays(params))
-    out[VIEW_SEED] = seeds  # a format-1 cache stores it; `_run_blocks` drops it for the others
+    if VIEW_SEED in layout.specs:  # derivable from (seed, key, view): stored by format 1 only
+        out[VIEW_SEED] = seeds
     return out
 
 
@@ -289,7 +290,7 @@ def _quiet(_msg: str) -> None:
     pass
 
 
-def _run_blocks(model, loader, work: list[tuple[int, list[int]]], store: CacheStore, mode: TargetMode,
+def _run_blocks(model, loader, work: list[tuple[int, list[int]]], store: CacheStore,
                 pipeline: ViewPipeline, device: torch.device, cfg: DumpConfig, writer: _Writer) -> None:
     """Teacher forward over the loader's batches (all pending views of a few samples each); when a block's
     views are all computed, each of its units is checked and handed to the writer."""
@@ -312,9 +313,8 @@ def _run_blocks(model, loader, work: list[tuple[int, list[int]]], store: CacheSt
         units = []
         for v in views:
             where = f"block {block} (samples {b0}-{b1 - 1}), view {v}"
-            arrays = _unit_arrays(mode, torch.cat(logits[v]), params[v], np.concatenate(seeds[v]), pipeline, where)
-            if VIEW_SEED not in store.layout.specs:  # derivable from (seed, key, view): stored by format 1 only
-                del arrays[VIEW_SEED]
+            arrays = _unit_arrays(store.layout, torch.cat(logits[v]), params[v], np.concatenate(seeds[v]), pipeline,
+                                  where)
             units.append((v, arrays, where))
         writer.submit(block, units)
 
@@ -388,7 +388,7 @@ def _dump(cfg: DumpConfig, mode: TargetMode, ctx: DistContext, *, progress: bool
     writer = _Writer(store, cfg.out, bar)
     try:
         try:
-            _run_blocks(model, iter(loader), work, store, mode, pipeline, device, cfg, writer)
+            _run_blocks(model, iter(loader), work, store, pipeline, device, cfg, writer)
         finally:
             writer.close(raise_error=False)
         writer._raise()

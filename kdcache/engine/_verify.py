@@ -16,7 +16,9 @@ full ulp of the largest fresh logit, ``2**-10 * max|x|``: the second half-ulp is
 for fp32 kernel differences between the dump and this run (other batch composition,
 thread count; typically ~1e-6 relative), and an absolute floor of ``1e-2`` covers logits
 near zero, where deep nets' absolute fp32 accumulation error dominates relative rounding.
-Any real change — other weights, another view, a corrupted entry — moves logits far more.
+Quantised top-k values (format 2) add their bound, ``TOPK_STEP / 2`` (1/32 of a logit), and are compared
+relative to the top logit, as stored. Any real change — other weights, another view, a corrupted entry —
+moves logits far more.
 A cache dumped with ``--amp`` (bf16/fp16 compute) legitimately differs by more: pass ``atol``.
 """
 
@@ -36,6 +38,7 @@ from kdcache._views import build_views
 from kdcache.augment import ViewPipeline, ViewSpec
 from kdcache.cache import CacheStore, TargetMode, canonical_json
 from kdcache.cache._integrity import scan_cache
+from kdcache.cache._targets import TOPK_MAX_STEPS, TOPK_STEP, decode_targets
 from kdcache.data import DataConfig
 from kdcache.errors import CacheMismatchError, ConfigError, DataNotFoundError
 
@@ -223,13 +226,18 @@ def _compare(fresh: np.ndarray, picked: Mapping[str, np.ndarray], pairs: np.ndar
     if not len(pairs):
         return {"max_abs_diff": None, "atol": atol, "argmax_agreement": None, "argmax_mismatches": 0,
                 "worst": None}
+    cached = {k: v.numpy() for k, v in decode_targets(
+        {k: torch.from_numpy(np.asarray(picked[k])) for k in mode.target_names if k in picked}).items()}
+    quantised = "topk_tail" in picked  # format-2 top-k: values within TOPK_STEP / 2 of the teacher's
     if mode.kind == "full":
-        diff = np.abs(fresh - picked["logits"].astype(np.float32))
+        diff = np.abs(fresh - cached["logits"].astype(np.float32))
     else:
-        diff = _topk_diff(fresh, picked)
+        diff = _topk_diff(fresh, cached, relative=quantised)
     per_view = np.where(np.isnan(diff), np.inf, diff).max(axis=1)
     tol = default_atol(np.abs(fresh).max()) if atol is None else float(atol)
-    agree = fresh.argmax(axis=1) == picked["argmax"].astype(np.int64)
+    if quantised and atol is None:
+        tol += TOPK_STEP / 2
+    agree = fresh.argmax(axis=1) == cached["argmax"].astype(np.int64)
     w = int(per_view.argmax())
     return {
         "max_abs_diff": float(per_view[w]),
@@ -241,9 +249,11 @@ def _compare(fresh: np.ndarray, picked: Mapping[str, np.ndarray], pairs: np.ndar
     }
 
 
-def _topk_diff(fresh: np.ndarray, picked: Mapping[str, np.ndarray]) -> np.ndarray:
+def _topk_diff(fresh: np.ndarray, picked: Mapping[str, np.ndarray], *, relative: bool) -> np.ndarray:
     """|teacher logits at the cached indices − cached values|, and the same for the tail log-sum-exp.
 
+    ``relative``: the cached values are relative to the top logit and quantised (format 2), so the teacher's
+    are taken relative to its logit at the first cached index, and floored where the encoding saturates.
     An index outside the class range counts as an infinite difference.
     """
     c = fresh.shape[1]
@@ -251,9 +261,13 @@ def _topk_diff(fresh: np.ndarray, picked: Mapping[str, np.ndarray]) -> np.ndarra
     valid = (idx >= 0) & (idx < c)
     safe = np.where(valid, idx, 0)
     gathered = np.take_along_axis(fresh, safe, axis=1)
-    values = np.where(valid, np.abs(gathered - picked["topk_values"].astype(np.float32)), np.inf)
     t = torch.from_numpy(fresh)
     tail = torch.logsumexp(t.scatter(1, torch.from_numpy(safe), float("-inf")), dim=1).numpy()
+    if relative:
+        top = gathered[:, :1]
+        gathered = np.maximum(gathered - top, -TOPK_MAX_STEPS * TOPK_STEP)
+        tail = tail - top[:, 0]
+    values = np.where(valid, np.abs(gathered - picked["topk_values"].astype(np.float32)), np.inf)
     cached_tail = picked["topk_tail_lse"].astype(np.float32)
     both_empty = np.isneginf(tail) & np.isneginf(cached_tail)
     with np.errstate(invalid="ignore"):

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from kdcache._views import ViewBatch
+from kdcache.cache._targets import decode_targets
 
 __all__ = ["EpochPlan", "plan_epoch", "window_blocks", "store_window", "StreamedTargets"]
 
@@ -214,7 +215,7 @@ class StreamedTargets:
             for key in [k for k in self._data if k[1] < first]:
                 self._pool.append({n: a.base if a.base is not None else a for n, a in self._data.pop(key).items()})
             self._cond.notify_all()
-        return {n: torch.from_numpy(v).to(images.device, non_blocking=True) for n, v in out.items()}
+        return decode_targets({n: torch.from_numpy(v).to(images.device, non_blocking=True) for n, v in out.items()})
 
     def close(self) -> None:
         """Stop the reader (an epoch cut short by ``max_steps_per_epoch``) and drop what it holds."""

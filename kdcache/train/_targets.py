@@ -5,7 +5,7 @@ batch's views, the dict the loss reads (``logits`` or ``topk_*``, and ``argmax``
 device of ``images`` (the batch's views as the student receives them).
 
 * :class:`CachedTargets` looks the epoch's cached targets up by sample index (arrays read
-  from the cache once per epoch); it never sees a teacher.
+  from the cache once per epoch) and decodes them (``decode_targets``); it never sees a teacher.
 * :class:`OnlineTargets` runs the teacher on the very views the student trains on, every step
   (online, "consistent teaching" distillation): the reference that cached training is measured
   against, through the same loop, loss, optimiser and schedule.
@@ -22,6 +22,7 @@ from torch import nn
 
 from kdcache._runtime import autocast
 from kdcache._views import ViewBatch
+from kdcache.cache._targets import decode_targets
 
 __all__ = ["TargetSource", "CachedTargets", "OnlineTargets"]
 
@@ -41,8 +42,8 @@ class CachedTargets:
 
     def __call__(self, batch: ViewBatch, images: torch.Tensor) -> dict[str, torch.Tensor]:
         idx = batch.indices
-        return {k: torch.as_tensor(np.asarray(v[idx])).to(images.device, non_blocking=True)
-                for k, v in self.slots[batch.slot].items()}
+        return decode_targets({k: torch.as_tensor(np.asarray(v[idx])).to(images.device, non_blocking=True)
+                               for k, v in self.slots[batch.slot].items()})
 
 
 class OnlineTargets:

@@ -1,6 +1,6 @@
 """Damage is detected, named and repaired: fault injection into the chunks of a finished cache.
 
-For each array kind (targets ``logits`` / ``topk_values``, parameters ``crop`` / ``flip``,
+For each array kind (targets ``logits`` / ``topk_tail`` / ``topk_indices``, parameters ``crop`` / ``flip``,
 ``view_seed``, ``done``) and each fault (delete the chunk file, truncate it, flip a byte), the
 fault is injected at three units of a copy of the reference cache. Then
 
@@ -31,7 +31,7 @@ from kdcache.errors import CacheDamagedError
 BLOCKS = N_TRAIN // BLOCK
 UNITS = ((0, 0), (3, 1), (BLOCKS - 1, VIEWS - 1))  # (block, view): first, a middle one, the last
 FAULTS = ("delete", "truncate", "flip")
-KINDS = (("full", "logits"), ("topk", "topk_values"), ("topk", "topk_indices"), ("full", "crop"),
+KINDS = (("full", "logits"), ("topk", "topk_tail"), ("topk", "topk_indices"), ("full", "crop"),
          ("full", "flip"), ("full", "done"))
 TOPK = "topk:1"
 

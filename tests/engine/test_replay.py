@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 from kdcache._views import ReplayViews, identity_collate
 from kdcache.augment import ViewPipeline, ViewSpec
 from kdcache.cache import CacheStore
+from kdcache.cache._targets import TOPK_STEP, decode_targets
 from kdcache.data import DataConfig
 from kdcache.engine import DumpConfig, TeacherSpec, build_teacher, dump_teacher
 from kdcache.train._schedule import epoch_views
@@ -96,10 +97,14 @@ def test_topk_cache_holds_the_teachers_top_logits(tmp_path, tiny_h5, tiny_teache
     _dump(tiny_h5, tiny_teacher, tmp_path / "top2.zarr", workers=0, targets="topk:2")
     full, top = CacheStore.open(str(tmp_path / "full.zarr")), CacheStore.open(str(tmp_path / "top2.zarr"))
     logits = full.array("logits")[:].astype(np.float32)
-    idx = top.array("topk_indices")[:].astype(np.int64)
-    vals = top.array("topk_values")[:].astype(np.float32)
-    assert np.array_equal(np.take_along_axis(logits, idx, axis=2), vals)
+    decoded = decode_targets({n: torch.from_numpy(top.array(n)[:]) for n in top.layout.target_names})
+    idx = decoded["topk_indices"].long().numpy()
+    vals = decoded["topk_values"].numpy()  # relative to the top logit, quantised in steps of TOPK_STEP
+    picked = np.take_along_axis(logits, idx, axis=2)
+    rel = picked - picked[..., :1]
+    assert np.abs(rel - vals).max() <= TOPK_STEP / 2 + FP16_RTOL * np.abs(logits).max()
     assert np.array_equal(idx[..., 0], full.array("argmax")[:])
-    # the tail log-sum-exp is the remaining class's logit (C=3, K=2)
-    rest = logits.sum(2) - vals.sum(2)
-    assert np.allclose(top.array("topk_tail_lse")[:].astype(np.float32), rest, atol=2e-2)
+    assert np.array_equal(decoded["argmax"].numpy(), idx[..., 0])
+    # the tail log-sum-exp is the remaining class's logit (C=3, K=2), stored relative to the top logit
+    rest = logits.sum(2) - picked.sum(2)
+    assert np.allclose(decoded["topk_tail_lse"].numpy(), rest - picked[..., 0], atol=2e-2)

@@ -184,12 +184,14 @@ def test_nan_is_found_by_the_full_scan_even_when_not_sampled(full_cache, tiny_h5
     assert not r["ok"] and any("NaN/Inf" in f for f in r["failures"])
 
 
-@pytest.mark.parametrize("array", ["topk_values", "topk_indices", "topk_tail_lse"])
+@pytest.mark.parametrize("array", ["topk_steps", "topk_indices", "topk_tail"])
 def test_damaged_topk_targets_are_caught(topk_cache, tiny_h5, tiny_teacher, array):
     g = _zarr(topk_cache)
     if array == "topk_indices":
         idx = g[array][10, 0]
         g[array][10, 0] = np.array([idx[1], idx[0]], dtype=idx.dtype)  # values now sit at the wrong classes
+    elif array == "topk_steps":  # the second logit two logits further below the top (32 steps of 1/16)
+        g[array][10, 0] = (g[array][10, 0].astype(np.int64) + 32) % 256
     else:
         g[array][10, 0] = g[array][10, 0] - np.float16(2.0)
     r = _verify(topk_cache, tiny_h5, tiny_teacher, samples=ALL)
