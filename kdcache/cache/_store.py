@@ -51,12 +51,14 @@ __all__ = ["CacheStore", "FORMAT_VERSION", "DEFAULT_BLOCK_SIZE", "is_url"]
 FORMAT_VERSION = 2  # 2: no `view_seed` array (derived); format-1 caches stay readable and writable
 DEFAULT_BLOCK_SIZE = 1024
 _PROTOTYPE = default_buffer_prototype()
-# Blosc(zstd) with byte shuffle: float16 logits compress best when their high and low bytes are grouped
-# (level 5: level 9 saves under 1% and encodes 20x slower). Multi-byte integers (class indices, crop
-# boxes, labels) use bit shuffle, which strips their unused high bits; one-byte arrays (quantised top-k
-# steps, flips, masks) zstd level 9 alone (shuffling a byte is a no-op). Measured by bench/storage.py.
+# Chosen by measurement (bench/storage.py's codec table). Blosc(zstd) with byte shuffle: float16 logits
+# compress best when their high and low bytes are grouped (level 5: level 9 saves under 1% and encodes 20x
+# slower). Multi-byte integers spread over their low bits (class indices, crop boxes, labels) use bit
+# shuffle, which strips their unused high bits; the quantised top-k increments (small uint16 values)
+# compress best byte-shuffled at level 9; one-byte arrays (flips, masks) zstd level 9 alone.
 _COMPRESSOR = BloscCodec(cname="zstd", clevel=5, shuffle="shuffle")
 _INT_COMPRESSOR = BloscCodec(cname="zstd", clevel=9, shuffle="bitshuffle")
+_SMALL_INT_COMPRESSOR = BloscCodec(cname="zstd", clevel=9, shuffle="shuffle")
 _BYTE_COMPRESSOR = BloscCodec(cname="zstd", clevel=9, shuffle="noshuffle")
 # Every chunk ends with its CRC32C (the last bytes codec), so changed bytes fail to decode
 # instead of decoding to other numbers; see kdcache/cache/_integrity.py.
@@ -67,9 +69,11 @@ _WRITE_ALL = {"write_empty_chunks": True}
 _KEY_CHUNK = 16384
 
 
-def _compressors(dtype: Any) -> tuple:
-    """The codecs of a new array of ``dtype`` (format 2; see the notes on the compressors above)."""
+def _compressors(dtype: Any, name: str = "") -> tuple:
+    """The codecs of a new array ``name`` of ``dtype`` (format 2; see the notes on the compressors above)."""
     dt = np.dtype(dtype)
+    if name == "topk_steps":
+        return (_SMALL_INT_COMPRESSOR, *_COMPRESSORS[1:])
     if dt.itemsize == 1:
         return (_BYTE_COMPRESSOR, *_COMPRESSORS[1:])
     if dt.kind in "iu":
@@ -154,7 +158,7 @@ class CacheStore:
         g["label"][:] = np.asarray(labels, dtype=np.int32)
         for name, (trail, dtype) in layout.specs.items():
             g.create_array(name, shape=(n, num_views, *trail), chunks=(b, 1, *trail), dtype=dtype,
-                           compressors=_compressors(dtype), fill_value=0, config=_WRITE_ALL)
+                           compressors=_compressors(dtype, name), fill_value=0, config=_WRITE_ALL)
         done = g.create_array("done", shape=(n, num_views), chunks=(b, 1), dtype=bool,
                               compressors=_compressors(bool), fill_value=False, config=_WRITE_ALL)
         done[:] = False  # every done chunk exists from the start: a missing one is damage

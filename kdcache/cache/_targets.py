@@ -4,18 +4,19 @@
 ``topk:K``  — the K largest logits, quantised relative to the view's top logit (format 2):
 
 * ``topk_indices`` (N, V, K): their classes, largest logit first (``argmax`` is ``topk_indices[..., 0]``);
-* ``topk_steps`` (N, V, K−1), uint8 (absent when K = 1): logit ``i`` lies ``q_i / 16`` below the top one,
-  with ``q_i = min(round(16 · (top − logit_i)), 255)``; the array holds the increments ``q_i − q_{i−1}``
-  (``q_0 = 0``), which are small and compress to a few bits;
+* ``topk_steps`` (N, V, K−1), uint16 (absent when K = 1): logit ``i`` lies ``q_i / 16`` below the top one,
+  with ``q_i = round(16 · (top − logit_i))``; the array holds the increments ``q_i − q_{i−1}`` (``q_0 = 0``),
+  which are small and compress to a few bits;
 * ``topk_tail`` (N, V), float16: the log-sum-exp of the C−K logits left out, minus the top logit
   (``-inf`` when K = C), so the tail's total mass is known and the temperature can change later.
 
 Read back (:func:`decode_targets`), ``topk_values`` are the top-k logits *relative to the top one* (the
 first is 0; every softmax, at any temperature, is unchanged by that shift) and ``topk_tail_lse`` is the
 tail's log-sum-exp on the same scale. Error bound: each decoded value is within ``TOPK_STEP / 2 = 1/32``
-of the teacher's (relative) logit, except a value more than ``255 · TOPK_STEP ≈ 15.9`` below the top,
-which decodes as exactly that (its probability relative to the top class is below ``e^-15.9 ≈ 1.2e-7``
-either way); the tail carries float16 rounding (relative error ≤ 2^-11).
+of the teacher's (relative) logit; the tail carries float16 rounding (relative error ≤ 2^-11). (An increment
+saturates only where two consecutive top-k logits lie more than 65535 / 16 ≈ 4096 apart; every value from
+there on then decodes closer to the top than it is, yet still at least 4096 below it: a probability under
+``e^(-4096 / T)`` of the top class's either way.)
 
 Format-1 caches stored ``topk_values`` and ``topk_tail_lse`` as raw float16 logits and a separate ``argmax``;
 they are read back unchanged (raw logits), which gives the same softmax.
@@ -31,10 +32,10 @@ import torch
 
 from kdcache.errors import ConfigError
 
-__all__ = ["TargetMode", "smallest_int_dtype", "decode_targets", "stored_argmax", "TOPK_STEP", "TOPK_MAX_STEPS"]
+__all__ = ["TargetMode", "smallest_int_dtype", "decode_targets", "stored_argmax", "TOPK_STEP", "TOPK_MAX_INCREMENT"]
 
 TOPK_STEP = 1.0 / 16  # logit units per quantisation step of a top-k value below the top logit
-TOPK_MAX_STEPS = 255  # uint8: values further below the top decode as 255 steps below it
+TOPK_MAX_INCREMENT = 65535  # uint16: the largest stored increment between consecutive top-k values
 _TOPK = ("topk_indices", "topk_steps", "topk_tail")
 _TOPK_V1 = ("topk_values", "topk_indices", "topk_tail_lse", "argmax")  # format 1: raw float16 logits
 
@@ -99,8 +100,9 @@ class TargetMode:
                        argmax=indices[:, 0].numpy())
         else:
             top = values[:, :1]
-            steps = torch.round((top - values[:, 1:]) / TOPK_STEP).clamp_(0, TOPK_MAX_STEPS).to(torch.int16)
-            out["topk_steps"] = torch.diff(steps, dim=1, prepend=steps.new_zeros(len(steps), 1)).to(torch.uint8).numpy()
+            q = torch.round((top - values[:, 1:]).double() / TOPK_STEP).to(torch.int64)  # non-decreasing
+            inc = torch.diff(q, dim=1, prepend=q.new_zeros(len(q), 1)).clamp_(0, TOPK_MAX_INCREMENT)
+            out["topk_steps"] = inc.numpy().astype(np.uint16)
             out["topk_tail"] = (tail - top[:, 0]).to(torch.float16).numpy()
         return {n: out[n] for n in names}
 
@@ -115,7 +117,7 @@ class TargetMode:
                     "argmax": ((), smallest_int_dtype(num_classes - 1, signed=True))}
         specs = {"topk_indices": ((self.k,), smallest_int_dtype(num_classes - 1))}
         if self.k > 1:
-            specs["topk_steps"] = ((self.k - 1,), np.dtype(np.uint8))
+            specs["topk_steps"] = ((self.k - 1,), np.dtype(np.uint16))
         specs["topk_tail"] = ((), np.dtype(np.float16))
         return specs
 
@@ -129,7 +131,7 @@ def decode_targets(stored: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor
     indices = stored["topk_indices"]
     tail = stored["topk_tail"].float()
     if "topk_steps" in stored:
-        steps = torch.cumsum(stored["topk_steps"].to(torch.int32), dim=-1).float() * -TOPK_STEP
+        steps = torch.cumsum(stored["topk_steps"].to(torch.int64), dim=-1).float() * -TOPK_STEP
         values = torch.cat([steps.new_zeros((*steps.shape[:-1], 1)), steps], dim=-1)
     else:
         values = tail.new_zeros((*indices.shape[:-1], 1))

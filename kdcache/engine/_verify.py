@@ -38,7 +38,7 @@ from kdcache._views import build_views
 from kdcache.augment import ViewPipeline, ViewSpec
 from kdcache.cache import CacheStore, TargetMode, canonical_json
 from kdcache.cache._integrity import scan_cache
-from kdcache.cache._targets import TOPK_MAX_STEPS, TOPK_STEP, decode_targets
+from kdcache.cache._targets import TOPK_STEP, decode_targets
 from kdcache.data import DataConfig
 from kdcache.errors import CacheMismatchError, ConfigError, DataNotFoundError
 
@@ -253,7 +253,7 @@ def _topk_diff(fresh: np.ndarray, picked: Mapping[str, np.ndarray], *, relative:
     """|teacher logits at the cached indices − cached values|, and the same for the tail log-sum-exp.
 
     ``relative``: the cached values are relative to the top logit and quantised (format 2), so the teacher's
-    are taken relative to its logit at the first cached index, and floored where the encoding saturates.
+    are taken relative to its logit at the first cached index.
     An index outside the class range counts as an infinite difference.
     """
     c = fresh.shape[1]
@@ -265,7 +265,7 @@ def _topk_diff(fresh: np.ndarray, picked: Mapping[str, np.ndarray], *, relative:
     tail = torch.logsumexp(t.scatter(1, torch.from_numpy(safe), float("-inf")), dim=1).numpy()
     if relative:
         top = gathered[:, :1]
-        gathered = np.maximum(gathered - top, -TOPK_MAX_STEPS * TOPK_STEP)
+        gathered = gathered - top
         tail = tail - top[:, 0]
     values = np.where(valid, np.abs(gathered - picked["topk_values"].astype(np.float32)), np.inf)
     cached_tail = picked["topk_tail_lse"].astype(np.float32)

@@ -198,7 +198,7 @@ def test_memory_store_url(tmp_path):
 def test_target_modes():
     assert str(TargetMode.parse("topk:5")) == "topk:5" and TargetMode.parse("FULL").kind == "full"
     specs = TargetMode.parse("topk:3").array_specs(1000)
-    assert specs == {"topk_indices": ((3,), np.uint16), "topk_steps": ((2,), np.uint8), "topk_tail": ((), np.float16)}
+    assert specs == {"topk_indices": ((3,), np.uint16), "topk_steps": ((2,), np.uint16), "topk_tail": ((), np.float16)}
     assert list(TargetMode.parse("topk:1").array_specs(10)) == ["topk_indices", "topk_tail"]  # no steps for K = 1
     assert TargetMode.parse("full").array_specs(1000)["argmax"][1] == np.int16
     for bad in ("topk:0", "top5", "topk:x"):

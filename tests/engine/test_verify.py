@@ -191,7 +191,7 @@ def test_damaged_topk_targets_are_caught(topk_cache, tiny_h5, tiny_teacher, arra
         idx = g[array][10, 0]
         g[array][10, 0] = np.array([idx[1], idx[0]], dtype=idx.dtype)  # values now sit at the wrong classes
     elif array == "topk_steps":  # the second logit two logits further below the top (32 steps of 1/16)
-        g[array][10, 0] = (g[array][10, 0].astype(np.int64) + 32) % 256
+        g[array][10, 0] = g[array][10, 0] + np.uint16(32)
     else:
         g[array][10, 0] = g[array][10, 0] - np.float16(2.0)
     r = _verify(topk_cache, tiny_h5, tiny_teacher, samples=ALL)
