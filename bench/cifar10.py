@@ -46,17 +46,17 @@ class Row:
 
 
 def plan(args) -> list[Row]:
-    main = args.student
+    main, kw = args.student, json.loads(args.student_args)
     rows: list[Row] = []
     for s in args.seeds:
-        rows += [Row(f"{main}/scratch/s{s}", main, "scratch", "none", "full", 8, s),
-                 Row(f"{main}/online-soft/s{s}", main, "online", "soft", "full", None, s),
-                 Row(f"{main}/cached-soft-V8/s{s}", main, "cached", "soft", "full", 8, s)]
-    rows += [Row(f"{main}/online-hard/s0", main, "online", "hard", "full", None),
-             Row(f"{main}/cached-hard-V8/s0", main, "cached", "hard", "full", 8),
-             Row(f"{main}/cached-soft-mix-V8/s0", main, "cached", "soft", "mix", 8),
-             Row(f"{main}/cached-soft-top3-V8/s0", main, "cached", "soft", "topk3", 8)]
-    rows += [Row(f"{main}/cached-soft-V{v}/s0", main, "cached", "soft", "full", v) for v in GROW if v != 8]
+        rows += [Row(f"{main}/scratch/s{s}", main, "scratch", "none", "full", 8, s, kw),
+                 Row(f"{main}/online-soft/s{s}", main, "online", "soft", "full", None, s, kw),
+                 Row(f"{main}/cached-soft-V8/s{s}", main, "cached", "soft", "full", 8, s, kw)]
+    rows += [Row(f"{main}/online-hard/s0", main, "online", "hard", "full", None, 0, kw),
+             Row(f"{main}/cached-hard-V8/s0", main, "cached", "hard", "full", 8, 0, kw),
+             Row(f"{main}/cached-soft-mix-V8/s0", main, "cached", "soft", "mix", 8, 0, kw),
+             Row(f"{main}/cached-soft-top3-V8/s0", main, "cached", "soft", "topk3", 8, 0, kw)]
+    rows += [Row(f"{main}/cached-soft-V{v}/s0", main, "cached", "soft", "full", v, 0, kw) for v in GROW if v != 8]
     if args.rows == "all":
         others = (("vit_tokenlearner_mini_32", "vit_tokenlearner_mini_32", "soft", {}),
                   ("vit_mini_32", "vit_mini_32", "soft", {}),  # the same ViT without TokenLearner
@@ -77,6 +77,7 @@ def main() -> None:
     ap.add_argument("--teacher", default="cifar_resnet56")
     ap.add_argument("--teacher-weights", required=True, help="the (fine-tuned) teacher")
     ap.add_argument("--student", default="cifar_resnet20")
+    ap.add_argument("--student-args", default="{}", help="JSON keyword arguments of the main student's model")
     ap.add_argument("--limit", type=int, default=5000, help="stratified training subset (ignored with --full)")
     ap.add_argument("--full", action="store_true", help="the whole 50,000-image training split")
     ap.add_argument("--test-limit", type=int, default=None, help="evaluate on a stratified test subset")
