@@ -74,7 +74,8 @@ class CacheDataset(Dataset):
       ``lam · onehot(y) + (1 − lam) · onehot(y_partner)`` for a MixUp/CutMix view;
     * ``"targets"``: the teacher's targets for this view, float32/int64 tensors by name —
       ``logits`` (C,) for a ``full`` cache, or ``topk_values``/``topk_indices`` (K,) and
-      ``topk_tail_lse`` () for ``topk:K``; ``argmax`` () in both (absent when ``targets=False``);
+      ``topk_tail_lse`` () for ``topk:K`` (format 2: relative to the top logit, so ``topk_values[0] == 0``;
+      see docs/cache-format.md); ``argmax`` () in both (absent when ``targets=False``);
     * ``"index"``: the sample index; ``"view"``: the cached view index it replays.
 
     A batch's ``image``, ``label`` and ``targets`` go straight into a model and
