@@ -42,8 +42,9 @@ class CachedTargets:
 
     def __call__(self, batch: ViewBatch, images: torch.Tensor) -> dict[str, torch.Tensor]:
         idx = batch.indices
-        return decode_targets({k: torch.as_tensor(np.asarray(v[idx])).to(images.device, non_blocking=True)
-                               for k, v in self.slots[batch.slot].items()})
+        # decoded on the CPU (uint16 increments have little device support), then moved
+        decoded = decode_targets({k: torch.as_tensor(np.asarray(v[idx])) for k, v in self.slots[batch.slot].items()})
+        return {k: v.to(images.device, non_blocking=True) for k, v in decoded.items()}
 
 
 class OnlineTargets:
