@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 from kdcache._views import ReplayViews, identity_collate
 from kdcache.augment import ViewPipeline, ViewSpec
 from kdcache.cache import CacheStore
+from kdcache.cache._info import label_agreement
 from kdcache.cache._targets import TOPK_STEP, decode_targets
 from kdcache.data import DataConfig
 from kdcache.engine import DumpConfig, TeacherSpec, build_teacher, dump_teacher
@@ -105,6 +106,9 @@ def test_topk_cache_holds_the_teachers_top_logits(tmp_path, tiny_h5, tiny_teache
     assert np.abs(rel - vals).max() <= TOPK_STEP / 2 + FP16_RTOL * np.abs(logits).max()
     assert np.array_equal(idx[..., 0], full.array("argmax")[:])
     assert np.array_equal(decoded["argmax"].numpy(), idx[..., 0])
+    # `info`'s teacher-label agreement reads the first top-k index where no argmax is stored
+    assert "argmax" not in top.layout.names
+    assert label_agreement(top, top.done()) == label_agreement(full, full.done()) is not None
     # the tail log-sum-exp is the remaining class's logit (C=3, K=2), stored relative to the top logit
     rest = logits.sum(2) - picked.sum(2)
     assert np.allclose(decoded["topk_tail_lse"].numpy(), rest - picked[..., 0], atol=2e-2)
