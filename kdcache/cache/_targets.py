@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -122,20 +123,26 @@ class TargetMode:
         return specs
 
 
-def decode_targets(stored: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """What a student learns from, given a view's (or a batch's) stored target arrays as tensors:
-    ``logits`` and ``argmax`` (full), or ``topk_values``, ``topk_indices``, ``topk_tail_lse`` and ``argmax``
-    (top-k; format 2 decoded relative to the top logit, format 1 as stored). Leading dimensions are kept."""
+def decode_targets(stored: Mapping[str, Any]) -> dict[str, Any]:
+    """What a student learns from, given a view's (or a batch's) stored target arrays (numpy arrays, or
+    tensors: the result is then tensors on the same device): ``logits`` and ``argmax`` (full), or
+    ``topk_values``, ``topk_indices``, ``topk_tail_lse`` and ``argmax`` (top-k; format 2 decoded relative to
+    the top logit, format 1 as stored). Leading dimensions are kept. Decoding runs in numpy: a batch's
+    targets are small, and numpy's per-call cost is a fraction of torch's."""
     if "topk_tail" not in stored:  # full, or a format-1 top-k cache: stored as read
         return dict(stored)
-    indices = stored["topk_indices"]
-    tail = stored["topk_tail"].float()
+    first = stored["topk_indices"]
+    if isinstance(first, torch.Tensor):
+        out = decode_targets({k: v.detach().cpu().numpy() for k, v in stored.items()})
+        return {k: torch.from_numpy(v).to(first.device) for k, v in out.items()}
+    indices = np.asarray(first)
+    values = np.zeros(indices.shape, dtype=np.float32)
     if "topk_steps" in stored:
-        steps = torch.cumsum(stored["topk_steps"].to(torch.int64), dim=-1).float() * -TOPK_STEP
-        values = torch.cat([steps.new_zeros((*steps.shape[:-1], 1)), steps], dim=-1)
-    else:
-        values = tail.new_zeros((*indices.shape[:-1], 1))
-    return {"topk_values": values, "topk_indices": indices, "topk_tail_lse": tail, "argmax": indices[..., 0]}
+        np.multiply(np.cumsum(stored["topk_steps"], axis=-1, dtype=np.int64), -TOPK_STEP, out=values[..., 1:],
+                    casting="unsafe")
+    return {"topk_values": values, "topk_indices": indices,
+            "topk_tail_lse": np.asarray(stored["topk_tail"], dtype=np.float32),
+            "argmax": np.ascontiguousarray(indices[..., 0])}
 
 
 def stored_argmax(arrays: Mapping[str, np.ndarray]) -> np.ndarray:

@@ -226,8 +226,7 @@ def _compare(fresh: np.ndarray, picked: Mapping[str, np.ndarray], pairs: np.ndar
     if not len(pairs):
         return {"max_abs_diff": None, "atol": atol, "argmax_agreement": None, "argmax_mismatches": 0,
                 "worst": None}
-    cached = {k: v.numpy() for k, v in decode_targets(
-        {k: torch.from_numpy(np.asarray(picked[k])) for k in mode.target_names if k in picked}).items()}
+    cached = decode_targets({k: np.asarray(picked[k]) for k in mode.target_names if k in picked})
     quantised = "topk_tail" in picked  # format-2 top-k: values within TOPK_STEP / 2 of the teacher's
     if mode.kind == "full":
         diff = np.abs(fresh - cached["logits"].astype(np.float32))

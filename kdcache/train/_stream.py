@@ -216,8 +216,7 @@ class StreamedTargets:
                 self._pool.append({n: a.base if a.base is not None else a for n, a in self._data.pop(key).items()})
             self._cond.notify_all()
         # decoded on the CPU (uint16 increments have little device support), then moved
-        return {n: v.to(images.device, non_blocking=True)
-                for n, v in decode_targets({n: torch.from_numpy(v) for n, v in out.items()}).items()}
+        return {n: torch.from_numpy(v).to(images.device, non_blocking=True) for n, v in decode_targets(out).items()}
 
     def close(self) -> None:
         """Stop the reader (an epoch cut short by ``max_steps_per_epoch``) and drop what it holds."""

@@ -43,8 +43,8 @@ class CachedTargets:
     def __call__(self, batch: ViewBatch, images: torch.Tensor) -> dict[str, torch.Tensor]:
         idx = batch.indices
         # decoded on the CPU (uint16 increments have little device support), then moved
-        decoded = decode_targets({k: torch.as_tensor(np.asarray(v[idx])) for k, v in self.slots[batch.slot].items()})
-        return {k: v.to(images.device, non_blocking=True) for k, v in decoded.items()}
+        decoded = decode_targets({k: np.asarray(v[idx]) for k, v in self.slots[batch.slot].items()})
+        return {k: torch.as_tensor(v).to(images.device, non_blocking=True) for k, v in decoded.items()}
 
 
 class OnlineTargets:
