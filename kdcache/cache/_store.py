@@ -114,6 +114,7 @@ class CacheStore:
         # Caches made with checksums write every chunk: a missing chunk is damage (integrity.py).
         self.checksums = bool(attrs.get("checksums", False))
         self._arrays: dict[str, zarr.Array] = {}  # opening an array reads its metadata: once per handle
+        self._chunk_specs: dict[str, Any] = {}  # an array's chunk spec (one for all chunks of its regular grid)
         # The view count is read from the arrays (the authority) so a handle opened while
         # another process adds views sees a consistent snapshot.
         self.num_views = int(group["done"].shape[1])
@@ -342,6 +343,7 @@ class CacheStore:
             arr = self.array(name)
             arr.resize((arr.shape[0], new_v, *arr.shape[2:]))
         self._arrays.clear()  # reopen with the new shapes
+        self._chunk_specs.clear()
         if self.checksums:  # the new views' done chunks exist from the start, like at creation
             self._writable_array("done")[:, old_v:new_v] = False
         self._g.attrs["num_views"] = new_v
@@ -393,19 +395,26 @@ class CacheStore:
         names = list(names or self.view_array_names)
         units = [(int(b), int(v)) for b, v in units]
         wanted = [(n, self.unit_chunk(n, b, v)) for b, v in units for n in names]
-        missing = self._missing_keys(wanted)
-        if missing:
-            raise damage_error(self.path, [self.chunk_damage(n, c, "missing") for n, c in missing])
         arrays = {n: self.array(n) for n in names}
         out: dict[tuple[int, int], dict[str, np.ndarray]] = {u: {} for u in units}
         root = self._local_root()
         if root is not None:
             # A local store: each chunk file read and decoded here by the array's own codecs, without a
             # trip through zarr's event loop (about a millisecond a chunk; reads of small chunks are all
-            # overhead otherwise).
-            for n, c in wanted:
-                out[c[0], c[1]][n] = self._decode_local(root, arrays[n], n, c)
+            # overhead otherwise). Opening the file is the existence check; at the first missing chunk,
+            # every missing one of the read is named.
+            try:
+                for n, c in wanted:
+                    out[c[0], c[1]][n] = self._decode_local(root, arrays[n], n, c)
+            except CacheDamagedError:
+                missing = self._missing_keys(wanted)
+                if missing:
+                    raise damage_error(self.path, [self.chunk_damage(n, c, "missing") for n, c in missing]) from None
+                raise
             return out
+        missing = self._missing_keys(wanted)
+        if missing:
+            raise damage_error(self.path, [self.chunk_damage(n, c, "missing") for n, c in missing])
         # Other stores: all chunks in one trip through zarr's event loop, requests in flight at once.
         results = sync(_gather([arrays[n].async_array.getitem(self._chunk_selection(arrays[n], c))
                                 for n, c in wanted]))
@@ -429,7 +438,9 @@ class CacheStore:
                 return self._decode(arr, name, coords)
             raise damage_error(self.path, [self.chunk_damage(name, coords, "missing")]) from None
         try:
-            spec = aa.metadata.get_chunk_spec(coords, aa.config, prototype=_PROTOTYPE)
+            spec = self._chunk_specs.get(name)
+            if spec is None:  # a regular grid: every chunk (edge ones too) is stored at the full chunk shape
+                spec = self._chunk_specs[name] = aa.metadata.get_chunk_spec(coords, aa.config, prototype=_PROTOTYPE)
             to_bytes, *from_bytes = aa.metadata.codecs
             if not isinstance(to_bytes, ArrayBytesCodec) or not all(isinstance(c, BytesBytesCodec)
                                                                     for c in from_bytes):
