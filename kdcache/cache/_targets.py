@@ -98,7 +98,7 @@ class TargetMode:
         out["topk_indices"] = indices.numpy()
         if "topk_values" in names:  # format 1
             out.update(topk_values=values.to(torch.float16).numpy(), topk_tail_lse=tail.to(torch.float16).numpy(),
-                       argmax=indices[:, 0].numpy())
+                       argmax=logits.argmax(dim=1).numpy())  # as kdcache 0.1 wrote it (ties included)
         else:
             top = values[:, :1]
             q = torch.round((top - values[:, 1:]).double() / TOPK_STEP).to(torch.int64)  # non-decreasing
