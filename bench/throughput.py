@@ -9,6 +9,8 @@ alike; each figure is the median over rounds, and ratios are taken between media
 * ``cached``    — kdcache's loop replaying cached views with cached targets (``train-student``);
   ``cached-m4`` the same with ``--views-per-image 4`` (one decode feeds 4 batches).
 * ``online``    — kdcache's loop with the teacher run on fresh views every step (``--online-teacher``).
+* ``step-only`` (``--step-only``) — the student's training step alone, on one batch already in memory (no
+  decoding, no loader): the ceiling any data path can reach on this machine.
 * ``dump`` / ``infer`` — views/s of ``dump-teacher`` into a new cache against the teacher's pure inference on
   the same views (same batch size and workers): goal P3, dump ≥ 0.9 × infer.
 * ``read``      — one epoch's targets read from a synthetic cache (C classes, full float16 and top-10):
@@ -91,6 +93,23 @@ def plain_rate(ds, spec, student_name, args) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def step_only_rate(ds, student_name, args) -> float:
+    """The student's forward + backward + AdamW step on one in-memory batch, ``--steps`` times."""
+    model = create_model(student_name, num_classes=ds.num_classes)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.train()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(args.batch_size, 3, args.size, args.size, generator=g)
+    y = torch.randint(0, ds.num_classes, (args.batch_size,), generator=g)
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return args.steps * args.batch_size / (time.perf_counter() - t0)
+
+
 def kdcache_rate(loader, targets, ds, student_name, args, steps: int) -> float:
     model = create_model(student_name, num_classes=ds.num_classes)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -133,6 +152,8 @@ def training_modes(ds, data: DataConfig, cache: str, spec: ViewSpec, teacher, ar
              f"cached-m{args.views_per_image}": lambda r: cached(r, args.views_per_image)}
     if not args.no_online:
         modes["online"] = online
+    if args.step_only:
+        modes["step-only"] = lambda r: step_only_rate(ds, args.student, args)
     return modes
 
 
@@ -275,6 +296,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--parts", nargs="+", default=["train", "dump", "read"], choices=["train", "dump", "read"])
     ap.add_argument("--no-online", action="store_true")
+    ap.add_argument("--step-only", action="store_true",
+                    help="also time the student's step on one in-memory batch (the ceiling of any data path)")
     ap.add_argument("--read-samples", type=int, nargs="+", default=[20000])
     ap.add_argument("--read-classes", type=int, default=1000)
     ap.add_argument("--read-block-size", type=int, default=1024)
