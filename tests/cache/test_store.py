@@ -272,3 +272,23 @@ def test_views_being_added_read_as_not_done_until_their_count_is_recorded(tmp_pa
     with pytest.raises(CacheDamagedError, match="done chunk of block 0, view 2 is missing"):
         CacheStore.open(path).done()
     assert {d.unit for d in scan_cache(CacheStore.open(path)).damage} == {(0, 2), (1, 2), (2, 2)}
+
+
+def test_a_local_read_names_every_missing_chunk_and_a_corrupt_one(tmp_path):
+    """Local reads open chunk files directly (the open is the existence check): at the first missing chunk
+    every missing chunk of the read is named; a truncated one is named as corrupt."""
+    store = _create(str(tmp_path / "c.zarr"))
+    for b in range(store.num_blocks):
+        for v in range(2):
+            store.write_unit(b, v, _unit(store, b, float(b + v)))
+    units = [(b, 0) for b in range(store.num_blocks)]
+    assert set(store.read_units(units)) == set(units)
+    for b in (1, 2):
+        Path(store.chunk_location("logits", store.unit_chunk("logits", b, 0))).unlink()
+    with pytest.raises(CacheDamagedError) as e:
+        CacheStore.open(store.path).read_units(units)
+    assert "logits chunk of block 1, view 0 is missing" in str(e.value) and "1 more damaged chunk" in str(e.value)
+    crop = Path(store.chunk_location("crop", store.unit_chunk("crop", 0, 1)))
+    crop.write_bytes(crop.read_bytes()[:10])
+    with pytest.raises(CacheDamagedError, match=r"crop chunk of block 0, view 1 is corrupt"):
+        CacheStore.open(store.path).read_units([(0, 1)])
