@@ -26,8 +26,10 @@ from typing import Any
 
 from _common import SHARED, write_json
 
+from kdcache._report import read_metrics
 from kdcache.data import DataConfig
 from kdcache.engine import DumpConfig, TeacherSpec, dump_teacher
+from kdcache.errors import RunError
 from kdcache.train import LossConfig, TrainConfig, evaluate_checkpoint, train_student
 
 GROW = (1, 2, 4, 8, 16)
@@ -52,10 +54,11 @@ def plan(args) -> list[Row]:
         rows += [Row(f"{main}/scratch/s{s}", main, "scratch", "none", "full", 8, s, kw),
                  Row(f"{main}/online-soft/s{s}", main, "online", "soft", "full", None, s, kw),
                  Row(f"{main}/cached-soft-V8/s{s}", main, "cached", "soft", "full", 8, s, kw)]
-    rows += [Row(f"{main}/online-hard/s0", main, "online", "hard", "full", None, 0, kw),
-             Row(f"{main}/cached-hard-V8/s0", main, "cached", "hard", "full", 8, 0, kw),
-             Row(f"{main}/cached-soft-mix-V8/s0", main, "cached", "soft", "mix", 8, 0, kw),
-             Row(f"{main}/cached-soft-top3-V8/s0", main, "cached", "soft", "topk3", 8, 0, kw)]
+    rows += [Row(f"{main}/online-hard/s0", main, "online", "hard", "full", None, 0, kw)]
+    rows += [Row(f"{main}/cached-hard-V{v}/s0", main, "cached", "hard", "full", v, 0, kw) for v in args.hard_views]
+    rows += [
+        Row(f"{main}/cached-soft-mix-V8/s0", main, "cached", "soft", "mix", 8, 0, kw),
+        Row(f"{main}/cached-soft-top3-V8/s0", main, "cached", "soft", "topk3", 8, 0, kw)]
     rows += [Row(f"{main}/cached-soft-V{v}/s0", main, "cached", "soft", "full", v, 0, kw) for v in GROW if v != 8]
     if args.rows == "all":
         others = (("vit_tokenlearner_mini_32", "vit_tokenlearner_mini_32", "soft", {}),
@@ -88,6 +91,8 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=4.0)
     ap.add_argument("--scale", type=float, nargs=2, default=(0.6, 1.0))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--hard-views", type=int, nargs="+", default=[8],
+                    help="views of the main student's cached hard-KD rows (the full cache grows to the largest)")
     ap.add_argument("--rows", choices=("main", "all"), default="all")
     ap.add_argument("--only", nargs="*", default=None, help="run only rows whose id contains one of these")
     ap.add_argument("--workers", type=int, default=1)
@@ -100,7 +105,7 @@ def main() -> None:
     test = DataConfig(source=args.data, split="test", limit=args.test_limit)
     teacher = TeacherSpec(name=args.teacher, weights=args.teacher_weights)
     os.makedirs(args.workdir, exist_ok=True)
-    key = {k: v for k, v in vars(args).items() if k not in ("only", "json", "plots", "workers", "seeds", "rows")}
+    key = {k: v for k, v in vars(args).items() if k not in ("only", "json", "plots", "workers", "seeds", "rows", "hard_views")}
     done = _load(args.json, key)
     dumps: dict[str, dict[str, Any]] = done.get("dumps", {})
     results: dict[str, dict[str, Any]] = done.get("rows", {})
@@ -133,6 +138,11 @@ def main() -> None:
             save()
         return path
 
+    old = [rid for rid, res in results.items() if "train_seconds" not in res]
+    for rid in old:  # rows recorded before train_seconds existed: from their run directory
+        results[rid]["train_seconds"] = _train_seconds(os.path.join(args.workdir, "runs", rid.replace("/", "__")))
+    if old:
+        save()
     rows = [r for r in plan(args) if not args.only or any(o in r.id for o in args.only)]
     # cached rows by growing V, so each runs while its cache has exactly V views
     rows.sort(key=lambda r: (r.views or 8, r.cache or ""))
@@ -154,6 +164,7 @@ def main() -> None:
         ev = evaluate_checkpoint(os.path.join(out, "last.pt"), test, workers=args.workers)
         n = len(train.open())
         results[r.id] = {**r.__dict__, "top1": ev["top1"], "top5": ev["top5"], "seconds": seconds,
+                         "train_seconds": _train_seconds(out),
                          "teacher_forwards": n * args.epochs if r.targets == "online" else 0}
         save()
     print(format_table(table(results, dumps, args)))
@@ -171,6 +182,19 @@ def _load(path: str, key: dict[str, Any]) -> dict[str, Any]:
     return old
 
 
+def _train_seconds(run_dir: str) -> float | None:
+    """A run's training time as its epoch count times its fastest epoch: the cost on a quiet machine. On a
+    shared machine a run's wall time and even its median epoch carry whatever else ran (the fastest epochs of
+    the same row agree across seeds within ~10%, their medians differ up to 3x); a quiet run's median epoch is
+    3-8% above its fastest. Whole for a run resumed after a kill, whose invocation's wall time covers only the
+    epochs after the resume. None without a metrics file."""
+    try:
+        secs = [r["train/epoch_seconds"] for r in read_metrics(run_dir) if "train/epoch_seconds" in r]
+    except RunError:  # no run directory or no epoch recorded
+        return None
+    return len(secs) * min(secs) if secs else None
+
+
 def table(results: dict[str, dict], dumps: dict[str, dict], args) -> list[dict[str, Any]]:
     """One line per row kind: mean ± std over seeds, forwards, wall time, cost of N = 1, 5, 20 runs."""
     groups: dict[str, list[dict]] = {}
@@ -181,7 +205,8 @@ def table(results: dict[str, dict], dumps: dict[str, dict], args) -> list[dict[s
         top1 = [r["top1"] for r in rs]
         mean = sum(top1) / len(top1)
         std = (sum((x - mean) ** 2 for x in top1) / (len(top1) - 1)) ** 0.5 if len(top1) > 1 else None
-        run_s = sum(r["seconds"] for r in rs) / len(rs)
+        # the run's cost: epochs x fastest epoch where recorded, else the wall time of its invocation
+        run_s = sum(r.get("train_seconds") or r["seconds"] for r in rs) / len(rs)
         r0 = rs[0]
         dump = dumps.get(r0["cache"], {}) if r0["targets"] == "cached" else {}
         # a cached row pays, once, the dump up to its views (for the grown cache: the time to reach V)
@@ -211,17 +236,19 @@ def plot(rows: list[dict[str, Any]], outdir: str, student: str) -> None:
 
     os.makedirs(outdir, exist_ok=True)
     mine = [t for t in rows if t["student"] == student]
-    cached = sorted((t for t in mine if t["targets"] == "cached" and t["distill"] == "soft"
-                     and t["row"].split("/")[1].startswith("cached-soft-V")), key=lambda t: t["views"])
     ref = {t["targets"] + "-" + t["distill"]: t for t in mine if t["targets"] in ("online", "scratch")}
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
-    if cached:
-        ax.plot([t["views"] for t in cached], [t["top1"] for t in cached], "o-", label="cached soft KD")
-    for name, style in (("online-soft", "--"), ("scratch-none", ":")):
-        if name in ref:
-            ax.axhline(ref[name]["top1"], linestyle=style, color="gray" if name == "scratch-none" else "C1",
-                       label=name.replace("-none", "").replace("-", " "))
+    for distill, color in (("soft", "C0"), ("hard", "C2")):  # each sweep against its online reference
+        sweep = sorted((t for t in mine if t["row"].split("/")[1].startswith(f"cached-{distill}-V")),
+                       key=lambda t: t["views"])
+        if sweep:
+            ax.plot([t["views"] for t in sweep], [t["top1"] for t in sweep], "o-", color=color,
+                    label=f"cached {distill} KD")
+        if f"online-{distill}" in ref:
+            ax.axhline(ref[f"online-{distill}"]["top1"], linestyle="--", color=color, label=f"online {distill} KD")
+    if "scratch-none" in ref:
+        ax.axhline(ref["scratch-none"]["top1"], linestyle=":", color="gray", label="scratch")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("cached views per image (V)")
     ax.set_ylabel("test top-1 (%)")

@@ -15,7 +15,7 @@ def test_cifar10_bench_at_toy_size(tmp_path, tiny_h5, tiny_teacher):
     out = tmp_path / "r.json"
     cmd = [sys.executable, str(REPO / "bench" / "cifar10.py"), "--data", tiny_h5, "--teacher", "cnn_tiny",
            "--teacher-weights", tiny_teacher, "--student", "cnn_tiny", "--full", "--epochs", "1",
-           "--batch-size", "16", "--seeds", "0", "1", "--rows", "main", "--workers", "0",
+           "--batch-size", "16", "--seeds", "0", "1", "--hard-views", "4", "8", "--rows", "main", "--workers", "0",
            "--workdir", str(tmp_path / "work"), "--json", str(out), "--plots", str(tmp_path / "plots")]
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -26,11 +26,20 @@ def test_cifar10_bench_at_toy_size(tmp_path, tiny_h5, tiny_teacher):
     assert res["dumps"]["full"]["views"] == 16 and set(res["dumps"]["full"]["seconds_at"]) == {"1", "2", "4", "8",
                                                                                                 "16"}
     assert rows["cnn_tiny/cached-soft-V4"]["teacher_forwards"] == 48 * 4       # the dump's forwards
+    assert rows["cnn_tiny/cached-hard-V4"]["teacher_forwards"] == 48 * 4 and "cnn_tiny/cached-hard-V8" in rows
     assert rows["cnn_tiny/online-soft"]["teacher_forwards"] == 48 * 1           # one per sample and epoch
     t = rows["cnn_tiny/cached-soft-V8"]
     assert t["cost_20"] - t["cost_5"] == 15 * t["run_seconds"] and t["cost_1"] > t["run_seconds"]
     assert all(0 <= t["top1"] <= 100 for t in rows.values())
     for png in ("cifar10_views.png", "cifar10_cost.png"):
         assert (tmp_path / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a run's cost is its epoch count times its fastest epoch, read from its metrics.jsonl
+    r0, r1 = res["rows"]["cnn_tiny/cached-soft-V8/s0"], res["rows"]["cnn_tiny/cached-soft-V8/s1"]
+    assert r0["train_seconds"] > 0 and t["run_seconds"] == (r0["train_seconds"] + r1["train_seconds"]) / 2
+    seconds = r0["train_seconds"]
+    for r in res["rows"].values():  # as written before train_seconds existed: the rerun fills it in
+        del r["train_seconds"]
+    out.write_text(json.dumps(res))
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "== " not in again.stdout  # nothing retrained
+    assert json.loads(out.read_text())["rows"]["cnn_tiny/cached-soft-V8/s0"]["train_seconds"] == seconds
