@@ -80,8 +80,10 @@ class CacheDataset(Dataset):
 
     A batch's ``image``, ``label`` and ``targets`` go straight into a model and
     :class:`~kdcache.train._losses.DistillationLoss`. Call :meth:`set_epoch` before each epoch, as
-    with a ``DistributedSampler`` (and create the DataLoader's iterator afterwards: persistent
-    workers keep the epoch they started with). Any sampler, batch size and worker count works.
+    with a ``DistributedSampler``, and create the DataLoader's iterator afterwards. A worker that
+    still holds an earlier epoch (``persistent_workers=True`` keeps the dataset copy a worker started
+    with) raises :class:`~kdcache.errors.ConfigError` rather than replaying that epoch's views again.
+    Any sampler, batch size and worker count works.
     """
 
     def __init__(self, cache: str | CacheStore, data: ImageDataset | DataConfig | str | None = None, *,
@@ -106,6 +108,8 @@ class CacheDataset(Dataset):
         self.views: np.ndarray = np.zeros(0, dtype=np.int64)
         self._replay: ReplayViews  # the epoch's replay arrays (numpy), set by set_epoch
         self._teacher: CachedTargets | None = None
+        # the epoch set last, shared with the DataLoader workers' copies of this dataset (fork or spawn)
+        self._latest = torch.full((1,), -1, dtype=torch.int64).share_memory_()
         self.set_epoch(epoch)
 
     def set_epoch(self, epoch: int) -> None:
@@ -128,12 +132,17 @@ class CacheDataset(Dataset):
         self._teacher = CachedTargets(teacher) if teacher else None
         self.views = views
         self.epoch = int(epoch)
+        self._latest[0] = self.epoch
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
         """Items at ``indices``, built together (each image decoded once, with block reads)."""
+        if int(self._latest[0]) != self.epoch:
+            raise ConfigError(f"this DataLoader worker holds epoch {self.epoch}'s views but set_epoch("
+                              f"{int(self._latest[0])}) was called since: with persistent_workers=True workers "
+                              "keep the epoch they started with; use persistent_workers=False")
         batch = self._replay.__getitems__([int(i) for i in indices])
         labels = label_targets(batch, self.labels, self.num_classes, _CPU)
         cached = self._teacher(batch, batch.images) if self._teacher is not None else {}

@@ -231,3 +231,20 @@ def test_distillation_loss_on_its_own():
     assert torch.allclose(hard["loss"], F.cross_entropy(student, teacher.argmax(1)))
     alone = loss_fn(student, classes)
     assert float(alone["kd_loss"]) == 0.0 and torch.allclose(alone["loss"], F.cross_entropy(student, classes))
+
+
+def test_a_persistent_worker_holding_an_old_epoch_refuses_to_replay_it(tmp_path, tiny_h5, tiny_teacher):
+    """persistent_workers keeps each worker's copy of the dataset from the first epoch: after set_epoch the
+    workers would silently replay the first epoch's views for ever (the V = 1 case); they raise instead."""
+    path = _dump(tiny_h5, tiny_teacher, tmp_path / "c.zarr")
+    ds = kdcache.CacheDataset(path, tiny_h5, seed=5)
+    first = torch.cat([b["view"] for b in DataLoader(ds, batch_size=8, num_workers=1)])
+    loader = DataLoader(ds, batch_size=8, num_workers=1, persistent_workers=True)
+    assert torch.equal(torch.cat([b["view"] for b in loader]), first)
+    ds.set_epoch(next(e for e in range(1, 10) if not np.array_equal(
+        kdcache.epoch_views(kdcache.open_cache(path).done_units(), epoch=e, seed=5), ds.views)))
+    with pytest.raises(kdcache.ConfigError, match="persistent_workers=True"):
+        next(iter(loader))
+    fresh = torch.cat([b["view"] for b in DataLoader(ds, batch_size=8, num_workers=1)])  # new workers: fine
+    assert torch.equal(fresh, torch.as_tensor(ds.views)[torch.arange(len(ds)) // BLOCK])
+    assert not torch.equal(fresh, first)
