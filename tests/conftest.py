@@ -40,8 +40,9 @@ def shared_weights() -> Path:
 
 
 def make_h5(path: Path, *, n_train: int = 48, n_test: int = 24, size: int = 16, classes: int = 3,
-            seed: int = 0) -> Path:
-    """A tiny learnable HDF5 dataset: class c is a noisy image with a bright band at row range c."""
+            seed: int = 0, by_class: bool = False) -> Path:
+    """A tiny learnable HDF5 dataset: class c is a noisy image with a bright band at row range c. Samples
+    cycle through the classes, or with ``by_class`` come class by class (as an image folder lists them)."""
     import h5py
 
     rng = np.random.default_rng(seed)
@@ -49,6 +50,8 @@ def make_h5(path: Path, *, n_train: int = 48, n_test: int = 24, size: int = 16, 
         f.attrs["class_names"] = [f"class{c}" for c in range(classes)]
         for split, n in (("train", n_train), ("test", n_test)):
             labels = np.arange(n) % classes
+            if by_class:
+                labels = np.sort(labels)
             imgs = rng.integers(0, 80, size=(n, size, size, 3), dtype=np.uint8)
             band = size // classes
             for i, c in enumerate(labels):

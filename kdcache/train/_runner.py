@@ -43,7 +43,7 @@ from kdcache.train._logging import MetricsLogger
 from kdcache.train._loop import evaluate, train_one_epoch
 from kdcache.train._losses import DistillationLoss, LossConfig
 from kdcache.train._schedule import epoch_views
-from kdcache.train._stream import StreamedTargets, plan_epoch, store_window
+from kdcache.train._stream import StreamedTargets, plan_epoch, store_window, window_class_coverage
 from kdcache.train._targets import OnlineTargets, TargetSource
 
 __all__ = ["TrainConfig", "train_student", "train_teacher", "evaluate_checkpoint", "evaluate_model", "build_scheduler"]
@@ -363,14 +363,15 @@ def train_student(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str
                 targets = OnlineTargets(teacher.model.to(run.device), amp=cfg.amp)
                 epoch_data = _fresh_view_epochs(ds, pipeline, targets, cfg, ctx, pin)
             else:
-                epoch_data = _cached_epochs(store, ds, pipeline, cfg, ctx, pin)
+                epoch_data = _cached_epochs(store, ds, pipeline, cfg, ctx, pin, run.log)
             val = _val_loader(cfg, pipeline, pin) if ctx.is_main else None
             return run.fit(epoch_data, np.asarray(ds.labels, dtype=np.int64), val, progress)
     finally:
         ctx.close()
 
 
-def _cached_epochs(store: CacheStore, ds, pipeline: ViewPipeline, cfg: TrainConfig, ctx: DistContext, pin: bool):
+def _cached_epochs(store: CacheStore, ds, pipeline: ViewPipeline, cfg: TrainConfig, ctx: DistContext, pin: bool,
+                   log: Callable[[str], None]):
     """Each epoch: one cached view per sample (``epoch_views``), replayed, with its cached targets.
 
     The epoch runs in windows of blocks (``kdcache.train._stream``): each rank reads the replay
@@ -379,6 +380,7 @@ def _cached_epochs(store: CacheStore, ds, pipeline: ViewPipeline, cfg: TrainConf
     """
     distill = cfg.loss.distill != "none"
     m = cfg.views_per_image
+    warned = []
 
     def epoch_data(epoch: int):
         # Reopen each epoch: views another process added (and marked done) become eligible.
@@ -387,9 +389,19 @@ def _cached_epochs(store: CacheStore, ds, pipeline: ViewPipeline, cfg: TrainConf
         # Epochs epoch..epoch+m-1 train on the views epoch_views picks for them, whatever m is.
         views = [epoch_views(done, epoch=epoch + j, seed=cfg.seed) for j in range(m)]
         layout = store.layout
-        window = store_window(store, cfg.target_memory_mb, m)
+        # only streamed targets need windows: a labels-only run shuffles its whole share
+        window = store_window(store, cfg.target_memory_mb, m) if distill else store.num_blocks
         plan = plan_epoch(len(ds), store.block_size, epoch=epoch, seed=cfg.seed, batch_size=cfg.batch_size,
                           window=window, rank=ctx.rank, world_size=ctx.world_size)
+        if not warned:
+            warned.append(True)
+            share, mixed = window_class_coverage(plan, np.asarray(ds.labels), seed=cfg.seed)
+            if share < 0.5 * mixed:
+                need = -(-2 * store.block_size * store.layout.target_bytes_per_view * m * store.num_blocks >> 20)
+                log(f"warning: a target window holds {share:.0%} of the classes on average ({mixed:.0%} if the "
+                    f"data were not ordered by class): batches mix few classes at a time. --target-memory-mb "
+                    f"{cfg.target_memory_mb} fits {window} of {store.num_blocks} blocks per window; {need} holds "
+                    "the epoch at once, or train from a top-k cache")
         replay = [store.read_views(v, names=layout.replay_names, blocks=plan.blocks) for v in views]
         targets = StreamedTargets(store, views, layout.target_names, plan) if distill else None
         if m == 1:

@@ -8,7 +8,9 @@ view), and under DDP each rank needs only its share. So a cached epoch is planne
   share into windows of ``window`` blocks and shuffles the samples inside each window. When
   one window holds the whole share (the default whenever the targets fit the memory budget)
   this is a plain shuffle of the rank's share; with smaller windows every batch still mixes
-  ``window`` blocks drawn from anywhere in the data.
+  ``window`` blocks drawn from anywhere in the data. Blocks are runs of consecutive samples, so
+  when the data is ordered by class (an image folder listed class by class) a small window holds
+  few classes; :func:`window_class_coverage` measures that, and ``train-student`` warns.
 * :class:`StreamedTargets` reads each window's target chunks in a background thread while
   the previous window trains (at most two windows resident), lays the window out in the order
   its samples are consumed (a batch's targets are a slice), and hands a window's buffer back
@@ -30,7 +32,7 @@ import torch
 from kdcache._views import ViewBatch
 from kdcache.cache._targets import decode_targets
 
-__all__ = ["EpochPlan", "plan_epoch", "window_blocks", "store_window", "StreamedTargets"]
+__all__ = ["EpochPlan", "plan_epoch", "window_blocks", "store_window", "window_class_coverage", "StreamedTargets"]
 
 _READ_GROUP = 2  # blocks read at a time while a window is assembled (their transient copies count too)
 
@@ -92,6 +94,23 @@ def store_window(store, memory_mb: int, slots: int = 1) -> int:
     """:func:`window_blocks` for ``store``'s targets, ``slots`` views per sample, a budget of ``memory_mb``."""
     per_block = store.block_size * store.layout.target_bytes_per_view * slots
     return window_blocks(int(memory_mb) << 20, per_block, store.num_blocks)
+
+
+def window_class_coverage(plan: EpochPlan, labels: np.ndarray, *, seed: int = 0) -> tuple[float, float]:
+    """How well ``plan``'s windows mix classes: the mean share of the rank's classes a window holds, and the
+    same for the same windows over randomly ordered labels (what a class-mixed order would give)."""
+    order = np.concatenate([np.asarray(b, dtype=np.int64) for b in plan.batches]) if plan.batches else None
+    if order is None or len(plan.windows) < 2:
+        return 1.0, 1.0
+    cuts = np.cumsum([sum(w.values()) for w in plan.windows])[:-1]
+    labels = np.asarray(labels)
+    mixed = np.random.default_rng(seed).permutation(labels)
+
+    def mean_share(lab: np.ndarray) -> float:
+        total = np.unique(lab[order]).size
+        return float(np.mean([np.unique(lab[part]).size / total for part in np.split(order, cuts)]))
+
+    return mean_share(labels), mean_share(mixed)
 
 
 class StreamedTargets:

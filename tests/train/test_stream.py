@@ -12,9 +12,21 @@ import torch
 
 from kdcache._views import ViewBatch
 from kdcache.cache import CacheStore
+from kdcache.data import DataConfig
+from kdcache.engine import DumpConfig, TeacherSpec, dump_teacher
 from kdcache.errors import CacheDamagedError
+from kdcache.models import create_model
+from kdcache.models._checkpoint import save_checkpoint
+from kdcache.train import LossConfig, TrainConfig, _runner, train_student
 from kdcache.train._schedule import epoch_views
-from kdcache.train._stream import StreamedTargets, plan_epoch, store_window, window_blocks
+from kdcache.train._stream import (
+    StreamedTargets,
+    plan_epoch,
+    store_window,
+    window_blocks,
+    window_class_coverage,
+)
+from tests.conftest import make_h5
 
 CPU = torch.empty(0)
 
@@ -141,3 +153,38 @@ def test_a_batch_out_of_the_plans_order_is_refused(cache):
     with pytest.raises(RuntimeError, match="out of the epoch plan's order"):
         source(_batch(plan.batches[1]), CPU)
     source.close()
+
+
+def test_window_class_coverage_tells_data_ordered_by_class_from_mixed_data():
+    by_class = np.repeat(np.arange(6), 8)                     # 48 samples in blocks of 8: one class a block
+    small = plan_epoch(48, 8, epoch=0, seed=1, batch_size=4, window=1)
+    share, mixed = window_class_coverage(small, by_class)
+    assert share == pytest.approx(1 / 6) and mixed > 0.5      # each window one class; shuffled labels: most
+    assert window_class_coverage(small, np.arange(48) % 6)[0] == 1.0
+    whole = plan_epoch(48, 8, epoch=0, seed=1, batch_size=4, window=6)
+    assert window_class_coverage(whole, by_class) == (1.0, 1.0)
+
+
+@pytest.mark.parametrize("by_class", [True, False])
+def test_train_student_warns_when_its_target_windows_hold_few_classes(tmp_path, tiny_teacher, monkeypatch, by_class):
+    """A small --target-memory-mb over a cache of data ordered by class (an image folder) trains each window on
+    a few classes: the run says so, with the budget that would hold the epoch. A labels-only run reads no
+    targets and shuffles the whole epoch."""
+    data = "hdf5:" + str(make_h5(tmp_path / "d.h5", n_train=96, classes=6, by_class=by_class))
+    torch.manual_seed(1)
+    teacher = str(tmp_path / "t6.pt")
+    save_checkpoint(teacher, create_model("cnn_tiny", num_classes=6))
+    cache = str(tmp_path / "c.zarr")
+    dump_teacher(DumpConfig(data=DataConfig(source=data), out=cache, teacher=TeacherSpec(weights=teacher), views=2,
+                            view={"size": 16}, workers=0, block_size=16, device="cpu"), progress=False,
+                 log=lambda _m: None)
+    monkeypatch.setattr(_runner, "store_window", lambda *_a: 1)  # a budget of one block (MB are too coarse here)
+    for distill in ("soft", "none"):
+        lines: list[str] = []
+        train_student(TrainConfig(data=DataConfig(source=data), out=str(tmp_path / distill), model="cnn_tiny",
+                                  cache=cache, epochs=1, batch_size=8, workers=0, val_split=None,
+                                  loss=LossConfig(distill=distill)), progress=False, log=lines.append)
+        warned = [m for m in lines if m.startswith("warning: a target window holds")]
+        assert len(warned) == (1 if by_class and distill == "soft" else 0), lines
+        if warned:
+            assert "17% of the classes" in warned[0] and "fits 1 of 6 blocks" in warned[0], warned
