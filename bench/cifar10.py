@@ -73,6 +73,8 @@ def plan(args) -> list[Row]:
             rows += [Row(f"{tag}/scratch/s0", st, "scratch", "none", "full", 8, 0, extra),
                      Row(f"{tag}/online-{distill}/s0", st, "online", distill, "full", None, 0, extra),
                      Row(f"{tag}/cached-{distill}-V8/s0", st, "cached", distill, "full", 8, 0, extra)]
+            if distill == "soft":  # the ViTs also on the DeiT recipe's hard targets (no distillation token)
+                rows.append(Row(f"{tag}/cached-hard-V8/s0", st, "cached", "hard", "full", 8, 0, extra))
     return rows
 
 
