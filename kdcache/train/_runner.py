@@ -370,6 +370,10 @@ def train_student(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str
         ctx.close()
 
 
+# train-student warns from this many replays of each cached view (epochs / views) on
+REPLAYS_WARN = 8
+
+
 def _cached_epochs(store: CacheStore, ds, pipeline: ViewPipeline, cfg: TrainConfig, ctx: DistContext, pin: bool,
                    log: Callable[[str], None]):
     """Each epoch: one cached view per sample (``epoch_views``), replayed, with its cached targets.
@@ -395,6 +399,12 @@ def _cached_epochs(store: CacheStore, ds, pipeline: ViewPipeline, cfg: TrainConf
                           window=window, rank=ctx.rank, world_size=ctx.world_size)
         if not warned:
             warned.append(True)
+            replays = cfg.epochs / max(1, store.num_views)
+            if replays >= REPLAYS_WARN:
+                log(f"warning: {cfg.epochs} epochs over {store.num_views} cached view(s) replay each view about "
+                    f"{replays:.0f} times; in the CIFAR-10 accuracy table 10 replays a view gained nothing over "
+                    "labels-only training and 20 lost 5.7 points (docs/benchmarks.md): grow the cache with "
+                    "`kdcache dump-teacher --add-views N`")
             share, mixed = window_class_coverage(plan, np.asarray(ds.labels), seed=cfg.seed)
             if share < 0.5 * mixed:
                 need = -(-2 * store.block_size * store.layout.target_bytes_per_view * m * store.num_blocks >> 20)
