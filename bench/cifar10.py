@@ -74,7 +74,8 @@ def plan(args) -> list[Row]:
                      Row(f"{tag}/online-{distill}/s0", st, "online", distill, "full", None, 0, extra),
                      Row(f"{tag}/cached-{distill}-V8/s0", st, "cached", distill, "full", 8, 0, extra)]
             if distill == "soft":  # the ViTs also on the DeiT recipe's hard targets (no distillation token)
-                rows.append(Row(f"{tag}/cached-hard-V8/s0", st, "cached", "hard", "full", 8, 0, extra))
+                rows += [Row(f"{tag}/online-hard/s0", st, "online", "hard", "full", None, 0, extra),
+                         Row(f"{tag}/cached-hard-V8/s0", st, "cached", "hard", "full", 8, 0, extra)]
     return rows
 
 
