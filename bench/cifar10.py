@@ -12,7 +12,7 @@ so the table can be built over several sessions:
     python bench/cifar10.py --plots docs
 
 The defaults are the main protocol (the ResNet-20 student, 2,000 training images, 20 epochs, every row,
-the committed fine-tuned teacher): about 80 minutes of a quiet 2-core CPU. The transformers' protocol
+the committed fine-tuned teacher): about 95 minutes of a quiet 2-core CPU. The transformers' protocol
 takes ``--limit 5000 --epochs 30`` (docs/benchmarks.md). ``--full`` uses the whole 50,000-image training
 split. ``--rows main`` runs only the main student's rows.
 """
