@@ -375,7 +375,7 @@ REPLAYS_WARN = 8
 
 
 def _cached_epochs(store: CacheStore, ds, pipeline: ViewPipeline, cfg: TrainConfig, ctx: DistContext, pin: bool,
-                   log: Callable[[str], None] = lambda _m: None):
+                   log: Callable[[str], None] | None = None):
     """Each epoch: one cached view per sample (``epoch_views``), replayed, with its cached targets.
 
     The epoch runs in windows of blocks (``kdcache.train._stream``): each rank reads the replay
@@ -384,6 +384,7 @@ def _cached_epochs(store: CacheStore, ds, pipeline: ViewPipeline, cfg: TrainConf
     """
     distill = cfg.loss.distill != "none"
     m = cfg.views_per_image
+    log = log or _quiet
     warned = []
 
     def epoch_data(epoch: int):
