@@ -20,6 +20,7 @@ from typing import Any
 import click
 
 from kdcache.augment import ViewSpec
+from kdcache.augment._presets import PRESETS
 from kdcache.errors import KdcacheError
 
 __all__ = ["config_option", "data_options", "runtime_options", "view_options", "eval_view_options", "view_overrides",
@@ -165,6 +166,30 @@ runtime_options = section(
 )
 
 
+class _Numbers(click.ParamType):
+    """N numbers separated by commas, or one number B meaning (B, B, B, 0) (timm's --color-jitter)."""
+
+    name = "numbers"
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            items = list(value)
+        else:
+            items = [v for v in str(value).replace(",", " ").split() if v]
+        try:
+            nums = [float(v) for v in items]
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not one number or {self.n} comma-separated numbers", param, ctx)
+        if len(nums) == 1:
+            nums = [nums[0]] * (self.n - 1) + [0.0]
+        if len(nums) != self.n:
+            self.fail(f"{value!r} is not one number or {self.n} comma-separated numbers", param, ctx)
+        return tuple(nums)
+
+
 def _view_option(f: dataclasses.Field, hint: Any) -> Callable:
     """One ``--flag`` for a ViewSpec field: its type, choices and help come from the field itself."""
     flag = "--" + f.name.replace("_", "-")
@@ -173,11 +198,19 @@ def _view_option(f: dataclasses.Field, hint: Any) -> Callable:
         return click.option(f"{flag}/--no-{flag[2:]}", f.name, default=None, help=help_)
     if typing.get_origin(hint) is tuple:
         n = len(typing.get_args(hint))
+        if f.metadata.get("broadcast"):
+            return click.option(flag, f.name, type=_Numbers(n), default=None, help=help_)
         return click.option(flag, f.name, type=float, nargs=n, default=None, help=help_)
     if "choices" in f.metadata:
         return click.option(flag, f.name, type=click.Choice(list(f.metadata["choices"])), default=None, help=help_)
-    ptype = click.IntRange(min=1) if hint is int else float
+    if hint is str:
+        return click.option(flag, f.name, type=str, default=None, help=help_)
+    ptype = click.IntRange(min=f.metadata.get("min", 1)) if hint is int else float
     return click.option(flag, f.name, type=ptype, default=None, help=help_)
+
+
+def _preset_text(values: dict) -> str:
+    return ", ".join(f"{k.replace('_', '-')} {_default_text(v)}" for k, v in values.items())
 
 
 def _default_text(v: Any) -> str:
@@ -190,7 +223,11 @@ _VIEW_FIELDS = dataclasses.fields(ViewSpec)
 _VIEW_HINTS = typing.get_type_hints(ViewSpec)
 
 view_options = section(
-    "View (defaults: the model's input size, normalisation, interpolation and eval crop; then ViewSpec's)",
+    "View (defaults: the model's input size, normalisation, interpolation and eval crop; then --preset's; "
+    "then ViewSpec's)",
+    click.option("--preset", "preset", type=click.Choice(list(PRESETS)), default=None,
+                 help="Set the view options of a recipe together (explicit options override it): "
+                      + "; ".join(f"{k}: {_preset_text(v)}" for k, v in PRESETS.items()) + "."),
     *[_view_option(f, _VIEW_HINTS[f.name]) for f in _VIEW_FIELDS],
 )
 
@@ -203,8 +240,10 @@ eval_view_options = section(
 
 
 def view_overrides(kw: dict) -> dict:
-    """Pop the view options out of a command's keyword arguments: the ones the user gave, as ViewSpec fields."""
+    """Pop the view options out of a command's keyword arguments: the ones the user gave, as ViewSpec fields
+    (and ``preset``)."""
     out = {f.name: kw.pop(f.name, None) for f in _VIEW_FIELDS}
+    out["preset"] = kw.pop("preset", None)
     return {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in out.items()
             if v is not None and v != ()}
 

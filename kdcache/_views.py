@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from kdcache.augment import ViewParams, ViewPipeline, ViewSpec, derive_view_seed
+from kdcache.augment._presets import expand_preset
 from kdcache.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -49,11 +50,15 @@ def resolve_view_sources(model: ModelCfg, overrides: Mapping[str, Any] | None = 
         if k in _INPUT_KEYS and v is not None:
             base[k] = tuple(v) if isinstance(v, list) else v
             sources[k] = recorded_from
-    for k, v in (overrides or {}).items():
-        if v is not None:
-            base[k] = v
-            if k in sources:
-                sources[k] = "set explicitly"
+    preset, explicit, name = expand_preset(overrides)
+    for k, v in preset.items():
+        base[k] = v
+        if k in sources:
+            sources[k] = f"preset {name}"
+    for k, v in explicit.items():
+        base[k] = v
+        if k in sources:
+            sources[k] = "set explicitly"
     try:
         return ViewSpec(**base), sources
     except TypeError as e:

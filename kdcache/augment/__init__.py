@@ -6,10 +6,12 @@ parameters and sees pixel-identical input. Parameters depend only on
 (base seed, sample key, view index) through :func:`derive_view_seed`.
 """
 
-from kdcache.augment._describe import describe_spec
+from kdcache.augment._describe import describe_spec, kernel_versions
 from kdcache.augment._params import ViewParams, param_array_specs
 from kdcache.augment._pipeline import ViewPipeline
+from kdcache.augment._presets import PRESETS
 from kdcache.augment._seeding import derive_view_seed
 from kdcache.augment._spec import ViewSpec
 
-__all__ = ["describe_spec", "ViewParams", "ViewPipeline", "ViewSpec", "derive_view_seed", "param_array_specs"]
+__all__ = ["PRESETS", "describe_spec", "kernel_versions", "ViewParams", "ViewPipeline", "ViewSpec", "derive_view_seed",
+           "param_array_specs"]

@@ -8,49 +8,72 @@ from __future__ import annotations
 
 from typing import Any
 
+from kdcache.augment._op import build_ops
 from kdcache.augment._params import param_array_specs
 from kdcache.augment._spec import ViewSpec
 
-__all__ = ["describe_spec"]
+__all__ = ["describe_spec", "kernel_versions"]
 
 _TVF = "torchvision.transforms.v2.functional"
 
 
-def _ops(spec: ViewSpec) -> list[dict[str, Any]]:
+def _crop(spec: ViewSpec) -> dict[str, Any]:
     s, interp, aa = spec.size, spec.interpolation, spec.antialias
-    ops: list[dict[str, Any]] = [
-        {
-            "name": "resized_crop",
-            "settings": {
-                "size": [s, s],
-                "scale": list(spec.scale),
-                "ratio": list(spec.ratio),
-                "interpolation": interp,
-                "antialias": aa,
-            },
+    if spec.crop == "pad":
+        mode = {"zero": "constant"}.get(spec.padding_mode, spec.padding_mode)
+        return {
+            "name": "pad_crop",
+            "settings": {"size": [s, s], "padding": spec.padding, "padding_mode": spec.padding_mode,
+                         "interpolation": interp, "antialias": aa},
             "recorded": ["crop"],
             "apply": (
-                f"x = {_TVF}.resized_crop(image, top, left, height, width, size=[{s}, {s}], "
-                f"interpolation={interp!r}, antialias={aa}) on the uint8 (3, H, W) source image, "
-                "with (top, left, height, width) = crop[i] in source pixels."
+                f"x = image; if min(H, W) != {s}: x = {_TVF}.resize(x, [{s}], interpolation={interp!r}, "
+                f"antialias={aa}); x = {_TVF}.pad(x, [{spec.padding}], fill=0, padding_mode={mode!r}); "
+                f"x = {_TVF}.crop(x, top, left, {s}, {s}) on the uint8 (3, H, W) source image, with "
+                "(top, left, height, width) = crop[i] in the padded image (height = width = size)."
             ),
-            "sampled_by": (
-                f"torchvision.transforms.v2.RandomResizedCrop({s}, scale={list(spec.scale)}, "
-                f"ratio={list(spec.ratio)}).make_params"
-            ),
+            "sampled_by": "top = torch.randint(0, H_padded - size + 1, (1,)); left likewise over W_padded",
+        }
+    return {
+        "name": "resized_crop",
+        "settings": {
+            "size": [s, s],
+            "scale": list(spec.scale),
+            "ratio": list(spec.ratio),
+            "interpolation": interp,
+            "antialias": aa,
         },
+        "recorded": ["crop"],
+        "apply": (
+            f"x = {_TVF}.resized_crop(image, top, left, height, width, size=[{s}, {s}], "
+            f"interpolation={interp!r}, antialias={aa}) on the uint8 (3, H, W) source image, "
+            "with (top, left, height, width) = crop[i] in source pixels."
+        ),
+        "sampled_by": (
+            f"torchvision.transforms.v2.RandomResizedCrop({s}, scale={list(spec.scale)}, "
+            f"ratio={list(spec.ratio)}).make_params"
+        ),
+    }
+
+
+def _ops(spec: ViewSpec) -> list[dict[str, Any]]:
+    per_sample = build_ops(spec)
+    ops: list[dict[str, Any]] = [
+        _crop(spec),
         {
             "name": "horizontal_flip",
             "settings": {"p": spec.flip_prob},
             "recorded": ["flip"],
             "apply": f"if flip[i]: x = {_TVF}.horizontal_flip(x) (still uint8).",
         },
+        *[op.describe() for op in per_sample if op.stage == "uint8"],
         {
             "name": "to_float_0_1",
             "settings": {"dtype": "float32", "scale": True},
             "recorded": [],
             "apply": f"x = {_TVF}.to_dtype(x, torch.float32, scale=True), i.e. uint8 / 255 in [0, 1].",
         },
+        *[op.describe() for op in per_sample if op.stage == "float"],
     ]
     if spec.is_mixed:
         ops.append(
@@ -65,8 +88,8 @@ def _ops(spec: ViewSpec) -> list[dict[str, Any]]:
                 "recorded": ["mix_kind", "mix_partner", "mix_lam", "mix_box", "partner_crop", "partner_flip"],
                 "apply": (
                     "If mix_kind[i] == 0 x is unchanged. Otherwise build the partner view xp of dataset "
-                    "sample mix_partner[i] with the three ops above using partner_crop[i] and "
-                    "partner_flip[i]. mix_kind 1 (MixUp): x = x.mul(lam).add_(xp.mul(1 - lam)) in "
+                    "sample mix_partner[i] with the ops above using partner_crop[i], "
+                    "partner_flip[i] and the partner_ copy of every other op's arrays. mix_kind 1 (MixUp): x = x.mul(lam).add_(xp.mul(1 - lam)) in "
                     "float32 with lam = mix_lam[i]. mix_kind 2 (CutMix): with (y0, x0, y1, x1) = "
                     "mix_box[i] in output pixels, x[:, y0:y1, x0:x1] = xp[:, y0:y1, x0:x1]; mix_lam[i] "
                     "is then 1 - box_area / size**2. The target weight of the sample itself is "
@@ -122,3 +145,12 @@ def describe_spec(spec: ViewSpec) -> dict[str, Any]:
             ),
         },
     }
+
+
+def kernel_versions() -> dict[str, str]:
+    """The versions of the libraries whose kernels and streams build a view (recorded in every new cache)."""
+    import numpy
+    import torch
+    import torchvision
+
+    return {"torch": torch.__version__, "torchvision": torchvision.__version__, "numpy": numpy.__version__}

@@ -1,5 +1,7 @@
 """MixUp and CutMix between a sample and a partner drawn from the whole dataset.
 
+The partner's view is built like the sample's, from its own recorded crop, flip and per-sample ops.
+
 torchvision's batch transforms pair a sample with its neighbour in the batch, which
 makes the result depend on batching. Here the partner is drawn per view (an index in
 the dataset) from the view's own seeded stream, and λ and the CutMix box come from
@@ -31,9 +33,10 @@ def _f32(value: float) -> float:
 class MixSampler:
     """Draws whether and how a view is mixed: kind, partner, partner's crop and flip, λ, box."""
 
-    def __init__(self, spec: ViewSpec, crops: CropSampler) -> None:
+    def __init__(self, spec: ViewSpec, crops: CropSampler, draw_ops: Callable[[], dict] = dict) -> None:
         self.spec = spec
         self._crops = crops
+        self._draw_ops = draw_ops  # the partner's own per-sample ops, drawn after its crop and flip
         self._mixup = v2.MixUp(alpha=spec.mixup_alpha)
         self._cutmix = v2.CutMix(alpha=spec.cutmix_alpha)
 
@@ -54,6 +57,7 @@ class MixSampler:
         partner_hw = check_hw(size_of(partner), f"size_of({partner})")
         partner_crop = self._crops.crop(partner_hw)
         partner_flip = self._crops.flip()
+        partner_ops = self._draw_ops()
 
         if kind == MIX_MIXUP:
             lam, box = self._mixup.make_params([])["lam"], (0, 0, 0, 0)
@@ -66,6 +70,8 @@ class MixSampler:
         return ViewParams(
             crop=base.crop,
             flip=base.flip,
+            ops=base.ops,
+            partner_ops=partner_ops,
             mix_kind=kind,
             partner=partner,
             partner_crop=partner_crop,

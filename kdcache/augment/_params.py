@@ -8,8 +8,9 @@ so a view replayed from the cache equals the view the teacher saw, bit for bit.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -27,6 +28,7 @@ __all__ = [
     "param_array_specs",
     "params_from_arrays",
     "params_to_arrays",
+    "op_array_specs",
 ]
 
 MIX_NONE, MIX_MIXUP, MIX_CUTMIX = 0, 1, 2
@@ -44,6 +46,15 @@ _MIX_ARRAYS: dict[str, tuple[tuple[int, ...], str]] = {
     "partner_crop": ((4,), "int32"),
     "partner_flip": ((), "bool"),
 }
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and arrays, lists -> Python numbers and nested tuples (sampled == read back)."""
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, (list, tuple)):
+        return tuple(_plain(v) for v in value)
+    return value
 
 
 def _int4(name: str, value: Any) -> tuple[int, int, int, int]:
@@ -65,6 +76,8 @@ class ViewParams:
     partner's own crop and flip, ``lam`` — the weight of the sample itself, already rounded to
     float32 because that is what the cache stores and what :meth:`ViewPipeline.apply` uses —
     and for CutMix ``box`` = (y0, x0, y1, x1) in output pixels, the region taken from the partner.
+    ``ops`` holds the parameters of the spec's per-sample ops (auto-augment, colour, erasing: array name ->
+    value, see :func:`kdcache.augment._op.build_ops`), ``partner_ops`` the partner's own.
     """
 
     crop: tuple[int, int, int, int]
@@ -75,6 +88,8 @@ class ViewParams:
     partner_flip: bool = False
     lam: float = 1.0
     box: tuple[int, int, int, int] = (0, 0, 0, 0)
+    ops: Mapping[str, Any] = field(default_factory=dict)
+    partner_ops: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Coerce numpy scalars and lists to plain Python values so params compare equal
@@ -88,6 +103,8 @@ class ViewParams:
         put(self, "mix_kind", int(self.mix_kind))
         put(self, "partner", int(self.partner))
         put(self, "lam", float(self.lam))
+        put(self, "ops", {str(k): _plain(v) for k, v in dict(self.ops).items()})
+        put(self, "partner_ops", {str(k): _plain(v) for k, v in dict(self.partner_ops).items()})
         if self.mix_kind not in (MIX_NONE, MIX_MIXUP, MIX_CUTMIX):
             raise DataError(
                 f"ViewParams.mix_kind must be 0 (none), 1 (mixup) or 2 (cutmix), got {self.mix_kind!r}"
@@ -102,9 +119,26 @@ class ViewParams:
         return self.mix_kind != MIX_NONE
 
 
+@functools.lru_cache(maxsize=64)
+def op_array_specs(spec: ViewSpec) -> dict[str, tuple[tuple[int, ...], str]]:
+    """The per-sample ops' arrays (a sample's own; a partner's carry the prefix ``partner_``). Cached per spec:
+    callers must not modify the result."""
+    from kdcache.augment._op import build_ops
+
+    out: dict[str, tuple[tuple[int, ...], str]] = {}
+    for op in build_ops(spec):
+        out.update(op.arrays())
+    return out
+
+
 def param_array_specs(spec: ViewSpec) -> dict[str, tuple[tuple[int, ...], str]]:
     """Array name -> (trailing shape, numpy dtype string) for the parameters of ``spec``'s views."""
-    return {**_BASE_ARRAYS, **(_MIX_ARRAYS if spec.is_mixed else {})}
+    ops = op_array_specs(spec)
+    out = {**_BASE_ARRAYS, **ops}
+    if spec.is_mixed:
+        out.update(_MIX_ARRAYS)
+        out.update({f"partner_{k}": v for k, v in ops.items()})
+    return out
 
 
 def params_to_arrays(spec: ViewSpec, params: Sequence[ViewParams]) -> dict[str, np.ndarray]:
@@ -129,6 +163,15 @@ def params_to_arrays(spec: ViewSpec, params: Sequence[ViewParams]) -> dict[str, 
             partner_crop=[p.partner_crop for p in params],
             partner_flip=[p.partner_flip for p in params],
         )
+    ops = op_array_specs(spec)
+    for name in ops:
+        lacking = [i for i, p in enumerate(params) if name not in p.ops]
+        if lacking:
+            raise ConfigError(f"params {lacking[:5]} have no {name!r} although the spec's ops record it")
+        columns[name] = [p.ops[name] for p in params]
+        if spec.is_mixed:
+            # an unmixed view has no partner: its partner slots hold zeros
+            columns[f"partner_{name}"] = [p.partner_ops.get(name, np.zeros(ops[name][0])) for p in params]
     out = {}
     for name, (shape, dtype) in param_array_specs(spec).items():
         out[name] = np.asarray(columns[name], dtype=dtype).reshape((len(params), *shape))
@@ -143,9 +186,13 @@ def params_from_arrays(spec: ViewSpec, arrays: Mapping[str, np.ndarray], i: int)
             f"parameter arrays {missing} are missing (got {sorted(arrays)}); spec mix={spec.mix!r}"
         )
     crop, flip = np.asarray(arrays["crop"][i]), np.asarray(arrays["flip"][i])
+    names = op_array_specs(spec)
+    ops = {n: np.asarray(arrays[n][i]) for n in names}
     if not spec.is_mixed:
-        return ViewParams(crop=tuple(crop.tolist()), flip=bool(flip))
+        return ViewParams(crop=tuple(crop.tolist()), flip=bool(flip), ops=ops)
     return ViewParams(
+        ops=ops,
+        partner_ops={n: np.asarray(arrays[f"partner_{n}"][i]) for n in names},
         crop=tuple(crop.tolist()),
         flip=bool(flip),
         mix_kind=int(arrays["mix_kind"][i]),

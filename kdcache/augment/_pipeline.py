@@ -17,7 +17,8 @@ from torchvision.transforms.v2 import functional as F
 from kdcache.augment import _params
 from kdcache.augment._describe import describe_spec
 from kdcache.augment._mix import MixSampler, mix_float, require_partner_source
-from kdcache.augment._ops import CropSampler, check_hw, check_image, crop_flip_float
+from kdcache.augment._op import build_ops
+from kdcache.augment._ops import CropSampler, check_hw, check_image, crop_flip
 from kdcache.augment._params import ViewParams
 from kdcache.augment._seeding import seeded_stream
 from kdcache.augment._spec import ViewSpec
@@ -27,14 +28,38 @@ __all__ = ["ViewPipeline"]
 
 
 class ViewPipeline:
-    """Replayable training views (crop, flip, optional MixUp/CutMix, normalise) and the evaluation view."""
+    """Replayable training views and the evaluation view.
+
+    A training view: crop (resized crop or pad-crop) and flip on the uint8 image, the spec's uint8 ops
+    (auto-augment, 3-Augment, colour jitter), float32 in [0, 1], its float ops (random erasing), then an
+    optional MixUp/CutMix with a partner built the same way from its own recorded parameters, then
+    normalisation."""
 
     def __init__(self, spec: ViewSpec) -> None:
         if not isinstance(spec, ViewSpec):
             raise ConfigError(f"ViewPipeline needs a ViewSpec, got {spec!r}")
         self.spec = spec
         self._crops = CropSampler(spec)
-        self._mix = MixSampler(spec, self._crops) if spec.is_mixed else None
+        self.ops = build_ops(spec)
+        self._mix = MixSampler(spec, self._crops, self._draw_ops) if spec.is_mixed else None
+
+    def _draw_ops(self) -> dict:
+        params: dict = {}
+        for op in self.ops:
+            params.update(op.make_params())
+        return params
+
+    def _sample_view(self, image: torch.Tensor, crop, flip: bool, ops, what: str) -> torch.Tensor:
+        """One sample's view before mixing: float32 (3, size, size) in [0, 1] (erased boxes in mean/std units)."""
+        x = crop_flip(self.spec, image, crop, flip, what)
+        for op in self.ops:
+            if op.stage == "uint8":
+                x = op.apply(x, ops)
+        x = F.to_dtype(x, torch.float32, scale=True)
+        for op in self.ops:
+            if op.stage == "float":
+                x = op.apply(x, ops)
+        return x
 
     def __repr__(self) -> str:
         return f"ViewPipeline({self.spec!r})"
@@ -58,8 +83,9 @@ class ViewPipeline:
         if self._mix is not None:
             num_samples = require_partner_source(num_samples, size_of, self.spec)
         with seeded_stream(seed):
-            # Draw order is part of the format: crop, flip, then (mixed specs) the mix draws.
-            base = ViewParams(crop=self._crops.crop(hw), flip=self._crops.flip())
+            # Draw order is part of the format: crop, flip, the ops in order, then (mixed specs) the mix draws.
+            crop, flip = self._crops.crop(hw), self._crops.flip()
+            base = ViewParams(crop=crop, flip=flip, ops=self._draw_ops())
             if self._mix is None:
                 return base
             return self._mix.sample(base, num_samples=num_samples, size_of=size_of)  # type: ignore[arg-type]
@@ -77,11 +103,10 @@ class ViewPipeline:
                 f"this view is mixed with sample {params.partner} (mix_kind={params.mix_kind}); "
                 "pass its image as partner_image"
             )
-        x = crop_flip_float(self.spec, image, params.crop, params.flip)
+        x = self._sample_view(image, params.crop, params.flip, params.ops, "image")
         if params.is_mixed:
-            xp = crop_flip_float(
-                self.spec, partner_image, params.partner_crop, params.partner_flip, what="partner image"
-            )
+            xp = self._sample_view(partner_image, params.partner_crop, params.partner_flip, params.partner_ops,
+                                   "partner image")
             x = mix_float(x, xp, params)
         return F.normalize(x, mean=list(self.spec.mean), std=list(self.spec.std))
 

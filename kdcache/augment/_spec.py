@@ -9,6 +9,7 @@ written, with the value quoted, instead of deep inside a dump.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -16,15 +17,22 @@ from typing import Any
 
 from kdcache.errors import ConfigError
 
-__all__ = ["INTERPOLATIONS", "MIX_MODES", "ViewSpec"]
+__all__ = ["CROP_MODES", "ERASE_MODES", "INTERPOLATIONS", "MIX_MODES", "PAD_MODES", "ViewSpec"]
 
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 MIX_MODES = ("none", "mixup", "cutmix", "both")
+CROP_MODES = ("rrc", "pad")
+PAD_MODES = ("zero", "reflect", "edge", "symmetric")
+ERASE_MODES = ("const", "rand", "pixel")
 
-_TUPLE_FIELDS = ("scale", "ratio", "mean", "std")
+_TUPLE_FIELDS = ("scale", "ratio", "mean", "std", "color_jitter", "re_area", "re_aspect")
 # Settings that shape only the deterministic evaluation view, never a training view: not part of what a
 # cached view is (a cache's identity), so changing them never invalidates a cache.
 EVAL_ONLY_FIELDS = ("crop_pct",)
+# Settings added with cache format 3 (pad-crop, auto-augment, colour jitter, 3-Augment, erasing). At their
+# defaults they change nothing, and a cache's identity leaves them out, so older caches keep their fingerprint.
+FORMAT3_FIELDS = ("crop", "padding", "padding_mode", "auto_augment", "color_jitter", "three_augment", "reprob",
+                  "remode", "recount", "re_area", "re_aspect")
 
 
 def _number(name: str, value: Any) -> float:
@@ -91,6 +99,29 @@ class ViewSpec:
     mix_prob: float = field(default=1.0, metadata={"help": "Probability that a view is mixed."})
     crop_pct: float = field(default=1.0, metadata={
         "help": "Eval view only: resize the shorter side to size / crop_pct, then centre-crop size."})
+    crop: str = field(default="rrc", metadata={
+        "help": "Crop: rrc (RandomResizedCrop over scale/ratio) or pad (shorter side resized to size if it "
+                "differs, padded by --padding, a random size x size crop: CIFAR's RandomCrop(32, padding=4)).",
+        "choices": CROP_MODES})
+    padding: int = field(default=4, metadata={"help": "Pad-crop: pixels of padding on each side.", "min": 0})
+    padding_mode: str = field(default="zero", metadata={"help": "Pad-crop: padding fill.", "choices": PAD_MODES})
+    auto_augment: str = field(default="none", metadata={
+        "help": "none | timm's RandAugment string (rand-m9-mstd0.5-inc1, rand-m9-n3-mstd1, ...) | "
+                "trivialaugment (torchvision's TrivialAugmentWide) | autoaugment (torchvision's ImageNet policy)."})
+    color_jitter: tuple[float, float, float, float] = field(default=(0.0, 0.0, 0.0, 0.0), metadata={
+        "help": "Colour jitter brightness, contrast, saturation, hue (torchvision's ColorJitter, random order); "
+                "one number B sets B, B, B, 0 (timm's --color-jitter).", "broadcast": True})
+    three_augment: bool = field(default=False, metadata={
+        "help": "DeiT III's 3-Augment: one of grayscale, solarize, Gaussian blur per view (before colour jitter)."})
+    reprob: float = field(default=0.0, metadata={"help": "Random erasing probability (timm's RandomErasing)."})
+    remode: str = field(default="const", metadata={"help": "Random erasing fill: const (0 after normalisation), "
+                                                           "rand (per-channel noise), pixel (per-pixel noise).",
+                                                   "choices": ERASE_MODES})
+    recount: int = field(default=1, metadata={"help": "Random erasing: at most this many boxes (1..recount)."})
+    re_area: tuple[float, float] = field(default=(0.02, 1 / 3),
+                                         metadata={"help": "Random erasing: area range (fraction of the view)."})
+    re_aspect: tuple[float, float] = field(default=(0.3, 1 / 0.3),
+                                           metadata={"help": "Random erasing: aspect-ratio range."})
 
     def __post_init__(self) -> None:
         # Normalise containers and numbers so that equal specs compare and hash equal
@@ -134,6 +165,39 @@ class ViewSpec:
         if not 0.0 < crop_pct <= 1.0:
             raise ConfigError(f"ViewSpec.crop_pct must lie in (0, 1], got {self.crop_pct!r}")
         put("crop_pct", crop_pct)
+        self._check_format3(put)
+
+    def _check_format3(self, put: Any) -> None:
+        from kdcache.augment._autoaug import parse_auto_augment  # the op family owns its config string
+
+        _choice("crop", self.crop, CROP_MODES)
+        if isinstance(self.padding, bool) or not isinstance(self.padding, int) or self.padding < 0:
+            raise ConfigError(f"ViewSpec.padding must be a non-negative integer, got {self.padding!r}")
+        _choice("padding_mode", self.padding_mode, PAD_MODES)
+        if self.crop == "pad" and self.padding_mode in ("reflect", "symmetric") and self.padding >= self.size:
+            raise ConfigError(f"ViewSpec.padding {self.padding} is too large for {self.padding_mode} padding of a "
+                              f"{self.size}-pixel view: it must be smaller than the view size")
+        if not isinstance(self.auto_augment, str):
+            raise ConfigError(f"ViewSpec.auto_augment must be a string, got {self.auto_augment!r}")
+        parse_auto_augment(self.auto_augment)  # raises ConfigError naming the bad part
+        cj = _numbers("color_jitter", self.color_jitter, 4)
+        if min(cj) < 0.0 or cj[3] > 0.5:
+            raise ConfigError(f"ViewSpec.color_jitter must be non-negative with hue <= 0.5, got {self.color_jitter!r}")
+        put("color_jitter", cj)
+        if not isinstance(self.three_augment, bool):
+            raise ConfigError(f"ViewSpec.three_augment must be true or false, got {self.three_augment!r}")
+        put("reprob", _probability("reprob", self.reprob))
+        _choice("remode", self.remode, ERASE_MODES)
+        if isinstance(self.recount, bool) or not isinstance(self.recount, int) or not 1 <= self.recount <= 16:
+            raise ConfigError(f"ViewSpec.recount must be an integer in [1, 16], got {self.recount!r}")
+        area = _numbers("re_area", self.re_area, 2)
+        if not 0.0 < area[0] <= area[1] <= 1.0:
+            raise ConfigError(f"ViewSpec.re_area must satisfy 0 < min <= max <= 1, got {self.re_area!r}")
+        put("re_area", area)
+        aspect = _numbers("re_aspect", self.re_aspect, 2)
+        if not 0.0 < aspect[0] <= aspect[1]:
+            raise ConfigError(f"ViewSpec.re_aspect must satisfy 0 < min <= max, got {self.re_aspect!r}")
+        put("re_aspect", aspect)
 
     @property
     def eval_resize(self) -> int:
@@ -154,8 +218,18 @@ class ViewSpec:
         return d
 
     def replay_dict(self) -> dict[str, Any]:
-        """:meth:`to_dict` without the eval-only settings: what determines a training view (cache identity)."""
-        return {k: v for k, v in self.to_dict().items() if k not in EVAL_ONLY_FIELDS}
+        """:meth:`to_dict` without the eval-only settings: what determines a training view (cache identity).
+
+        Format-3 settings at their defaults are left out, so a spec without them has the identity it had
+        before they existed (older caches keep their fingerprint and can grow)."""
+        defaults = _defaults()
+        return {k: v for k, v in self.to_dict().items()
+                if k not in EVAL_ONLY_FIELDS and not (k in FORMAT3_FIELDS and v == defaults[k])}
+
+    @property
+    def is_strong(self) -> bool:
+        """Whether the spec uses any op beyond crop, flip and mixing (cache format 3)."""
+        return any(k in FORMAT3_FIELDS for k in self.replay_dict())
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ViewSpec:
@@ -169,3 +243,8 @@ class ViewSpec:
             if name in d and isinstance(d[name], list):
                 d[name] = tuple(d[name])
         return cls(**d)
+
+
+@functools.lru_cache(maxsize=1)
+def _defaults() -> dict[str, Any]:
+    return ViewSpec().to_dict()

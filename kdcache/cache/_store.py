@@ -48,7 +48,9 @@ from kdcache.errors import (
 
 __all__ = ["CacheStore", "FORMAT_VERSION", "DEFAULT_BLOCK_SIZE", "is_url"]
 
-FORMAT_VERSION = 2  # 2: no `view_seed` array (derived); format-1 caches stay readable and writable
+# 2: no `view_seed` array (derived); 3: per-sample op arrays (auto-augment, colour, erasing), pad-crop.
+# Format-1 and -2 caches stay readable and writable.
+FORMAT_VERSION = 3
 DEFAULT_BLOCK_SIZE = 1024
 _PROTOTYPE = default_buffer_prototype()
 # Chosen by measurement (bench/storage.py's codec table). Blosc(zstd) with byte shuffle: float16 logits

@@ -42,7 +42,8 @@ from kdcache._views import (
     identity_collate,
     resolve_view_sources,
 )
-from kdcache.augment import ViewParams, ViewPipeline, ViewSpec, param_array_specs
+from kdcache.augment import ViewParams, ViewPipeline, ViewSpec, kernel_versions, param_array_specs
+from kdcache.augment._ops import pad_canvas
 from kdcache.cache import CacheIdentity, CacheStore, TargetMode, dataset_identity, is_url
 from kdcache.cache._info import label_agreement
 from kdcache.cache._integrity import scan_cache
@@ -96,6 +97,8 @@ class DumpSummary:
 def unit_layout(mode: TargetMode, spec: ViewSpec, ds) -> UnitLayout:
     """A new cache's unit layout; crop boxes narrowed when every image has the same, known shape."""
     side = ds.max_side()
+    if side is not None and spec.crop == "pad":
+        side = max(pad_canvas(spec, ds.image_size(0)))  # offsets into the resized, padded image
     return UnitLayout.build(mode, ds.num_classes, param_array_specs(spec),
                             max_coordinate=None if side is None else max(side, spec.size))
 
@@ -343,6 +346,8 @@ def _dump(cfg: DumpConfig, mode: TargetMode, ctx: DistContext, *, progress: bool
         "teacher": teacher.describe(),
         "dataset": {**ds.describe(), "source": ds.source},
         "config": cfg.to_dict(),
+        # the kernels' versions: replay on other versions may drift (verify reports by how much)
+        "software": kernel_versions(),
     }
     # Rank 0 alone touches metadata; the others wait, then open what it made (or fail with it).
     error = None

@@ -34,6 +34,7 @@ from kdcache._runtime import DistContext, select_device
 from kdcache._teacher import TeacherSpec
 from kdcache._views import EvalViews, FlatBatches, ReplayViews, ViewDraws, identity_collate, resolve_view_spec
 from kdcache.augment import ViewPipeline, ViewSpec
+from kdcache.augment._presets import expand_preset
 from kdcache.cache import CacheStore
 from kdcache.data import DataConfig
 from kdcache.errors import CacheMismatchError, CheckpointError, ConfigError, KdcacheError
@@ -332,9 +333,6 @@ def train_student(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str
     if online and cfg.views_per_image > 1:
         raise ConfigError("`views_per_image` replays several cached views per decode; an online teacher draws "
                           "fresh views instead: use it with `cache` only")
-    if cfg.cache and cfg.view:
-        raise ConfigError(f"view options conflict with `cache`: the views are the cache's ({cfg.cache}); "
-                          "drop them, or drop `cache` to draw views from the online teacher's input")
     ctx = DistContext.from_env(cfg.device)
     try:
         with _run_directory(cfg, ctx):
@@ -342,6 +340,7 @@ def train_student(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str
             ds = cfg.data.open().preload()  # resident before forking workers: one shared copy
             meta: dict[str, Any] = {"class_names": list(ds.class_names)}
             if store is not None:
+                _check_asked_views(cfg, store)
                 store.check_dataset(ds)
                 meta["cache_fingerprint"] = store.identity.fingerprint
             teacher = None
@@ -368,6 +367,38 @@ def train_student(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str
             return run.fit(epoch_data, np.asarray(ds.labels, dtype=np.int64), val, progress)
     finally:
         ctx.close()
+
+
+def _check_asked_views(cfg: TrainConfig, store: CacheStore) -> None:
+    """View options (or a preset) given with `cache` must describe the cache's own views: they cannot change
+    them, so any that differ are refused by name."""
+    if not cfg.view:
+        return
+    preset, explicit, name = expand_preset(cfg.view)
+    asked = {**{k: (v, f"`preset` {name}") for k, v in preset.items()},
+             **{k: (v, f"`{k}`") for k, v in explicit.items()}}
+    have = ViewSpec.from_dict(store.identity.view_spec).to_dict()
+    differ = []
+    for k, (v, src) in asked.items():
+        want = list(v) if isinstance(v, tuple) else v
+        if k not in have or not _same_setting(have[k], want):
+            differ.append(f"{k} {_fmt_setting(want)} (asked by {src}) != {_fmt_setting(have.get(k))} (cache)")
+    if differ:
+        raise ConfigError(f"view options conflict with `cache`: the views are the cache's ({cfg.cache}): "
+                          f"{'; '.join(differ)}; drop them, or drop `cache` to draw views from the online "
+                          "teacher's input")
+
+
+def _same_setting(a: Any, b: Any) -> bool:
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same_setting(x, y) for x, y in zip(a, b))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return abs(float(a) - float(b)) <= 1e-9 * max(1.0, abs(float(a)))
+    return a == b
+
+
+def _fmt_setting(v: Any) -> str:
+    return " ".join(f"{x:.4g}" for x in v) if isinstance(v, list) else str(v)
 
 
 # train-student warns from this many replays of each cached view (epochs / views) on

@@ -7,7 +7,7 @@ dataset: 2 views, seed 3, 16 px, blocks of 16; ``v1_topk_cache.zarr`` the same w
 - extending it keeps its format;
 - its stored ``view_seed`` values are exactly what ``derive_view_seed(seed, key, view)`` recomputes, the
   derivation that format 2 relies on instead of storing them;
-- a new cache is format 2, without the array;
+- a new cache is format 3 (format 2 without the array; tests/cache/test_format_v2.py for format 2);
 - the format-1 top-k cache reads back its raw float16 values, verifies, trains and grows in its own encoding.
 """
 
@@ -34,7 +34,7 @@ def test_a_format_1_cache_opens_verifies_trains_and_stays_format_1(tmp_path, tin
     cache, data, teacher = str(tmp_path / "v1.zarr"), tiny_h5, str(FIXTURES / "v1_teacher.pt")
     shutil.copytree(FIXTURES / "v1_cache.zarr", cache)  # tiny_h5 is make_h5's dataset, the one it was made from
     store = CacheStore.open(cache)
-    assert FORMAT_VERSION == 2 and store.attrs["kdcache_format"] == 1
+    assert FORMAT_VERSION == 3 and store.attrs["kdcache_format"] == 1
     assert "view_seed" in store.layout.names and "view_seed" in store.layout.replay_names
     seeds = store.read_array("view_seed")
     assert seeds.shape == (48, 2)
@@ -57,9 +57,9 @@ def test_a_format_1_cache_opens_verifies_trains_and_stays_format_1(tmp_path, tin
                         device="cpu")["ok"]
 
 
-def test_a_new_cache_is_format_2_without_view_seeds(tmp_path, make_cache):
+def test_a_new_cache_is_format_3_without_view_seeds(tmp_path, make_cache):
     store = CacheStore.open(make_cache(2, 16))
-    assert store.attrs["kdcache_format"] == 2
+    assert store.attrs["kdcache_format"] == 3
     assert "view_seed" not in store.layout.names and "view_seed" not in store.view_array_names
 
 

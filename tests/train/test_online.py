@@ -152,11 +152,15 @@ def test_online_with_a_cache_uses_its_views_and_resume_keeps_the_teacher(tmp_pat
                                              "resume": True}), progress=False, log=lambda _m: None)
 
 
-def test_online_config_errors(tmp_path, tiny_h5, small_teacher):
+def test_online_config_errors(tmp_path, tiny_h5, small_teacher, make_cache):
     spec = TeacherSpec(name="cnn_small", weights=small_teacher)
     with pytest.raises(ConfigError, match="cache"):
         train_student(_cfg(tmp_path, tiny_h5, "a"), progress=False)
     with pytest.raises(ConfigError, match="only used for distillation"):
         train_student(_cfg(tmp_path, tiny_h5, "b", teacher=spec, loss=LossConfig(distill="none")), progress=False)
-    with pytest.raises(ConfigError, match="conflict with `cache`"):
-        train_student(_cfg(tmp_path, tiny_h5, "c", teacher=spec, cache="x.zarr", view={"size": 8}), progress=False)
+    cache = make_cache(2, 16)
+    with pytest.raises(ConfigError, match=r"conflict with `cache`.*size 8 \(asked by `size`\) != 16 \(cache\)"):
+        train_student(_cfg(tmp_path, tiny_h5, "c", teacher=spec, cache=cache, view={"size": 8}), progress=False)
+    # a preset that asks for other views than the cache's is refused, naming each differing option
+    with pytest.raises(ConfigError, match=r"crop pad \(asked by `preset` cifar\) != rrc \(cache\)"):
+        train_student(_cfg(tmp_path, tiny_h5, "d", cache=cache, view={"preset": "cifar"}), progress=False)
