@@ -30,6 +30,7 @@ def info_cmd(cache, as_json, storage_options):
         f"input {t.get('input_size')})\n"
         f"dataset      {d.get('source')} [{d.get('split')}], {i['num_samples']} samples, {i['num_classes']} classes\n"
         f"views        {i['num_views']} per sample, seed {i['seed']}, size {v.get('spec', {}).get('size')}\n"
+        f"augment      {i['view_ops']}{' (preset ' + i['view_preset'] + ')' if i['view_preset'] else ''}\n"
         f"targets      {i['targets']}\n"
         f"coverage     {100 * i['done_fraction']:.1f}% done ({i['views_done']} views; per view index: "
         f"{i['views_done_per_view']})\n"

@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from kdcache.augment import ViewParams, ViewPipeline, ViewSpec, derive_view_seed
+from kdcache.augment._describe import summarize_spec
 from kdcache.augment._presets import expand_preset
 from kdcache.errors import ConfigError
 
@@ -74,8 +75,9 @@ def describe_view_sources(spec: ViewSpec, sources: Mapping[str, str]) -> str:
     groups: dict[str, list[str]] = {}
     for k in _INPUT_KEYS:
         groups.setdefault(sources[k], []).append(fmt(k))
-    return "view input: " + "; ".join(f"{', '.join(items)} (from {src})" if not src.startswith("set")
-                                      else f"{', '.join(items)} ({src})" for src, items in groups.items())
+    return ("view input: " + "; ".join(f"{', '.join(items)} (from {src})" if not src.startswith("set")
+                                       else f"{', '.join(items)} ({src})" for src, items in groups.items())
+            + f"\nview ops: {summarize_spec(spec)}")
 
 
 def _images_for(dataset, indices: Sequence[int]) -> dict[int, torch.Tensor]:

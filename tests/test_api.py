@@ -26,10 +26,11 @@ from kdcache.engine._verify import default_atol
 BLOCK = 16
 
 
-def _dump(data: str, teacher: str, out, *, mix: str = "none", targets: str = "full", views: int = 3) -> str:
+def _dump(data: str, teacher: str, out, *, mix: str = "none", targets: str = "full", views: int = 3,
+          view: dict | None = None) -> str:
     cfg = kdcache.DumpConfig(data=kdcache.DataConfig(source=data), out=str(out),
                              teacher=kdcache.TeacherSpec(weights=teacher), views=views, seed=7,
-                             targets=targets, view={"size": 16, "mix": mix}, batch_size=8, workers=0,
+                             targets=targets, view={"size": 16, "mix": mix, **(view or {})}, batch_size=8, workers=0,
                              block_size=BLOCK)
     kdcache.dump_teacher(cfg, progress=False, log=lambda _m: None)
     return str(out)
@@ -104,10 +105,14 @@ def _ranks_epoch(ds: kdcache.CacheDataset, epoch: int, *, batch_size: int = 5, w
         yield from DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers)
 
 
-@pytest.mark.parametrize("mix,targets", [("none", "full"), ("both", "topk:2")])
+_STRONG = {"crop": "pad", "padding": 2, "auto_augment": "rand-m9-mstd0.5-inc1", "reprob": 0.5, "remode": "pixel"}
+
+
+@pytest.mark.parametrize("mix,targets,view", [("none", "full", None), ("both", "topk:2", None),
+                                              ("both", "full", _STRONG)])
 def test_dataset_replays_what_the_teacher_saw_through_workers_and_ranks(tmp_path, tiny_h5, tiny_teacher, mix,
-                                                                        targets):
-    path = _dump(tiny_h5, tiny_teacher, tmp_path / "c.zarr", mix=mix, targets=targets)
+                                                                        targets, view):
+    path = _dump(tiny_h5, tiny_teacher, tmp_path / "c.zarr", mix=mix, targets=targets, view=view)
     store = kdcache.open_cache(path)
     teacher = kdcache.load_checkpoint(tiny_teacher)[0].eval()
     replay = store.layout.replay_names

@@ -12,7 +12,7 @@ from kdcache.augment._op import build_ops
 from kdcache.augment._params import param_array_specs
 from kdcache.augment._spec import ViewSpec
 
-__all__ = ["describe_spec", "kernel_versions"]
+__all__ = ["describe_spec", "kernel_versions", "summarize_spec"]
 
 _TVF = "torchvision.transforms.v2.functional"
 
@@ -154,3 +154,20 @@ def kernel_versions() -> dict[str, str]:
     import torchvision
 
     return {"torch": torch.__version__, "torchvision": torchvision.__version__, "numpy": numpy.__version__}
+
+
+def summarize_spec(spec: ViewSpec) -> str:
+    """One line naming a training view's ops in order, e.g. ``pad-crop 4 zero, flip 0.5, rand-m9-mstd0.5-inc1``."""
+    parts = [f"pad-crop {spec.padding} {spec.padding_mode}" if spec.crop == "pad" else
+             f"resized-crop {spec.scale[0]:g}-{spec.scale[1]:g}", f"flip {spec.flip_prob:g}"]
+    if spec.auto_augment != "none":
+        parts.append(spec.auto_augment)
+    if spec.three_augment:
+        parts.append("3-augment")
+    if any(spec.color_jitter):
+        parts.append("color-jitter " + " ".join(f"{v:g}" for v in spec.color_jitter))
+    if spec.reprob > 0:
+        parts.append(f"erasing {spec.reprob:g} {spec.remode} x{spec.recount}")
+    if spec.is_mixed:
+        parts.append(f"mix {spec.mix} {spec.mix_prob:g}")
+    return f"{', '.join(parts)} ({spec.interpolation})"

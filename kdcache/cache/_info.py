@@ -40,6 +40,9 @@ def cache_info(path: str, *, storage_options: dict[str, Any] | None = None) -> d
         "teacher": a.get("teacher", {}),
         "dataset": a.get("dataset", {}),
         "view_spec": a.get("view_spec", {}),
+        "view_preset": ((a.get("config") or {}).get("view") or {}).get("preset"),
+        "view_ops": _view_ops(store),
+        "software": a.get("software"),
         "seed": store.identity.seed,
         "done_fraction": float(done.mean()) if done.size else 0.0,
         "views_done": n_views_done,
@@ -49,6 +52,13 @@ def cache_info(path: str, *, storage_options: dict[str, Any] | None = None) -> d
         "arrays": per_array,
         "label_agreement": label_agreement(store, done),
     }
+
+
+def _view_ops(store: CacheStore) -> str:
+    from kdcache.augment import ViewSpec
+    from kdcache.augment._describe import summarize_spec
+
+    return summarize_spec(ViewSpec.from_dict(store.identity.view_spec))
 
 
 def label_agreement(store: CacheStore, done: np.ndarray) -> float | None:
