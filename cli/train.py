@@ -89,6 +89,10 @@ def _report(result: dict) -> None:
     click.option("--views-per-image", type=click.IntRange(min=1), default=1, show_default=True,
                  help="Replay M cached views from each decoded image (FKD's trick): one pass over the data "
                       "trains M epochs; --epochs must be a multiple of M."),
+    click.option("--repeated-views", type=click.IntRange(min=1), default=1, show_default=True,
+                 help="Repeated augmentation from the cache (DeiT's RASampler, at no teacher cost): each epoch "
+                      "trains on 1/R of the images (a new share every epoch), each with R of its cached views in "
+                      "R consecutive batches of one rank; an epoch keeps N samples. Excludes --views-per-image."),
     click.option("--target-memory-mb", type=click.IntRange(min=1), default=TrainConfig.target_memory_mb,
                  show_default=True,
                  help="Cached targets held in memory at once per process. An epoch whose targets fit is "
@@ -109,7 +113,7 @@ def _report(result: dict) -> None:
 @runtime_options
 @library_errors
 def train_student_cmd(cache, storage_options, teacher, teacher_weights, teacher_args, random_init, init_seed,
-                      views_per_image, target_memory_mb, student,
+                      views_per_image, repeated_views, target_memory_mb, student,
                       model_args, distill, no_distill, alpha, temperature, topk_fill, progress, **kw):
     """Train a student from a teacher cache, replaying each cached view exactly.
 
@@ -140,7 +144,8 @@ def train_student_cmd(cache, storage_options, teacher, teacher_weights, teacher_
                       label_smoothing=ls, topk_fill=topk_fill)
     cfg = TrainConfig(model=student, model_kwargs=parse_model_args(model_args), cache=cache, teacher=online,
                       loss=loss, view=view, storage_options=parse_key_values(storage_options) or None,
-                      views_per_image=views_per_image, target_memory_mb=target_memory_mb, **common)
+                      views_per_image=views_per_image, repeated_views=repeated_views,
+                      target_memory_mb=target_memory_mb, **common)
     _report(train_student(cfg, progress=progress, log=click.echo))
 
 

@@ -44,7 +44,7 @@ from kdcache.train._logging import MetricsLogger
 from kdcache.train._loop import evaluate, train_one_epoch
 from kdcache.train._losses import DistillationLoss, LossConfig
 from kdcache.train._schedule import epoch_views
-from kdcache.train._stream import StreamedTargets, plan_epoch, store_window, window_class_coverage
+from kdcache.train._stream import StreamedTargets, plan_epoch, store_window, truncate_plan, window_class_coverage
 from kdcache.train._targets import OnlineTargets, TargetSource
 
 __all__ = ["TrainConfig", "train_student", "train_teacher", "evaluate_checkpoint", "evaluate_model", "build_scheduler"]
@@ -79,16 +79,21 @@ class TrainConfig(ConfigBase):
     storage_options: dict[str, Any] | None = None
     views_per_image: int = 1            # cached students: M cached views from each decoded image (FKD)
     target_memory_mb: int = 1024        # cached students: targets resident at once per rank (streamed in windows)
+    repeated_views: int = 1             # cached students: each epoch N/R images x R of their cached views (DeiT's RA)
 
     def __post_init__(self):
         super().__post_init__()
-        for name in ("epochs", "batch_size", "views_per_image", "target_memory_mb"):
+        for name in ("epochs", "batch_size", "views_per_image", "target_memory_mb", "repeated_views"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"`{name}` must be >= 1, got {getattr(self, name)!r}")
         m = self.views_per_image
         if m > 1 and self.epochs % m:
             raise ConfigError(f"`epochs` ({self.epochs}) must be a multiple of `views_per_image` ({m}): "
                               f"each pass over the decoded images trains {m} epochs' worth of views")
+        if m > 1 and self.repeated_views > 1:
+            raise ConfigError("`repeated_views` and `views_per_image` both replay several cached views of each "
+                              "decoded image; choose one: `repeated_views` R keeps an epoch at N samples "
+                              "(N/R images x R views), `views_per_image` M trains M epochs per pass")
         if self.lr <= 0 or self.warmup_epochs < 0 or self.workers < 0:
             raise ConfigError("lr must be > 0, warmup epochs and workers >= 0")
         if self.resume and self.overwrite:
@@ -330,6 +335,9 @@ def train_student(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str
     if online and cfg.loss.distill == "none":
         raise ConfigError("`teacher` (an online teacher) is only used for distillation; choose soft or hard "
                           "distillation, or drop it to train from labels")
+    if online and cfg.repeated_views > 1:
+        raise ConfigError("`repeated_views` replays several cached views of an image at no teacher cost; an online "
+                          "teacher draws fresh views instead: use it with `cache` only")
     if online and cfg.views_per_image > 1:
         raise ConfigError("`views_per_image` replays several cached views per decode; an online teacher draws "
                           "fresh views instead: use it with `cache` only")
@@ -414,7 +422,8 @@ def _cached_epochs(store: CacheStore, ds, pipeline: ViewPipeline, cfg: TrainConf
     ``target_memory_mb`` of them; when the rank's targets fit, one window covers them all.
     """
     distill = cfg.loss.distill != "none"
-    m = cfg.views_per_image
+    r = cfg.repeated_views
+    m = cfg.views_per_image * r  # slots: views replayed from each decode
     log = log or _quiet
     warned = []
 
@@ -422,15 +431,23 @@ def _cached_epochs(store: CacheStore, ds, pipeline: ViewPipeline, cfg: TrainConf
         # Reopen each epoch: views another process added (and marked done) become eligible.
         store = CacheStore.open(cfg.cache, mode="r", storage_options=cfg.storage_options)
         done = store.done_units()
-        # Epochs epoch..epoch+m-1 train on the views epoch_views picks for them, whatever m is.
-        views = [epoch_views(done, epoch=epoch + j, seed=cfg.seed) for j in range(m)]
+        # Epochs epoch..epoch+m-1 train on the views epoch_views picks for them, whatever m is; with repeated
+        # views epoch e trains on the R views epoch_views picks for e*R .. e*R+R-1 (distinct within a cycle).
+        first = epoch * r if r > 1 else epoch
+        views = [epoch_views(done, epoch=first + j, seed=cfg.seed) for j in range(m)]
         layout = store.layout
         # only streamed targets need windows: a labels-only run shuffles its whole share
         window = store_window(store, cfg.target_memory_mb, m) if distill else store.num_blocks
         plan = plan_epoch(len(ds), store.block_size, epoch=epoch, seed=cfg.seed, batch_size=cfg.batch_size,
                           window=window, rank=ctx.rank, world_size=ctx.world_size)
+        if r > 1:  # the head of this rank's order: 1/R of its samples, each with R of its views
+            plan = truncate_plan(plan, -(-sum(len(b) for b in plan.batches) // r), store.block_size,
+                                 cfg.batch_size)
         if not warned:
             warned.append(True)
+            if r > store.num_views:
+                log(f"warning: --repeated-views {r} over {store.num_views} cached view(s): an image repeats views "
+                    "within an epoch; grow the cache with `kdcache dump-teacher --add-views N`")
             replays = cfg.epochs / max(1, store.num_views)
             if replays >= REPLAYS_WARN:
                 log(f"warning: {cfg.epochs} epochs over {store.num_views} cached view(s) replay each view about "

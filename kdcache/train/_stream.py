@@ -32,7 +32,7 @@ import torch
 from kdcache._views import ViewBatch
 from kdcache.cache._targets import decode_targets
 
-__all__ = ["EpochPlan", "plan_epoch", "window_blocks", "store_window", "window_class_coverage", "StreamedTargets"]
+__all__ = ["EpochPlan", "plan_epoch", "truncate_plan", "window_blocks", "store_window", "window_class_coverage", "StreamedTargets"]
 
 _READ_GROUP = 2  # blocks read at a time while a window is assembled (their transient copies count too)
 
@@ -83,6 +83,23 @@ def plan_epoch(num_samples: int, block_size: int, *, epoch: int, seed: int, batc
     flat = np.concatenate(parts) if parts else np.zeros(0, np.int64)
     return EpochPlan(batches=[flat[i:i + batch_size].tolist() for i in range(0, len(flat), batch_size)],
                      windows=windows)
+
+
+def truncate_plan(plan: EpochPlan, keep: int, block_size: int, batch_size: int) -> EpochPlan:
+    """The first ``keep`` samples of ``plan`` (in its order), rebatched, with the windows that hold them.
+
+    Repeated views train an epoch on a share of the samples, each with several of its views: the share is
+    the head of the rank's seeded, window-shuffled order, so it changes every epoch."""
+    order = [i for b in plan.batches for i in b][:max(0, int(keep))]
+    windows, start = [], 0
+    for w in plan.windows:
+        if start >= len(order):
+            break
+        part = np.asarray(order[start:start + sum(w.values())], dtype=np.int64)
+        blocks, counts = np.unique(part // block_size, return_counts=True)
+        windows.append(dict(zip(blocks.tolist(), counts.tolist())))
+        start += len(part)
+    return EpochPlan(batches=[order[i:i + batch_size] for i in range(0, len(order), batch_size)], windows=windows)
 
 
 def window_blocks(memory_bytes: int, bytes_per_block: int, num_blocks: int) -> int:
