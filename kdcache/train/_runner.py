@@ -44,7 +44,13 @@ from kdcache.train._logging import MetricsLogger
 from kdcache.train._loop import evaluate, train_one_epoch
 from kdcache.train._losses import DistillationLoss, LossConfig
 from kdcache.train._schedule import epoch_views
-from kdcache.train._stream import StreamedTargets, plan_epoch, store_window, truncate_plan, window_class_coverage
+from kdcache.train._stream import (
+    StreamedTargets,
+    plan_epoch,
+    store_window,
+    truncate_plan,
+    window_class_coverage,
+)
 from kdcache.train._targets import OnlineTargets, TargetSource
 
 __all__ = ["TrainConfig", "train_student", "train_teacher", "evaluate_checkpoint", "evaluate_model", "build_scheduler"]

@@ -56,7 +56,7 @@ def test_each_epoch_is_a_share_of_the_images_with_r_views_each(tmp_path, tiny_h5
             (b0, _, _), (b1, _, _) = batches[k], batches[k + 1]
             assert list(b0.indices) == list(b1.indices) and (b0.slot, b1.slot) == (0, 1)
             assert any(p.crop != q.crop for p, q in zip(b0.params, b1.params))
-        for b, images, t in batches:
+        for _, images, t in batches:
             with torch.inference_mode():
                 fresh = teacher(images)
             assert float((fresh - t["logits"]).abs().max()) <= default_atol(float(fresh.abs().max()))
