@@ -83,6 +83,11 @@ def verify_cmd(cache, teacher, teacher_weights, teacher_args, random_init, init_
                    f"max diff   {diff}\nargmax     {agree} agree\n"
                    f"NaN/Inf    {r['nonfinite_targets']} in cached targets\n"
                    f"coverage   {100 * r['coverage']:.2f}% done")
+        sw = r["software"]
+        if sw["differs"]:
+            click.echo("software   replayed with " + ", ".join(f"{k} {sw['replay'][k]} (cache made with "
+                                                               f"{sw['dump'][k]})" for k in sw["differs"])
+                       + f": replay drifts by up to {diff}")
         _echo_damage(r)
     if not r["ok"]:
         raise click.ClickException("verification failed: " + "; ".join(r["failures"]))

@@ -35,7 +35,7 @@ import torch
 from kdcache._runtime import select_device
 from kdcache._teacher import TeacherSpec, build_teacher
 from kdcache._views import build_views
-from kdcache.augment import ViewPipeline, ViewSpec
+from kdcache.augment import ViewPipeline, ViewSpec, kernel_versions
 from kdcache.cache import CacheStore, TargetMode, canonical_json
 from kdcache.cache._integrity import scan_cache
 from kdcache.cache._targets import TOPK_STEP, decode_targets
@@ -153,7 +153,11 @@ def verify_cache(path: str, teacher: TeacherSpec, data: DataConfig | Mapping[str
         "seed": int(seed),
         "dumped_with_amp": bool(store.attrs.get("config", {}).get("amp", False)),
         "allow_incomplete": bool(allow_incomplete),
+        # the kernels' versions then and now: "max_abs_diff" is how far replay drifts when they differ
+        "software": {"dump": store.attrs.get("software"), "replay": kernel_versions()},
     }
+    report["software"]["differs"] = sorted(
+        k for k, v in (report["software"]["dump"] or {}).items() if report["software"]["replay"].get(k) != v)
     report.update(_compare(fresh, picked, pairs, mode, store.keys if len(pairs) else [], atol))
     report["failures"] = _failures(report)
     report["ok"] = not report["failures"]

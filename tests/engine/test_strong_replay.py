@@ -121,3 +121,22 @@ def test_torchrun_strong_dump_equals_a_one_process_dump_and_replays(world, tmp_p
     report = verify_cache(str(out), TeacherSpec(weights=world.teacher), DataConfig(source=world.data), samples=64,
                           device="cpu")
     assert report["ok"], report["failures"]
+
+
+def test_verify_reports_replay_drift_under_other_kernel_versions(tmp_path, tiny_h5, tiny_teacher):
+    import zarr
+    from click.testing import CliRunner
+    from kdcache.cli.main import cli
+
+    store = _dump(tiny_h5, tiny_teacher, tmp_path / "c.zarr", OPS["randaugment"], workers=0)
+    report = verify_cache(store.path, TeacherSpec(weights=tiny_teacher), DataConfig(source=tiny_h5), samples=16,
+                          device="cpu")
+    assert report["ok"] and report["software"]["differs"] == []
+    assert report["software"]["dump"] == report["software"]["replay"]
+    g = zarr.open_group(store.path, mode="r+")
+    g.attrs["software"] = {**g.attrs["software"], "torchvision": "0.0.1"}  # as if dumped on another version
+    res = CliRunner().invoke(cli, ["verify", store.path, "--teacher-weights", tiny_teacher, "--samples", "16",
+                                   "--data", tiny_h5])
+    assert res.exit_code == 0, res.output
+    assert "software   replayed with torchvision" in res.output and "(cache made with 0.0.1)" in res.output
+    assert "replay drifts by up to" in res.output
