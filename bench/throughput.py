@@ -177,7 +177,8 @@ def dump_modes(data: DataConfig, teacher_spec: TeacherSpec, ds, spec: ViewSpec, 
 
     def dump(r: int) -> float:
         cfg = DumpConfig(data=data, out=os.path.join(tmp, f"dump{r}.zarr"), teacher=teacher_spec, views=args.views,
-                         seed=r, view={"size": spec.size}, batch_size=args.batch_size, workers=args.workers,
+                         seed=r, view={"size": spec.size, "preset": args.view_preset}, batch_size=args.batch_size,
+                         workers=args.workers,
                          block_size=args.block_size, device="cpu")
         t0 = time.perf_counter()
         s = dump_teacher(cfg, progress=False, log=lambda _m: None)
@@ -288,6 +289,7 @@ def main() -> None:
     ap.add_argument("--teacher-weights", default=None, help="default: a seeded random initialisation")
     ap.add_argument("--student", default="resnet18")
     ap.add_argument("--views", type=int, default=8)
+    ap.add_argument("--view-preset", default=None, help="views of a kdcache preset (deit, deit-cifar, ...)")
     ap.add_argument("--views-per-image", type=int, default=4)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--block-size", type=int, default=256)
@@ -317,7 +319,7 @@ def main() -> None:
         else:
             teacher_spec = TeacherSpec(name=args.teacher, weights=args.teacher_weights)
         teacher = build_teacher(teacher_spec, num_classes=ds.num_classes)
-        spec = resolve_view_spec(teacher.cfg, {"size": args.size})
+        spec = resolve_view_spec(teacher.cfg, {"size": args.size, "preset": args.view_preset})
         if "train" in args.parts:
             cache = os.path.join(tmp, "cache.zarr")
             dump_teacher(DumpConfig(data=data, out=cache, teacher=teacher_spec, views=args.views,

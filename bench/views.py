@@ -8,7 +8,8 @@ Three modes build the same recipe per image, in one process, from decoded source
   ``train-student`` does per sample);
 * ``draw``: kdcache drawing the parameters and building the view (``make_params`` + ``apply``: the dump).
 
-Decoding is included in every mode (PIL for timm, kdcache's source for kdcache), MixUp/CutMix is not (timm
+timm's Posterize with 0 bits is patched to give a black image (Pillow >= 10 refuses 0 bits, which timm's
+``inc1`` posterize reaches at magnitude 10). Decoding is included in every mode (PIL for timm, kdcache's source for kdcache), MixUp/CutMix is not (timm
 mixes batches). Modes alternate round by round (a b c a b c ...); the table gives the median images/s and
 the ratio to timm.
 
@@ -46,6 +47,12 @@ def main() -> None:
     torch.set_num_threads(1)  # one worker core, as a DataLoader worker has
 
     import timm.data
+    from PIL import ImageOps
+
+    # timm's PosterizeIncreasing keeps 0 bits at magnitude 10 (reached under mstd0.5), which Pillow >= 10
+    # refuses ("bits must be between or equal to 1 and 8"): 0 bits is a black image, as torchvision gives
+    posterize = ImageOps.posterize
+    ImageOps.posterize = lambda img, bits: Image.new(img.mode, img.size) if bits == 0 else posterize(img, bits)
 
     ds = open_dataset(args.data, limit=args.images).preload()  # decoded once: the modes compare the views
     n = len(ds)
