@@ -62,11 +62,13 @@ def _teacher_on_replay(store, teacher_path, tiny_h5, *, workers, epoch):
 
 @pytest.mark.parametrize("name", list(OPS))
 def test_teacher_on_replayed_strong_views_matches_the_cache(tmp_path, tiny_h5, tiny_teacher, name):
-    store = _dump(tiny_h5, tiny_teacher, tmp_path / "c.zarr", OPS[name])
+    # dumps with 2 workers for the combined specs (each op alone: in-process, faster)
+    store = _dump(tiny_h5, tiny_teacher, tmp_path / "c.zarr", OPS[name],
+                  workers=2 if name in ("all-mixed", "deit-cifar") else 0)
     spec = ViewSpec.from_dict(store.identity.view_spec)
     assert spec.is_strong or name == "bicubic"
     assert store.attrs["kdcache_format"] == 3
-    for workers, epoch in ((0, 0), (2, 1)):
+    for workers, epoch in ((0, 0), (2, 1)) if name in ("all-mixed", "deit-cifar", "randaugment") else ((0, 1),):
         replayed, cached = _teacher_on_replay(store, tiny_teacher, tiny_h5, workers=workers, epoch=epoch)
         assert np.abs(replayed - cached).max() <= default_atol(float(np.abs(replayed).max()))
 
@@ -140,3 +142,21 @@ def test_verify_reports_replay_drift_under_other_kernel_versions(tmp_path, tiny_
     assert res.exit_code == 0, res.output
     assert "software   replayed with torchvision" in res.output and "(cache made with 0.0.1)" in res.output
     assert "replay drifts by up to" in res.output
+
+
+def test_the_online_reference_and_teacher_training_draw_the_preset_views(tmp_path, tiny_h5, tiny_teacher):
+    from kdcache.models._checkpoint import load_checkpoint
+    from kdcache.train import train_teacher
+
+    view = {"preset": "deit-cifar", "padding": 2, "size": 16}
+    online = TrainConfig(data=DataConfig(source=tiny_h5), out=str(tmp_path / "online"), model="cnn_tiny",
+                         teacher=TeacherSpec(weights=tiny_teacher), view=view, epochs=1, batch_size=16, workers=0,
+                         val_split=None, device="cpu", loss=LossConfig(distill="hard"))
+    train_student(online, progress=False, log=lambda _m: None)
+    teacher = TrainConfig(data=DataConfig(source=tiny_h5), out=str(tmp_path / "teacher"), model="cnn_tiny",
+                          view=view, epochs=1, batch_size=16, workers=0, val_split=None, device="cpu")
+    train_teacher(teacher, progress=False, log=lambda _m: None)
+    for run in ("online", "teacher"):
+        spec = load_checkpoint(str(tmp_path / run / "last.pt"))[1]["view_spec"]
+        assert (spec["crop"], spec["padding"], spec["auto_augment"], spec["reprob"], spec["mix"]) == \
+               ("pad", 2, "rand-m9-mstd0.5-inc1", 0.25, "both"), run
