@@ -37,6 +37,7 @@ from zarr.core.sync import sync
 from kdcache.cache._damage import Damage, damage_error
 from kdcache.cache._identity import CacheIdentity, dataset_differences
 from kdcache.cache._layout import UnitLayout
+from kdcache.cache._remote import storage_error
 from kdcache.cache._targets import TargetMode
 from kdcache.errors import (
     CacheDamagedError,
@@ -190,6 +191,11 @@ class CacheStore:
             raise CacheNotFoundError(f"cache not found: {path}") from e
         except (ValueError, zarr.errors.BaseZarrError) as e:
             raise CacheNotFoundError(f"{path} is not a Zarr group ({e})") from e
+        except Exception as e:  # noqa: BLE001 - an fsspec back end's client errors (endpoint, credentials)
+            err = storage_error(path, e, storage_options) if is_url(path) else None
+            if err is None:
+                raise
+            raise err from e
         attrs = dict(g.attrs)
         if "kdcache_format" not in attrs:
             raise CacheNotFoundError(f"{path} is a Zarr group but not a kdcache cache (no 'kdcache_format')")
@@ -215,6 +221,11 @@ class CacheStore:
             return None
         except (ValueError, zarr.errors.BaseZarrError) as e:
             raise CacheError(f"{path} exists but is not a Zarr group ({e}); refusing to touch it") from e
+        except Exception as e:  # noqa: BLE001 - an fsspec back end's client errors (endpoint, credentials)
+            err = storage_error(path, e, storage_options) if is_url(path) else None
+            if err is None:
+                raise
+            raise err from e
 
     def check_dataset(self, ds) -> None:
         """Refuse a dataset other than the one the cache was made from (or another split / subset)."""
