@@ -24,7 +24,7 @@ from engine_support import (
     wait_for,
 )
 from kdcache.cli.main import cli
-from s3_server import start_s3_server
+from s3_server import SECRET_KEY, start_s3_server
 
 from kdcache import CacheDataset
 from kdcache.cache import CacheStore
@@ -108,6 +108,11 @@ def test_a_cache_on_s3_dumps_reads_trains_verifies_and_grows(world, s3, s3_cache
     assert rep["ok"] and rep["samples_checked"] == 16
     cli_ok(*world.train_args(url, tmp_path / "run", epochs=1, steps=2), *opts)
     assert (tmp_path / "run" / "last.pt").is_file()
+    # credentials given as storage options are never recorded: not in the cache, not in the run
+    recorded = CacheStore.open(url, storage_options=so).attrs["config"]["storage_options"]
+    assert recorded == {"endpoint_url": s3.endpoint, "key": "<redacted>", "secret": "<redacted>"}
+    assert SECRET_KEY not in (tmp_path / "run" / "config.json").read_text()
+    assert SECRET_KEY.encode() not in (tmp_path / "run" / "last.pt").read_bytes()
     ds = CacheDataset(url, world.data, storage_options=so)
     local = CacheDataset(world.reference, world.data)
     for i in (0, 77):
