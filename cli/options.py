@@ -142,7 +142,8 @@ def data_options(*, split_default: str = "train", from_cache: bool = False) -> C
     return section(
         "Data",
         click.option("--data", "data", default=None if from_cache else "digits", show_default=not from_cache,
-                     help="Dataset: digits | hdf5:PATH | folder:PATH | cifar10:ROOT | hfds:PATH_OR_NAME[,OPTION=VALUE...]." + cached),
+                     help="Dataset: digits | hdf5:PATH | folder:PATH | cifar10:ROOT | "
+                          "hfds:PATH_OR_NAME[,OPTION=VALUE...] | wds:PATTERN." + cached),
         click.option("--split", default=None if from_cache else split_default, show_default=not from_cache,
                      help="Dataset split." + cached),
         click.option("--limit", type=click.IntRange(min=1), default=None,
