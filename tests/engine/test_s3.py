@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 
 import numpy as np
 import pytest
@@ -222,3 +223,31 @@ def _closed_port() -> int:
     from s3_server import free_port
 
     return free_port()  # bound and released: nothing listens there
+
+
+@pytest.mark.slow
+def test_two_torchrun_nodes_dump_into_one_s3_cache_equal_to_one_process(world, s3, tmp_path):
+    """The multi-machine shape on one machine: two torchrun nodes (--nnodes 2, rendezvous on 127.0.0.1),
+    two processes each, write disjoint blocks of one s3:// cache; it equals the one-process dump bit for bit."""
+    from s3_server import free_port
+
+    url, so = f"s3://{s3.new_bucket()}/c.zarr", s3.storage_options()
+    port = free_port()
+    nodes = []
+    for node in (0, 1):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(node),
+               "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(port),
+               "-m", "kdcache", *world.dump_args(url, extra=s3.cli_options())]
+        nodes.append(start(cmd, tmp_path, f"node{node}"))
+    try:
+        for p in nodes:
+            p.wait(timeout=400)
+    finally:
+        for p in nodes:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for p in nodes:
+        assert p.returncode == 0, logs(p)
+    assert_equal_to(url, so, world.reference)
+    assert CacheStore.open(url, storage_options=so).done_units().all()
