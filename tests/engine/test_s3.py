@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from engine_support import (
     BLOCK,
     VIEWS,
     assert_bitwise_equal,
+    check_snapshot,
     kdcache_cmd,
     logs,
     read_all_arrays,
@@ -251,3 +253,39 @@ def test_two_torchrun_nodes_dump_into_one_s3_cache_equal_to_one_process(world, s
         assert p.returncode == 0, logs(p)
     assert_equal_to(url, so, world.reference)
     assert CacheStore.open(url, storage_options=so).done_units().all()
+
+
+@pytest.mark.slow
+def test_two_students_read_an_s3_cache_while_a_dump_grows_it(world, s3, two_view_cache, tmp_path):
+    """As on disk (tests/engine/test_concurrent.py): two students train from the s3:// cache while --add-views
+    writes two more views; every snapshot a reader opens holds only finished views with their final bytes."""
+    url, so = f"s3://{s3.new_bucket()}/c.zarr", s3.storage_options()
+    s3.fs().put(two_view_cache, url, recursive=True)
+    ref = CacheStore.open(world.reference)
+    reference = {name: np.asarray(ref.array(name)[...]) for name in ref.view_array_names}
+    opts = s3.cli_options()
+    dump = start(kdcache_cmd(world.dump_args(url, views=None, extra=["--add-views", "2", *opts])), tmp_path, "add")
+    students = [start(kdcache_cmd(world.train_args(url, tmp_path / f"run{i}", epochs=2, seed=i) + opts),
+                      tmp_path, f"student{i}") for i in range(2)]
+    try:
+        seen = []
+        while dump.poll() is None:
+            seen.append(check_snapshot(url, reference, so))
+            time.sleep(0.1)
+        seen.append(check_snapshot(url, reference, so))
+        assert dump.returncode == 0, logs(dump)
+        for s in students:
+            s.wait(timeout=300)
+    finally:
+        for p in (dump, *students):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    blocks = world.num_units // VIEWS
+    assert any(v == 4 and 0 < n < 2 * blocks for v, n in seen), f"no intermediate state observed: {seen}"
+    assert seen[-1] == (4, 2 * blocks)
+    assert_equal_to(url, so, world.reference)
+    for i, s in enumerate(students):
+        assert s.returncode == 0, logs(s)
+        rows = [json.loads(line) for line in (tmp_path / f"run{i}" / "metrics.jsonl").read_text().splitlines()]
+        assert [r["epoch"] for r in rows] == [0, 1] and all(np.isfinite(r["train/loss"]) for r in rows)
