@@ -162,3 +162,19 @@ def test_random_access_in_dataloader_workers_and_pickles(tmp_path):
     clone = pickle.loads(pickle.dumps(ds))
     assert len(pickle.dumps(ds)) < 20_000  # the Arrow file travels by name, not by value
     assert clone.keys == ds.keys and torch.equal(clone[2][0], ds[2][0])
+
+
+def test_the_cli_reports_a_bad_hfds_source_in_one_line(tmp_path):
+    from click.testing import CliRunner
+    from kdcache.cli.main import cli
+
+    make_hf(3).save_to_disk(tmp_path / "ok")
+    for spec, message in ((f"hfds:{tmp_path / 'ok'},image=pic", "no column 'pic' for the images"),
+                          (f"hfds:{tmp_path / 'ok'},label=image", "holds"),
+                          ("hfds:someone/offline", "save it with save_to_disk")):
+        res = CliRunner().invoke(cli, ["dump-teacher", "--data", spec, "--teacher", "cnn_tiny", "--random-init",
+                                       "--out", str(tmp_path / "c.zarr"), "--no-progress", "--workers", "0"])
+        lines = [ln for ln in res.output.splitlines() if ln.strip()]
+        assert res.exit_code == 1 and len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], \
+            res.output
+        assert not (tmp_path / "c.zarr").exists()

@@ -133,3 +133,15 @@ def test_mixed_views_replay_exactly_and_changed_shards_are_refused(tmp_path):
     write_shards(tmp_path / "s", "train", 23, 7)
     with pytest.raises(CacheMismatchError, match="manifest"):
         CacheDataset(out, data)
+
+
+def test_the_cli_reports_a_bad_shard_in_one_line(tmp_path):
+    from click.testing import CliRunner
+    from kdcache.cli.main import cli
+
+    _tar(tmp_path / "s.tar", {"README": b"x", "a.png": encode(pixels(0)), "a.cls": b"0"})
+    res = CliRunner().invoke(cli, ["dump-teacher", "--data", f"wds:{tmp_path / 's.tar'}", "--teacher", "cnn_tiny",
+                                   "--random-init", "--out", str(tmp_path / "c.zarr"), "--no-progress"])
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code == 1 and len(lines) == 1, res.output
+    assert lines[0].startswith("Error: ") and "member 'README' has no extension" in lines[0]

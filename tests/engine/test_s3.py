@@ -180,12 +180,20 @@ def test_deleted_and_corrupted_objects_are_detected_and_repaired(world, s3, s3_c
 def test_unreachable_endpoint_and_missing_bucket_are_one_line_errors(s3):
     url = f"s3://{s3.new_bucket()}/c.zarr"
     dead = f"http://127.0.0.1:{_closed_port()}"
-    line = one_line_error(CliRunner().invoke(cli, ["info", url, *s3.cli_options(endpoint_url=dead)]))
-    assert line.startswith(f"Error: {url}: cannot connect to endpoint {dead}") and "endpoint_url" in line
+    # a real process, so that what Python prints at exit counts too: one line, no traceback
+    res = run(kdcache_cmd(["info", url, *s3.cli_options(endpoint_url=dead)]))
+    assert res.returncode == 1 and res.stdout == "", res.stdout
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith(f"Error: {url}: cannot connect to endpoint {dead}") and "endpoint_url" in lines[0]
     line = one_line_error(CliRunner().invoke(cli, ["info", "s3://no-such-bucket-kd/c.zarr", *s3.cli_options()]))
     assert line == "Error: cache not found: s3://no-such-bucket-kd/c.zarr"
     with pytest.raises(CacheNotFoundError):
         CacheStore.open(f"s3://{s3.new_bucket()}/absent.zarr", storage_options=s3.storage_options())
+    line = one_line_error(CliRunner().invoke(cli, ["dump-teacher", "--data", "digits", "--limit", "16", "--teacher",
+                                                   "cnn_tiny", "--random-init", "--out", "s3://no-such-bucket-kd/c.zarr",
+                                                   "--no-progress", "--workers", "0", *s3.cli_options()]))
+    assert line == "Error: cannot create s3://no-such-bucket-kd/c.zarr: The specified bucket does not exist"
 
 
 def test_wrong_credentials_are_a_one_line_error(world):
