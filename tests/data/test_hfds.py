@@ -178,3 +178,26 @@ def test_the_cli_reports_a_bad_hfds_source_in_one_line(tmp_path):
         assert res.exit_code == 1 and len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], \
             res.output
         assert not (tmp_path / "c.zarr").exists()
+
+
+def test_data_arg_appends_hfds_options_to_the_recorded_source(tmp_path):
+    from click.testing import CliRunner
+    from kdcache.cli.main import cli
+
+    from kdcache.cache import CacheStore
+
+    make_hf(6, classlabel=False, image_name="img", label_name="target").save_to_disk(tmp_path / "n")
+    out = str(tmp_path / "c.zarr")
+    base = ["--teacher", "cnn_tiny", "--random-init", "--out", out, "--views", "1", "--size", "8", "--workers", "0",
+            "--no-progress", "--block-size", "4"]
+    # --data-arg before or after --data, as click may process either first
+    res = CliRunner().invoke(cli, ["dump-teacher", "--data-arg", "label=target", "--data", f"hfds:{tmp_path / 'n'}",
+                                   "--data-arg", "id=none", *base])
+    assert res.exit_code == 0, res.output
+    source = f"hfds:{tmp_path / 'n'},label=target,id=none"
+    assert CacheStore.open(out).attrs["dataset"]["source"] == source
+    res = CliRunner().invoke(cli, ["verify", out, "--teacher", "cnn_tiny", "--random-init", "--samples", "4",
+                                   "--device", "cpu"])
+    assert res.exit_code == 0, res.output  # the cache's recorded source, options included
+    res = CliRunner().invoke(cli, ["dump-teacher", "--data", "digits", "--data-arg", "label=x", *base])
+    assert res.exit_code == 2 and "--data-arg applies to --data hfds:... only" in res.output
