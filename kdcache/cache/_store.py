@@ -175,7 +175,9 @@ class CacheStore:
             "view_arrays": layout.names,
         })
         g.attrs.put({**dict(g.attrs), **meta, "ready": True})
-        return cls(g, path, writable=True)
+        store = cls(g, path, writable=True)
+        store.storage_options = dict(storage_options or {})
+        return store
 
     @classmethod
     def open(cls, path: str, *, mode: str = "r", storage_options: Mapping[str, Any] | None = None
@@ -204,7 +206,9 @@ class CacheStore:
                              f"supports ({FORMAT_VERSION}); upgrade kdcache")
         if not attrs.get("ready"):
             raise CacheIncompleteError(f"{path}: cache creation was interrupted; rerun dump-teacher to recreate it")
-        return cls(g, path, writable=(mode == "r+"))
+        store = cls(g, path, writable=(mode == "r+"))
+        store.storage_options = dict(storage_options or {})  # for size queries through fsspec
+        return store
 
     @staticmethod
     def peek_attrs(path: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
@@ -605,7 +609,7 @@ class CacheStore:
         try:
             import fsspec
 
-            fs, p = fsspec.core.url_to_fs(self.path)
+            fs, p = fsspec.core.url_to_fs(self.path, **getattr(self, "storage_options", {}))
             return int(fs.du(p))
         except Exception:  # noqa: BLE001 - size is informational; some filesystems cannot report it
             return None

@@ -9,6 +9,7 @@ import json
 import signal
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -104,6 +105,9 @@ def test_a_cache_on_s3_dumps_reads_trains_verifies_and_grows(world, s3, s3_cache
     assert_equal_to(url, so, world.reference)  # the same bytes as the local uninterrupted dump
     info = json.loads(cli_ok("info", url, "--json", *opts).stdout)
     assert info["num_views"] == VIEWS and info["done_fraction"] == 1.0
+    local_bytes = sum(f.stat().st_size for f in Path(world.reference).rglob("*") if f.is_file())
+    # the objects' sizes, listed through the same storage options (zarr.json differs: its recorded `out`)
+    assert abs(info["bytes_on_disk"] - local_bytes) < 2048
     rep = json.loads(cli_ok("verify", url, "--integrity-only", "--json", *opts).stdout)
     assert rep["ok"] and rep["units_done"] == world.num_units
     rep = json.loads(cli_ok("verify", url, "--teacher-weights", world.teacher, "--samples", "16", "--json",
