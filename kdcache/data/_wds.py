@@ -8,7 +8,9 @@ a ``KEY`` (webdataset's ``__key__``: the member path up to the first dot of its 
 (``jpg``, ``jpeg``, ``png``, ``webp``) and a ``cls`` member holding the integer label as text.
 
 Opening scans every shard's tar headers once (seeking past the data; only ``cls`` members are read) and
-keeps, per sample, the shard and the byte range of its image: the index. Reading an image is then one
+keeps, per sample, the shard and the byte range of its image: the index. Each shard's index is saved beside
+it as ``SHARD.kdcache-index.json`` (when the folder is writable), stamped with the shard's size and
+modification time, so later opens read it instead of rescanning; a changed shard is scanned again. Reading an image is then one
 seek and one read in its shard, in any order and in any DataLoader worker (the index travels with the
 dataset; file handles are opened per read). Keys are the ``__key__`` values, unique over all shards;
 classes are ``"0"``..``"C-1"`` (a stray label far past the others is refused, as for ``hdf5:``). Images
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import glob
 import io
+import json
 import os
 import tarfile
 from collections import Counter
@@ -32,7 +35,7 @@ from kdcache.data._dataset import ImageDataset
 from kdcache.data._decode import DECODER, decode_image_bytes, image_header_size
 from kdcache.errors import DataError, DataNotFoundError
 
-__all__ = ["IMAGE_MEMBER_EXTENSIONS", "WebDataset", "expand_shards"]
+__all__ = ["IMAGE_MEMBER_EXTENSIONS", "INDEX_SUFFIX", "WebDataset", "expand_shards"]
 
 IMAGE_MEMBER_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 
@@ -128,6 +131,31 @@ def _scan_shard(shard: Path, source: str) -> list[tuple[str, int, int, int]]:
     return out
 
 
+INDEX_SUFFIX = ".kdcache-index.json"
+_INDEX_VERSION = 1
+
+
+def _shard_index(shard: Path, source: str) -> list[tuple[str, int, int, int]]:
+    """:func:`_scan_shard`, through the index file beside the shard when it is current."""
+    index = shard.with_name(shard.name + INDEX_SUFFIX)
+    st = shard.stat()
+    stamp = [int(st.st_size), int(st.st_mtime_ns)]
+    try:
+        d = json.loads(index.read_text())
+        if d.get("version") == _INDEX_VERSION and d.get("stamp") == stamp:
+            return [(str(k), int(y), int(o), int(n)) for k, y, o, n in d["samples"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # absent, unreadable or stale: scan
+    rows = _scan_shard(shard, source)
+    tmp = index.with_name(f"{index.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps({"version": _INDEX_VERSION, "stamp": stamp, "samples": rows}))
+        os.replace(tmp, index)  # atomic: concurrent openers read the old file or the new one
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a read-only folder: keep the index in memory only
+    return rows
+
+
 class WebDataset(ImageDataset):
     """One split of a set of webdataset tar shards (see the module docstring)."""
 
@@ -139,7 +167,7 @@ class WebDataset(ImageDataset):
         shard_of: list[int] = []
         ranges: list[tuple[int, int]] = []
         for s, shard in enumerate(shards):
-            for key, label, offset, size in _scan_shard(shard, source):
+            for key, label, offset, size in _shard_index(shard, source):
                 keys.append(key)
                 labels.append(label)
                 shard_of.append(s)

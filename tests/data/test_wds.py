@@ -145,3 +145,26 @@ def test_the_cli_reports_a_bad_shard_in_one_line(tmp_path):
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert res.exit_code == 1 and len(lines) == 1, res.output
     assert lines[0].startswith("Error: ") and "member 'README' has no extension" in lines[0]
+
+
+def test_the_index_is_saved_beside_each_shard_and_rebuilt_when_the_shard_changes(tmp_path, monkeypatch):
+    import kdcache.data._wds as wds_mod
+
+    pattern = write_shards(tmp_path / "s", "train", 8, 4)
+    first = open_dataset(f"wds:{pattern}")
+    indexes = sorted(p.name for p in (tmp_path / "s").glob(f"*{wds_mod.INDEX_SUFFIX}"))
+    assert indexes == [f"train-000{i}.tar{wds_mod.INDEX_SUFFIX}" for i in range(2)]
+    scanned = []
+    real_scan = wds_mod._scan_shard
+    monkeypatch.setattr(wds_mod, "_scan_shard", lambda shard, source: scanned.append(shard) or real_scan(shard,
+                                                                                                            source))
+    again = open_dataset(f"wds:{pattern}")
+    assert scanned == [] and again.keys == first.keys and torch.equal(again[6][0], first[6][0])
+    # a touched shard is scanned again, the other keeps its index; rewritten shards give the new samples
+    import os
+
+    os.utime(tmp_path / "s" / "train-0001.tar", ns=(1, 10**18))
+    assert open_dataset(f"wds:{pattern}").keys == first.keys and [p.name for p in scanned] == ["train-0001.tar"]
+    write_shards(tmp_path / "s", "train", 7, 4)
+    changed = open_dataset(f"wds:{pattern}")
+    assert len(changed) == 7 and torch.equal(changed[6][0], chw(pixels(6)))
