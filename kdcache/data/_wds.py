@@ -38,6 +38,7 @@ from kdcache.errors import DataError, DataNotFoundError
 __all__ = ["IMAGE_MEMBER_EXTENSIONS", "INDEX_SUFFIX", "WebDataset", "expand_shards"]
 
 IMAGE_MEMBER_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+INDEX_SUFFIX = ".kdcache-index.json"  # a shard's saved index: SHARD + INDEX_SUFFIX
 
 
 def expand_shards(pattern: str, split: str, source: str) -> list[Path]:
@@ -58,7 +59,8 @@ def expand_shards(pattern: str, split: str, source: str) -> list[Path]:
     files: list[Path] = []
     for name in names:
         name = os.path.expanduser(name)
-        matched = sorted(glob.glob(name)) if glob.has_magic(name) else [name]
+        matched = sorted(m for m in glob.glob(name) if not m.endswith(INDEX_SUFFIX)) if glob.has_magic(name) \
+            else [name]
         if not matched or not all(os.path.isfile(m) for m in matched):
             missing = next((m for m in matched if not os.path.isfile(m)), name)
             raise DataNotFoundError(f"webdataset shard not found: {missing}; check the pattern in {source!r}")
@@ -131,7 +133,6 @@ def _scan_shard(shard: Path, source: str) -> list[tuple[str, int, int, int]]:
     return out
 
 
-INDEX_SUFFIX = ".kdcache-index.json"
 _INDEX_VERSION = 1
 
 
