@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 from kdcache.cli.dump import dump_teacher_cmd
 from kdcache.cli.evaluate import evaluate_cmd
@@ -33,7 +35,23 @@ for _cmd in (quickstart_cmd, dump_teacher_cmd, train_student_cmd, train_teacher_
     cli.add_command(_cmd)
 
 
+def _drop_abandoned_s3_requests() -> None:
+    """After an S3 error, zarr's other in-flight requests are closed at exit and aiobotocore's context
+    reset fails in each ("... was created in a different Context"), which Python prints as a traceback
+    after kdcache's one-line error. Those are the only unraisable errors this hides."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        if isinstance(unraisable.exc_value, ValueError) and "was created in a different Context" in str(
+                unraisable.exc_value):
+            return
+        previous(unraisable)
+
+    sys.unraisablehook = hook
+
+
 def main() -> None:
+    _drop_abandoned_s3_requests()
     cli(prog_name="kdcache")
 
 

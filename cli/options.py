@@ -137,13 +137,44 @@ def config_option(f: Callable) -> Callable:
                         help="TOML/YAML/JSON file whose keys are this command's options; flags override it.")(f)
 
 
+_DATA_ARGS = "kdcache_data_args"
+
+
+def _with_data_args(data: str | None, args: tuple[str, ...]) -> str | None:
+    """``--data hfds:X --data-arg k=v`` -> ``hfds:X,k=v``: the options become part of the recorded source."""
+    if not args:
+        return data
+    if not data or not str(data).startswith("hfds:"):
+        raise click.BadParameter(f"--data-arg applies to --data hfds:... only, not {data!r}", param_hint="--data-arg")
+    for a in args:
+        if "=" not in a or a.startswith("="):
+            raise click.BadParameter(f"expected KEY=VALUE, got {a!r}", param_hint="--data-arg")
+    return str(data) + "".join(f",{a}" for a in args)
+
+
+def _data_cb(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    return _with_data_args(value, ctx.meta.get(_DATA_ARGS, ()))
+
+
+def _data_args_cb(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> None:
+    # Whichever of --data and --data-arg click processes first, the other one merges them.
+    ctx.meta[_DATA_ARGS] = tuple(value)
+    if value and "data" in ctx.params:
+        ctx.params["data"] = _with_data_args(ctx.params["data"], tuple(value))
+
+
 def data_options(*, split_default: str = "train", from_cache: bool = False) -> Callable:
     """--data/--split/--limit/--subset-seed; ``from_cache``: unset options take the cache's recorded data."""
     cached = " [the cache's]" if from_cache else ""
     return section(
         "Data",
         click.option("--data", "data", default=None if from_cache else "digits", show_default=not from_cache,
-                     help="Dataset: digits | hdf5:PATH | folder:PATH | cifar10:ROOT." + cached),
+                     callback=_data_cb,
+                     help="Dataset: digits | hdf5:PATH | folder:PATH | cifar10:ROOT | "
+                          "hfds:PATH_OR_NAME[,OPTION=VALUE...] | wds:PATTERN." + cached),
+        click.option("--data-arg", "data_args", multiple=True, expose_value=False, callback=_data_args_cb,
+                     help="KEY=VALUE option of hfds: data (config, revision, image, label, id), repeatable; "
+                          "the same as appending ',KEY=VALUE' to --data."),
         click.option("--split", default=None if from_cache else split_default, show_default=not from_cache,
                      help="Dataset split." + cached),
         click.option("--limit", type=click.IntRange(min=1), default=None,

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from types import ModuleType
+from typing import Any
 
 from kdcache.errors import ConfigError, KdcacheError
 
-__all__ = ["human_bytes", "optional_import", "parse_key_values", "parse_model_args"]
+__all__ = ["human_bytes", "optional_import", "parse_key_values", "parse_model_args", "recordable_config",
+           "redact_secrets"]
 
 
 def human_bytes(n: int | float | None) -> str:
@@ -31,6 +33,26 @@ def parse_key_values(items: Iterable[str]) -> dict[str, str]:
             raise ConfigError(f"expected KEY=VALUE, got {item!r}")
         out[key.strip()] = value.strip()
     return out
+
+
+_SECRET_WORDS = ("secret", "key", "token", "password", "passwd", "credential", "session", "sas", "signature")
+
+
+def redact_secrets(d: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A copy of fsspec storage options fit to record: values of keys that look like credentials
+    (``key``, ``secret``, ``token``, ``password``, ...; nested tables included) become ``"<redacted>"``."""
+    if d is None:
+        return None
+    return {k: (redact_secrets(v) if isinstance(v, Mapping) else
+                "<redacted>" if any(w in str(k).lower() for w in _SECRET_WORDS) else v) for k, v in d.items()}
+
+
+def recordable_config(cfg: Any) -> dict[str, Any]:
+    """``cfg.to_dict()`` with its ``storage_options`` credentials redacted (what caches and runs record)."""
+    d = cfg.to_dict()
+    if d.get("storage_options"):
+        d["storage_options"] = redact_secrets(d["storage_options"])
+    return d
 
 
 def parse_model_args(items: Iterable[str]) -> dict[str, object]:

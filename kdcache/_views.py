@@ -60,6 +60,13 @@ def resolve_view_sources(model: ModelCfg, overrides: Mapping[str, Any] | None = 
         base[k] = v
         if k in sources:
             sources[k] = "set explicitly"
+    given = {k for k, v in {**(recorded or {}), **preset, **explicit}.items() if v is not None}
+    unknown = [k for k in model.requires_input if k not in given]
+    if unknown:
+        flags = [f"--{k}" for k in unknown]
+        flags_text = flags[0] if len(flags) == 1 else f"{', '.join(flags[:-1])} and {flags[-1]}"
+        raise ConfigError(f"model {model.name!r} has no image processor (preprocessor_config.json) to tell its "
+                          f"input: give {flags_text} (and --interpolation, else bilinear)")
     try:
         return ViewSpec(**base), sources
     except TypeError as e:

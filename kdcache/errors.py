@@ -20,6 +20,7 @@ __all__ = [
     "CacheMismatchError",
     "CacheIncompleteError",
     "CacheDamagedError",
+    "StorageError",
     "TeacherOutputError",
     "DownloadUnavailableError",
     "RunError",
@@ -73,6 +74,10 @@ class CacheNotFoundError(CacheError, FileNotFoundError):
 
 class CacheMismatchError(CacheError, ValueError):
     """The cache belongs to another teacher, dataset, view spec, seed or target mode."""
+
+
+class StorageError(CacheError, OSError):
+    """The storage behind a cache URL cannot be reached, or refuses the credentials (S3 and other fsspec stores)."""
 
 
 class CacheIncompleteError(CacheError):

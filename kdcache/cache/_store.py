@@ -37,6 +37,7 @@ from zarr.core.sync import sync
 from kdcache.cache._damage import Damage, damage_error
 from kdcache.cache._identity import CacheIdentity, dataset_differences
 from kdcache.cache._layout import UnitLayout
+from kdcache.cache._remote import storage_error
 from kdcache.cache._targets import TargetMode
 from kdcache.errors import (
     CacheDamagedError,
@@ -176,7 +177,9 @@ class CacheStore:
             "view_arrays": layout.names,
         })
         g.attrs.put({**dict(g.attrs), **meta, "ready": True})
-        return cls(g, path, writable=True)
+        store = cls(g, path, writable=True)
+        store.storage_options = dict(storage_options or {})
+        return store
 
     @classmethod
     def open(cls, path: str, *, mode: str = "r", storage_options: Mapping[str, Any] | None = None
@@ -192,6 +195,11 @@ class CacheStore:
             raise CacheNotFoundError(f"cache not found: {path}") from e
         except (ValueError, zarr.errors.BaseZarrError) as e:
             raise CacheNotFoundError(f"{path} is not a Zarr group ({e})") from e
+        except Exception as e:  # noqa: BLE001 - an fsspec back end's client errors (endpoint, credentials)
+            err = storage_error(path, e, storage_options) if is_url(path) else None
+            if err is None:
+                raise
+            raise err from e
         attrs = dict(g.attrs)
         if "kdcache_format" not in attrs:
             raise CacheNotFoundError(f"{path} is a Zarr group but not a kdcache cache (no 'kdcache_format')")
@@ -200,7 +208,9 @@ class CacheStore:
                              f"supports ({FORMAT_VERSION}); upgrade kdcache")
         if not attrs.get("ready"):
             raise CacheIncompleteError(f"{path}: cache creation was interrupted; rerun dump-teacher to recreate it")
-        return cls(g, path, writable=(mode == "r+"))
+        store = cls(g, path, writable=(mode == "r+"))
+        store.storage_options = dict(storage_options or {})  # for size queries through fsspec
+        return store
 
     @staticmethod
     def peek_attrs(path: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
@@ -217,6 +227,11 @@ class CacheStore:
             return None
         except (ValueError, zarr.errors.BaseZarrError) as e:
             raise CacheError(f"{path} exists but is not a Zarr group ({e}); refusing to touch it") from e
+        except Exception as e:  # noqa: BLE001 - an fsspec back end's client errors (endpoint, credentials)
+            err = storage_error(path, e, storage_options) if is_url(path) else None
+            if err is None:
+                raise
+            raise err from e
 
     def check_dataset(self, ds) -> None:
         """Refuse a dataset other than the one the cache was made from (or another split / subset)."""
@@ -596,7 +611,7 @@ class CacheStore:
         try:
             import fsspec
 
-            fs, p = fsspec.core.url_to_fs(self.path)
+            fs, p = fsspec.core.url_to_fs(self.path, **getattr(self, "storage_options", {}))
             return int(fs.du(p))
         except Exception:  # noqa: BLE001 - size is informational; some filesystems cannot report it
             return None

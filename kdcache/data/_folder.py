@@ -9,8 +9,9 @@ files are found recursively and sorted by their path, so the order (and the keys
 relative to the split root, with forward slashes) is the same on every machine. Hidden
 files and folders (``.ipynb_checkpoints``, ``.DS_Store``) are ignored.
 
-Images are decoded by ``torchvision.io.decode_image`` to RGB uint8; sizes are read from the
-file header (Pillow, lazily) so :meth:`image_size` does not decode.
+Images are decoded by Pillow to RGB uint8 (:mod:`kdcache.data._decode`, the same pixels
+``torchvision.io.decode_image`` gave); sizes are read from the file header so :meth:`image_size`
+does not decode.
 """
 
 from __future__ import annotations
@@ -21,10 +22,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.io import ImageReadMode, decode_image
-from torchvision.transforms.v2.functional import to_dtype
 
 from kdcache.data._dataset import ImageDataset
+from kdcache.data._decode import DECODER, decode_image_file, image_header_size
 from kdcache.errors import DataError, DataNotFoundError
 
 __all__ = ["IMAGE_EXTENSIONS", "SPLIT_FOLDER_NAMES", "FolderDataset"]
@@ -69,6 +69,7 @@ class FolderDataset(ImageDataset):
 
     def describe(self) -> dict:
         d = super().describe()
+        d["decoder"] = DECODER
         if self.val_fraction:
             d["val_fraction"] = self.val_fraction  # how train and val were divided (see the module docstring)
         return d
@@ -80,29 +81,16 @@ class FolderDataset(ImageDataset):
         return [self._decode(self._file(int(j))) for j in src]
 
     def _size(self, src_index: int) -> tuple[int, int]:
-        from PIL import Image, UnidentifiedImageError
-
         path = self._file(src_index)
-        try:
-            with Image.open(path) as im:  # reads the header only
-                return int(im.height), int(im.width)
-        except FileNotFoundError as e:
-            raise DataNotFoundError(f"image file disappeared: {path}; rebuild the dataset") from e
-        except (UnidentifiedImageError, OSError) as e:
-            raise DataError(f"cannot read image {path}: {e}; replace or delete the file") from e
+        if not path.is_file():
+            raise DataNotFoundError(f"image file disappeared: {path}; rebuild the dataset")
+        return image_header_size(path, str(path))
 
     @staticmethod
     def _decode(path: Path) -> torch.Tensor:
         if not path.is_file():
             raise DataNotFoundError(f"image file disappeared: {path}; rebuild the dataset")
-        try:
-            image = decode_image(str(path), mode=ImageReadMode.RGB)
-        except RuntimeError as e:
-            reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-            raise DataError(f"cannot decode image {path}: {reason}; replace or delete the file") from e
-        if image.dtype != torch.uint8:  # 16-bit PNGs decode to uint16
-            image = to_dtype(image, torch.uint8, scale=True)
-        return image
+        return decode_image_file(path)
 
 
 def _split_root(path: Path, split: str, val_fraction: float = 0.0) -> Path:

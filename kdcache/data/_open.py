@@ -1,7 +1,7 @@
 """Opening a dataset from its source spec: :func:`open_dataset` and :class:`DataConfig`.
 
 A source spec is one string, so it fits a CLI flag, a config file and a cache's attributes:
-``digits``, ``hdf5:PATH``, ``folder:PATH`` or ``cifar10:ROOT``.
+``digits``, ``hdf5:PATH``, ``folder:PATH``, ``cifar10:ROOT``, ``hfds:PATH_OR_NAME`` or ``wds:PATTERN``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from kdcache.errors import ConfigError, DataError
 
 __all__ = ["SOURCE_SCHEMES", "DataConfig", "open_dataset", "parse_source"]
 
-SOURCE_SCHEMES = ("digits", "hdf5:PATH", "folder:PATH", "cifar10:ROOT")
+SOURCE_SCHEMES = ("digits", "hdf5:PATH", "folder:PATH", "cifar10:ROOT", "hfds:PATH_OR_NAME", "wds:PATTERN")
 
 
 def _open_digits(arg: str, split: str, source: str) -> ImageDataset:
@@ -45,11 +45,25 @@ def _open_cifar10(arg: str, split: str, source: str) -> ImageDataset:
     return CIFAR10Dataset(root=arg, split=split, source=source)
 
 
+def _open_hfds(arg: str, split: str, source: str) -> ImageDataset:
+    from kdcache.data._hfds import HFDataset
+
+    return HFDataset(arg=arg, split=split, source=source)
+
+
+def _open_wds(arg: str, split: str, source: str) -> ImageDataset:
+    from kdcache.data._wds import WebDataset
+
+    return WebDataset(pattern=arg, split=split, source=source)
+
+
 _OPENERS: dict[str, Callable[..., ImageDataset]] = {
     "digits": _open_digits,
     "hdf5": _open_hdf5,
     "folder": _open_folder,
     "cifar10": _open_cifar10,
+    "hfds": _open_hfds,
+    "wds": _open_wds,
 }
 
 

@@ -34,6 +34,7 @@ from tqdm import tqdm
 from kdcache._config import ConfigBase
 from kdcache._runtime import DistContext, autocast, select_device
 from kdcache._teacher import TeacherSpec, build_teacher
+from kdcache._utils import recordable_config
 from kdcache._views import (
     BlockBatches,
     ViewBatch,
@@ -345,7 +346,7 @@ def _dump(cfg: DumpConfig, mode: TargetMode, ctx: DistContext, *, progress: bool
         "view_spec": pipeline.describe(),
         "teacher": teacher.describe(),
         "dataset": {**ds.describe(), "source": ds.source},
-        "config": cfg.to_dict(),
+        "config": recordable_config(cfg),  # no credentials in the cache
         # the kernels' versions: replay on other versions may drift (verify reports by how much)
         "software": kernel_versions(),
     }

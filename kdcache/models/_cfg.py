@@ -38,25 +38,34 @@ class ModelCfg:
     std: tuple[float, float, float] = IMAGENET_STD
     interpolation: str = "bilinear"
     crop_pct: float = 1.0
+    # Input settings the model cannot tell (a Hugging Face model saved without its image processor):
+    # views must be given them explicitly (see kdcache._views.resolve_view_sources).
+    requires_input: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["mean"], d["std"] = list(self.mean), list(self.std)
+        if self.requires_input:
+            d["requires_input"] = list(self.requires_input)
+        else:
+            del d["requires_input"]
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelCfg":
         d = dict(d)
         d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
+        d["requires_input"] = tuple(d.get("requires_input", ()))
         return cls(**d)
 
 
 def set_model_cfg(model: nn.Module, *, input_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                  interpolation: str = "bilinear", crop_pct: float = 1.0) -> nn.Module:
+                  interpolation: str = "bilinear", crop_pct: float = 1.0,
+                  requires_input: tuple[str, ...] = ()) -> nn.Module:
     """Attach a model's expected input (size, normalisation); ``create_model`` fills name/kwargs."""
     model.kdcache_cfg = ModelCfg(name="", input_size=int(input_size), mean=tuple(float(v) for v in mean),
                                  std=tuple(float(v) for v in std), interpolation=interpolation,
-                                 crop_pct=float(crop_pct))
+                                 crop_pct=float(crop_pct), requires_input=tuple(requires_input))
     return model
 
 

@@ -5,7 +5,8 @@ fetched) or a Hub id such as ``google/vit-base-patch16-224`` (downloaded by ``tr
 its cache when the network is reachable). The model comes from
 ``transformers.AutoModelForImageClassification`` with its own weights; its image processor gives
 the input the model expects (size, mean, std, resampling, centre-crop share), which becomes the
-:class:`~kdcache.models.ModelCfg`. :class:`HFImageClassifier` wraps it so ``forward(x)`` returns the
+:class:`~kdcache.models.ModelCfg`. A directory without ``preprocessor_config.json`` loads too, but
+then the views' ``size``, ``mean`` and ``std`` must be given (``--size``, ``--mean``, ``--std``). :class:`HFImageClassifier` wraps it so ``forward(x)`` returns the
 logits tensor, as every kdcache model does. ``transformers`` is an optional extra.
 """
 
@@ -102,9 +103,13 @@ def create_hf_model(ref: str, *, num_classes: int, **kw: Any) -> nn.Module:
         raise ModelError(f"hf model {ref!r}: no such directory (expected a directory written by save_pretrained)")
     else:
         source, offline = ref, False
+    # A directory saved without its image processor (model.save_pretrained only) still loads: the view input
+    # must then be given explicitly (--size, --mean, --std), which resolve_view_sources enforces.
+    has_processor = not offline or (local / "preprocessor_config.json").is_file()
     try:
         model = tf.AutoModelForImageClassification.from_pretrained(source, local_files_only=offline, **kw)
-        processor = tf.AutoImageProcessor.from_pretrained(source, local_files_only=offline)
+        processor = tf.AutoImageProcessor.from_pretrained(source, local_files_only=offline) if has_processor \
+            else None
     except (OSError, ValueError) as e:
         # transformers reports a missing file, an unreachable Hub and an unknown architecture this way.
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -117,4 +122,8 @@ def create_hf_model(ref: str, *, num_classes: int, **kw: Any) -> nn.Module:
     if labels != num_classes:
         raise ModelError(f"hf model {ref!r} predicts {labels} classes (config num_labels) but the data has "
                          f"{num_classes}; fine-tune it with a {num_classes}-way head first")
+    if processor is None:
+        side = getattr(model.config, "image_size", None)
+        return set_model_cfg(HFImageClassifier(model), input_size=side if isinstance(side, int) else 224,
+                             requires_input=("size", "mean", "std"))
     return set_model_cfg(HFImageClassifier(model), **_input_spec(processor, ref))

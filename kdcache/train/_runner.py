@@ -32,6 +32,7 @@ from kdcache import _teacher
 from kdcache._config import ConfigBase
 from kdcache._runtime import DistContext, select_device
 from kdcache._teacher import TeacherSpec
+from kdcache._utils import recordable_config
 from kdcache._views import EvalViews, FlatBatches, ReplayViews, ViewDraws, identity_collate, resolve_view_spec
 from kdcache.augment import ViewPipeline, ViewSpec
 from kdcache.augment._presets import expand_preset
@@ -215,7 +216,7 @@ class _Run:
         fp16 = self.device.type == "cuda" and cfg.amp and not torch.cuda.is_bf16_supported()
         self.scaler = torch.amp.GradScaler("cuda", enabled=fp16)
         self.loss_fn = DistillationLoss(cfg.loss, num_classes)
-        self.meta = {"kind": kind, "config": cfg.to_dict(), **extra_meta}
+        self.meta = {"kind": kind, "config": recordable_config(cfg), **extra_meta}  # no credentials recorded
         self.start_epoch = 0
         # best.pt: highest validation top-1, or lowest training loss when there is no validation split
         self.best_score: float | None = None

@@ -8,8 +8,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-import torch
-from torchvision.io import encode_jpeg, encode_png
+from PIL import Image
 
 
 @pytest.fixture
@@ -42,9 +41,10 @@ def make_h5(tmp_path: Path) -> Callable[..., Path]:
 def write_image(path: Path, image: np.ndarray, fmt: str = "png") -> None:
     """Write an (H, W, 3) uint8 image as PNG (lossless) or JPEG."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    chw = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
-    data = encode_png(chw) if fmt == "png" else encode_jpeg(chw, quality=95)
-    path.write_bytes(data.numpy().tobytes())
+    if fmt == "png":
+        Image.fromarray(image).save(path, format="PNG")
+    else:
+        Image.fromarray(image).save(path, format="JPEG", quality=95)
 
 
 @pytest.fixture

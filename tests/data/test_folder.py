@@ -11,9 +11,8 @@ import kdcache.data._folder as folder_mod
 from kdcache.data import open_dataset
 from kdcache.errors import DataError, DataNotFoundError
 
-# torchvision 0.29 deprecates its image codecs in favour of TorchCodec (not installed here);
-# the brief asks for decode_image, so the warning is expected.
-pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding:DeprecationWarning")
+# kdcache decodes with Pillow: torchvision's deprecated codecs must not be reached.
+pytestmark = pytest.mark.filterwarnings("error:The image decoding and encoding:DeprecationWarning")
 
 
 def img(h: int = 4, w: int = 6, seed: int = 0) -> np.ndarray:
@@ -72,7 +71,7 @@ def test_jpeg_grey_rgba_and_16_bit_png_become_rgb_uint8(make_folder, tmp_path):
 def test_image_size_reads_the_header_only(make_folder, monkeypatch):
     root = make_folder({"a/x.png": img(7, 9)})
     ds = open_dataset(f"folder:{root}")
-    monkeypatch.setattr(folder_mod, "decode_image", lambda *a, **k: pytest.fail("image_size decoded"))
+    monkeypatch.setattr(folder_mod, "decode_image_file", lambda *a, **k: pytest.fail("image_size decoded"))
     assert ds.image_size(0) == (7, 9)
 
 

@@ -16,8 +16,8 @@ import pytest
 from engine_support import (
     BLOCK,
     N_TRAIN,
-    assert_bitwise_equal,
     assert_stores_equal,
+    check_snapshot,
     helper_env,
     kdcache_cmd,
     logs,
@@ -26,30 +26,9 @@ from engine_support import (
 )
 
 from kdcache.cache import CacheStore
-from kdcache.train._schedule import epoch_views
 
 BLOCKS = N_TRAIN // BLOCK
 STUDENT_EPOCHS = 2
-
-
-def _check_snapshot(path: str, reference: dict[str, np.ndarray]) -> tuple[int, int]:
-    """Open the cache as a new reader would and read every view the schedule can select from it.
-
-    Returns (number of views, number of done units among the views being added).
-    """
-    snap = CacheStore.open(path)
-    du = snap.done_units()
-    assert du.shape == (BLOCKS, snap.num_views)
-    assert du[:, :2].all(), "the two original views must stay done throughout"
-    # One cycle of epochs visits every eligible view of every block once.
-    for epoch in range(int(du.sum(axis=1).max())):
-        views = epoch_views(du, epoch=epoch, seed=0)
-        assert du[np.arange(BLOCKS), views].all(), f"epoch {epoch} selected a view that is not done: {views}"
-        got = snap.read_views(views)
-        for name, values in got.items():
-            want = np.concatenate([reference[name][b * BLOCK:(b + 1) * BLOCK, v] for b, v in enumerate(views)])
-            assert_bitwise_equal(f"{name} (epoch {epoch}, views {views.tolist()})", values, want)
-    return snap.num_views, int(du[:, 2:].sum())
 
 
 @pytest.mark.slow
@@ -68,10 +47,10 @@ def test_students_and_readers_during_add_views(world, two_view_cache, tmp_path):
     try:
         seen = []
         while dump.poll() is None:
-            seen.append(_check_snapshot(str(cache), reference))
+            seen.append(check_snapshot(str(cache), reference))
             # Leave the CPU to the writer: poll slowly until the views exist, then often.
             time.sleep(0.25 if seen[-1][0] == 2 else 0.05)
-        seen.append(_check_snapshot(str(cache), reference))
+        seen.append(check_snapshot(str(cache), reference))
         assert dump.returncode == 0, logs(dump)
         for s in students:
             s.wait(timeout=180)

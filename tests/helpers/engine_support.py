@@ -123,6 +123,31 @@ def assert_done_units_match(got: str | Path, want: str | Path) -> int:
     return int(du.sum())
 
 
+def check_snapshot(path: str, reference: dict[str, np.ndarray], storage_options: dict | None = None
+                   ) -> tuple[int, int]:
+    """Open the cache as a new reader would and read every view the schedule can select from it; each must
+    hold the reference's bytes (``reference``: per-view arrays by name). The first two views must be done.
+
+    Returns (number of views, number of done units among the views being added).
+    """
+    from kdcache.train._schedule import epoch_views
+
+    snap = CacheStore.open(path, storage_options=storage_options)
+    du = snap.done_units()
+    blocks = snap.num_blocks
+    assert du.shape == (blocks, snap.num_views)
+    assert du[:, :2].all(), "the two original views must stay done throughout"
+    # One cycle of epochs visits every eligible view of every block once.
+    for epoch in range(int(du.sum(axis=1).max())):
+        views = epoch_views(du, epoch=epoch, seed=0)
+        assert du[np.arange(blocks), views].all(), f"epoch {epoch} selected a view that is not done: {views}"
+        got = snap.read_views(views)
+        for name, values in got.items():
+            want = np.concatenate([reference[name][b * BLOCK:(b + 1) * BLOCK, v] for b, v in enumerate(views)])
+            assert_bitwise_equal(f"{name} (epoch {epoch}, views {views.tolist()})", values, want)
+    return snap.num_views, int(du[:, 2:].sum())
+
+
 def tree_digest(root: str | Path) -> dict[str, str]:
     """sha256 of every file under ``root`` (relative path -> digest)."""
     out = {}

@@ -117,3 +117,33 @@ def test_directory_without_a_model_is_a_model_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelError, match="hf model"):
         create_model(f"hf:{tmp_path / 'empty'}", num_classes=3)
+
+
+def test_a_directory_without_an_image_processor_needs_size_mean_and_std(tmp_path):
+    from click.testing import CliRunner
+    from kdcache.cli.main import cli
+
+    path = save_tiny_vit(tmp_path / "bare")
+    (tmp_path / "bare" / "preprocessor_config.json").unlink()  # the model alone, as model.save_pretrained writes
+    assert model_cfg(create_model(f"hf:{path}", num_classes=NUM_CLASSES)).requires_input == ("size", "mean", "std")
+    out = str(tmp_path / "c.zarr")
+    base = ["dump-teacher", "--data", "digits", "--limit", "8", "--teacher", f"hf:{path}", "--out", out,
+            "--views", "1", "--workers", "0", "--block-size", "4", "--batch-size", "4", "--no-progress",
+            "--device", "cpu"]
+    res = CliRunner().invoke(cli, base + ["--size", "32"])
+    assert res.exit_code == 1
+    line = res.output.strip().splitlines()[-1]
+    assert line == (f"Error: model 'hf:{path}' has no image processor (preprocessor_config.json) to tell its "
+                    "input: give --mean and --std (and --interpolation, else bilinear)")
+    assert "Traceback" not in res.output
+    res = CliRunner().invoke(cli, base)
+    assert res.output.strip().splitlines()[-1].endswith("give --size, --mean and --std (and --interpolation, "
+                                                        "else bilinear)")
+    res = CliRunner().invoke(cli, base + ["--size", "32", "--mean", "0.5", "0.5", "0.5", "--std", "0.5", "0.5",
+                                          "0.5", "--interpolation", "bicubic"])
+    assert res.exit_code == 0, res.output
+    store = CacheStore.open(out)
+    assert store.identity.view_spec["size"] == 32 and store.identity.view_spec["interpolation"] == "bicubic"
+    assert store.identity.view_spec["mean"] == [0.5, 0.5, 0.5]
+    report = verify_cache(out, TeacherSpec(name=f"hf:{path}"), DATA, samples=8, batch_size=4, device="cpu")
+    assert report["ok"], report["failures"]

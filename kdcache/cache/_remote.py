@@ -1,0 +1,51 @@
+"""One-line errors for caches behind fsspec URLs (``s3://``, ...): an unreachable endpoint, refused credentials.
+
+fsspec back ends raise their client library's exceptions (botocore's ``EndpointConnectionError``,
+s3fs's ``PermissionError`` for ``InvalidAccessKeyId`` / ``SignatureDoesNotMatch``, aiohttp's
+connection errors); :func:`storage_error` turns the ones a user can cause into a
+:class:`~kdcache.errors.StorageError` that says what to check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from kdcache.errors import StorageError
+
+__all__ = ["storage_error"]
+
+_CONNECT_NAMES = ("EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError", "ConnectionError",
+                  "ServerDisconnectedError", "ReadTimeoutError")
+_AUTH_WORDS = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "Forbidden", "ExpiredToken",
+               "InvalidToken", "NoCredentialsError", "Unable to locate credentials")
+
+
+def _chain(e: BaseException):
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        yield e
+        e = e.__cause__ or e.__context__
+
+
+def _endpoint(storage_options: Mapping[str, Any] | None) -> str:
+    so = dict(storage_options or {})
+    ep = so.get("endpoint_url") or (so.get("client_kwargs") or {}).get("endpoint_url")
+    return f"endpoint {ep}" if ep else "the default endpoint"
+
+
+def storage_error(path: str, e: BaseException, storage_options: Mapping[str, Any] | None = None
+                  ) -> StorageError | None:
+    """A :class:`StorageError` for ``e`` raised while reaching ``path``, or None when ``e`` is something else."""
+    for x in _chain(e):
+        name, text = type(x).__name__, str(x)
+        if isinstance(x, PermissionError) or any(w in name or w in text for w in _AUTH_WORDS):
+            first = text.strip().splitlines()[0] if text.strip() else name
+            return StorageError(f"{path}: access refused by {_endpoint(storage_options)} ({first[:160]}); check "
+                                "the credentials (--storage-option key=... secret=..., or AWS_ACCESS_KEY_ID / "
+                                "AWS_SECRET_ACCESS_KEY / AWS_PROFILE) and the bucket's permissions")
+        if name in _CONNECT_NAMES or (isinstance(x, (ConnectionError, TimeoutError)) and "connect" in text.lower()):
+            return StorageError(f"{path}: cannot connect to {_endpoint(storage_options)} ({name}); check "
+                                "--storage-option endpoint_url=... and that the server is running and reachable")
+    return None

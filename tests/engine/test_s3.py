@@ -1,0 +1,303 @@
+"""Caches on a real S3 endpoint (moto in server mode on 127.0.0.1, through s3fs and --storage-option): the
+guarantees local caches have — dump equal bit for bit, info, verify, train-student, CacheDataset,
+--add-views, a SIGKILLed dump that resumes, damaged objects detected and repaired — and one-line errors
+for an unreachable endpoint, wrong credentials and a missing bucket."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from click.testing import CliRunner
+from engine_support import (
+    BLOCK,
+    VIEWS,
+    assert_bitwise_equal,
+    check_snapshot,
+    kdcache_cmd,
+    logs,
+    read_all_arrays,
+    run,
+    start,
+    wait_for,
+)
+from kdcache.cli.main import cli
+from s3_server import SECRET_KEY, start_s3_server
+
+from kdcache import CacheDataset
+from kdcache.cache import CacheStore
+from kdcache.engine import TeacherSpec
+from kdcache.engine._verify import verify_cache
+from kdcache.errors import CacheDamagedError, CacheNotFoundError, StorageError
+
+pytest.importorskip("s3fs")
+pytest.importorskip("moto")
+
+
+@pytest.fixture(scope="module")
+def s3():
+    server = start_s3_server()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def s3_cache(world, s3) -> str:
+    """The world's reference command, run through the CLI into s3://BUCKET/c.zarr (tests that change it copy it)."""
+    url = f"s3://{s3.new_bucket()}/c.zarr"
+    cli_ok(*world.dump_args(url, extra=s3.cli_options()))
+    return url
+
+
+def s3_copy(s3, url: str) -> str:
+    """A server-side copy of the cache at ``url`` in a new bucket."""
+    dst = f"s3://{s3.new_bucket()}/c.zarr"
+    s3.fs().copy(url, dst, recursive=True)
+    return dst
+
+
+def read_s3_arrays(url: str, so: dict) -> dict[str, np.ndarray]:
+    g = zarr.open_group(url, mode="r", storage_options=so)
+    return {name: np.asarray(g[name][...]) for name in sorted(g.array_keys())}
+
+
+def assert_equal_to(url: str, so: dict, reference: str) -> None:
+    got, want = read_s3_arrays(url, so), read_all_arrays(reference)
+    assert sorted(got) == sorted(want)
+    for name in got:
+        assert_bitwise_equal(name, got[name], want[name])
+    a, b = CacheStore.open(url, storage_options=so), CacheStore.open(reference)
+    assert a.identity == b.identity and a.attrs["view_spec"] == b.attrs["view_spec"]
+
+
+def done_units_s3(url: str, so: dict) -> int:
+    try:
+        done = np.asarray(zarr.open_group(url, mode="r", storage_options=so)["done"][...])
+    except Exception:  # noqa: BLE001 - not created yet
+        return 0
+    blocks = -(-done.shape[0] // BLOCK)
+    return int(sum(done[b * BLOCK:(b + 1) * BLOCK].all(axis=0).sum() for b in range(blocks)))
+
+
+def cli_ok(*args):
+    res = CliRunner().invoke(cli, [str(a) for a in args])
+    assert res.exit_code == 0, res.output
+    return res
+
+
+def one_line_error(res) -> str:
+    assert res.exit_code == 1, res.output
+    assert "Traceback" not in res.output, res.output
+    errors = [ln for ln in res.output.splitlines() if ln.startswith("Error:")]
+    assert len(errors) == 1, res.output
+    return errors[0]
+
+
+def test_a_cache_on_s3_dumps_reads_trains_verifies_and_grows(world, s3, s3_cache, tmp_path):
+    url, so = s3_cache, s3.storage_options()
+    opts = s3.cli_options()
+    assert_equal_to(url, so, world.reference)  # the same bytes as the local uninterrupted dump
+    info = json.loads(cli_ok("info", url, "--json", *opts).stdout)
+    assert info["num_views"] == VIEWS and info["done_fraction"] == 1.0
+    local_bytes = sum(f.stat().st_size for f in Path(world.reference).rglob("*") if f.is_file())
+    # the objects' sizes, listed through the same storage options (zarr.json differs: its recorded `out`)
+    assert abs(info["bytes_on_disk"] - local_bytes) < 2048
+    rep = json.loads(cli_ok("verify", url, "--integrity-only", "--json", *opts).stdout)
+    assert rep["ok"] and rep["units_done"] == world.num_units
+    rep = json.loads(cli_ok("verify", url, "--teacher-weights", world.teacher, "--samples", "16", "--json",
+                            "--device", "cpu", *opts).stdout)
+    assert rep["ok"] and rep["samples_checked"] == 16
+    cli_ok(*world.train_args(url, tmp_path / "run", epochs=1, steps=2), *opts)
+    assert (tmp_path / "run" / "last.pt").is_file()
+    # credentials given as storage options are never recorded: not in the cache, not in the run
+    recorded = CacheStore.open(url, storage_options=so).attrs["config"]["storage_options"]
+    assert recorded == {"endpoint_url": s3.endpoint, "key": "<redacted>", "secret": "<redacted>"}
+    assert SECRET_KEY not in (tmp_path / "run" / "config.json").read_text()
+    assert SECRET_KEY.encode() not in (tmp_path / "run" / "last.pt").read_bytes()
+    ds = CacheDataset(url, world.data, storage_options=so)
+    local = CacheDataset(world.reference, world.data)
+    for i in (0, 77):
+        a, b = ds[i], local[i]
+        assert a["view"] == b["view"] and (a["image"] == b["image"]).all()
+        assert (a["targets"]["logits"] == b["targets"]["logits"]).all()
+    # --add-views: one more view, the first VIEWS untouched, verified by the teacher
+    url = s3_copy(s3, url)
+    before = read_s3_arrays(url, so)["logits"]
+    cli_ok(*world.dump_args(url, views=None, extra=["--add-views", "1", *opts]))
+    store = CacheStore.open(url, storage_options=so)
+    assert store.num_views == VIEWS + 1 and store.done_units().all()
+    assert_bitwise_equal("logits[:, :V]", read_s3_arrays(url, so)["logits"][:, :VIEWS], before)
+    assert verify_cache(url, TeacherSpec(weights=world.teacher), None, samples=16, device="cpu",
+                        storage_options=so)["ok"]
+
+
+@pytest.mark.slow
+def test_a_killed_dump_to_s3_resumes_to_the_same_bytes(world, s3, tmp_path):
+    url, so = f"s3://{s3.new_bucket()}/c.zarr", s3.storage_options()
+    cmd = kdcache_cmd(world.dump_args(url, extra=s3.cli_options()))
+    proc = start(cmd, tmp_path, "kill")
+    wait_for(lambda: done_units_s3(url, so) >= world.num_units // 4, proc, what="a quarter of the units",
+             interval=0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, f"the dump finished before the kill\n{logs(proc)}"
+    done = done_units_s3(url, so)
+    assert 0 < done < world.num_units
+    result = run(cmd + ["--json"])
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout[result.stdout.index("{"):])
+    assert summary["units_computed"] == world.num_units - done and summary["done_fraction"] == 1.0
+    assert_equal_to(url, so, world.reference)
+
+
+def test_deleted_and_corrupted_objects_are_detected_and_repaired(world, s3, s3_cache):
+    url, so = s3_copy(s3, s3_cache), s3.storage_options()
+    opts = s3.cli_options()
+    store, fs = CacheStore.open(url, storage_options=so), s3.fs()
+    deleted = store.chunk_location("logits", store.unit_chunk("logits", 1, 2))
+    corrupted = store.chunk_location("crop", store.unit_chunk("crop", 3, 0))
+    fs.rm(deleted)
+    data = bytearray(fs.cat(corrupted))
+    data[len(data) // 2] ^= 0x55
+    fs.pipe(corrupted, bytes(data))
+    res = CliRunner().invoke(cli, ["verify", url, "--integrity-only", "--json", *opts])
+    assert res.exit_code == 1
+    report = json.loads(res.stdout[: res.stdout.rindex("}") + 1])
+    assert {(d["array"], d["block"], d["view"], d["problem"]) for d in report["damage"]} == \
+        {("logits", 1, 2, "missing"), ("crop", 3, 0, "corrupt")}
+    with pytest.raises(CacheDamagedError, match="logits chunk of block 1, view 2 is missing"):
+        CacheStore.open(url, storage_options=so).read_unit(1, 2)
+    line = one_line_error(CliRunner().invoke(cli, ["info", url, *opts]))
+    assert "logits chunk of block 1, view 2 is missing" in line and "rerun the dump-teacher command" in line
+    res = cli_ok(*world.dump_args(url, extra=opts))
+    assert "2 damaged chunks" in res.output
+    assert_equal_to(url, so, world.reference)
+    assert cli_ok("verify", url, "--integrity-only", *opts)
+
+
+def test_unreachable_endpoint_and_missing_bucket_are_one_line_errors(s3):
+    url = f"s3://{s3.new_bucket()}/c.zarr"
+    dead = f"http://127.0.0.1:{_closed_port()}"
+    # a real process, so that what Python prints at exit counts too: one line, no traceback
+    res = run(kdcache_cmd(["info", url, *s3.cli_options(endpoint_url=dead)]))
+    assert res.returncode == 1 and res.stdout == "", res.stdout
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith(f"Error: {url}: cannot connect to endpoint {dead}") and "endpoint_url" in lines[0]
+    line = one_line_error(CliRunner().invoke(cli, ["info", "s3://no-such-bucket-kd/c.zarr", *s3.cli_options()]))
+    assert line == "Error: cache not found: s3://no-such-bucket-kd/c.zarr"
+    with pytest.raises(CacheNotFoundError):
+        CacheStore.open(f"s3://{s3.new_bucket()}/absent.zarr", storage_options=s3.storage_options())
+    line = one_line_error(CliRunner().invoke(cli, ["dump-teacher", "--data", "digits", "--limit", "16", "--teacher",
+                                                   "cnn_tiny", "--random-init", "--out", "s3://no-such-bucket-kd/c.zarr",
+                                                   "--no-progress", "--workers", "0", *s3.cli_options()]))
+    assert line == "Error: cannot create s3://no-such-bucket-kd/c.zarr: The specified bucket does not exist"
+
+
+def test_wrong_credentials_are_a_one_line_error(world):
+    """moto checks signatures once its IAM authentication is on (after the 3 requests that make a user)."""
+    import boto3
+
+    server = start_s3_server(auth_after=3)
+    try:
+        iam = boto3.client("iam", endpoint_url=server.endpoint, region_name="us-east-1", aws_access_key_id="x",
+                           aws_secret_access_key="x")
+        iam.create_user(UserName="kd")
+        key = iam.create_access_key(UserName="kd")["AccessKey"]
+        iam.put_user_policy(UserName="kd", PolicyName="all", PolicyDocument=json.dumps(
+            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
+        good = dict(key=key["AccessKeyId"], secret=key["SecretAccessKey"])
+        import s3fs
+
+        s3fs.S3FileSystem(**server.storage_options(**good), skip_instance_cache=True).mkdir("kd-auth")
+        url = "s3://kd-auth/c.zarr"
+        world.dump(url, storage_options=server.storage_options(**good), views=1)
+        assert json.loads(cli_ok("info", url, "--json", *server.cli_options(**good)).stdout)["done_fraction"] == 1
+        for bad in (dict(key=key["AccessKeyId"], secret="wrong-secret"),
+                    dict(key="AKIANOSUCHKEY0000000", secret="wrong")):
+            line = one_line_error(CliRunner().invoke(cli, ["info", url, *server.cli_options(**bad)]))
+            assert line.startswith(f"Error: {url}: access refused by endpoint {server.endpoint}"), line
+            assert "check the credentials" in line
+            with pytest.raises(StorageError, match="access refused"):
+                CacheStore.open(url, storage_options=server.storage_options(**bad))
+        line = one_line_error(CliRunner().invoke(cli, world.dump_args(
+            url, views=1, extra=server.cli_options(key=key["AccessKeyId"], secret="wrong"))))
+        assert "access refused" in line
+    finally:
+        server.stop()
+
+
+def _closed_port() -> int:
+    from s3_server import free_port
+
+    return free_port()  # bound and released: nothing listens there
+
+
+@pytest.mark.slow
+def test_two_torchrun_nodes_dump_into_one_s3_cache_equal_to_one_process(world, s3, tmp_path):
+    """The multi-machine shape on one machine: two torchrun nodes (--nnodes 2, rendezvous on 127.0.0.1),
+    two processes each, write disjoint blocks of one s3:// cache; it equals the one-process dump bit for bit."""
+    from s3_server import free_port
+
+    url, so = f"s3://{s3.new_bucket()}/c.zarr", s3.storage_options()
+    port = free_port()
+    nodes = []
+    for node in (0, 1):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(node),
+               "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(port),
+               "-m", "kdcache", *world.dump_args(url, extra=s3.cli_options())]
+        nodes.append(start(cmd, tmp_path, f"node{node}"))
+    try:
+        for p in nodes:
+            p.wait(timeout=400)
+    finally:
+        for p in nodes:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for p in nodes:
+        assert p.returncode == 0, logs(p)
+    assert_equal_to(url, so, world.reference)
+    assert CacheStore.open(url, storage_options=so).done_units().all()
+
+
+@pytest.mark.slow
+def test_two_students_read_an_s3_cache_while_a_dump_grows_it(world, s3, two_view_cache, tmp_path):
+    """As on disk (tests/engine/test_concurrent.py): two students train from the s3:// cache while --add-views
+    writes two more views; every snapshot a reader opens holds only finished views with their final bytes."""
+    url, so = f"s3://{s3.new_bucket()}/c.zarr", s3.storage_options()
+    s3.fs().put(two_view_cache, url, recursive=True)
+    ref = CacheStore.open(world.reference)
+    reference = {name: np.asarray(ref.array(name)[...]) for name in ref.view_array_names}
+    opts = s3.cli_options()
+    dump = start(kdcache_cmd(world.dump_args(url, views=None, extra=["--add-views", "2", *opts])), tmp_path, "add")
+    students = [start(kdcache_cmd(world.train_args(url, tmp_path / f"run{i}", epochs=2, seed=i) + opts),
+                      tmp_path, f"student{i}") for i in range(2)]
+    try:
+        seen = []
+        while dump.poll() is None:
+            seen.append(check_snapshot(url, reference, so))
+            time.sleep(0.1)
+        seen.append(check_snapshot(url, reference, so))
+        assert dump.returncode == 0, logs(dump)
+        for s in students:
+            s.wait(timeout=300)
+    finally:
+        for p in (dump, *students):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    blocks = world.num_units // VIEWS
+    assert any(v == 4 and 0 < n < 2 * blocks for v, n in seen), f"no intermediate state observed: {seen}"
+    assert seen[-1] == (4, 2 * blocks)
+    assert_equal_to(url, so, world.reference)
+    for i, s in enumerate(students):
+        assert s.returncode == 0, logs(s)
+        rows = [json.loads(line) for line in (tmp_path / f"run{i}" / "metrics.jsonl").read_text().splitlines()]
+        assert [r["epoch"] for r in rows] == [0, 1] and all(np.isfinite(r["train/loss"]) for r in rows)

@@ -1,0 +1,27 @@
+"""Smoke test of bench/s3_read.py at toy size: one cache on local disk and on a moto S3 server, read per epoch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_s3_read_bench_reads_an_epoch_from_both_stores(tmp_path):
+    pytest.importorskip("moto")
+    pytest.importorskip("s3fs")
+    out = tmp_path / "s3.json"
+    cmd = [sys.executable, str(REPO / "bench" / "s3_read.py"), "--samples", "64", "--views", "2", "--classes", "5",
+           "--block-size", "32", "--rounds", "2", "--json", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO / "bench")
+    assert res.returncode == 0, res.stderr
+    d = json.loads(out.read_text())
+    assert [r["storage"] for r in d["rows"]] == ["local", "s3"]
+    assert all(len(r["rounds_s"]) == 2 and r["median_s"] > 0 for r in d["rows"])
+    assert d["target_bytes"] == 64 * (5 * 2 + 1)  # per sample: 5 float16 logits and an int8 argmax
+    assert "s3 / local time" in res.stdout
