@@ -156,7 +156,7 @@ def test_the_online_reference_and_teacher_training_draw_the_preset_views(tmp_pat
     teacher = TrainConfig(data=DataConfig(source=tiny_h5), out=str(tmp_path / "teacher"), model="cnn_tiny",
                           view=view, epochs=1, batch_size=16, workers=0, val_split=None, device="cpu")
     train_teacher(teacher, progress=False, log=lambda _m: None)
-    for run in ("online", "teacher"):
-        spec = load_checkpoint(str(tmp_path / run / "last.pt"))[1]["view_spec"]
+    for name in ("online", "teacher"):
+        spec = load_checkpoint(str(tmp_path / name / "last.pt"))[1]["view_spec"]
         assert (spec["crop"], spec["padding"], spec["auto_augment"], spec["reprob"], spec["mix"]) == \
-               ("pad", 2, "rand-m9-mstd0.5-inc1", 0.25, "both"), run
+               ("pad", 2, "rand-m9-mstd0.5-inc1", 0.25, "both"), name
