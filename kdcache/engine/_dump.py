@@ -47,6 +47,7 @@ from kdcache.cache import CacheIdentity, CacheStore, TargetMode, dataset_identit
 from kdcache.cache._info import label_agreement
 from kdcache.cache._integrity import scan_cache
 from kdcache.cache._layout import VIEW_SEED, UnitLayout
+from kdcache.cache._restore import restore_metadata
 from kdcache.data import DataConfig
 from kdcache.errors import CacheError, CacheMismatchError, ConfigError, KdcacheError, TeacherOutputError
 
@@ -103,6 +104,9 @@ def unit_layout(mode: TargetMode, spec: ViewSpec, ds) -> UnitLayout:
 def _prepare_store(cfg: DumpConfig, ds, identity: CacheIdentity, attrs: dict[str, Any], spec: ViewSpec,
                    log: Callable[[str], None]) -> CacheStore:
     """Create, resume or extend the store (rank 0 only). Never modifies a cache that does not match."""
+    # Damaged metadata or an edited description: rebuilt from the seal's copy and this command, or named.
+    restore_metadata(cfg.out, identity=identity, layout=unit_layout(TargetMode.parse(identity.targets), spec, ds),
+                     storage_options=cfg.storage_options, log=log)
     existing = CacheStore.peek_attrs(cfg.out, cfg.storage_options)
     create_new = existing is None
     if existing is not None:
