@@ -176,6 +176,8 @@ class CacheStore:
         # The view count is read from the arrays (the authority) so a handle opened while
         # another process adds views sees a consistent snapshot.
         self.num_views = int(self.array("done").shape[1])
+        for name in ("sample_key", "label", *self.view_array_names):
+            self.array(name)  # every array's metadata is read (and a damaged zarr.json named) at open
 
     # ------------------------------------------------------------------ opening
     @classmethod
