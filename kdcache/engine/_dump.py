@@ -49,6 +49,7 @@ from kdcache.cache._integrity import scan_cache
 from kdcache.cache._layout import VIEW_SEED, UnitLayout
 from kdcache.cache._restore import restore_metadata
 from kdcache.data import DataConfig
+from kdcache.engine._lock import WriterLock, parse_shard
 from kdcache.errors import CacheError, CacheMismatchError, ConfigError, KdcacheError, TeacherOutputError
 
 __all__ = ["DumpConfig", "DumpSummary", "dump_teacher"]
@@ -71,6 +72,14 @@ class DumpConfig(ConfigBase):
     device: str = "auto"
     amp: bool = False
     storage_options: dict[str, Any] | None = None
+    shard: str | None = None          # "I/N": only blocks b with b % N == I (independent jobs; see _lock.py)
+
+    def recorded(self) -> dict[str, Any]:
+        """The configuration recorded in the cache: the shard is left out (any shard may create the store,
+        and the store must be the same whichever did)."""
+        d = self.to_dict()
+        d.pop("shard", None)
+        return d
 
 
 @dataclass
@@ -200,8 +209,9 @@ class _Writer:
     marked done (``write_unit`` sets ``done`` last) and nothing after it is written.
     """
 
-    def __init__(self, store: CacheStore, out: str, bar, depth: int = 2):
+    def __init__(self, store: CacheStore, out: str, bar, depth: int = 2, on_write: Callable[[], None] | None = None):
         self.store, self.out, self.bar = store, out, bar
+        self.on_write = on_write
         self.queue: queue.Queue = queue.Queue(maxsize=depth)
         self.error: tuple[BaseException, str] | None = None
         self.thread = threading.Thread(target=self._loop, name="kdcache-writer", daemon=True)
@@ -216,6 +226,8 @@ class _Writer:
                 try:
                     self.store.write_unit(block, view, arrays)
                     self.bar.update(len(next(iter(arrays.values()))))
+                    if self.on_write is not None:
+                        self.on_write()  # the writer lock's heartbeat
                 except BaseException as e:  # noqa: BLE001 - handed to the dump's thread
                     self.error = (e, where)
                     break
@@ -258,6 +270,7 @@ def dump_teacher(cfg: DumpConfig, *, progress: bool = True, log: Callable[[str],
     if cfg.batch_size < 1 or cfg.block_size < 1 or cfg.workers < 0:
         raise ConfigError("batch size and block size must be >= 1 and workers >= 0")
     mode = TargetMode.parse(cfg.targets)
+    parse_shard(cfg.shard)  # a bad I/N is refused before any work
     ctx = DistContext.from_env(cfg.device)
     try:
         return _dump(cfg, mode, ctx, progress=progress and ctx.is_main, log=log if ctx.is_main else _quiet)
@@ -346,13 +359,32 @@ def _dump(cfg: DumpConfig, mode: TargetMode, ctx: DistContext, *, progress: bool
         "view_spec": pipeline.describe(),
         "teacher": teacher.describe(),
         "dataset": {**ds.describe(), "source": ds.source},
-        "config": cfg.to_dict(),
+        "config": cfg.recorded(),
     }
     # Rank 0 alone touches metadata; the others wait, then open what it made (or fail with it).
+    # Rank 0 also holds the writer lock: another dump of the same work refuses, naming this one.
+    shard = parse_shard(cfg.shard)
+    lock = WriterLock(cfg.out, shard, storage_options=cfg.storage_options) if ctx.is_main else None
+    try:
+        return _dump_locked(cfg, ds, mode, ctx, teacher, spec, pipeline, identity, attrs, shard, lock,
+                            progress=progress, log=log)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _dump_locked(cfg: DumpConfig, ds, mode: TargetMode, ctx: DistContext, teacher, spec: ViewSpec,
+                 pipeline: ViewPipeline, identity: CacheIdentity, attrs: dict[str, Any], shard, lock,
+                 *, progress: bool, log: Callable[[str], None]) -> DumpSummary:
     error = None
     if ctx.is_main:
         try:
-            store = _prepare_store(cfg, ds, identity, attrs, spec, log)
+            lock.hold_meta(log=log)
+            try:
+                lock.acquire()
+                store = _prepare_store(cfg, ds, identity, attrs, spec, log)
+            finally:
+                lock.release_meta()
         except KdcacheError as e:
             error = e
     if ctx.distributed:
@@ -367,6 +399,8 @@ def _dump(cfg: DumpConfig, mode: TargetMode, ctx: DistContext, *, progress: bool
         store.check_identity(identity)
 
     all_work = _block_work(store.pending_units())
+    if shard is not None:
+        all_work = [(b, vs) for b, vs in all_work if b % shard[1] == shard[0]]
     # Every rank must slice the same list: nobody writes a unit before all ranks have read it.
     ctx.barrier()
     work = all_work[ctx.rank::ctx.world_size]
@@ -389,7 +423,7 @@ def _dump(cfg: DumpConfig, mode: TargetMode, ctx: DistContext, *, progress: bool
                unit="view", disable=not progress)
     t0 = time.perf_counter()
     failure: BaseException | None = None
-    writer = _Writer(store, cfg.out, bar)
+    writer = _Writer(store, cfg.out, bar, on_write=lock.heartbeat if lock is not None else None)
     try:
         try:
             _run_blocks(model, iter(loader), work, store, pipeline, device, cfg, writer)
@@ -400,7 +434,9 @@ def _dump(cfg: DumpConfig, mode: TargetMode, ctx: DistContext, *, progress: bool
         failure = e
     # A rank that failed must not leave the others waiting at a barrier forever.
     others_failed = ctx.any(failure is not None)
-    note, removed = _after_failure(cfg, ctx) if failure is not None or others_failed else ("", False)
+    # A shard never removes the store: other shards may be writing it.
+    note, removed = (_after_failure(cfg, ctx) if (failure is not None or others_failed) and shard is None
+                     else ("", False))
     if failure is not None:
         # Cache errors already say what is kept; every message says when the cache was removed.
         if note and isinstance(failure, KdcacheError) and (removed or not isinstance(failure, CacheError)):
