@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from kdcache._config import ConfigBase
-from kdcache._runtime import DistContext, autocast, select_device
+from kdcache._runtime import DistContext, autocast, select_device, unwrap_worker_error
 from kdcache._teacher import TeacherSpec, build_teacher
 from kdcache._views import (
     BlockBatches,
@@ -318,7 +318,10 @@ def _run_blocks(model, loader, work: list[tuple[int, list[int]]], store: CacheSt
         params: dict[int, list[ViewParams]] = {v: [] for v in views}
         seeds: dict[int, list[np.ndarray]] = {v: [] for v in views}
         while got < need:
-            batch: ViewBatch = next(loader)
+            try:
+                batch: ViewBatch = next(loader)
+            except KdcacheError as e:  # a worker's error: the one line --workers 0 gives
+                raise unwrap_worker_error(e) from None
             with torch.inference_mode(), autocast(device, cfg.amp):
                 out = model(batch.images.to(device, non_blocking=True)).float().cpu()
             for v in views:  # the batch is sample-major: each view's rows stay in sample order
