@@ -177,3 +177,17 @@ def test_bad_shard_is_one_line(world, tmp_path, bad):
     assert res.exit_code != 0 and isinstance(res.exception, SystemExit), res.output
     assert res.output.startswith(("Error: --shard I/N needs 0 <= I < N", "Error: --shard must be I/N")), res.output
     assert not (tmp_path / "c.zarr").exists()
+
+
+def test_locks_on_an_fsspec_store():
+    out = "memory://kdcache-locks/c.zarr"
+    a = WriterLock(out)
+    a.hold_meta(log=lambda _m: None)
+    a.acquire()
+    a.release_meta()
+    with pytest.raises(CacheBusyError, match=r"lock memory://kdcache-locks/c.zarr.locks/all"):
+        WriterLock(out, (0, 2)).acquire()
+    a.release()
+    b = WriterLock(out, (0, 2))
+    b.acquire()
+    b.release()
