@@ -209,9 +209,8 @@ class _Writer:
     marked done (``write_unit`` sets ``done`` last) and nothing after it is written.
     """
 
-    def __init__(self, store: CacheStore, out: str, bar, depth: int = 2, on_write: Callable[[], None] | None = None):
+    def __init__(self, store: CacheStore, out: str, bar, depth: int = 2):
         self.store, self.out, self.bar = store, out, bar
-        self.on_write = on_write
         self.queue: queue.Queue = queue.Queue(maxsize=depth)
         self.error: tuple[BaseException, str] | None = None
         self.thread = threading.Thread(target=self._loop, name="kdcache-writer", daemon=True)
@@ -226,8 +225,6 @@ class _Writer:
                 try:
                     self.store.write_unit(block, view, arrays)
                     self.bar.update(len(next(iter(arrays.values()))))
-                    if self.on_write is not None:
-                        self.on_write()  # the writer lock's heartbeat
                 except BaseException as e:  # noqa: BLE001 - handed to the dump's thread
                     self.error = (e, where)
                     break
@@ -426,7 +423,7 @@ def _dump_locked(cfg: DumpConfig, ds, mode: TargetMode, ctx: DistContext, teache
                unit="view", disable=not progress)
     t0 = time.perf_counter()
     failure: BaseException | None = None
-    writer = _Writer(store, cfg.out, bar, on_write=lock.heartbeat if lock is not None else None)
+    writer = _Writer(store, cfg.out, bar)
     try:
         try:
             _run_blocks(model, iter(loader), work, store, pipeline, device, cfg, writer)

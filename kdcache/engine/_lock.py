@@ -9,8 +9,8 @@ live inside it). Each is a small JSON document ``{pid, host, started, heartbeat,
 
 A dump refuses to start when a live lock covers work it would do (``all`` against anything; a shard against
 ``all``, the same shard, or shards of another N). A lock is *stale*, and taken over, when its pid is dead
-on this host or its heartbeat (refreshed by the writer as units are written) is older than
-``KDCACHE_LOCK_TIMEOUT`` seconds (default 600). Local files are created with ``O_EXCL``; fsspec stores get
+on this host, or, for a writer on another host, its heartbeat (refreshed by a background thread every
+``min(30, timeout / 10)`` seconds) is older than ``KDCACHE_LOCK_TIMEOUT`` seconds (default 600). Local files are created with ``O_EXCL``; fsspec stores get
 a best-effort create-then-read-back (most object stores have no exclusive create).
 """
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
@@ -104,18 +105,29 @@ class _Files:
         except FileExistsError:
             return False
         except FileNotFoundError:  # made on first use (and removed by the last writer to finish)
-            try:
-                os.mkdir(self.root)
-            except FileExistsError:
-                pass
-            except OSError as e:
-                out = self.root[: -len(".locks")]
-                raise CacheError(f"cannot create {out}: cannot make its lock folder {self.root}: "
-                                 f"{e.strerror or e}") from e
+            self._make_root()
             return self.create(name, data)
+        except OSError as e:
+            raise self._cannot(e) from e
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         return True
+
+    def _cannot(self, e: OSError) -> CacheError:
+        out = self.root[: -len(".locks")]
+        parent = os.path.dirname(os.path.abspath(out))
+        if not os.path.isdir(parent):
+            what = "is not a directory" if os.path.exists(parent) else "does not exist"
+            return CacheError(f"cannot create {out}: {parent} {what}")
+        return CacheError(f"cannot create {out}: cannot make its lock folder {self.root}: {e.strerror or e}")
+
+    def _make_root(self) -> None:
+        try:
+            os.mkdir(self.root)
+        except FileExistsError:
+            pass
+        except OSError as e:
+            raise self._cannot(e) from e
 
     def replace(self, name: str, data: bytes) -> None:
         if self.url:
@@ -149,7 +161,7 @@ class _Files:
             if self.url:
                 return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(self.base, detail=False))
             return sorted(os.listdir(self.root))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return []
 
 
@@ -166,6 +178,14 @@ class WriterLock:
         self.started = _now()
         self.held: list[str] = []
         self._last_beat = 0.0
+        self._mutex = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _start_beats(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._beat, name="kdcache-lock-heartbeat", daemon=True)
+            self._thread.start()
 
     # ----------------------------------------------------------------- documents
     def _doc(self) -> bytes:
@@ -185,8 +205,9 @@ class WriterLock:
             beat = self._mtime(name)
         if (host == self.host and pid == self.pid) and doc.get("started") == self.started:
             return None  # our own
-        dead = host == self.host and pid > 0 and not _pid_alive(pid)
-        if dead or _now() - beat > _timeout():
+        # On this host the pid decides (a live writer may go long between heartbeats); elsewhere, the heartbeat.
+        stale = (not _pid_alive(pid)) if host == self.host and pid > 0 else _now() - beat > _timeout()
+        if stale:
             if self.files.read(name) == raw:  # nobody took it over meanwhile
                 self.files.delete(name)
             return None
@@ -220,11 +241,13 @@ class WriterLock:
                                      f"({self._describe(holder, 'meta')}); try again when it has started")
             time.sleep(poll)
         self.held.append("meta")
+        self._start_beats()
 
     def release_meta(self) -> None:
-        if "meta" in self.held:
-            self.files.delete("meta")
-            self.held.remove("meta")
+        with self._mutex:
+            if "meta" in self.held:
+                self.held.remove("meta")
+                self.files.delete("meta")
 
     # ----------------------------------------------------------------- writer lock
     def _conflicts(self, other: str) -> bool:
@@ -253,18 +276,37 @@ class WriterLock:
             raise CacheBusyError(f"{self.out} is being written by another dump-teacher "
                                  f"({self._describe(holder, self.name)})")
         self.held.append(self.name)
+        self._start_beats()
 
-    def heartbeat(self, every: float = 5.0) -> None:
-        """Refresh the writer lock's heartbeat (at most every ``every`` seconds)."""
-        if self.name in self.held and _now() - self._last_beat >= every:
+    def heartbeat(self) -> None:
+        """Refresh the heartbeat of every lock held (a background thread does it every few seconds)."""
+        with self._mutex:
+            for name in list(self.held):
+                try:
+                    self.files.replace(name, self._doc())
+                except OSError:
+                    pass  # a missed beat; the next one retries
             self._last_beat = _now()
-            self.files.replace(self.name, self._doc())
+
+    def _beat(self) -> None:
+        every = max(1.0, min(30.0, _timeout() / 10))
+        while not self._stop.wait(every):
+            self.heartbeat()
 
     def release(self) -> None:
+        """Give back every lock held; never raises (it runs after failures too)."""
+        try:
+            self._release()
+        except OSError:
+            pass
+
+    def _release(self) -> None:
+        self._stop.set()
         self.release_meta()
-        if self.name in self.held:
-            self.files.delete(self.name)
-            self.held.remove(self.name)
+        with self._mutex:
+            if self.name in self.held:
+                self.held.remove(self.name)
+                self.files.delete(self.name)
         if not self.files.url and not self.files.names():
             try:
                 os.rmdir(self.files.root)

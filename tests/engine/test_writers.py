@@ -191,3 +191,23 @@ def test_locks_on_an_fsspec_store():
     b = WriterLock(out, (0, 2))
     b.acquire()
     b.release()
+
+
+def test_a_live_local_writer_is_never_stale_and_beats(tmp_path, monkeypatch):
+    out = str(tmp_path / "c.zarr")
+    os.makedirs(lock_dir(out))
+    old = {"pid": os.getppid(), "host": socket.gethostname(), "started": 0.0, "heartbeat": time.time() - 86400,
+           "work": "all", "out": out}  # alive on this host, silent for a day (a very long block)
+    with open(os.path.join(lock_dir(out), "all"), "w") as f:
+        json.dump(old, f)
+    with pytest.raises(CacheBusyError, match=f"pid {os.getppid()} on host"):
+        WriterLock(out).acquire()
+    os.remove(os.path.join(lock_dir(out), "all"))
+    monkeypatch.setenv("KDCACHE_LOCK_TIMEOUT", "10")  # a beat every second
+    lock = WriterLock(out, (0, 2))
+    lock.acquire()
+    first = json.loads(open(os.path.join(lock_dir(out), "shard-0-of-2")).read())["heartbeat"]
+    time.sleep(1.6)
+    assert json.loads(open(os.path.join(lock_dir(out), "shard-0-of-2")).read())["heartbeat"] > first
+    lock.release()
+    assert not os.path.exists(lock_dir(out))
