@@ -50,13 +50,16 @@ from kdcache.engine import DumpConfig, TeacherSpec, dump_teacher
                  help="Samples per chunk (the unit of writing, resuming and reading)."),
     click.option("--storage-option", "storage_options", multiple=True,
                  help="KEY=VALUE for fsspec URLs (repeatable)."),
+    click.option("--shard", default=None, metavar="I/N",
+                 help="Compute only blocks b with b % N == I: N independent jobs (started in any order, killed and "
+                      "rerun at will) fill the same store as one process."),
 )
 @view_options
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @runtime_options
 @library_errors
 def dump_teacher_cmd(data, split, limit, subset_seed, val_fraction, teacher, teacher_weights, teacher_args,
-                     random_init, init_seed, out, views, add_views, seed, targets, batch_size, block_size, amp, storage_options, as_json, device, workers, progress,
+                     random_init, init_seed, out, views, add_views, seed, targets, batch_size, block_size, amp, storage_options, shard, as_json, device, workers, progress,
                      **view_kw):
     """Run a teacher once over V augmented views of a dataset and cache its outputs.
 
@@ -76,7 +79,8 @@ def dump_teacher_cmd(data, split, limit, subset_seed, val_fraction, teacher, tea
                                      random_init=random_init, init_seed=init_seed),
         views=views, add_views=add_views,
         seed=seed, targets=targets, view=view_overrides(view_kw), batch_size=batch_size, workers=workers,
-        block_size=block_size, device=device, amp=amp, storage_options=parse_key_values(storage_options) or None)
+        block_size=block_size, device=device, amp=amp, storage_options=parse_key_values(storage_options) or None,
+        shard=shard)
     s = dump_teacher(cfg, progress=progress, log=lambda m: click.echo(m, err=as_json))
     if s.rank != 0:
         return

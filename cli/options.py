@@ -19,6 +19,7 @@ from typing import Any
 
 import click
 
+from kdcache._runtime import unwrap_worker_error
 from kdcache.augment import ViewSpec
 from kdcache.augment._presets import PRESETS
 from kdcache.errors import KdcacheError
@@ -294,8 +295,8 @@ def library_errors(f: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         try:
             return f(*args, **kwargs)
-        except KdcacheError as e:
-            raise click.ClickException(_flag_names(str(e), click.get_current_context())) from e
+        except KdcacheError as e:  # a DataLoader worker's error reads as the main process's one line
+            raise click.ClickException(_flag_names(str(unwrap_worker_error(e)), click.get_current_context())) from e
         except KeyboardInterrupt:
             raise click.ClickException("interrupted; rerun the same command to resume") from None
         except OSError as e:  # a path the library did not check itself: still one line, never a traceback

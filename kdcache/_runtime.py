@@ -15,7 +15,26 @@ import torch.distributed as dist
 
 from kdcache.errors import ConfigError
 
-__all__ = ["select_device", "autocast", "DistContext"]
+__all__ = ["select_device", "autocast", "DistContext", "unwrap_worker_error"]
+
+
+def unwrap_worker_error(e: BaseException) -> BaseException:
+    """The error a DataLoader worker raised, as the main process would have raised it.
+
+    torch re-raises a worker's exception as the same type with a 35-45 line message ("Caught DataError in
+    DataLoader worker process 0. Original Traceback ..."); the original message is its last line. Returns
+    ``e`` itself when it is not such a wrapper."""
+    msg = str(e)
+    if not msg.startswith("Caught ") or "Original Traceback" not in msg:
+        return e
+    name = f"{type(e).__module__}.{type(e).__qualname__}"
+    found = [ln[len(name) + 2:] for ln in msg.splitlines() if ln.startswith(name + ": ")]
+    if not found:
+        return e
+    try:
+        return type(e)(found[-1])
+    except Exception:  # noqa: BLE001 - a type that cannot be rebuilt from its message: keep torch's
+        return e
 
 
 def select_device(name: str = "auto", *, local_rank: int = 0) -> torch.device:

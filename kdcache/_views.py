@@ -21,7 +21,7 @@ from torch.utils.data import Dataset, Sampler
 from kdcache.augment import ViewParams, ViewPipeline, ViewSpec, derive_view_seed
 from kdcache.augment._describe import summarize_spec
 from kdcache.augment._presets import expand_preset
-from kdcache.errors import ConfigError
+from kdcache.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     from kdcache.models import ModelCfg
@@ -101,8 +101,21 @@ def build_views(dataset, pipeline: ViewPipeline, indices: Sequence[int], params:
     idx = [int(i) for i in indices]
     imgs = images if images is not None else _images_for(dataset, idx + [p.partner for p in params
                                                                            if p.partner >= 0])
-    return torch.stack([pipeline.apply(imgs[i], p, imgs[p.partner] if p.partner >= 0 else None)
-                        for i, p in zip(idx, params)])
+    return torch.stack([_apply(dataset, pipeline, i, p, imgs) for i, p in zip(idx, params)])
+
+
+def _apply(dataset, pipeline: ViewPipeline, i: int, p: ViewParams, imgs: Mapping[int, torch.Tensor]) -> torch.Tensor:
+    """One view; recorded parameters that no longer fit the image name the sample: the data changed."""
+    try:
+        return pipeline.apply(imgs[i], p, imgs[p.partner] if p.partner >= 0 else None)
+    except DataError as e:
+        if "does not fit" not in str(e):
+            raise
+        file = getattr(dataset, "sample_file", lambda _i: None)(i)
+        partner = f"; mixed with sample {p.partner}" if p.partner >= 0 else ""
+        raise DataError(f"sample {i} ({dataset.keys[i]!r}{f', {file}' if file else ''}{partner}) no "
+                        f"longer fits its recorded view: {e}; the data changed since the dump (an image replaced or "
+                        "resized): restore it, or dump the cache again") from None
 
 
 @dataclass

@@ -21,6 +21,9 @@ __all__ = [
     "CacheIncompleteError",
     "CacheDamagedError",
     "StorageError",
+    "CacheEditedError",
+    "CacheMetadataError",
+    "CacheBusyError",
     "TeacherOutputError",
     "DownloadUnavailableError",
     "RunError",
@@ -78,6 +81,31 @@ class CacheMismatchError(CacheError, ValueError):
 
 class StorageError(CacheError, OSError):
     """The storage behind a cache URL cannot be reached, or refuses the credentials (S3 and other fsspec stores)."""
+
+
+class CacheEditedError(CacheMismatchError):
+    """The cache's stored description (identity or configuration) changed after its targets were computed.
+
+    ``fields`` names the attributes that no longer agree with the seal (``["fingerprint"]`` for caches made
+    before per-field seals, where only the fingerprint can be compared). See kdcache/cache/_seal.py.
+    """
+
+    def __init__(self, message: str, fields: list[str] | None = None):
+        super().__init__(message)
+        self.fields = list(fields or [])
+
+
+class CacheMetadataError(CacheError):
+    """A metadata file of the cache (a ``zarr.json``) is missing, truncated or invalid, or an attribute
+    does not parse. ``file`` is its path, ``problem`` what is wrong with it."""
+
+    def __init__(self, message: str, file: str = "", problem: str = ""):
+        super().__init__(message)
+        self.file, self.problem = file, problem
+
+
+class CacheBusyError(CacheError):
+    """Another live process is writing the cache (its lock file names it)."""
 
 
 class CacheIncompleteError(CacheError):

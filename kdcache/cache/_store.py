@@ -37,17 +37,21 @@ from zarr.core.sync import sync
 from kdcache.cache._damage import Damage, damage_error
 from kdcache.cache._identity import CacheIdentity, dataset_differences
 from kdcache.cache._layout import UnitLayout
+from kdcache.cache._metadata import child_nodes, metadata_error, metadata_location, metadata_problem
 from kdcache.cache._remote import storage_error
+from kdcache.cache._seal import SEAL_ATTR, SEAL_COPY_ATTR, check_seal, make_seal, seal_copy
 from kdcache.cache._targets import TargetMode
 from kdcache.errors import (
     CacheDamagedError,
     CacheError,
     CacheIncompleteError,
+    CacheMetadataError,
     CacheMismatchError,
     CacheNotFoundError,
+    KdcacheError,
 )
 
-__all__ = ["CacheStore", "FORMAT_VERSION", "DEFAULT_BLOCK_SIZE", "is_url"]
+__all__ = ["CacheStore", "FORMAT_VERSION", "DEFAULT_BLOCK_SIZE", "is_url", "array_recipes"]
 
 # 2: no `view_seed` array (derived); 3: per-sample op arrays (auto-augment, colour, erasing), pad-crop.
 # Format-1 and -2 caches stay readable and writable.
@@ -98,21 +102,76 @@ def _open_group(path: str, mode: str, storage_options: Mapping[str, Any] | None,
     return zarr.open_group(str(path), mode=mode, **kw)
 
 
+def array_recipes(n: int, num_views: int, layout: UnitLayout, block_size: int,
+                  seal_copy: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """``create_array`` arguments of every array of a new cache, by name (creation, and the rewrite of a
+    damaged ``zarr.json``, which must produce the same bytes). ``done`` carries a copy of the seal."""
+    out: dict[str, dict[str, Any]] = {
+        "sample_key": dict(shape=(n,), chunks=(min(n, _KEY_CHUNK),), dtype=str, compressors=_KEY_COMPRESSORS,
+                           config=_WRITE_ALL),
+        "label": dict(shape=(n,), chunks=(min(n, _KEY_CHUNK),), dtype="int32", compressors=_compressors("int32"),
+                      fill_value=0, config=_WRITE_ALL),
+    }
+    for name, (trail, dtype) in layout.specs.items():
+        out[name] = dict(shape=(n, num_views, *trail), chunks=(block_size, 1, *trail), dtype=dtype,
+                         compressors=_compressors(dtype, name), fill_value=0, config=_WRITE_ALL)
+    out["done"] = dict(shape=(n, num_views), chunks=(block_size, 1), dtype=bool, compressors=_compressors(bool),
+                       fill_value=False, config=_WRITE_ALL,
+                       attributes={SEAL_COPY_ATTR: dict(seal_copy)} if seal_copy is not None else None)
+    return out
+
+
+def _attr(path: str, attrs: Mapping[str, Any], key: str, parse):
+    """``parse(attrs[key])``; a missing or unparsable attribute is a one-line :class:`CacheMetadataError`."""
+    loc = metadata_location(path)
+    if key not in attrs:
+        raise CacheMetadataError(f"cache {path}: attribute {key!r} is missing from {loc}; rerun the dump-teacher "
+                                 "command that made this cache to restore it", file=loc, problem="missing")
+    try:
+        return parse(attrs[key])
+    except (KeyError, TypeError, ValueError, AttributeError, KdcacheError) as e:
+        raise CacheMetadataError(f"cache {path}: attribute {key!r} of {loc} does not parse "
+                                 f"({type(e).__name__}: {str(e)[:100]}); rerun the dump-teacher command that made "
+                                 "this cache to restore it", file=loc, problem="does not parse") from None
+
+
+def _check_group_metadata(path: str, storage_options: Mapping[str, Any] | None) -> None:
+    """A group ``zarr.json`` that is missing, empty, truncated or invalid: not found when nothing Zarr is
+    there, else a one-line :class:`CacheMetadataError` naming the file (and that the arrays are there)."""
+    problem = metadata_problem(path, "", node="group", storage_options=storage_options)
+    if problem is None:
+        return
+    kids = child_nodes(path, storage_options)
+    if problem == "is missing" and not kids:
+        return  # nothing Zarr here: zarr's own "not found" follows
+    there = f" (its arrays {', '.join(kids[:6])}{', ...' if len(kids) > 6 else ''} are there)" if kids else ""
+    raise metadata_error(path, "", problem + there)
+
+
 class CacheStore:
     """A handle on one cache. Use :meth:`create` or :meth:`open`; never construct directly."""
 
-    def __init__(self, group: zarr.Group, path: str, *, writable: bool):
+    def __init__(self, group: zarr.Group, path: str, *, writable: bool,
+                 storage_options: Mapping[str, Any] | None = None):
         self._g = group
         self.path = str(path)
+        self._storage_options = dict(storage_options) if storage_options and is_url(path) else None
+        self.storage_options = dict(storage_options or {})  # for size queries through fsspec
         self.writable = writable
         attrs = dict(group.attrs)
         self.attrs: dict[str, Any] = attrs
-        self.identity = CacheIdentity.from_dict(attrs["identity"])
-        self.target_mode = TargetMode.parse(attrs["targets"])
-        self.num_samples = int(attrs["num_samples"])
-        self.num_classes = int(attrs["num_classes"])
-        self.block_size = int(attrs["block_size"])
-        self.view_array_names: list[str] = list(attrs["view_arrays"])
+        try:
+            identity: CacheIdentity | None = CacheIdentity.from_dict(attrs["identity"])
+        except (KeyError, TypeError, ValueError, AttributeError):
+            identity = None  # named below, unless the seal names the edit first
+        check_seal(self.path, attrs, identity)  # nothing is read from a description edited after the dump
+        self.identity = _attr(self.path, attrs, "identity", lambda _v: identity if identity is not None else
+                              CacheIdentity.from_dict(_v))
+        self.target_mode = _attr(self.path, attrs, "targets", TargetMode.parse)
+        self.num_samples = _attr(self.path, attrs, "num_samples", int)
+        self.num_classes = _attr(self.path, attrs, "num_classes", int)
+        self.block_size = _attr(self.path, attrs, "block_size", int)
+        self.view_array_names: list[str] = _attr(self.path, attrs, "view_arrays", lambda v: [str(n) for n in v])
         self._layout: UnitLayout | None = None
         # Caches made with checksums write every chunk: a missing chunk is damage (integrity.py).
         self.checksums = bool(attrs.get("checksums", False))
@@ -120,7 +179,9 @@ class CacheStore:
         self._chunk_specs: dict[str, Any] = {}  # an array's chunk spec (one for all chunks of its regular grid)
         # The view count is read from the arrays (the authority) so a handle opened while
         # another process adds views sees a consistent snapshot.
-        self.num_views = int(group["done"].shape[1])
+        self.num_views = int(self.array("done").shape[1])
+        for name in ("sample_key", "label", *self.view_array_names):
+            self.array(name)  # every array's metadata is read (and a damaged zarr.json named) at open
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -147,39 +208,34 @@ class CacheStore:
         mode = TargetMode.parse(identity.targets)
         if layout.mode != mode:
             raise CacheError(f"unit layout is for targets {layout.mode}, the identity says {mode}")
-        b = max(1, min(int(block_size), n))
+        final = cls.new_attributes(identity=identity, num_samples=n, num_classes=num_classes, num_views=num_views,
+                                   layout=layout, attrs=attrs, block_size=block_size)
         # The group is born with its identity in one metadata write (zarr's attrs.update() rewrites
         # zarr.json once per key) and `ready` is set last: an interrupted creation is always
         # recognisable as ours and redone by the same command.
         g = _open_group(path, "w", storage_options, attributes={
             "kdcache_format": FORMAT_VERSION, "ready": False, "fingerprint": identity.fingerprint,
             "identity": identity.to_dict()})
-        g.create_array("sample_key", shape=(n,), chunks=(min(n, _KEY_CHUNK),), dtype=str,
-                       compressors=_KEY_COMPRESSORS, config=_WRITE_ALL)
-        g.create_array("label", shape=(n,), chunks=(min(n, _KEY_CHUNK),), dtype="int32",
-                       compressors=_compressors("int32"), fill_value=0, config=_WRITE_ALL)
-        g["sample_key"][:] = np.asarray(list(keys), dtype=str)
-        g["label"][:] = np.asarray(labels, dtype=np.int32)
-        for name, (trail, dtype) in layout.specs.items():
-            g.create_array(name, shape=(n, num_views, *trail), chunks=(b, 1, *trail), dtype=dtype,
-                           compressors=_compressors(dtype, name), fill_value=0, config=_WRITE_ALL)
-        done = g.create_array("done", shape=(n, num_views), chunks=(b, 1), dtype=bool,
-                              compressors=_compressors(bool), fill_value=False, config=_WRITE_ALL)
-        done[:] = False  # every done chunk exists from the start: a missing one is damage
-        meta = dict(attrs)
-        meta.update({
-            "checksums": True,
-            "num_samples": n,
-            "num_views": num_views,
-            "num_classes": int(num_classes),
-            "targets": str(mode),
-            "block_size": b,
-            "view_arrays": layout.names,
-        })
-        g.attrs.put({**dict(g.attrs), **meta, "ready": True})
-        store = cls(g, path, writable=True)
-        store.storage_options = dict(storage_options or {})
-        return store
+        made = {name: g.create_array(name, **kw)  # the returned arrays carry the write-every-chunk config
+                for name, kw in array_recipes(n, num_views, layout, final["block_size"], seal_copy(final)).items()}
+        made["sample_key"][:] = np.asarray(list(keys), dtype=str)
+        made["label"][:] = np.asarray(labels, dtype=np.int32)
+        made["done"][:] = False  # every done chunk exists from the start: a missing one is damage
+        g.attrs.put(final)
+        return cls(g, path, writable=True, storage_options=storage_options)
+
+    @staticmethod
+    def new_attributes(*, identity: CacheIdentity, num_samples: int, num_classes: int, num_views: int,
+                       layout: UnitLayout, attrs: Mapping[str, Any], block_size: int) -> dict[str, Any]:
+        """The group attributes :meth:`create` writes (``ready`` true, sealed): also what a dump rerun
+        compares with the seal to restore edited or lost attributes."""
+        out = {"kdcache_format": FORMAT_VERSION, "ready": True, "fingerprint": identity.fingerprint,
+               "identity": identity.to_dict(), **dict(attrs),
+               "checksums": True, "num_samples": int(num_samples), "num_views": int(num_views),
+               "num_classes": int(num_classes), "targets": str(TargetMode.parse(identity.targets)),
+               "block_size": max(1, min(int(block_size), int(num_samples))), "view_arrays": layout.names}
+        out[SEAL_ATTR] = make_seal(out)
+        return out
 
     @classmethod
     def open(cls, path: str, *, mode: str = "r", storage_options: Mapping[str, Any] | None = None
@@ -189,6 +245,7 @@ class CacheStore:
             raise CacheError(f"invalid open mode {mode!r}")
         if not is_url(path) and not os.path.exists(path):
             raise CacheNotFoundError(f"cache not found: {path}")
+        _check_group_metadata(path, storage_options)
         try:
             g = _open_group(path, mode, storage_options)
         except (FileNotFoundError, zarr.errors.NodeNotFoundError) as e:
@@ -208,9 +265,7 @@ class CacheStore:
                              f"supports ({FORMAT_VERSION}); upgrade kdcache")
         if not attrs.get("ready"):
             raise CacheIncompleteError(f"{path}: cache creation was interrupted; rerun dump-teacher to recreate it")
-        store = cls(g, path, writable=(mode == "r+"))
-        store.storage_options = dict(storage_options or {})  # for size queries through fsspec
-        return store
+        return cls(g, path, writable=(mode == "r+"), storage_options=storage_options)
 
     @staticmethod
     def peek_attrs(path: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
@@ -264,7 +319,12 @@ class CacheStore:
 
     def array(self, name: str) -> zarr.Array:
         if name not in self._arrays:
-            self._arrays[name] = self._g[name]
+            try:
+                self._arrays[name] = self._g[name]
+            except Exception as e:  # noqa: BLE001 - zarr raises JSONDecodeError, KeyError, ...: name the file
+                problem = metadata_problem(self.path, name, node="array", storage_options=self._storage_options)
+                raise metadata_error(self.path, name, problem or f"cannot be read ({type(e).__name__}: "
+                                     f"{str(e)[:120]})") from None
         return self._arrays[name]
 
     def _writable_array(self, name: str) -> zarr.Array:
@@ -272,7 +332,12 @@ class CacheStore:
 
     def arrays(self) -> dict[str, zarr.Array]:
         """Every array of the group by name (sorted), for tools that copy the whole store."""
-        return dict(sorted(self._g.arrays()))
+        try:
+            listed = list(self._g.array_keys())
+        except Exception:  # noqa: BLE001 - a child's bad zarr.json: the known arrays are named one by one below
+            listed = []
+        names = sorted({"sample_key", "label", "done", *self.view_array_names, *listed})
+        return {n: self.array(n) for n in names}
 
     @property
     def keys(self) -> list[str]:

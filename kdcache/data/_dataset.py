@@ -115,6 +115,14 @@ class ImageDataset(Dataset):
     def get_image(self, i: int) -> torch.Tensor:
         return self.get_images([i])[0]
 
+    def sample_file(self, i: int) -> str | None:
+        """The file image ``i`` is read from (sources of one file per image), else None."""
+        (pos,) = self._positions([i])
+        return self._file_of(int(self._src_index[pos]))
+
+    def _file_of(self, src_index: int) -> str | None:
+        return None
+
     #: True for sources whose images all share one shape (arrays); then :meth:`max_side` is known.
     same_size_images: bool = False
 

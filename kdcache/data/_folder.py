@@ -77,6 +77,9 @@ class FolderDataset(ImageDataset):
     def _file(self, src_index: int) -> Path:
         return self._root / self._files[src_index]
 
+    def _file_of(self, src_index: int) -> str | None:
+        return str(self._file(src_index))
+
     def _read(self, src: np.ndarray) -> list[torch.Tensor]:
         return [self._decode(self._file(int(j))) for j in src]
 

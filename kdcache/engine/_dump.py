@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from kdcache._config import ConfigBase
-from kdcache._runtime import DistContext, autocast, select_device
+from kdcache._runtime import DistContext, autocast, select_device, unwrap_worker_error
 from kdcache._teacher import TeacherSpec, build_teacher
 from kdcache._utils import recordable_config
 from kdcache._views import (
@@ -49,7 +49,9 @@ from kdcache.cache import CacheIdentity, CacheStore, TargetMode, dataset_identit
 from kdcache.cache._info import label_agreement
 from kdcache.cache._integrity import scan_cache
 from kdcache.cache._layout import VIEW_SEED, UnitLayout
+from kdcache.cache._restore import restore_metadata
 from kdcache.data import DataConfig
+from kdcache.engine._lock import WriterLock, parse_shard
 from kdcache.errors import CacheError, CacheMismatchError, ConfigError, KdcacheError, TeacherOutputError
 
 __all__ = ["DumpConfig", "DumpSummary", "dump_teacher"]
@@ -72,6 +74,14 @@ class DumpConfig(ConfigBase):
     device: str = "auto"
     amp: bool = False
     storage_options: dict[str, Any] | None = None
+    shard: str | None = None          # "I/N": only blocks b with b % N == I (independent jobs; see _lock.py)
+
+    def recorded(self) -> dict[str, Any]:
+        """The configuration recorded in the cache: the shard is left out (any shard may create the store,
+        and the store must be the same whichever did), and so are credentials."""
+        d = recordable_config(self)  # storage_options credentials redacted
+        d.pop("shard", None)
+        return d
 
 
 @dataclass
@@ -107,6 +117,9 @@ def unit_layout(mode: TargetMode, spec: ViewSpec, ds) -> UnitLayout:
 def _prepare_store(cfg: DumpConfig, ds, identity: CacheIdentity, attrs: dict[str, Any], spec: ViewSpec,
                    log: Callable[[str], None]) -> CacheStore:
     """Create, resume or extend the store (rank 0 only). Never modifies a cache that does not match."""
+    # Damaged metadata or an edited description: rebuilt from the seal's copy and this command, or named.
+    restore_metadata(cfg.out, identity=identity, layout=unit_layout(TargetMode.parse(identity.targets), spec, ds),
+                     storage_options=cfg.storage_options, log=log)
     existing = CacheStore.peek_attrs(cfg.out, cfg.storage_options)
     create_new = existing is None
     if existing is not None:
@@ -258,6 +271,7 @@ def dump_teacher(cfg: DumpConfig, *, progress: bool = True, log: Callable[[str],
     if cfg.batch_size < 1 or cfg.block_size < 1 or cfg.workers < 0:
         raise ConfigError("batch size and block size must be >= 1 and workers >= 0")
     mode = TargetMode.parse(cfg.targets)
+    parse_shard(cfg.shard)  # a bad I/N is refused before any work
     ctx = DistContext.from_env(cfg.device)
     try:
         return _dump(cfg, mode, ctx, progress=progress and ctx.is_main, log=log if ctx.is_main else _quiet)
@@ -305,7 +319,10 @@ def _run_blocks(model, loader, work: list[tuple[int, list[int]]], store: CacheSt
         params: dict[int, list[ViewParams]] = {v: [] for v in views}
         seeds: dict[int, list[np.ndarray]] = {v: [] for v in views}
         while got < need:
-            batch: ViewBatch = next(loader)
+            try:
+                batch: ViewBatch = next(loader)
+            except KdcacheError as e:  # a worker's error: the one line --workers 0 gives
+                raise unwrap_worker_error(e) from None
             with torch.inference_mode(), autocast(device, cfg.amp):
                 out = model(batch.images.to(device, non_blocking=True)).float().cpu()
             for v in views:  # the batch is sample-major: each view's rows stay in sample order
@@ -346,15 +363,34 @@ def _dump(cfg: DumpConfig, mode: TargetMode, ctx: DistContext, *, progress: bool
         "view_spec": pipeline.describe(),
         "teacher": teacher.describe(),
         "dataset": {**ds.describe(), "source": ds.source},
-        "config": recordable_config(cfg),  # no credentials in the cache
+        "config": cfg.recorded(),  # no shard, no credentials
         # the kernels' versions: replay on other versions may drift (verify reports by how much)
         "software": kernel_versions(),
     }
     # Rank 0 alone touches metadata; the others wait, then open what it made (or fail with it).
+    # Rank 0 also holds the writer lock: another dump of the same work refuses, naming this one.
+    shard = parse_shard(cfg.shard)
+    lock = WriterLock(cfg.out, shard, storage_options=cfg.storage_options) if ctx.is_main else None
+    try:
+        return _dump_locked(cfg, ds, mode, ctx, teacher, spec, pipeline, identity, attrs, shard, lock,
+                            progress=progress, log=log)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _dump_locked(cfg: DumpConfig, ds, mode: TargetMode, ctx: DistContext, teacher, spec: ViewSpec,
+                 pipeline: ViewPipeline, identity: CacheIdentity, attrs: dict[str, Any], shard, lock,
+                 *, progress: bool, log: Callable[[str], None]) -> DumpSummary:
     error = None
     if ctx.is_main:
         try:
-            store = _prepare_store(cfg, ds, identity, attrs, spec, log)
+            lock.hold_meta(log=log)
+            try:
+                lock.acquire()
+                store = _prepare_store(cfg, ds, identity, attrs, spec, log)
+            finally:
+                lock.release_meta()
         except KdcacheError as e:
             error = e
     if ctx.distributed:
@@ -369,6 +405,8 @@ def _dump(cfg: DumpConfig, mode: TargetMode, ctx: DistContext, *, progress: bool
         store.check_identity(identity)
 
     all_work = _block_work(store.pending_units())
+    if shard is not None:
+        all_work = [(b, vs) for b, vs in all_work if b % shard[1] == shard[0]]
     # Every rank must slice the same list: nobody writes a unit before all ranks have read it.
     ctx.barrier()
     work = all_work[ctx.rank::ctx.world_size]
@@ -402,7 +440,9 @@ def _dump(cfg: DumpConfig, mode: TargetMode, ctx: DistContext, *, progress: bool
         failure = e
     # A rank that failed must not leave the others waiting at a barrier forever.
     others_failed = ctx.any(failure is not None)
-    note, removed = _after_failure(cfg, ctx) if failure is not None or others_failed else ("", False)
+    # A shard never removes the store: other shards may be writing it.
+    note, removed = (_after_failure(cfg, ctx) if (failure is not None or others_failed) and shard is None
+                     else ("", False))
     if failure is not None:
         # Cache errors already say what is kept; every message says when the cache was removed.
         if note and isinstance(failure, KdcacheError) and (removed or not isinstance(failure, CacheError)):

@@ -112,7 +112,26 @@ RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "config.json")
 RUN_DIRS = ("tb",)
 
 
-def _prepare_run_dir(cfg: TrainConfig) -> bool:
+CHECKPOINTS = ("last.pt", "best.pt")
+
+
+def _early_leftovers(out: str) -> list[str]:
+    """What a run killed before its first checkpoint leaves (config.json, metrics, tb/): nothing to resume
+    from, nothing worth keeping. Empty when the directory holds a checkpoint or no run."""
+    if any(os.path.exists(os.path.join(out, f)) for f in CHECKPOINTS):
+        return []
+    return [f for f in (*RUN_FILES, *RUN_DIRS) if os.path.exists(os.path.join(out, f))]
+
+
+def _remove_leftovers(out: str) -> None:
+    for f in RUN_FILES:
+        if os.path.exists(os.path.join(out, f)):
+            os.remove(os.path.join(out, f))
+    for d in RUN_DIRS:
+        shutil.rmtree(os.path.join(out, d), ignore_errors=True)
+
+
+def _prepare_run_dir(cfg: TrainConfig, log: Callable[[str], None] = print) -> bool:
     """Check and create ``cfg.out``; True when this run created it (so a failed start removes it again).
 
     A directory that already holds a run is refused unless the run continues it (``resume``) or
@@ -121,6 +140,11 @@ def _prepare_run_dir(cfg: TrainConfig) -> bool:
     out = cfg.out
     if os.path.exists(out) and not os.path.isdir(out):
         raise ConfigError(f"run directory {out} is a file; choose another `out`")
+    early = _early_leftovers(out) if os.path.isdir(out) else []
+    if early and not cfg.resume:  # --resume says the same and starts over too (see _Run._resume)
+        log(f"{out} holds a run stopped before its first checkpoint ({', '.join(early)}): starting it from the "
+            "beginning")
+        _remove_leftovers(out)
     held = [f for f in RUN_FILES if os.path.exists(os.path.join(out, f))]
     if held and not cfg.resume:
         if not cfg.overwrite:
@@ -139,10 +163,10 @@ def _prepare_run_dir(cfg: TrainConfig) -> bool:
 
 
 @contextmanager
-def _run_directory(cfg: TrainConfig, ctx: DistContext) -> Iterator[None]:
+def _run_directory(cfg: TrainConfig, ctx: DistContext, log: Callable[[str], None] = print) -> Iterator[None]:
     """The run directory for the run's lifetime: a run that fails before its first checkpoint leaves
     nothing behind (when it made the directory); one that fails later keeps its checkpoints and says so."""
-    created = _prepare_run_dir(cfg) if ctx.is_main else False
+    created = _prepare_run_dir(cfg, log) if ctx.is_main else False
     try:
         yield
     except BaseException as e:
@@ -272,7 +296,16 @@ class _Run:
     def _resume(self) -> None:
         path = os.path.join(self.cfg.out, "last.pt")
         if not os.path.exists(path):
-            raise CheckpointError(f"`resume`: no {path} to resume from")
+            early = _early_leftovers(self.cfg.out)
+            if not early:
+                raise CheckpointError(f"`resume`: {self.cfg.out} holds no run to resume (no {path}); drop `resume` "
+                                      "to start one")
+            self.log(f"{self.cfg.out} holds a run stopped before its first checkpoint ({', '.join(early)}): "
+                     "starting it from the beginning")
+            self.ctx.barrier()  # every rank has looked before the leftovers go
+            if self.ctx.is_main:
+                _remove_leftovers(self.cfg.out)
+            return
         model, extra = load_checkpoint(path)
         if model_cfg(model).name != model_cfg(self.model).name:
             raise CheckpointError(f"`resume`: {path} holds {model_cfg(model).name!r}, not {self.cfg.model!r}")
@@ -350,7 +383,7 @@ def train_student(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str
                           "fresh views instead: use it with `cache` only")
     ctx = DistContext.from_env(cfg.device)
     try:
-        with _run_directory(cfg, ctx):
+        with _run_directory(cfg, ctx, log):
             store = CacheStore.open(cfg.cache, mode="r", storage_options=cfg.storage_options) if cfg.cache else None
             ds = cfg.data.open().preload()  # resident before forking workers: one shared copy
             meta: dict[str, Any] = {"class_names": list(ds.class_names)}
@@ -499,7 +532,7 @@ def train_teacher(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str
         raise ConfigError("`views_per_image` replays cached views; a teacher run draws a fresh view per epoch")
     ctx = DistContext.from_env(cfg.device)
     try:
-        with _run_directory(cfg, ctx):
+        with _run_directory(cfg, ctx, log):
             ds = cfg.data.open().preload()  # resident before forking workers: one shared copy
             cfg = replace(cfg, loss=replace(cfg.loss, distill="none"))
             run = _Run(cfg, ctx, num_classes=ds.num_classes, num_samples=len(ds), kind="teacher",

@@ -1,0 +1,123 @@
+"""The seal: a cache's description (identity and configuration attributes) checked on every open.
+
+The fingerprint is a sha256 of the identity; nothing used to compare it with the identity it
+fingerprints, so a hand-edited ``identity.view_spec.size`` trained students on other views than the
+teacher saw. Since this seal, creation also stores ``seal``: a short sha256 of every field of the
+attributes that describe what the targets mean (``identity`` and the configuration attributes below,
+flattened three levels deep, e.g. ``identity.view_spec.size`` or ``view_spec.spec``). Every open
+recomputes the fingerprint and the digests; any difference is a :class:`CacheEditedError` naming the
+fields. Caches made before the seal have no digests: only the fingerprint is compared, and a mismatch
+says so without naming a field. A copy of the seal lives in the ``done`` array's attributes
+(``kdcache_seal``), so a lost or unreadable group ``zarr.json`` can be rebuilt by the dump command
+that made the cache, which knows every sealed value and whose digests must equal the copy's.
+
+Attributes a dump changes later (``num_views``, ``last_add``, ``ready``) are not sealed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+from kdcache.cache._identity import CacheIdentity, canonical_json
+from kdcache.errors import CacheEditedError
+
+__all__ = ["SEALED_ATTRS", "SEAL_ATTR", "SEAL_COPY_ATTR", "CacheEditedError", "make_seal", "seal_differences",
+           "check_seal", "seal_copy", "field_digests"]
+
+SEAL_ATTR = "seal"
+SEAL_COPY_ATTR = "kdcache_seal"  # the copy in done/zarr.json
+SEAL_VERSION = 1
+# What the targets mean and how the store is laid out: fixed at creation.
+SEALED_ATTRS = ("kdcache_format", "checksums", "identity", "targets", "num_samples", "num_classes", "block_size",
+                "view_arrays", "view_spec", "teacher", "dataset", "config")
+_DEPTH = 3          # identity.view_spec.size, view_spec.spec.size, config.data.source
+_DIGEST_CHARS = 16  # 64 bits: a hand edit, not an adversary
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(canonical_json(value).encode()).hexdigest()[:_DIGEST_CHARS]
+
+
+def _flatten(value: Any, name: str, depth: int, out: dict[str, str]) -> None:
+    if isinstance(value, Mapping) and value and depth > 1:
+        for k in value:
+            _flatten(value[k], f"{name}.{k}", depth - 1, out)
+    else:
+        out[name] = _digest(value)
+
+
+def field_digests(attrs: Mapping[str, Any]) -> dict[str, str]:
+    """A digest per sealed field (absent attributes are simply absent)."""
+    out: dict[str, str] = {}
+    for name in SEALED_ATTRS:
+        if name in attrs:
+            _flatten(attrs[name], name, _DEPTH, out)
+    return out
+
+
+def make_seal(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``seal`` attribute of a cache whose attributes are ``attrs`` (final values, at creation)."""
+    return {"version": SEAL_VERSION, "fingerprint": str(attrs["fingerprint"]), "fields": field_digests(attrs)}
+
+
+def seal_copy(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """What ``done/zarr.json`` keeps (``kdcache_seal``): the seal and the sealed attributes' values, enough
+    to rebuild a lost group ``zarr.json`` or restore edited attributes."""
+    return {"seal": dict(attrs[SEAL_ATTR]), "attrs": {k: attrs[k] for k in SEALED_ATTRS if k in attrs}}
+
+
+def seal_differences(attrs: Mapping[str, Any], seal: Mapping[str, Any]) -> list[str]:
+    """Sealed fields of ``attrs`` that differ from ``seal`` (edited, added or removed), sorted."""
+    have, want = field_digests(attrs), dict(seal.get("fields") or {})
+    out = []
+    for k in sorted(set(have) | set(want)):
+        if have.get(k) != want.get(k):
+            out.append(k if k in have and k in want else f"{k} ({'added' if k in have else 'removed'})")
+    if str(attrs.get("fingerprint")) != str(seal.get("fingerprint")):
+        out.append("fingerprint")
+    return _collapse(out)
+
+
+def _collapse(fields: list[str]) -> list[str]:
+    """More than three differing fields under one parent (a replaced dict) are named by the parent."""
+    parents: dict[str, int] = {}
+    for f in fields:
+        head = f.split(" ")[0].rsplit(".", 1)[0]
+        parents[head] = parents.get(head, 0) + 1
+    out: list[str] = []
+    for f in fields:
+        head = f.split(" ")[0].rsplit(".", 1)[0]
+        if "." in f.split(" ")[0] and parents[head] > 3:
+            name = f"{head} ({parents[head]} fields)"
+            if name not in out:
+                out.append(name)
+        else:
+            out.append(f)
+    return out
+
+
+def check_seal(path: str, attrs: Mapping[str, Any], identity: CacheIdentity | None) -> None:
+    """Raise :class:`CacheEditedError` when the stored description is not the one sealed at creation."""
+    seal = attrs.get(SEAL_ATTR)
+    fields: list[str] = []
+    if isinstance(seal, Mapping):
+        fields = seal_differences(attrs, seal)
+    recomputed = identity.fingerprint if identity is not None else None
+    if (recomputed is not None and attrs.get("fingerprint") != recomputed and "fingerprint" not in fields
+            and not any(f.startswith("identity") for f in fields)):
+        fields.append("fingerprint")
+    if not fields:
+        return
+    if not isinstance(seal, Mapping):
+        raise CacheEditedError(
+            f"cache {path}: its stored fingerprint {str(attrs.get('fingerprint'))[:16]} is not the fingerprint of "
+            f"its stored identity ({str(recomputed)[:16]}): the identity or the fingerprint was edited after the targets "
+            "were computed (the cache predates per-field seals, so the edited field cannot be named); restore the "
+            "original attributes, or delete the cache and dump again", ["fingerprint"])
+    named = fields[:8] + ([f"and {len(fields) - 8} more"] if len(fields) > 8 else [])
+    raise CacheEditedError(
+        f"cache {path}: its description was edited after its targets were computed; these fields no longer "
+        f"agree with the seal: {', '.join(named)}; restore them (rerunning the dump-teacher command that made the "
+        "cache does), or delete the cache and dump again", fields)
