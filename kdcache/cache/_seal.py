@@ -31,7 +31,7 @@ SEAL_COPY_ATTR = "kdcache_seal"  # the copy in done/zarr.json
 SEAL_VERSION = 1
 # What the targets mean and how the store is laid out: fixed at creation.
 SEALED_ATTRS = ("kdcache_format", "checksums", "identity", "targets", "num_samples", "num_classes", "block_size",
-                "view_arrays", "view_spec", "teacher", "dataset", "config")
+                "view_arrays", "view_spec", "teacher", "dataset", "config", "software")
 _DEPTH = 3          # identity.view_spec.size, view_spec.spec.size, config.data.source
 _DIGEST_CHARS = 16  # 64 bits: a hand edit, not an adversary
 
