@@ -8,12 +8,13 @@ connection errors); :func:`storage_error` turns the ones a user can cause into a
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
-from kdcache.errors import StorageError
+from kdcache.errors import KdcacheError, StorageError
 
-__all__ = ["storage_error"]
+__all__ = ["storage_error", "storage_errors"]
 
 _CONNECT_NAMES = ("EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError", "ConnectionError",
                   "ServerDisconnectedError", "ReadTimeoutError")
@@ -49,3 +50,18 @@ def storage_error(path: str, e: BaseException, storage_options: Mapping[str, Any
             return StorageError(f"{path}: cannot connect to {_endpoint(storage_options)} ({name}); check "
                                 "--storage-option endpoint_url=... and that the server is running and reachable")
     return None
+
+
+@contextmanager
+def storage_errors(path: str, storage_options: Mapping[str, Any] | None = None) -> Iterator[None]:
+    """Turn an fsspec back end's endpoint and credential errors raised in the body into a :class:`StorageError`
+    (for URLs; kdcache's own errors and anything else pass through)."""
+    try:
+        yield
+    except KdcacheError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the back end's client errors have no common base
+        err = storage_error(path, e, storage_options) if "://" in str(path) else None
+        if err is None:
+            raise
+        raise err from e

@@ -245,9 +245,11 @@ class CacheStore:
             raise CacheError(f"invalid open mode {mode!r}")
         if not is_url(path) and not os.path.exists(path):
             raise CacheNotFoundError(f"cache not found: {path}")
-        _check_group_metadata(path, storage_options)
         try:
+            _check_group_metadata(path, storage_options)
             g = _open_group(path, mode, storage_options)
+        except KdcacheError:
+            raise
         except (FileNotFoundError, zarr.errors.NodeNotFoundError) as e:
             raise CacheNotFoundError(f"cache not found: {path}") from e
         except (ValueError, zarr.errors.BaseZarrError) as e:

@@ -49,6 +49,7 @@ from kdcache.cache import CacheIdentity, CacheStore, TargetMode, dataset_identit
 from kdcache.cache._info import label_agreement
 from kdcache.cache._integrity import scan_cache
 from kdcache.cache._layout import VIEW_SEED, UnitLayout
+from kdcache.cache._remote import storage_errors
 from kdcache.cache._restore import restore_metadata
 from kdcache.data import DataConfig
 from kdcache.engine._lock import WriterLock, parse_shard
@@ -385,12 +386,13 @@ def _dump_locked(cfg: DumpConfig, ds, mode: TargetMode, ctx: DistContext, teache
     error = None
     if ctx.is_main:
         try:
-            lock.hold_meta(log=log)
-            try:
-                lock.acquire()
-                store = _prepare_store(cfg, ds, identity, attrs, spec, log)
-            finally:
-                lock.release_meta()
+            with storage_errors(cfg.out, cfg.storage_options):  # the lock files reach the store first
+                lock.hold_meta(log=log)
+                try:
+                    lock.acquire()
+                    store = _prepare_store(cfg, ds, identity, attrs, spec, log)
+                finally:
+                    lock.release_meta()
         except KdcacheError as e:
             error = e
     if ctx.distributed:

@@ -96,9 +96,12 @@ class _Files:
 
     def create(self, name: str, data: bytes) -> bool:
         if self.url:
-            if self.fs.exists(self.path(name)):
-                return False
-            self.fs.pipe_file(self.path(name), data)
+            try:
+                if self.fs.exists(self.path(name)):
+                    return False
+                self.fs.pipe_file(self.path(name), data)
+            except FileNotFoundError as e:  # e.g. no such bucket: the store cannot be made either
+                raise CacheError(f"cannot create {self.root[: -len('.locks')]}: {e.strerror or e}") from e
             return self.read(name) == data  # best effort: the last writer wins, the others see it
         try:
             fd = os.open(self.path(name), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
