@@ -558,9 +558,15 @@ def train_teacher(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str
 
 
 def evaluate_checkpoint(path: str, data: DataConfig, *, batch_size: int = 256, workers: int = 2,
-                        device: str = "auto") -> dict[str, float]:
-    """Top-1/top-5 of a kdcache checkpoint on ``data`` with the checkpoint's own eval views."""
+                        device: str = "auto", ema: bool = False) -> dict[str, float]:
+    """Top-1/top-5 of a kdcache checkpoint on ``data`` with the checkpoint's own eval views; ``ema``: of
+    the model EMA it carries (a run with ``ema_decay``; with ``ema_select`` it is the checkpoint's model)."""
     model, extra = load_checkpoint(path)
+    if ema:
+        if "ema" not in extra:
+            raise CheckpointError(f"{path} carries no model EMA (train with `ema_decay`)")
+        if "state_dict" in extra["ema"]:  # else the checkpoint's model is the EMA (`ema_select`)
+            model.load_state_dict(extra["ema"]["state_dict"])
     if "view_spec" in extra:
         spec = ViewSpec.from_dict(extra["view_spec"])
     else:

@@ -309,3 +309,40 @@ def test_compile_where_it_cannot_run_is_one_line(tmp_path, tiny_h5, monkeypatch)
     monkeypatch.undo()
     with pytest.raises(ConfigError, match="'nope' is not one of torch.compile's backends"):
         train_teacher(replace(cfg, compile_backend="nope"), progress=False, log=lambda _m: None)
+
+
+# -- the command line ---------------------------------------------------------------------------------------
+
+
+def test_cli_recipe_flags_and_bad_values_are_one_line(tmp_path, tiny_h5, tiny_teacher):
+    from click.testing import CliRunner
+    from kdcache.cli.main import cli
+
+    cache = _cache(tmp_path, tiny_h5, tiny_teacher)
+    r = CliRunner()
+    base = ["train-student", "--data", tiny_h5, "--cache", cache, "--student", "cnn_tiny", "--epochs", "1",
+            "--workers", "0", "--no-progress", "--batch-size", "8"]
+    for args, needle in ((["--accum-steps", "0"], "--accum-steps"), (["--precision", "fp8"], "--precision"),
+                         (["--ema-decay", "1.5"], "ema-decay"), (["--ema-decay", "0"], "ema-decay"),
+                         (["--optimizer", "nope"], "unknown optimizer 'nope'"),
+                         (["--nesterov"], "nesterov"), (["--ema-select"], "ema-decay")):
+        res = r.invoke(cli, [*base, "--out", str(tmp_path / "bad"), *args])
+        assert res.exit_code != 0 and isinstance(res.exception, SystemExit), (args, res.output)
+        errors = [ln for ln in res.output.splitlines() if ln.startswith("Error:")]
+        assert len(errors) == 1 and needle in errors[0] and "Traceback" not in res.output, (args, res.output)
+        assert not (tmp_path / "bad").exists()
+    run = tmp_path / "ok"
+    res = r.invoke(cli, [*base, "--out", str(run), "--optimizer", "sgd", "--lr", "0.1", "--nesterov",
+                         "--weight-decay", "5e-4", "--accum-steps", "2", "--ema-decay", "0.9", "--precision", "bf16",
+                         "--channels-last", "--scale-lr"])
+    assert res.exit_code == 0, res.output
+    _, extra = load_checkpoint(str(run / "last.pt"))
+    c = extra["config"]
+    assert (c["optimizer"], c["nesterov"], c["accum_steps"], c["ema_decay"], c["precision"], c["channels_last"]) == (
+        "sgd", True, 2, 0.9, "bf16", True)
+    assert extra["optimizer"]["param_groups"][0]["initial_lr"] == pytest.approx(0.1 * 16 / 512)  # 8 × 2 / 512
+    raw = r.invoke(cli, ["evaluate", str(run / "last.pt"), "--data", tiny_h5, "--workers", "0", "--json"])
+    ema = r.invoke(cli, ["evaluate", str(run / "last.pt"), "--data", tiny_h5, "--workers", "0", "--json", "--ema"])
+    assert raw.exit_code == 0 and ema.exit_code == 0, raw.output + ema.output
+    assert json.loads(ema.output)["top1"] == extra["metrics"]["val/ema_top1"]
+    assert json.loads(raw.output)["top1"] == extra["metrics"]["val/top1"]
