@@ -90,7 +90,8 @@ def train_one_epoch(
     the batches it has, when the loader has a length). ``ema``: a :class:`~kdcache.train._ema.ModelEma`
     updated after every optimiser step. Losses and teacher agreement accumulate on the device; the
     host reads them back once per ``log_interval`` batches (finiteness check, progress bar) and once
-    at the end, so a diverging loss is reported at the first read-back after it.
+    at the end, so a diverging loss is reported at the first read-back after it. ``steady_images_per_second``
+    (when the epoch has more than one logging interval) counts from the first read-back on.
     """
     if isinstance(teacher_targets, Mapping):
         teacher_targets = CachedTargets(teacher_targets)
@@ -108,7 +109,8 @@ def train_one_epoch(
     sums = torch.zeros(len(_PARTS) + 1, device=device, dtype=torch.float64)
     n_seen = 0
     pending = 0  # batches whose gradients wait for the optimiser step
-    host = {"at": 0, "n": 0, "sums": [0.0] * (len(_PARTS) + 1)}  # the last read-back
+    host = {"at": 0, "n": 0, "sums": [0.0] * (len(_PARTS) + 1), "t": 0.0}  # the last read-back
+    first: dict[str, float] = {}  # the first read-back: the steady rate is measured from there
 
     def read_back(upto: int) -> None:
         vals = sums.tolist()  # the one device read-back of the interval
@@ -117,7 +119,9 @@ def train_one_epoch(
                                "lower the learning rate")
         if n_seen > host["n"]:
             bar.set_postfix(loss=f"{(vals[0] - host['sums'][0]) / (n_seen - host['n']):.3f}")
-        host.update(at=upto, n=n_seen, sums=vals)
+        host.update(at=upto, n=n_seen, sums=vals, t=time.perf_counter())
+        first.setdefault("n", n_seen)
+        first.setdefault("t", host["t"])
 
     t0 = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
@@ -172,6 +176,9 @@ def train_one_epoch(
     stats = {k: v / max(n_seen, 1) for k, v in zip(_PARTS, part_sums)}
     stats.update(images=n_seen, images_per_second=n_seen / seconds if seconds > 0 else 0.0, seconds=seconds,
                  lr=optimizer.param_groups[0]["lr"])
+    if n_seen > first["n"] and host["t"] > first["t"]:
+        # after the first logging interval: without worker start-up, first-batch latency and warm-up
+        stats["steady_images_per_second"] = (n_seen - first["n"]) / (host["t"] - first["t"])
     if teacher_targets is not None:
         stats["teacher_agreement"] = n_agree / max(n_seen, 1)
     return stats

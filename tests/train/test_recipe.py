@@ -281,6 +281,7 @@ def test_one_device_read_back_per_logging_interval(monkeypatch):
     monkeypatch.undo()
     assert calls == ["tolist"] * 3, calls  # after steps 4 and 8, and at the end (10)
     assert stats["images"] == 40 and 0 <= stats["teacher_agreement"] <= 1
+    assert stats["steady_images_per_second"] > 0  # from the first read-back (step 4) to the end
 
 
 def test_compile_a_tiny_student(tmp_path, tiny_h5):
