@@ -15,6 +15,13 @@ alike; each figure is the median over rounds, and ratios are taken between media
   the same views (same batch size and workers): goal P3, dump ≥ 0.9 × infer.
 * ``read``      — one epoch's targets read from a synthetic cache (C classes, full float16 and top-10):
   goal P5, ≥ 1 M views/s.
+* ``data``      — the data path alone (decode, replay, targets, collate; no student): kdcache's cached epoch
+  with 1 and ``--views-per-image`` views per decode (``data-m1``, ``data-mM``) against the plain loader
+  (``data-plain``: ``ImageFolder``-style decode + v2 RandomResizedCrop + flip + normalise). Images/s per
+  worker core are these rates over ``--workers``.
+
+``--ema-decay D`` and ``--channels-last`` turn the model EMA and channels-last on in every training mode
+(the plain loop updates the same ``ModelEma``).
 
     python bench/make_jpeg_folder.py --out bench/work/jpeg100
     python bench/throughput.py --data folder:bench/work/jpeg100 --size 224 --teacher resnet50 \\
@@ -52,6 +59,7 @@ from kdcache.data import DataConfig
 from kdcache.engine import DumpConfig, TeacherSpec, build_teacher, dump_teacher
 from kdcache.models import create_model
 from kdcache.train import DistillationLoss, LossConfig, TrainConfig, epoch_views, train_one_epoch
+from kdcache.train._ema import ModelEma
 from kdcache.train._runner import _cached_epochs
 from kdcache.train._stream import StreamedTargets, plan_epoch, store_window
 from kdcache.train._targets import OnlineTargets
@@ -78,19 +86,29 @@ class PlainDataset(Dataset):
 def plain_rate(ds, spec, student_name, args) -> float:
     loader = DataLoader(PlainDataset(ds, spec), batch_size=args.batch_size, shuffle=True,
                         num_workers=args.workers, drop_last=True)
-    model = create_model(student_name, num_classes=ds.num_classes)
+    model = _student(student_name, ds, args)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    ema = ModelEma(model, decay=args.ema_decay) if args.ema_decay else None
     model.train()
     t0, n = time.perf_counter(), 0
     for step, (x, y) in enumerate(loader):
         if step >= args.steps:
             break
+        if args.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         loss = nn.functional.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if ema is not None:
+            ema.update(model)
         n += len(y)
     return n / (time.perf_counter() - t0)
+
+
+def _student(name: str, ds, args) -> nn.Module:
+    model = create_model(name, num_classes=ds.num_classes)
+    return model.to(memory_format=torch.channels_last) if args.channels_last else model
 
 
 def step_only_rate(ds, student_name, args) -> float:
@@ -111,12 +129,14 @@ def step_only_rate(ds, student_name, args) -> float:
 
 
 def kdcache_rate(loader, targets, ds, student_name, args, steps: int) -> float:
-    model = create_model(student_name, num_classes=ds.num_classes)
+    model = _student(student_name, ds, args)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    ema = ModelEma(model, decay=args.ema_decay) if args.ema_decay else None
     t0 = time.perf_counter()
     stats = train_one_epoch(model, loader, loss_fn=DistillationLoss(LossConfig(distill="soft"), ds.num_classes),
                             optimizer=opt, scheduler=None, device=torch.device("cpu"),
-                            labels=np.asarray(ds.labels), teacher_targets=targets, progress=False, max_steps=steps)
+                            labels=np.asarray(ds.labels), teacher_targets=targets, progress=False, max_steps=steps,
+                            ema=ema, channels_last=args.channels_last)
     return stats["images"] / (time.perf_counter() - t0)
 
 
@@ -155,6 +175,43 @@ def training_modes(ds, data: DataConfig, cache: str, spec: ViewSpec, teacher, ar
     if args.step_only:
         modes["step-only"] = lambda r: step_only_rate(ds, args.student, args)
     return modes
+
+
+def data_modes(ds, data: DataConfig, cache: str, spec: ViewSpec, args) -> dict:
+    """The data path alone: batches of views with their targets (kdcache) or labels (plain), no student."""
+    pipeline = ViewPipeline(spec)
+    store = CacheStore.open(cache)
+    ctx = DistContext.from_env("cpu")
+
+    def kdcache_path(r: int, m: int) -> float:
+        cfg = TrainConfig(data=data, out="-", model=args.student, cache=cache, epochs=m, batch_size=args.batch_size,
+                          workers=args.workers, device="cpu", seed=r, views_per_image=m)
+        loader, targets = _cached_epochs(store, ds, pipeline, cfg, ctx, False)(0)
+        t0, n = time.perf_counter(), 0
+        try:
+            for step, batch in enumerate(loader):
+                if step >= args.steps * m:
+                    break
+                targets(batch, batch.images)
+                n += len(batch.indices)
+        finally:
+            targets.close()
+        return n / (time.perf_counter() - t0)
+
+    def plain_path(r: int) -> float:
+        g = torch.Generator().manual_seed(r)
+        loader = DataLoader(PlainDataset(ds, spec), batch_size=args.batch_size, shuffle=True, generator=g,
+                            num_workers=args.workers, drop_last=True)
+        t0, n = time.perf_counter(), 0
+        for step, (x, _y) in enumerate(loader):
+            if step >= args.steps:
+                break
+            n += x.shape[0]
+        return n / (time.perf_counter() - t0)
+
+    m = args.views_per_image
+    return {"data-plain": plain_path, "data-m1": lambda r: kdcache_path(r, 1),
+            f"data-m{m}": lambda r: kdcache_path(r, m)}
 
 
 def dump_modes(data: DataConfig, teacher_spec: TeacherSpec, ds, spec: ViewSpec, teacher, args, tmp: str):
@@ -296,7 +353,10 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--steps", type=int, default=20, help="training steps timed per mode and round")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--parts", nargs="+", default=["train", "dump", "read"], choices=["train", "dump", "read"])
+    ap.add_argument("--parts", nargs="+", default=["train", "dump", "read"],
+                    choices=["train", "dump", "read", "data"])
+    ap.add_argument("--ema-decay", type=float, default=None, help="model EMA in every training mode")
+    ap.add_argument("--channels-last", action="store_true", help="channels-last in every training mode")
     ap.add_argument("--no-online", action="store_true")
     ap.add_argument("--step-only", action="store_true",
                     help="also time the student's step on one in-memory batch (the ceiling of any data path)")
@@ -320,14 +380,17 @@ def main() -> None:
             teacher_spec = TeacherSpec(name=args.teacher, weights=args.teacher_weights)
         teacher = build_teacher(teacher_spec, num_classes=ds.num_classes)
         spec = resolve_view_spec(teacher.cfg, {"size": args.size, "preset": args.view_preset})
-        if "train" in args.parts:
+        if "train" in args.parts or "data" in args.parts:
             cache = os.path.join(tmp, "cache.zarr")
             dump_teacher(DumpConfig(data=data, out=cache, teacher=teacher_spec, views=args.views,
                                     view={"size": args.size}, batch_size=args.batch_size, workers=args.workers,
                                     block_size=args.block_size, device="cpu"), progress=False, log=lambda _m: None)
             store = CacheStore.open(cache)
-            result["train"] = alternate(training_modes(ds, data, cache, ViewSpec.from_dict(store.identity.view_spec),
-                                                       teacher, args), args.rounds)
+            cache_spec = ViewSpec.from_dict(store.identity.view_spec)
+        if "train" in args.parts:
+            result["train"] = alternate(training_modes(ds, data, cache, cache_spec, teacher, args), args.rounds)
+        if "data" in args.parts:
+            result["data"] = alternate(data_modes(ds, data, cache, cache_spec, args), args.rounds)
         if "dump" in args.parts:
             result["dump"] = alternate(dump_modes(data, teacher_spec, ds, spec, teacher, args, tmp), args.rounds)
         if "read" in args.parts:
@@ -354,6 +417,9 @@ def main() -> None:
         ratios.update({f"{k}/plain": t[k] / t["plain"] for k in t if k != "plain"})
         if "online" in t:
             ratios["cached/online"] = t["cached"] / t["online"]
+    if "data" in medians:
+        d = medians["data"]
+        ratios.update({f"{k}/data-plain": d[k] / d["data-plain"] for k in d if k != "data-plain"})
     if "dump" in medians:
         ratios["dump/infer"] = medians["dump"]["dump"] / medians["dump"]["infer"]
     if "rss" in result and len(result["rss"]) >= 2:

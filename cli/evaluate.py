@@ -38,10 +38,11 @@ from kdcache.train import evaluate_checkpoint, evaluate_model
 @data_options(split_default="test")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--ema", is_flag=True, help="Evaluate the model EMA the CHECKPOINT carries (train-student --ema-decay).")
 @runtime_options
 @library_errors
 def evaluate_cmd(checkpoint, model_name, weights, model_args, random_init, data, split, limit, subset_seed,
-                 val_fraction, batch_size, as_json, device, workers, progress, **view_kw):
+                 val_fraction, batch_size, as_json, ema, device, workers, progress, **view_kw):
     """Top-1 / top-5 accuracy of a kdcache CHECKPOINT (on its own eval views), or of any --model with
     --weights from any file (on the model's default eval view; the eval view options override it).
     A DeiT student averages its two heads.
@@ -58,6 +59,8 @@ def evaluate_cmd(checkpoint, model_name, weights, model_args, random_init, data,
         raise click.UsageError("give a kdcache CHECKPOINT or --model NAME --weights FILE, not both")
     if not checkpoint and not model_name:
         raise click.UsageError("give a kdcache CHECKPOINT, or --model NAME --weights FILE")
+    if ema and not checkpoint:
+        raise click.UsageError("--ema evaluates a kdcache CHECKPOINT's model EMA")
     if checkpoint and model_opts:
         raise click.UsageError(f"{', '.join(model_opts)} only apply with --model (a checkpoint brings its own)")
     if model_name and not weights and not random_init:
@@ -67,7 +70,7 @@ def evaluate_cmd(checkpoint, model_name, weights, model_args, random_init, data,
     dc = DataConfig(source=data, split=split, limit=limit, subset_seed=subset_seed, val_fraction=val_fraction)
     if checkpoint:
         what = checkpoint
-        stats = evaluate_checkpoint(checkpoint, dc, batch_size=batch_size, workers=workers, device=device)
+        stats = evaluate_checkpoint(checkpoint, dc, batch_size=batch_size, workers=workers, device=device, ema=ema)
     else:
         what = f"{model_name} ({weights or 'random init'})"
         stats = evaluate_model(TeacherSpec(name=model_name, weights=weights, kwargs=parse_model_args(model_args),

@@ -29,13 +29,17 @@ optim_options = section(
     click.option("--seed", type=int, default=0, show_default=True),
     click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True),
     click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True),
-    click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak AdamW learning rate."),
+    click.option("--lr", type=float, default=1e-3, show_default=True,
+                 help="Peak learning rate (before --scale-lr)."),
     click.option("--min-lr", type=float, default=1e-5, show_default=True),
-    click.option("--weight-decay", type=float, default=0.05, show_default=True),
+    click.option("--weight-decay", type=float, default=0.05, show_default=True,
+                 help="Decay of weights with ndim >= 2; none on norms, biases, or what the model's "
+                      "no_weight_decay() names (ViT tokens, position embedding): timm's rule."),
     click.option("--warmup-epochs", type=float, default=1.0, show_default=True),
     click.option("--label-smoothing", type=float, default=0.0, show_default=True),
     click.option("--grad-clip", type=float, default=None, help="Clip the gradient norm."),
-    click.option("--amp/--no-amp", default=False, show_default=True, help="Mixed precision on CUDA."),
+    click.option("--amp/--no-amp", default=False, show_default=True,
+                 help="Mixed precision on CUDA (bf16 where supported, else fp16); see --precision."),
     click.option("--resume", is_flag=True, help="Continue from OUT/last.pt."),
     click.option("--overwrite", is_flag=True, help="Replace the run already in OUT (its checkpoints and metrics)."),
     click.option("--max-steps-per-epoch", type=click.IntRange(min=1), default=None,
@@ -43,16 +47,50 @@ optim_options = section(
 )
 
 
+recipe_options = section(
+    "Recipe",
+    click.option("--optimizer", default=TrainConfig.optimizer, show_default=True,
+                 help="adamw | sgd, or any timm optimizer (lamb, lars, adan, ...) when timm is installed."),
+    click.option("--momentum", type=click.FloatRange(0, 1, max_open=True), default=TrainConfig.momentum,
+                 show_default=True, help="SGD momentum."),
+    click.option("--nesterov", is_flag=True, help="Nesterov momentum (SGD)."),
+    click.option("--scale-lr", is_flag=True,
+                 help="Scale --lr by the global batch: lr x batch-size x accum-steps x processes / 512 (DeiT)."),
+    click.option("--accum-steps", type=click.IntRange(min=1), default=1, show_default=True,
+                 help="Accumulate K batches per optimiser step (global batch = batch-size x K x processes)."),
+    click.option("--ema-decay", type=float, default=None,
+                 help="Keep a model EMA with this decay in (0, 1), e.g. 0.9998; evaluated each epoch beside the "
+                      "model and saved in checkpoints."),
+    click.option("--ema-warmup/--no-ema-warmup", default=True, show_default=True,
+                 help="EMA decay min(decay, (1 + t) / (10 + t)) at update t."),
+    click.option("--ema-select", is_flag=True,
+                 help="The EMA is the checkpoints' model: best.pt by its val top-1; evaluate and export use it."),
+    click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+                 help="Autocast precision on any device; fp16 uses a grad scaler."),
+    click.option("--channels-last", is_flag=True, help="Model and inputs in channels-last memory format."),
+    click.option("--compile", "compile_", is_flag=True,
+                 help="torch.compile the model (first steps are slow while it compiles)."),
+    click.option("--compile-backend", default=TrainConfig.compile_backend, show_default=True,
+                 help="torch.compile backend."),
+    click.option("--log-interval", type=click.IntRange(min=1), default=TrainConfig.log_interval, show_default=True,
+                 help="Batches between the loop's device read-backs (progress bar, finiteness check)."),
+)
+
+
 def _common(data, split, limit, subset_seed, val_fraction, out, val_split, epochs, batch_size, lr, min_lr,
             weight_decay,
             warmup_epochs, label_smoothing, grad_clip, amp, resume, overwrite, max_steps_per_epoch, seed, device,
-            workers):
+            workers, optimizer, momentum, nesterov, scale_lr, accum_steps, ema_decay, ema_warmup, ema_select,
+            precision, channels_last, compile_, compile_backend, log_interval):
     return dict(
         data=DataConfig(source=data, split=split, limit=limit, subset_seed=subset_seed, val_fraction=val_fraction),
         out=out, val_split=_val_split(val_split, val_fraction), epochs=epochs, batch_size=batch_size,
         lr=lr, min_lr=min_lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs, grad_clip=grad_clip,
         amp=amp, resume=resume, overwrite=overwrite, max_steps_per_epoch=max_steps_per_epoch, seed=seed, device=device,
-        workers=workers), label_smoothing
+        workers=workers, optimizer=optimizer, momentum=momentum, nesterov=nesterov, scale_lr=scale_lr,
+        accum_steps=accum_steps, ema_decay=ema_decay, ema_warmup=ema_warmup, ema_select=ema_select,
+        precision=precision, channels_last=channels_last, compile=compile_, compile_backend=compile_backend,
+        log_interval=log_interval), label_smoothing
 
 
 def _val_split(given: str | None, val_fraction: float) -> str | None:
@@ -110,6 +148,7 @@ def _report(result: dict) -> None:
               help="How a top-k cache's missing classes are rebuilt (docs/cache-format.md).")
 @view_options
 @optim_options
+@recipe_options
 @runtime_options
 @library_errors
 def train_student_cmd(cache, storage_options, teacher, teacher_weights, teacher_args, random_init, init_seed,
@@ -159,6 +198,7 @@ def train_student_cmd(cache, storage_options, teacher, teacher_weights, teacher_
               help="Fine-tune from these weights (checkpoint, state dict, .safetensors or checkpoint directory).")
 @view_options
 @optim_options
+@recipe_options
 @runtime_options
 @library_errors
 def train_teacher_cmd(teacher, model_args, init_weights, progress, **kw):

@@ -65,6 +65,9 @@ class CacheDataset(Dataset):
             ``train-student``'s, so both pick the same view for every sample and epoch.
         epoch: the epoch to start at (:meth:`set_epoch` changes it).
         targets: False leaves the teacher's targets out (a labels-only baseline reads less).
+        views_per_image: M > 1 is ``train-student --views-per-image M`` (FKD's trick): each item decodes
+            its image once and yields the cached views of M consecutive epochs, ``set_epoch(e)`` (``e`` a
+            multiple of M) covering epochs ``e .. e + M − 1``.
         storage_options: fsspec options for a cache given by URL.
 
     Item ``i`` is a dict that :func:`torch.utils.data.default_collate` batches:
@@ -78,6 +81,11 @@ class CacheDataset(Dataset):
       see docs/cache-format.md); ``argmax`` () in both (absent when ``targets=False``);
     * ``"index"``: the sample index; ``"view"``: the cached view index it replays.
 
+    With ``views_per_image`` M > 1, ``image``, ``label``, every target and ``view`` gain a leading
+    axis of M (slot j: epoch ``e + j``'s view), so a collated batch is (B, M, ...). ``train-student``
+    steps on the slots one after the other (``batch["image"][:, j]`` for j in 0..M−1); flattening
+    them (``.flatten(0, 1)``) puts all M views of an image in one batch instead.
+
     A batch's ``image``, ``label`` and ``targets`` go straight into a model and
     :class:`~kdcache.train._losses.DistillationLoss`. Call :meth:`set_epoch` before each epoch, as
     with a ``DistributedSampler``, and create the DataLoader's iterator afterwards. A worker that
@@ -88,9 +96,13 @@ class CacheDataset(Dataset):
 
     def __init__(self, cache: str | CacheStore, data: ImageDataset | DataConfig | str | None = None, *,
                  seed: int = 0, epoch: int = 0, targets: bool = True,
-                 storage_options: Mapping[str, Any] | None = None) -> None:
+                 storage_options: Mapping[str, Any] | None = None, views_per_image: int = 1) -> None:
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
             raise ConfigError(f"seed must be an integer, got {seed!r}")
+        m = views_per_image
+        if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 1:
+            raise ConfigError(f"views_per_image must be an integer >= 1, got {m!r}")
+        self.views_per_image = int(m)
         store = cache if isinstance(cache, CacheStore) else open_cache(cache, storage_options=storage_options)
         self.path = store.path
         self.fingerprint = store.identity.fingerprint
@@ -107,7 +119,7 @@ class CacheDataset(Dataset):
         self.epoch = -1
         self.views: np.ndarray = np.zeros(0, dtype=np.int64)
         self._replay: ReplayViews  # the epoch's replay arrays (numpy), set by set_epoch
-        self._teacher: CachedTargets | None = None
+        self._teacher: CachedTargets | None = None  # one slot per view of an image
         # the epoch set last, shared with the DataLoader workers' copies of this dataset (fork or spawn)
         self._latest = torch.full((1,), -1, dtype=torch.int64).share_memory_()
         self.set_epoch(epoch)
@@ -121,16 +133,22 @@ class CacheDataset(Dataset):
         """
         if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
             raise ConfigError(f"epoch must be an integer >= 0, got {epoch!r}")
+        m = self.views_per_image
+        if epoch % m:
+            raise ConfigError(f"with views_per_image {m}, set_epoch({epoch}) would split a pass: each pass covers "
+                              f"{m} epochs, so set epochs 0, {m}, {2 * m}, ...")
         if epoch == self.epoch:
             return
         store = open_cache(self.path, storage_options=self.storage_options)
         if store.identity.fingerprint != self.fingerprint:
             raise CacheMismatchError(f"{self.path} was replaced by another cache since this dataset "
                                      "opened it; create a new CacheDataset")
-        views, arrays, teacher = read_epoch(store, epoch=int(epoch), seed=self.seed, targets=self.with_targets)
-        self._replay = ReplayViews(self.dataset, self.pipeline, arrays)
-        self._teacher = CachedTargets(teacher) if teacher else None
-        self.views = views
+        # train-student's passes: epochs epoch..epoch+m-1, each with its own view per block
+        reads = [read_epoch(store, epoch=int(epoch) + j, seed=self.seed, targets=self.with_targets) for j in range(m)]
+        self._replay = ReplayViews(self.dataset, self.pipeline, [arrays for _, arrays, _ in reads])
+        self._teacher = CachedTargets([t for _, _, t in reads]) if reads[0][2] else None
+        self._slot_views = np.stack([v for v, _, _ in reads])  # (M, num_blocks)
+        self.views = self._slot_views[0] if m == 1 else self._slot_views  # (num_blocks,), or (M, num_blocks)
         self.epoch = int(epoch)
         self._latest[0] = self.epoch
 
@@ -143,16 +161,25 @@ class CacheDataset(Dataset):
             raise ConfigError(f"this DataLoader worker holds epoch {self.epoch}'s views but set_epoch("
                               f"{int(self._latest[0])}) was called since: with persistent_workers=True workers "
                               "keep the epoch they started with; use persistent_workers=False")
-        batch = self._replay.__getitems__([int(i) for i in indices])
-        labels = label_targets(batch, self.labels, self.num_classes, _CPU)
-        cached = self._teacher(batch, batch.images) if self._teacher is not None else {}
-        teacher = {k: v.float() if v.is_floating_point() else v.long() for k, v in cached.items()}
+        slots = self._replay.__getitems__([int(i) for i in indices])  # each image decoded once for all M
+        images, labels, teachers = [], [], []
+        for batch in slots:
+            images.append(batch.images)
+            labels.append(label_targets(batch, self.labels, self.num_classes, _CPU))
+            cached = self._teacher(batch, batch.images) if self._teacher is not None else {}
+            teachers.append({k: v.float() if v.is_floating_point() else v.long() for k, v in cached.items()})
+        one = self.views_per_image == 1
+
+        def pick(rows: list[torch.Tensor], row: int) -> torch.Tensor:
+            return rows[0][row] if one else torch.stack([r[row] for r in rows])
+
         items = []
-        for row, i in enumerate(batch.indices.tolist()):
-            item: dict[str, Any] = {"image": batch.images[row], "label": labels[row], "index": i,
-                                    "view": int(self.views[i // self.block_size])}
+        for row, i in enumerate(slots[0].indices.tolist()):
+            views = self._slot_views[:, i // self.block_size]
+            item: dict[str, Any] = {"image": pick(images, row), "label": pick(labels, row), "index": i,
+                                    "view": int(views[0]) if one else torch.as_tensor(views)}
             if self._teacher is not None:
-                item["targets"] = {k: v[row] for k, v in teacher.items()}
+                item["targets"] = {k: pick([t[k] for t in teachers], row) for k in teachers[0]}
             items.append(item)
         return items
 
@@ -160,8 +187,9 @@ class CacheDataset(Dataset):
         return self.__getitems__([index])[0]
 
     def __repr__(self) -> str:
+        m = f", views_per_image={self.views_per_image}" if self.views_per_image > 1 else ""
         return (f"CacheDataset({self.path!r}, samples={len(self)}, classes={self.num_classes}, "
-                f"targets={self.target_mode if self.with_targets else None}, epoch={self.epoch})")
+                f"targets={self.target_mode if self.with_targets else None}, epoch={self.epoch}{m})")
 
 
 def _open_data(store: CacheStore, data: ImageDataset | DataConfig | str | None) -> ImageDataset:

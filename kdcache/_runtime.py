@@ -15,7 +15,7 @@ import torch.distributed as dist
 
 from kdcache.errors import ConfigError
 
-__all__ = ["select_device", "autocast", "DistContext", "unwrap_worker_error"]
+__all__ = ["PRECISIONS", "select_device", "resolve_precision", "autocast", "DistContext", "unwrap_worker_error"]
 
 
 def unwrap_worker_error(e: BaseException) -> BaseException:
@@ -55,12 +55,26 @@ def select_device(name: str = "auto", *, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
-def autocast(device: torch.device, enabled: bool):
-    """Mixed precision on CUDA (bfloat16 when supported, else float16); a no-op elsewhere."""
-    if not enabled or device.type != "cuda":
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def resolve_precision(device: torch.device, precision: str = "fp32", amp: bool = False) -> str:
+    """The precision a run uses: ``precision``, or with the older ``amp`` switch on CUDA bf16 when
+    supported, else fp16 (``amp`` does nothing elsewhere)."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "fp32" and amp and device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return precision
+
+
+def autocast(device: torch.device, enabled: bool = False, *, precision: str | None = None):
+    """Autocast for ``precision`` (``bf16``/``fp16`` on any device; ``fp32``: a no-op). Without a
+    ``precision``, ``enabled`` is the older switch: on CUDA bf16 when supported, else fp16."""
+    p = resolve_precision(device, precision or "fp32", enabled)
+    if p == "fp32":
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast(device_type="cuda", dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if p == "bf16" else torch.float16)
 
 
 @dataclass

@@ -17,6 +17,16 @@ SHARED_WEIGHTS = SHARED / "weights"
 torch.set_num_threads(1)  # tiny models: one thread is as fast and immune to oversubscription
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` skip where no CUDA device is available."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _seed_everything():
     random.seed(0)

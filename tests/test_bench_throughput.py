@@ -29,3 +29,18 @@ def test_throughput_bench_at_toy_size(tmp_path, tiny_h5):
     assert all(len(v) == 2 and min(v) > 0 for part in r["rounds"].values() for v in part.values())
     assert {"cached/plain", "cached-m2/plain", "online/plain", "step-only/plain", "cached/online", "dump/infer",
             "targets rss max/min"} == set(r["ratios"])
+
+
+def test_throughput_bench_data_path_with_ema_and_channels_last(tmp_path, tiny_h5):
+    out = tmp_path / "d.json"
+    cmd = [sys.executable, str(REPO / "bench" / "throughput.py"), "--data", tiny_h5, "--size", "16",
+           "--teacher", "cnn_tiny", "--student", "cnn_tiny", "--views", "2", "--views-per-image", "2",
+           "--batch-size", "8", "--block-size", "16", "--workers", "0", "--steps", "2", "--rounds", "2",
+           "--parts", "train", "data", "--no-online", "--ema-decay", "0.99", "--channels-last", "--json", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert set(r["medians"]["data"]) == {"data-plain", "data-m1", "data-m2"}
+    assert set(r["medians"]["train"]) == {"plain", "cached", "cached-m2"}
+    assert {"data-m1/data-plain", "data-m2/data-plain", "cached/plain"} <= set(r["ratios"])
+    assert r["args"]["ema_decay"] == 0.99 and r["args"]["channels_last"] is True

@@ -110,6 +110,11 @@ class VisionTransformer(nn.Module):
         self.head_dist = nn.Linear(embed_dim, num_classes) if distilled else None
         self._init_weights()
 
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """Parameters the optimiser leaves undecayed besides norms and biases (timm's convention)."""
+        return {"pos_embed", "cls_token", "dist_token"}
+
     @staticmethod
     def _build_tokenlearner(cfg: dict[str, Any], depth: int, dim: int) -> tuple[int, TokenLearner]:
         if not isinstance(cfg, dict):

@@ -1,7 +1,9 @@
-"""Training: losses, the epoch view schedule, one loop, and the teacher/student runs."""
+"""Training: losses, the epoch view schedule, optimisers and model EMA, one loop, and the teacher/student runs."""
 
+from kdcache.train._ema import ModelEma
 from kdcache.train._loop import evaluate, train_one_epoch
 from kdcache.train._losses import DistillationLoss, LossConfig, soft_labels, teacher_log_probs
+from kdcache.train._optim import build_optimizer, param_groups
 from kdcache.train._runner import (
     TrainConfig,
     evaluate_checkpoint,
@@ -14,11 +16,14 @@ from kdcache.train._schedule import epoch_views
 __all__ = [
     "DistillationLoss",
     "LossConfig",
+    "ModelEma",
     "TrainConfig",
+    "build_optimizer",
     "epoch_views",
     "evaluate",
     "evaluate_checkpoint",
     "evaluate_model",
+    "param_groups",
     "soft_labels",
     "teacher_log_probs",
     "train_one_epoch",

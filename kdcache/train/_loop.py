@@ -8,6 +8,7 @@ epoch — never a store read per sample — or, for the online reference, the te
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Iterable, Mapping
@@ -40,6 +41,23 @@ def label_targets(batch: ViewBatch, labels: np.ndarray, num_classes: int, device
     return y_dist.to(device, non_blocking=True)
 
 
+def _optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler, grad_clip: float | None) -> None:
+    if scaler is not None and scaler.is_enabled():
+        scaler.unscale_(optimizer)
+        if grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        if grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+_PARTS = ("loss", "task_loss", "kd_loss")
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: Iterable[ViewBatch],
@@ -56,67 +74,119 @@ def train_one_epoch(
     progress: bool = True,
     desc: str = "train",
     max_steps: int | None = None,
+    precision: str | None = None,
+    accum_steps: int = 1,
+    ema=None,
+    channels_last: bool = False,
+    log_interval: int = 50,
 ) -> dict[str, float]:
     """Train for one pass over ``loader``; returns mean loss parts, images/s and the final lr.
 
     ``teacher_targets``: a target source (``kdcache.train._targets``), or the epoch's cached target
     arrays indexed by sample (wrapped in :class:`CachedTargets`); None trains from labels only.
+
+    ``accum_steps`` K: the optimiser (and the scheduler, the EMA, the grad scaler) steps once per K
+    batches, on the mean of their losses (a group cut short by the end of the loader is averaged over
+    the batches it has, when the loader has a length). ``ema``: a :class:`~kdcache.train._ema.ModelEma`
+    updated after every optimiser step. Losses and teacher agreement accumulate on the device; the
+    host reads them back once per ``log_interval`` batches (finiteness check, progress bar) and once
+    at the end, so a diverging loss is reported at the first read-back after it. ``steady_images_per_second``
+    (when the epoch has more than one logging interval) counts from the first read-back on.
     """
     if isinstance(teacher_targets, Mapping):
         teacher_targets = CachedTargets(teacher_targets)
+    if accum_steps < 1 or log_interval < 1:
+        raise KdcacheError(f"accum_steps and log_interval must be >= 1, got {accum_steps} and {log_interval}")
     model.train()
-    sums: dict[str, float] = {}
+    try:
+        total = len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        total = None
+    if max_steps is not None:
+        total = max_steps if total is None else min(total, max_steps)
+    ddp = isinstance(model, nn.parallel.DistributedDataParallel)
+    # On the device: the batch-size-weighted loss parts and the teacher-agreement count.
+    sums = torch.zeros(len(_PARTS) + 1, device=device, dtype=torch.float64)
     n_seen = 0
-    agree = 0
+    pending = 0  # batches whose gradients wait for the optimiser step
+    host = {"at": 0, "n": 0, "sums": [0.0] * (len(_PARTS) + 1), "t": 0.0}  # the last read-back
+    first: dict[str, float] = {}  # the first read-back: the steady rate is measured from there
+
+    def read_back(upto: int) -> None:
+        vals = sums.tolist()  # the one device read-back of the interval
+        if not all(math.isfinite(v) for v in vals):
+            raise KdcacheError(f"loss became {vals[0]} within steps {host['at']}-{upto - 1} of {desc}; "
+                               "lower the learning rate")
+        if n_seen > host["n"]:
+            bar.set_postfix(loss=f"{(vals[0] - host['sums'][0]) / (n_seen - host['n']):.3f}")
+        host.update(at=upto, n=n_seen, sums=vals, t=time.perf_counter())
+        first.setdefault("n", n_seen)
+        first.setdefault("t", host["t"])
+
     t0 = time.perf_counter()
+    optimizer.zero_grad(set_to_none=True)
     bar = tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress)
+    step = 0
     for step, batch in enumerate(bar):
         if max_steps is not None and step >= max_steps:
+            step -= 1
             break
         x = batch.images.to(device, non_blocking=True)
+        if channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         y = label_targets(batch, labels, loss_fn.num_classes, device)
         teacher = teacher_targets(batch, x) if teacher_targets is not None else None
-        with autocast(device, amp):
-            out = model(x)
-            parts = loss_fn(out, y, teacher)
-        loss = parts["loss"]
-        if not torch.isfinite(loss):
-            raise KdcacheError(f"loss became {loss.item()} at step {step} of {desc}; lower the learning rate")
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None and scaler.is_enabled():
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            if grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            if grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
+        group = step - step % accum_steps
+        group_len = accum_steps if total is None else min(accum_steps, total - group)
+        stepping = step - group == group_len - 1
+        with (model.no_sync() if ddp and not stepping else contextlib.nullcontext()):
+            with autocast(device, amp, precision=precision):
+                out = model(x)
+                parts = loss_fn(out, y, teacher)
+            loss = parts["loss"] / group_len
+            (scaler.scale(loss) if scaler is not None and scaler.is_enabled() else loss).backward()
+        pending += 1
+        if stepping:
+            _optimizer_step(model, optimizer, scaler, grad_clip)
+            pending = 0
+            if scheduler is not None:
+                scheduler.step()
+            if ema is not None:
+                ema.update(model)
         bs = x.shape[0]
         n_seen += bs
-        for k, v in parts.items():
-            sums[k] = sums.get(k, 0.0) + float(v.detach()) * bs
         if teacher is not None:
             logits = out[1] if isinstance(out, (tuple, list)) else out
-            agree += int((logits.detach().argmax(1) == teacher["argmax"].long()).sum())
-        bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+            agreed = (logits.detach().argmax(1) == teacher["argmax"].to(logits.device).long()).sum()
+        else:
+            agreed = sums.new_zeros(())
+        sums += torch.stack([*(parts[k].detach().double() * bs for k in _PARTS), agreed.double()])
+        if (step + 1) % log_interval == 0:
+            read_back(step + 1)
+    if pending:  # a loader without a length ended inside an accumulation group
+        _optimizer_step(model, optimizer, scaler, grad_clip)
+        if scheduler is not None:
+            scheduler.step()
+        if ema is not None:
+            ema.update(model)
+    if host["n"] != n_seen or not n_seen:
+        read_back(step + 1)
     seconds = time.perf_counter() - t0
-    stats = {k: v / max(n_seen, 1) for k, v in sums.items()}
+    *part_sums, n_agree = host["sums"]
+    stats = {k: v / max(n_seen, 1) for k, v in zip(_PARTS, part_sums)}
     stats.update(images=n_seen, images_per_second=n_seen / seconds if seconds > 0 else 0.0, seconds=seconds,
                  lr=optimizer.param_groups[0]["lr"])
+    if n_seen > first["n"] and host["t"] > first["t"]:
+        # after the first logging interval: without worker start-up, first-batch latency and warm-up
+        stats["steady_images_per_second"] = (n_seen - first["n"]) / (host["t"] - first["t"])
     if teacher_targets is not None:
-        stats["teacher_agreement"] = agree / max(n_seen, 1)
+        stats["teacher_agreement"] = n_agree / max(n_seen, 1)
     return stats
 
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device, amp: bool = False,
-             progress: bool = False) -> dict[str, float]:
+             progress: bool = False, precision: str | None = None, channels_last: bool = False) -> dict[str, float]:
     """Top-1 / top-5 accuracy and mean cross-entropy over ``loader`` of (images, labels)."""
     was_training = model.training
     model.eval()
@@ -124,7 +194,9 @@ def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device, amp: b
     loss_sum = 0.0
     for x, y in tqdm(loader, desc="eval", unit="batch", leave=False, disable=not progress):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with autocast(device, amp):
+        if channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, amp, precision=precision):
             logits = model(x)
         logits = logits.float()
         loss_sum += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 
 from kdcache import _teacher
 from kdcache._config import ConfigBase
-from kdcache._runtime import DistContext, select_device
+from kdcache._runtime import PRECISIONS, DistContext, resolve_precision, select_device
 from kdcache._teacher import TeacherSpec
 from kdcache._utils import recordable_config
 from kdcache._views import EvalViews, FlatBatches, ReplayViews, ViewDraws, identity_collate, resolve_view_spec
@@ -41,9 +41,11 @@ from kdcache.data import DataConfig
 from kdcache.errors import CacheMismatchError, CheckpointError, ConfigError, KdcacheError
 from kdcache.models import create_model, model_cfg
 from kdcache.models._checkpoint import load_checkpoint, load_weights, save_checkpoint
+from kdcache.train._ema import ModelEma
 from kdcache.train._logging import MetricsLogger
 from kdcache.train._loop import evaluate, train_one_epoch
 from kdcache.train._losses import DistillationLoss, LossConfig
+from kdcache.train._optim import build_optimizer, scaled_lr
 from kdcache.train._schedule import epoch_views
 from kdcache.train._stream import (
     StreamedTargets,
@@ -87,10 +89,25 @@ class TrainConfig(ConfigBase):
     views_per_image: int = 1            # cached students: M cached views from each decoded image (FKD)
     target_memory_mb: int = 1024        # cached students: targets resident at once per rank (streamed in windows)
     repeated_views: int = 1             # cached students: each epoch N/R images x R of their cached views (DeiT's RA)
+    # the recipe (kdcache.train._optim, _ema): optimiser, decay rule, EMA, precision, accumulation
+    optimizer: str = "adamw"            # adamw | sgd | a timm optimiser name (lamb, lars, ...) when timm is installed
+    momentum: float = 0.9               # SGD (and timm optimisers that take one)
+    nesterov: bool = False
+    scale_lr: bool = False              # lr × batch_size × accum_steps × world_size / 512 (DeiT)
+    ema_decay: float | None = None      # model EMA (None: off), in (0, 1)
+    ema_warmup: bool = True             # decay min(ema_decay, (1 + t) / (10 + t)) at update t
+    ema_select: bool = False            # the EMA is the checkpoints' model (best.pt by its val top-1, evaluate, export)
+    precision: str = "fp32"             # fp32 | bf16 | fp16 (autocast; fp16 with a grad scaler)
+    channels_last: bool = False
+    compile: bool = False               # torch.compile the student
+    compile_backend: str = "inductor"   # torch.compile's backend (aot_eager: traced, not code-generated)
+    accum_steps: int = 1                # optimiser step every K batches (global batch = batch_size × K × ranks)
+    log_interval: int = 50              # batches between the loop's device read-backs
 
     def __post_init__(self):
         super().__post_init__()
-        for name in ("epochs", "batch_size", "views_per_image", "target_memory_mb", "repeated_views"):
+        for name in ("epochs", "batch_size", "views_per_image", "target_memory_mb", "accum_steps", "log_interval",
+                     "repeated_views"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"`{name}` must be >= 1, got {getattr(self, name)!r}")
         m = self.views_per_image
@@ -103,6 +120,21 @@ class TrainConfig(ConfigBase):
                               "(N/R images x R views), `views_per_image` M trains M epochs per pass")
         if self.lr <= 0 or self.warmup_epochs < 0 or self.workers < 0:
             raise ConfigError("lr must be > 0, warmup epochs and workers >= 0")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"`precision` must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.amp and self.precision != "fp32":
+            raise ConfigError("`amp` (bf16 or fp16 on CUDA, whichever the GPU supports) and `precision` "
+                              f"{self.precision!r} exclude each other: give one")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ConfigError(f"`ema_decay` must be in (0, 1), e.g. 0.9998, got {self.ema_decay!r}")
+        if self.ema_select and self.ema_decay is None:
+            raise ConfigError("`ema_select` makes the EMA the checkpoints' model: it needs `ema_decay`")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ConfigError(f"`momentum` must be in [0, 1), got {self.momentum!r}")
+        if self.nesterov and (self.optimizer.lower() != "sgd" or self.momentum == 0):
+            raise ConfigError("`nesterov` is SGD's Nesterov momentum: it needs `optimizer` sgd and `momentum` > 0")
+        if self.weight_decay < 0:
+            raise ConfigError(f"`weight_decay` must be >= 0, got {self.weight_decay!r}")
         if self.resume and self.overwrite:
             raise ConfigError("`resume` and `overwrite` exclude each other: continue the run in `out` or replace it")
 
@@ -228,17 +260,24 @@ class _Run:
         if cfg.init_weights:
             load_weights(self.model, cfg.init_weights)
         self.model.to(self.device)
-        self.net: nn.Module = self.model
+        if cfg.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.net: nn.Module = _compiled(self.model, cfg.compile_backend) if cfg.compile else self.model
         if ctx.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+            self.net = nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
+        global_batch = cfg.batch_size * cfg.accum_steps * ctx.world_size
+        self.lr = scaled_lr(cfg.lr, global_batch, cfg.scale_lr)
+        self.optimizer = build_optimizer(self.model, cfg.optimizer, lr=self.lr, weight_decay=cfg.weight_decay,
+                                         momentum=cfg.momentum, nesterov=cfg.nesterov)
         n_batches = len(_shard_batches(num_samples, epoch=0, seed=cfg.seed, batch_size=cfg.batch_size, ctx=ctx))
-        self.steps_per_epoch = min(n_batches, cfg.max_steps_per_epoch or n_batches)
+        n_batches = min(n_batches, cfg.max_steps_per_epoch or n_batches)
+        self.steps_per_epoch = -(-n_batches // cfg.accum_steps)  # optimiser steps
         self.scheduler = build_scheduler(self.optimizer, steps_per_epoch=self.steps_per_epoch, epochs=cfg.epochs,
                                          warmup_epochs=cfg.warmup_epochs, min_lr=cfg.min_lr)
-        fp16 = self.device.type == "cuda" and cfg.amp and not torch.cuda.is_bf16_supported()
-        self.scaler = torch.amp.GradScaler("cuda", enabled=fp16)
+        self.precision = resolve_precision(self.device, cfg.precision, cfg.amp)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.ema = ModelEma(self.model, decay=cfg.ema_decay, warmup=cfg.ema_warmup) if cfg.ema_decay else None
         self.loss_fn = DistillationLoss(cfg.loss, num_classes)
         self.meta = {"kind": kind, "config": recordable_config(cfg), **extra_meta}  # no credentials recorded
         self.start_epoch = 0
@@ -279,19 +318,30 @@ class _Run:
             last = epoch + m - 1
             desc = f"epoch {epoch + 1}/{cfg.epochs}" if m == 1 else f"epochs {epoch + 1}-{last + 1}/{cfg.epochs}"
             try:
-                stats = train_one_epoch(self.net, loader, loss_fn=self.loss_fn, optimizer=self.optimizer,
-                                        scheduler=self.scheduler, device=self.device, labels=labels,
-                                        teacher_targets=teacher, amp=cfg.amp, scaler=self.scaler,
-                                        grad_clip=cfg.grad_clip, progress=progress and self.ctx.is_main, desc=desc,
-                                        max_steps=cfg.max_steps_per_epoch and cfg.max_steps_per_epoch * m)
+                with _compile_errors(cfg.compile):
+                    stats = train_one_epoch(
+                        self.net, loader, loss_fn=self.loss_fn, optimizer=self.optimizer, scheduler=self.scheduler,
+                        device=self.device, labels=labels, teacher_targets=teacher, precision=self.precision,
+                        scaler=self.scaler, grad_clip=cfg.grad_clip, progress=progress and self.ctx.is_main,
+                        desc=desc, max_steps=cfg.max_steps_per_epoch and cfg.max_steps_per_epoch * m,
+                        accum_steps=cfg.accum_steps, ema=self.ema, channels_last=cfg.channels_last,
+                        log_interval=cfg.log_interval)
             finally:
                 if hasattr(teacher, "close"):
                     teacher.close()  # a streamed target source stops its reader
-            val_stats = evaluate(self.model, val, device=self.device, amp=cfg.amp) if val is not None else None
+            val_stats = self._evaluate(self.model, val)
+            if val_stats is not None and self.ema is not None:
+                val_stats.update({f"ema_{k}": v for k, v in self._evaluate(self.ema.module, val).items()})
             stats["epoch_seconds"] = time.perf_counter() - t0  # training and validation: the run's wall time
             self.end_epoch(last, stats, val_stats)
             self.ctx.barrier()
         return self.close()
+
+    def _evaluate(self, model: nn.Module, val: DataLoader | None) -> dict[str, float] | None:
+        if val is None:
+            return None
+        return evaluate(model, val, device=self.device, precision=self.precision,
+                        channels_last=self.cfg.channels_last)
 
     def _resume(self) -> None:
         path = os.path.join(self.cfg.out, "last.pt")
@@ -313,9 +363,18 @@ class _Run:
             raise CacheMismatchError(f"`resume`: {path} was trained from another cache")
         if extra.get("online_teacher") != self.meta.get("online_teacher"):
             raise CheckpointError(f"`resume`: {path} was trained with another `teacher` (online)")
-        self.model.load_state_dict(model.state_dict())
+        # With `ema_select` the checkpoint's model is the EMA and the trained weights travel beside it.
+        self.model.load_state_dict(extra.get("raw_state_dict") or model.state_dict())
+        if self.ema is not None:
+            if "ema" not in extra:
+                raise CheckpointError(f"`resume`: {path} was trained without an EMA; resume without `ema_decay`")
+            ema = dict(extra["ema"])
+            ema.setdefault("state_dict", model.state_dict())
+            self.ema.load_state_dict(ema)
         self.optimizer.load_state_dict(extra["optimizer"])
         self.scheduler.load_state_dict(extra["scheduler"])
+        if "scaler" in extra and self.scaler.is_enabled():
+            self.scaler.load_state_dict(extra["scaler"])
         self.start_epoch = int(extra["epoch"]) + 1
         self.best_score = extra.get("best_score")
         self.best_top1 = extra.get("best_top1")
@@ -331,26 +390,65 @@ class _Run:
             self.metrics.write(row, step=epoch)
         except OSError as e:
             raise _write_failed(self.metrics.path, e) from e
-        score = val_stats["top1"] if val_stats else -train_stats["loss"]
+        top1 = "ema_top1" if self.cfg.ema_select else "top1"  # the checkpoints' model's score
+        score = val_stats[top1] if val_stats else -train_stats["loss"]
         is_best = self.best_score is None or score > self.best_score
         if is_best:
             self.best_score = score
-            self.best_top1 = val_stats["top1"] if val_stats else None
+            self.best_top1 = val_stats[top1] if val_stats else None
         state = dict(self.meta, epoch=epoch, best_score=self.best_score, best_top1=self.best_top1, metrics=row,
                      optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict())
+        if self.scaler.is_enabled():
+            state["scaler"] = self.scaler.state_dict()
+        saved = self.model
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+            if self.cfg.ema_select:  # evaluate, export and dump-teacher load the EMA
+                saved = self.ema.module
+                del state["ema"]["state_dict"]  # it is the checkpoint's model
+                state["raw_state_dict"] = self.model.state_dict()
         for name in ("last.pt", "best.pt") if is_best else ("last.pt",):
             path = os.path.join(self.cfg.out, name)
             try:
-                save_checkpoint(path, self.model, **state)
+                save_checkpoint(path, saved, **state)
             except (OSError, RuntimeError) as e:  # torch reports a short write as a RuntimeError
                 raise _write_failed(path, e) from e
         val = f" val top1 {val_stats['top1']:.2f} top5 {val_stats['top5']:.2f}" if val_stats else ""
+        if val_stats and "ema_top1" in val_stats:
+            val += f" (EMA {val_stats['ema_top1']:.2f})"
         self.log(f"epoch {epoch + 1}/{self.cfg.epochs}: loss {train_stats['loss']:.4f}{val}")
 
     def close(self) -> dict[str, Any]:
         self.metrics.close()
         return {"out": self.cfg.out, "best_top1": self.best_top1, "rank": self.ctx.rank,
                 "best": os.path.join(self.cfg.out, "best.pt"), "last": os.path.join(self.cfg.out, "last.pt")}
+
+
+def _compiled(model: nn.Module, backend: str) -> nn.Module:
+    """``torch.compile(model)``, or a one-line error where this Python / torch cannot compile."""
+    import torch._dynamo
+
+    if not torch._dynamo.is_dynamo_supported():
+        raise ConfigError("`compile`: torch.compile is not supported on this Python/torch build; run without it")
+    if backend not in torch._dynamo.list_backends(exclude_tags=()):
+        raise ConfigError(f"`compile_backend` {backend!r} is not one of torch.compile's backends "
+                          f"({', '.join(torch._dynamo.list_backends())})")
+    return torch.compile(model, backend=backend)
+
+
+@contextmanager
+def _compile_errors(enabled: bool) -> Iterator[None]:
+    """torch.compile fails lazily, at the first forward: turn its errors into one line."""
+    try:
+        yield
+    except KdcacheError:
+        raise
+    except Exception as e:
+        if not enabled or not type(e).__module__.startswith(("torch._dynamo", "torch._inductor")):
+            raise
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise ConfigError(f"`compile`: torch.compile cannot compile this student here ({first}); "
+                          "run without `compile`") from e
 
 
 def _val_loader(cfg: TrainConfig, pipeline: ViewPipeline, pin: bool):
@@ -407,7 +505,7 @@ def train_student(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str
                        log=log if ctx.is_main else _quiet, extra_meta=meta)
             pin = run.device.type == "cuda"
             if online:
-                targets = OnlineTargets(teacher.model.to(run.device), amp=cfg.amp)
+                targets = OnlineTargets(teacher.model.to(run.device), amp=cfg.amp, precision=run.precision)
                 epoch_data = _fresh_view_epochs(ds, pipeline, targets, cfg, ctx, pin)
             else:
                 epoch_data = _cached_epochs(store, ds, pipeline, cfg, ctx, pin, run.log)
@@ -549,9 +647,15 @@ def train_teacher(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str
 
 
 def evaluate_checkpoint(path: str, data: DataConfig, *, batch_size: int = 256, workers: int = 2,
-                        device: str = "auto") -> dict[str, float]:
-    """Top-1/top-5 of a kdcache checkpoint on ``data`` with the checkpoint's own eval views."""
+                        device: str = "auto", ema: bool = False) -> dict[str, float]:
+    """Top-1/top-5 of a kdcache checkpoint on ``data`` with the checkpoint's own eval views; ``ema``: of
+    the model EMA it carries (a run with ``ema_decay``; with ``ema_select`` it is the checkpoint's model)."""
     model, extra = load_checkpoint(path)
+    if ema:
+        if "ema" not in extra:
+            raise CheckpointError(f"{path} carries no model EMA (train with `ema_decay`)")
+        if "state_dict" in extra["ema"]:  # else the checkpoint's model is the EMA (`ema_select`)
+            model.load_state_dict(extra["ema"]["state_dict"])
     if "view_spec" in extra:
         spec = ViewSpec.from_dict(extra["view_spec"])
     else:

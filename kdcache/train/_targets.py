@@ -51,12 +51,12 @@ class OnlineTargets:
     """Full targets (float32 ``logits`` and their ``argmax``) from the teacher's forward pass on the
     batch's views. The teacher runs in eval mode under ``inference_mode`` on the images' device."""
 
-    def __init__(self, model: nn.Module, *, amp: bool = False):
+    def __init__(self, model: nn.Module, *, amp: bool = False, precision: str | None = None):
         self.model = model.eval()
-        self.amp = amp
+        self.amp, self.precision = amp, precision
 
     def __call__(self, batch: ViewBatch, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        with torch.inference_mode(), autocast(images.device, self.amp):
+        with torch.inference_mode(), autocast(images.device, self.amp, precision=self.precision):
             out = self.model(images)
         # A normal tensor (not an inference tensor), so the loss may save it for its backward pass.
         logits = out.float().clone()
