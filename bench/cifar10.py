@@ -70,9 +70,10 @@ def plan(args) -> list[Row]:
                   ("deit_mini_patch4_32_distilled", "deit_tiny_patch4_32_distilled", "hard",
                    {"embed_dim": 96, "depth": 6, "num_heads": 3}))
         for tag, st, distill, extra in others:
-            rows += [Row(f"{tag}/scratch/s0", st, "scratch", "none", "full", 8, 0, extra),
-                     Row(f"{tag}/online-{distill}/s0", st, "online", distill, "full", None, 0, extra),
-                     Row(f"{tag}/cached-{distill}-V8/s0", st, "cached", distill, "full", 8, 0, extra)]
+            for s in args.seeds:
+                rows += [Row(f"{tag}/scratch/s{s}", st, "scratch", "none", "full", 8, s, extra),
+                         Row(f"{tag}/online-{distill}/s{s}", st, "online", distill, "full", None, s, extra),
+                         Row(f"{tag}/cached-{distill}-V8/s{s}", st, "cached", distill, "full", 8, s, extra)]
             if distill == "soft":  # the ViTs also on the DeiT recipe's hard targets (no distillation token)
                 rows += [Row(f"{tag}/online-hard/s0", st, "online", "hard", "full", None, 0, extra),
                          Row(f"{tag}/cached-hard-V8/s0", st, "cached", "hard", "full", 8, 0, extra)]

@@ -248,6 +248,9 @@ def _shard_batches(n: int, *, epoch: int, seed: int, batch_size: int, ctx: DistC
     return [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
 
 
+_OPTIMIZER_FIELDS = ("optimizer", "weight_decay", "momentum", "nesterov")  # checked on resume
+
+
 class _Run:
     """State shared by teacher and student runs: model, optimiser, logging, checkpoints."""
 
@@ -371,8 +374,20 @@ class _Run:
             ema = dict(extra["ema"])
             ema.setdefault("state_dict", model.state_dict())
             self.ema.load_state_dict(ema)
-        self.optimizer.load_state_dict(extra["optimizer"])
-        self.scheduler.load_state_dict(extra["scheduler"])
+        then, now = extra.get("config") or {}, self.meta["config"]
+        diff = [f"`{k}` {then[k]!r} there, {now.get(k)!r} here" for k in _OPTIMIZER_FIELDS
+                if k in then and then[k] != now.get(k)]
+        if diff:  # another optimiser's state could load and silently continue as a different run
+            raise CheckpointError(f"`resume`: {path} was trained with other optimiser options ({', '.join(diff)}); "
+                                  "resume with the options it was trained with, or start a new run in another `out`")
+        try:
+            self.optimizer.load_state_dict(extra["optimizer"])
+            self.scheduler.load_state_dict(extra["scheduler"])
+        except (ValueError, KeyError) as e:
+            groups = len(extra["optimizer"].get("param_groups", [])) if isinstance(extra["optimizer"], dict) else 0
+            raise CheckpointError(f"`resume`: {path}'s optimiser state does not fit this run's optimiser ({groups} "
+                                  f"parameter group(s) there, {len(self.optimizer.param_groups)} here: written by "
+                                  "another kdcache version); start a new run in another `out`") from e
         if "scaler" in extra and self.scaler.is_enabled():
             self.scaler.load_state_dict(extra["scaler"])
         self.start_epoch = int(extra["epoch"]) + 1

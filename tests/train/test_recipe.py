@@ -347,3 +347,26 @@ def test_cli_recipe_flags_and_bad_values_are_one_line(tmp_path, tiny_h5, tiny_te
     assert raw.exit_code == 0 and ema.exit_code == 0, raw.output + ema.output
     assert json.loads(ema.output)["top1"] == extra["metrics"]["val/ema_top1"]
     assert json.loads(raw.output)["top1"] == extra["metrics"]["val/top1"]
+
+
+def test_resume_refuses_another_optimiser_and_an_optimiser_state_that_does_not_fit(tmp_path, tiny_h5, tiny_teacher):
+    cache = _cache(tmp_path, tiny_h5, tiny_teacher)
+    base = dict(data=DataConfig(source=tiny_h5), model="cnn_tiny", cache=cache, batch_size=16, workers=0,
+                val_split=None, epochs=1)
+    out = tmp_path / "run"
+    train_student(TrainConfig(out=str(out), **base), progress=False, log=lambda _m: None)
+    more = dict(base, epochs=2)
+    # another optimiser would load (same groups) and continue silently as a different run
+    with pytest.raises(Exception, match=r"other optimiser options \(`optimizer` 'adamw' there, 'sgd' here"):
+        train_student(TrainConfig(out=str(out), resume=True, **dict(more, optimizer="sgd")),
+                      progress=False, log=lambda _m: None)
+    with pytest.raises(Exception, match=r"`weight_decay` 0.05 there, 0.0 here"):
+        train_student(TrainConfig(out=str(out), resume=True, **dict(more, weight_decay=0.0)),
+                      progress=False, log=lambda _m: None)
+    # a checkpoint of a kdcache that put every parameter in one group (before the no-decay rule)
+    state = torch.load(out / "last.pt", weights_only=True)
+    groups = state["optimizer"]["param_groups"]
+    state["optimizer"]["param_groups"] = [dict(groups[0], params=[p for g in groups for p in g["params"]])]
+    torch.save(state, out / "last.pt")
+    with pytest.raises(Exception, match=r"does not fit this run's optimiser \(1 parameter group\(s\) there, 2 here"):
+        train_student(TrainConfig(out=str(out), resume=True, **more), progress=False, log=lambda _m: None)
