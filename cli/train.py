@@ -130,7 +130,7 @@ def _report(result: dict) -> None:
     click.option("--repeated-views", type=click.IntRange(min=1), default=1, show_default=True,
                  help="Repeated augmentation from the cache (DeiT's RASampler, at no teacher cost): each epoch "
                       "trains on 1/R of the images (a new share every epoch), each with R of its cached views in "
-                      "R consecutive batches of one rank; an epoch keeps N samples. Excludes --views-per-image."),
+                      "one batch (trained in the same step); an epoch keeps N samples. Excludes --views-per-image."),
     click.option("--target-memory-mb", type=click.IntRange(min=1), default=TrainConfig.target_memory_mb,
                  show_default=True,
                  help="Cached targets held in memory at once per process. An epoch whose targets fit is "

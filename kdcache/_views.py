@@ -26,7 +26,8 @@ from kdcache.errors import ConfigError, DataError
 if TYPE_CHECKING:
     from kdcache.models import ModelCfg
 
-__all__ = ["ViewDraws", "ViewBatch", "BlockBatches", "FlatBatches", "ReplayViews", "EvalViews", "identity_collate",
+__all__ = ["ViewDraws", "ViewBatch", "BlockBatches", "FlatBatches", "merge_batches", "split_batch", "ReplayViews",
+           "EvalViews", "identity_collate",
            "build_views", "resolve_view_spec", "resolve_view_sources", "describe_view_sources"]
 
 
@@ -126,6 +127,7 @@ class ViewBatch:
     params: list[ViewParams]
     images: torch.Tensor         # (B, 3, S, S) float32, normalised
     slot: int = 0                # replays with several views per decoded image: which of them (0..M-1)
+    parts: tuple[int, ...] = ()  # a merged batch (repeated views): the sizes of its slots 0..M-1, in order
 
     def pin_memory(self) -> "ViewBatch":
         self.images = self.images.pin_memory()
@@ -209,13 +211,15 @@ class ReplayViews(Dataset):
 
     With a sequence of M such mappings (M views per decoded image), a batch of sample indices
     decodes each image once and returns M :class:`ViewBatch` objects, ``slot`` j built from the
-    j-th mapping: the same samples, one view each, so no batch holds two views of one image.
+    j-th mapping: the same samples, one view each, so no batch holds two views of one image; with ``merge``
+    one batch of all M (:func:`merge_batches`: repeated views, an image's views in the same step).
     """
 
     def __init__(self, dataset, pipeline: ViewPipeline,
-                 arrays: Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarray]]):
+                 arrays: Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarray]], *, merge: bool = False):
         self.dataset = dataset
         self.pipeline = pipeline
+        self.merge = merge
         self.multi = not isinstance(arrays, Mapping)
         self.slots = [dict(a) for a in arrays] if self.multi else [dict(arrays)]
         self.arrays = self.slots[0]
@@ -237,6 +241,8 @@ class ReplayViews(Dataset):
                 indices=np.asarray(idx, dtype=np.int64), views=np.full(len(idx), -1, dtype=np.int64),
                 seeds=np.asarray(seeds[idx]) if seeds is not None else np.zeros(len(idx), np.int64),
                 params=ps, images=build_views(self.dataset, self.pipeline, idx, ps, images), slot=j))
+        if self.merge:
+            return merge_batches(batches)
         return batches if self.multi else batches[0]
 
     def __getitem__(self, i: int) -> ViewBatch | list[ViewBatch]:
@@ -255,6 +261,26 @@ class FlatBatches:
 
     def __len__(self) -> int:
         return len(self.loader) * self.m
+
+
+def merge_batches(batches: Sequence[ViewBatch]) -> ViewBatch:
+    """Slots 0..M-1 of the same samples as one batch, slot after slot; ``parts`` records their sizes."""
+    return ViewBatch(indices=np.concatenate([b.indices for b in batches]),
+                     views=np.concatenate([b.views for b in batches]),
+                     seeds=np.concatenate([b.seeds for b in batches]),
+                     params=[p for b in batches for p in b.params],
+                     images=torch.cat([b.images for b in batches]), slot=-1,
+                     parts=tuple(len(b.indices) for b in batches))
+
+
+def split_batch(batch: ViewBatch) -> list[ViewBatch]:
+    """A merged batch's slots (:func:`merge_batches` undone); a plain batch alone."""
+    if not batch.parts:
+        return [batch]
+    cuts = np.cumsum((0, *batch.parts))
+    return [ViewBatch(indices=batch.indices[a:b], views=batch.views[a:b], seeds=batch.seeds[a:b],
+                      params=batch.params[a:b], images=batch.images[a:b], slot=j)
+            for j, (a, b) in enumerate(zip(cuts[:-1], cuts[1:]))]
 
 
 class EvalViews(Dataset):

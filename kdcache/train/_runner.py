@@ -593,9 +593,9 @@ def _cached_epochs(store: CacheStore, ds, pipeline: ViewPipeline, cfg: TrainConf
         window = store_window(store, cfg.target_memory_mb, m) if distill else store.num_blocks
         plan = plan_epoch(len(ds), store.block_size, epoch=epoch, seed=cfg.seed, batch_size=cfg.batch_size,
                           window=window, rank=ctx.rank, world_size=ctx.world_size)
-        if r > 1:  # the head of this rank's order: 1/R of its samples, each with R of its views
+        if r > 1:  # the head of this rank's order: 1/R of its samples, each with R of its views in one batch
             plan = truncate_plan(plan, -(-sum(len(b) for b in plan.batches) // r), store.block_size,
-                                 cfg.batch_size)
+                                 -(-cfg.batch_size // r))
         if not warned:
             warned.append(True)
             if r > store.num_views:
@@ -619,6 +619,9 @@ def _cached_epochs(store: CacheStore, ds, pipeline: ViewPipeline, cfg: TrainConf
         if m == 1:
             return _loader(ReplayViews(ds, pipeline, replay[0]), plan.batches, cfg, pin), targets
         # Each worker item: one decode of a batch's images, m batches (one view of each image per batch).
+        if r > 1:  # an image's R views in one batch, trained in the same step (as DeiT's RASampler does)
+            return _loader(ReplayViews(ds, pipeline, replay, merge=True), plan.batches, cfg, pin), targets
+        # views per image: M batches from one decode, none holding two views of an image (FKD)
         return FlatBatches(_loader(ReplayViews(ds, pipeline, replay), plan.batches, cfg, pin), m), targets
 
     return epoch_data

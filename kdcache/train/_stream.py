@@ -31,6 +31,7 @@ import torch
 
 from kdcache._views import ViewBatch
 from kdcache.cache._targets import decode_targets
+from kdcache.train._targets import by_slot
 
 __all__ = ["EpochPlan", "plan_epoch", "truncate_plan", "window_blocks", "store_window", "window_class_coverage", "StreamedTargets"]
 
@@ -223,6 +224,8 @@ class StreamedTargets:
 
     # ------------------------------------------------------------------ the target source
     def __call__(self, batch: ViewBatch, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        if batch.parts:
+            return by_slot(self, batch, images)
         if self._thread is None:
             self._start()
         slot = batch.slot

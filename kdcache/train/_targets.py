@@ -21,14 +21,20 @@ import torch
 from torch import nn
 
 from kdcache._runtime import autocast
-from kdcache._views import ViewBatch
+from kdcache._views import ViewBatch, split_batch
 from kdcache.cache._targets import decode_targets
 
-__all__ = ["TargetSource", "CachedTargets", "OnlineTargets"]
+__all__ = ["TargetSource", "CachedTargets", "OnlineTargets", "by_slot"]
 
 
 class TargetSource(Protocol):
     def __call__(self, batch: ViewBatch, images: torch.Tensor) -> dict[str, torch.Tensor]: ...
+
+
+def by_slot(source: TargetSource, batch: ViewBatch, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A merged batch's targets (``ViewBatch.parts``: repeated views), each slot's from ``source``, in order."""
+    outs = [source(part, images) for part in split_batch(batch)]
+    return {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
 
 
 class CachedTargets:
@@ -41,6 +47,8 @@ class CachedTargets:
         self.arrays = self.slots[0]
 
     def __call__(self, batch: ViewBatch, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        if batch.parts:
+            return by_slot(self, batch, images)
         idx = batch.indices
         # decoded on the CPU (uint16 increments have little device support), then moved
         decoded = decode_targets({k: np.asarray(v[idx]) for k, v in self.slots[batch.slot].items()})

@@ -18,6 +18,7 @@ import pytest
 from engine_support import (
     BATCH,
     HELPERS,
+    N_TRAIN,
     VIEW_PX,
     assert_stores_equal,
     helper_env,
@@ -167,3 +168,16 @@ def test_torchrun_dump_stops_every_rank_when_one_fails(world, tmp_path):
     for b, v in np.argwhere(done):
         for name in store.view_array_names:
             assert np.array_equal(store.read_unit(b, v, [name])[name], ref.read_unit(b, v, [name])[name]), name
+
+
+def test_torchrun_students_train_repeated_views_in_merged_batches(world, tmp_path):
+    """``--repeated-views 2`` under DDP: each rank trains half its share, each image's two cached views in one
+    batch, and an epoch keeps the rank's sample count."""
+    run_dir = tmp_path / "ra"
+    args = world.train_args(world.reference, run_dir, epochs=1, steps=1000) + [
+        "--repeated-views", "2", "--distill", "soft"]
+    result = run(torchrun_cmd(2, args))
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["train/images"] for r in rows] == [N_TRAIN // 2]  # rank 0's: N/W samples, N/(W·R) images
+    assert np.isfinite(rows[0]["train/loss"])
