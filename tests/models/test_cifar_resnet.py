@@ -75,9 +75,11 @@ def test_shared_checkpoint_with_a_missing_weight_is_refused(shared_weights, tmp_
 
 
 @pytest.mark.slow
-def test_resnet56_accuracy_on_shared_cifar10(shared_cifar, shared_weights):
-    model = create_model("cifar_resnet56", num_classes=10)
-    load_weights(model, shared_weights / CHECKPOINTS[56])
+def test_resnet20_accuracy_on_shared_cifar10(shared_cifar, shared_weights):
+    """The published ResNet-20 reproduces its accuracy measured on the shared test split (81.0, ../shared/weights;
+    the smallest of the four: every depth shares the blocks and shortcut this checks)."""
+    model = create_model("cifar_resnet20", num_classes=10)
+    load_weights(model, shared_weights / CHECKPOINTS[20])
     model.eval()
     cfg = model_cfg(model)
     mean = torch.tensor(cfg.mean).view(1, 3, 1, 1)
@@ -94,7 +96,7 @@ def test_resnet56_accuracy_on_shared_cifar10(shared_cifar, shared_weights):
             total += len(pred)
     accuracy = 100.0 * correct / total
     assert total == 10_000
-    assert abs(accuracy - 83.2) <= 0.5, accuracy
+    assert abs(accuracy - 81.0) <= 0.5, accuracy
 
 
 def test_trains_on_a_tiny_batch():
