@@ -183,6 +183,8 @@ def main() -> None:
     print(format_table(table(results, dumps, args)))
     if args.plots:
         plot(table(results, dumps, args), args.plots, args.student)
+        plot_students(table(results, dumps, args), os.path.join(
+            args.plots, os.path.splitext(os.path.basename(args.json))[0] + "_students.png"))
 
 
 def _load(path: str, key: dict[str, Any]) -> dict[str, Any]:
@@ -293,6 +295,32 @@ def plot(rows: list[dict[str, Any]], outdir: str, student: str) -> None:
     fig.suptitle(f"CIFAR-10, {student}: accuracy vs cost")
     fig.tight_layout()
     fig.savefig(os.path.join(outdir, "cifar10_cost.png"), dpi=110)
+
+
+def plot_students(rows: list[dict[str, Any]], path: str) -> None:
+    """Scratch, online and cached V = 8 side by side for every student, each in its own distillation (hard KD for
+    a distillation-token DeiT, soft for the others): the mean, the seeds' std as error bars."""
+    from matplotlib.figure import Figure
+
+    students = sorted({t["student"] for t in rows})
+    kinds = (("scratch", "scratch"), ("online-{d}", "online"), ("cached-{d}-V8", "cached V = 8"))
+    row = {tuple(t["row"].split("/")[:2]): t for t in rows}
+    fig = Figure(figsize=(2.2 + 1.6 * len(students), 4))
+    ax = fig.add_subplot()
+    width = 0.26
+    for k, (kind, label) in enumerate(kinds):
+        found = [(i, row.get((st, kind.format(d="hard" if "distilled" in st else "soft"))))
+                 for i, st in enumerate(students)]
+        found = [(i, t) for i, t in found if t is not None]
+        bars = ax.bar([i + (k - 1) * width for i, _ in found], [t["top1"] for _, t in found], width,
+                      yerr=[t["top1_std"] or 0.0 for _, t in found], capsize=3, label=label, color=f"C{k}")
+        ax.bar_label(bars, [f"{t['top1']:.1f}\n({t['seeds']} s.)" for _, t in found], fontsize=6, padding=2)
+    ax.set_xticks(range(len(students)), [s.replace("_", "_\n", 1) for s in students], fontsize=7)
+    ax.set_ylabel("test top-1 (%)")
+    ax.set_title(f"CIFAR-10: {os.path.splitext(os.path.basename(path))[0].removesuffix('_students')}", fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ def test_cifar10_bench_at_toy_size(tmp_path, tiny_h5, tiny_teacher):
     t = rows["cnn_tiny/cached-soft-V8"]
     assert t["cost_20"] - t["cost_5"] == 15 * t["run_seconds"] and t["cost_1"] > t["run_seconds"]
     assert all(0 <= t["top1"] <= 100 for t in rows.values())
-    for png in ("cifar10_views.png", "cifar10_cost.png"):
+    for png in ("cifar10_views.png", "cifar10_cost.png", "r_students.png"):
         assert (tmp_path / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # a run's cost is its epoch count times its fastest epoch, read from its metrics.jsonl
     r0, r1 = res["rows"]["cnn_tiny/cached-soft-V8/s0"], res["rows"]["cnn_tiny/cached-soft-V8/s1"]
