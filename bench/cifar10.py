@@ -302,7 +302,7 @@ def plot_students(rows: list[dict[str, Any]], path: str) -> None:
     a distillation-token DeiT, soft for the others): the mean, the seeds' std as error bars."""
     from matplotlib.figure import Figure
 
-    students = sorted({t["student"] for t in rows})
+    students = sorted({t["row"].split("/")[0] for t in rows})  # a row's tag (the DeiT-mini is deit_tiny resized)
     kinds = (("scratch", "scratch"), ("online-{d}", "online"), ("cached-{d}-V8", "cached V = 8"))
     row = {tuple(t["row"].split("/")[:2]): t for t in rows}
     fig = Figure(figsize=(2.2 + 1.6 * len(students), 4))
