@@ -618,10 +618,10 @@ def _cached_epochs(store: CacheStore, ds, pipeline: ViewPipeline, cfg: TrainConf
         targets = StreamedTargets(store, views, layout.target_names, plan) if distill else None
         if m == 1:
             return _loader(ReplayViews(ds, pipeline, replay[0]), plan.batches, cfg, pin), targets
-        # Each worker item: one decode of a batch's images, m batches (one view of each image per batch).
-        if r > 1:  # an image's R views in one batch, trained in the same step (as DeiT's RASampler does)
+        # Each worker item: one decode of a batch's images and m views of each
+        if r > 1:  # repeated views: the R views in one batch, trained in the same step (as DeiT's RASampler does)
             return _loader(ReplayViews(ds, pipeline, replay, merge=True), plan.batches, cfg, pin), targets
-        # views per image: M batches from one decode, none holding two views of an image (FKD)
+        # views per image: m batches, none holding two views of an image (FKD)
         return FlatBatches(_loader(ReplayViews(ds, pipeline, replay), plan.batches, cfg, pin), m), targets
 
     return epoch_data
