@@ -171,8 +171,8 @@ def test_torchrun_dump_stops_every_rank_when_one_fails(world, tmp_path):
 
 
 def test_torchrun_students_train_repeated_views_in_merged_batches(world, tmp_path):
-    """``--repeated-views 2`` under DDP: each rank trains half its share, each image's two cached views in one
-    batch, and an epoch keeps the rank's sample count."""
+    """``--repeated-views 2`` under DDP (2 gloo ranks): merged batches train and stream their targets on every
+    rank, and an epoch keeps the rank's sample count (the batches' makeup: tests/train/test_repeated_views.py)."""
     run_dir = tmp_path / "ra"
     args = world.train_args(world.reference, run_dir, epochs=1, steps=1000) + [
         "--repeated-views", "2", "--distill", "soft"]

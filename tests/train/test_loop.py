@@ -45,6 +45,25 @@ def test_label_and_cached_targets_one_hot_mixed_and_teacher_rows():
     assert label_targets(_batch([1]), labels, C, torch.device("cpu")).argmax().item() == 1
 
 
+def test_a_merged_batch_takes_each_slots_cached_targets_in_order():
+    """Repeated views: slots 0 and 1 of the same samples in one batch, each slot's rows from its own view."""
+    from dataclasses import replace
+
+    from kdcache._views import merge_batches, split_batch
+
+    views = [{"logits": np.arange(5 * C, dtype=np.float16).reshape(5, C) + 100 * j,
+              "argmax": np.array([3, 2, 1, 0, 3]) if j == 0 else np.array([0, 1, 2, 3, 0])} for j in range(2)]
+    slots = [replace(_batch([4, 2]), slot=j) for j in range(2)]
+    merged = merge_batches(slots)
+    assert merged.parts == (2, 2) and merged.indices.tolist() == [4, 2, 4, 2] and merged.images.shape[0] == 4
+    assert [b.slot for b in split_batch(merged)] == [0, 1]
+    assert torch.equal(split_batch(merged)[1].images, slots[1].images)
+    t = CachedTargets(views)(merged, merged.images)
+    want = np.concatenate([views[0]["logits"][[4, 2]], views[1]["logits"][[4, 2]]])
+    assert torch.equal(t["logits"], torch.as_tensor(want))
+    assert t["argmax"].tolist() == [3, 1, 0, 2]
+
+
 class _Lin(nn.Module):
     def __init__(self):
         super().__init__()

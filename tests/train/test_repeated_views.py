@@ -1,6 +1,6 @@
 """Repeated augmentation from a cache (``repeated_views`` R): each epoch trains on 1/R of the images, each with
-R distinct cached views in one batch (trained in the same step), an epoch keeps N samples, the share changes every epoch, and
-the targets stay the teacher's on the replayed views."""
+R distinct cached views in one batch (trained in the same step), an epoch keeps N samples, the share changes
+every epoch, and the targets stay the teacher's on the replayed views."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def _run(tmp_path, tiny_h5, cache, monkeypatch, r, *, epochs=2, window=None):
 
     def recording(self, batch, images):
         t = original(self, batch, images)
-        if batch.slot < 0 or r == 1:  # the loop's call (a merged batch calls again for each of its slots)
+        if batch.parts:  # the loop's call (a merged batch calls again for each of its slots)
             seen.append((batch, images.clone(), {k: v.clone() for k, v in t.items()}))
         return t
 
