@@ -101,6 +101,8 @@ def main() -> None:
     ap.add_argument("--view-preset", default=None,
                     help="dump every cache with this view preset (kdcache.augment.PRESETS: cifar, deit-cifar, ...); "
                          "online rows then draw the preset's views too")
+    ap.add_argument("--view-options", default=None,
+                    help='JSON view options over the preset, e.g. \'{"mix": "none"}\' (the DeiT views without mixing)')
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--hard-views", type=int, nargs="+", default=[8],
                     help="views of the main student's cached hard-KD rows (the full cache grows to the largest)")
@@ -117,8 +119,9 @@ def main() -> None:
     teacher = TeacherSpec(name=args.teacher, weights=args.teacher_weights)
     os.makedirs(args.workdir, exist_ok=True)
     key = {k: v for k, v in vars(args).items() if k not in ("only", "json", "plots", "workers", "seeds", "rows", "hard_views")}
-    if args.view_preset is None:
-        del key["view_preset"]  # results recorded before the option existed keep their key
+    for opt in ("view_preset", "view_options"):
+        if key[opt] is None:
+            del key[opt]  # results recorded before the option existed keep their key
     done = _load(args.json, key)
     dumps: dict[str, dict[str, Any]] = done.get("dumps", {})
     results: dict[str, dict[str, Any]] = done.get("rows", {})
@@ -130,7 +133,7 @@ def main() -> None:
         """The cache ``name`` with exactly ``views`` views (the full cache grows; dump time is cumulative).
         ``views=None`` (online rows, which take only the cache's view spec): any view count, 8 if new."""
         path = os.path.join(args.workdir, f"{name}.zarr")
-        view = {"scale": tuple(args.scale), "preset": args.view_preset}
+        view = {"scale": tuple(args.scale), "preset": args.view_preset, **json.loads(args.view_options or "{}")}
         if name == "mix":
             view["mix"] = "both"
         d = dumps.setdefault(name, {"views": 0, "seconds": 0.0, "seconds_at": {}})

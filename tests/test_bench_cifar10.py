@@ -43,3 +43,21 @@ def test_cifar10_bench_at_toy_size(tmp_path, tiny_h5, tiny_teacher):
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "== " not in again.stdout  # nothing retrained
     assert json.loads(out.read_text())["rows"]["cnn_tiny/cached-soft-V8/s0"]["train_seconds"] == seconds
+
+
+def test_cifar10_bench_view_options_override_the_preset_in_every_cache(tmp_path, tiny_h5, tiny_teacher):
+    from kdcache.cache import CacheStore
+
+    out, work = tmp_path / "r.json", tmp_path / "work"
+    cmd = [sys.executable, str(REPO / "bench" / "cifar10.py"), "--data", tiny_h5, "--teacher", "cnn_tiny",
+           "--teacher-weights", tiny_teacher, "--student", "cnn_tiny", "--full", "--epochs", "1",
+           "--batch-size", "16", "--seeds", "0", "--rows", "main", "--workers", "0", "--view-preset", "deit-cifar",
+           "--view-options", '{"mix": "none", "reprob": 0.5}', "--only", "cnn_tiny/scratch/s0",
+           "--workdir", str(work), "--json", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    spec = CacheStore.open(str(work / "full.zarr")).identity.view_spec
+    assert (spec["mix"], spec["reprob"], spec["auto_augment"], spec["crop"]) == ("none", 0.5, "rand-m9-mstd0.5-inc1",
+                                                                                 "pad")
+    assert json.loads(out.read_text())["key"]["view_options"] == '{"mix": "none", "reprob": 0.5}'
+    assert "cnn_tiny/scratch/s0" in json.loads(out.read_text())["rows"]
