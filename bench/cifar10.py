@@ -101,7 +101,7 @@ def main() -> None:
     ap.add_argument("--view-preset", default=None,
                     help="dump every cache with this view preset (kdcache.augment.PRESETS: cifar, deit-cifar, ...); "
                          "online rows then draw the preset's views too")
-    ap.add_argument("--view-options", default=None,
+    ap.add_argument("--view-options", default=None, type=_json_object,
                     help='JSON view options over the preset, e.g. \'{"mix": "none"}\' (the DeiT views without mixing)')
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--hard-views", type=int, nargs="+", default=[8],
@@ -188,6 +188,17 @@ def main() -> None:
         plot(table(results, dumps, args), args.plots, args.student)
         plot_students(table(results, dumps, args), os.path.join(
             args.plots, os.path.splitext(os.path.basename(args.json))[0] + "_students.png"))
+
+
+def _json_object(text: str) -> str:
+    """``--view-options``: a JSON object, kept as given (it is part of the results' key)."""
+    try:
+        ok = isinstance(json.loads(text), dict)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not JSON ({e})") from None
+    if not ok:
+        raise argparse.ArgumentTypeError("expected a JSON object such as '{\"mix\": \"none\"}'")
+    return text
 
 
 def _load(path: str, key: dict[str, Any]) -> dict[str, Any]:

@@ -61,3 +61,6 @@ def test_cifar10_bench_view_options_override_the_preset_in_every_cache(tmp_path,
                                                                                  "pad")
     assert json.loads(out.read_text())["key"]["view_options"] == '{"mix": "none", "reprob": 0.5}'
     assert "cnn_tiny/scratch/s0" in json.loads(out.read_text())["rows"]
+    bad = subprocess.run(cmd[:cmd.index("--view-options") + 1] + ["{mix"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().splitlines()[-1].startswith("cifar10.py: error: argument --view-options: not JSON")
