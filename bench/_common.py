@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import platform
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,3 +43,15 @@ def write_json(path: str, args: argparse.Namespace, **payload: Any) -> None:
     with open(path, "w") as f:
         json.dump({"args": vars(args), "machine": machine, **payload}, f, indent=2)
     print(f"wrote {path}")
+
+
+def run(main: Callable[[], None]) -> None:
+    """Run a benchmark's ``main``: a library error (bad data, a busy or damaged cache, ...) ends it with
+    kdcache's one-line message and exit code 1, as the CLI does, never a traceback."""
+    from kdcache._runtime import unwrap_worker_error
+    from kdcache.errors import KdcacheError
+
+    try:
+        main()
+    except KdcacheError as e:
+        raise SystemExit(f"error: {unwrap_worker_error(e)}") from None

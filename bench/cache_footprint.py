@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import add_teacher_args, teacher_spec, write_json
+from _common import add_teacher_args, run, teacher_spec, write_json
 
 from kdcache.cache import CacheStore
 from kdcache.data import DataConfig
@@ -67,4 +67,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -26,15 +26,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from _common import SHARED, write_json
+from _common import SHARED, run, write_json
 
 from kdcache._report import read_metrics
 from kdcache.data import DataConfig
 from kdcache.engine import DumpConfig, TeacherSpec, dump_teacher
-from kdcache.errors import RunError
+from kdcache.errors import CacheBusyError, RunError
 from kdcache.train import LossConfig, TrainConfig, evaluate_checkpoint, train_student
 
 GROW = (1, 2, 4, 8, 16)
+BUSY_WAIT, BUSY_POLL = 7200.0, 5.0  # seconds a row waits for another process dumping the same cache; poll period
 
 
 @dataclass(frozen=True)
@@ -143,12 +144,23 @@ def main() -> None:
             raise SystemExit(f"cache {name} already has {d['views']} views > {views}: run rows in V order "
                              f"(delete {path} and its dumps entry to start over)")
         if d["views"] < views:
-            t0 = time.perf_counter()
             cfg = DumpConfig(data=train, out=path, teacher=teacher, view=view, seed=0, batch_size=256,
                              workers=args.workers, targets="topk:3" if name == "topk3" else "full",
                              views=views if d["views"] == 0 else None,
                              add_views=0 if d["views"] == 0 else views - d["views"])
-            s = dump_teacher(cfg, progress=False, log=print)
+            waited = 0.0
+            while True:  # rows run side by side in two queues: one dumps (or checks) the cache, the other waits
+                t0 = time.perf_counter()
+                try:
+                    s = dump_teacher(cfg, progress=False, log=print)
+                    break
+                except CacheBusyError as e:
+                    if waited >= BUSY_WAIT:
+                        raise
+                    if waited == 0:
+                        print(f"{e}: waiting up to {BUSY_WAIT:.0f} s", flush=True)
+                    time.sleep(BUSY_POLL)
+                    waited += BUSY_POLL
             d.update(views=s.num_views, seconds=d["seconds"] + time.perf_counter() - t0, num_samples=s.num_samples)
             d["seconds_at"][str(s.num_views)] = d["seconds"]
             save()
@@ -338,4 +350,4 @@ def plot_students(rows: list[dict[str, Any]], path: str) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

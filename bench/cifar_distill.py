@@ -14,7 +14,7 @@ import os
 import tempfile
 import time
 
-from _common import add_teacher_args, teacher_spec, write_json
+from _common import add_teacher_args, run, teacher_spec, write_json
 
 from kdcache.data import DataConfig
 from kdcache.engine import DumpConfig, TeacherSpec, dump_teacher
@@ -85,4 +85,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 import torch
-from _common import add_teacher_args, teacher_spec, write_json
+from _common import add_teacher_args, run, teacher_spec, write_json
 from torch.utils.data import DataLoader
 
 from kdcache._views import ReplayViews, ViewDraws, identity_collate
@@ -102,4 +102,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

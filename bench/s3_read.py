@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import write_json
+from _common import run, write_json
 
 from kdcache.augment import ViewSpec
 from kdcache.augment._params import param_array_specs
@@ -113,4 +113,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import write_json
+from _common import run, write_json
 from make_jpeg_folder import _size
 from numcodecs import Blosc
 
@@ -231,4 +231,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

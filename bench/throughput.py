@@ -40,7 +40,7 @@ import time
 
 import numpy as np
 import torch
-from _common import write_json
+from _common import run, write_json
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
@@ -436,4 +436,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -24,7 +24,7 @@ import statistics
 import time
 
 import torch
-from _common import SHARED, write_json
+from _common import SHARED, run, write_json
 from PIL import Image
 
 from kdcache.augment import ViewPipeline, ViewSpec, derive_view_seed
@@ -70,7 +70,7 @@ def main() -> None:
                 return im.convert("RGB")
         return Image.fromarray(ds.get_image(i).permute(1, 2, 0).numpy())
 
-    def run(mode: str) -> float:
+    def rate(mode: str) -> float:
         t0 = time.perf_counter()
         for i in range(n):
             if mode == "timm":
@@ -85,7 +85,7 @@ def main() -> None:
     rates: dict[str, list[float]] = {m: [] for m in MODES}
     for r in range(args.rounds):
         for m in MODES:
-            rates[m].append(run(m))
+            rates[m].append(rate(m))
         print(f"round {r + 1}: " + ", ".join(f"{m} {rates[m][-1]:.0f}/s" for m in MODES), flush=True)
     med = {m: statistics.median(v) for m, v in rates.items()}
     table = [{"mode": m, "median_images_per_s": med[m], "ratio_to_timm": med[m] / med["timm"],
@@ -98,4 +98,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -64,3 +64,46 @@ def test_cifar10_bench_view_options_override_the_preset_in_every_cache(tmp_path,
     bad = subprocess.run(cmd[:cmd.index("--view-options") + 1] + ["{mix"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().splitlines()[-1].startswith("cifar10.py: error: argument --view-options: not JSON")
+
+
+def _toy_cmd(tmp_path, tiny_h5, tiny_teacher, *extra):
+    return [sys.executable, str(REPO / "bench" / "cifar10.py"), "--data", tiny_h5, "--teacher", "cnn_tiny",
+            "--teacher-weights", tiny_teacher, "--student", "cnn_tiny", "--full", "--epochs", "1",
+            "--batch-size", "16", "--seeds", "0", "--rows", "main", "--workers", "0",
+            "--only", "cnn_tiny/scratch/s0", "--workdir", str(tmp_path / "work"), "--json", str(tmp_path / "r.json"),
+            *extra]
+
+
+def test_cifar10_bench_waits_for_another_process_dumping_its_cache(tmp_path, tiny_h5, tiny_teacher):
+    """Two queues of rows side by side: the one that finds the cache's writer lock held waits, then goes on."""
+    from kdcache.engine._lock import WriterLock
+
+    (tmp_path / "work").mkdir()
+    lock = WriterLock(str(tmp_path / "work" / "full.zarr"))
+    lock.hold_meta()
+    lock.acquire()
+    lock.release_meta()
+    p = subprocess.Popen(_toy_cmd(tmp_path, tiny_h5, tiny_teacher), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    try:
+        seen = []
+        for line in p.stdout:
+            seen.append(line)
+            if "waiting up to" in line:
+                break
+        assert "is being written by another dump-teacher" in seen[-1], "".join(seen)
+        assert p.poll() is None  # still waiting, the cache untouched
+        assert not (tmp_path / "r.json").exists()
+    finally:
+        lock.release()
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err[-3000:]
+    assert "cnn_tiny/scratch/s0" in json.loads((tmp_path / "r.json").read_text())["rows"]
+
+
+def test_cifar10_bench_library_errors_are_one_line(tmp_path, tiny_h5, tiny_teacher):
+    res = subprocess.run(_toy_cmd(tmp_path, f"hdf5:{tmp_path / 'missing.h5'}", tiny_teacher), capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert res.stderr.strip().splitlines() == [res.stderr.strip()] and res.stderr.startswith("error: ")
+    assert "missing.h5" in res.stderr
