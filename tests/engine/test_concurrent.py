@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 
 import numpy as np
 import pytest
@@ -21,8 +20,10 @@ from engine_support import (
     helper_env,
     kdcache_cmd,
     logs,
+    paused_writer_cmd,
     read_audit,
     start,
+    watch_growth,
 )
 
 from kdcache.cache import CacheStore
@@ -41,16 +42,16 @@ def test_students_and_readers_during_add_views(world, two_view_cache, tmp_path):
     audit = tmp_path / "audit"
     audit.mkdir()
     env = helper_env(KDCACHE_AUDIT_DIR=str(audit), KDCACHE_AUDIT_WATCH=str(cache))
-    dump = start(kdcache_cmd(world.dump_args(cache, views=None, extra=["--add-views", "2"])), tmp_path, "add")
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    dump = start(paused_writer_cmd(markers, world.dump_args(cache, views=None, extra=["--add-views", "2"])),
+                 tmp_path, "add")
     students = [start(kdcache_cmd(world.train_args(cache, tmp_path / f"run{i}", epochs=STUDENT_EPOCHS, seed=i)),
                       tmp_path, f"student{i}", env=env) for i in range(2)]
     try:
-        seen = []
-        while dump.poll() is None:
-            seen.append(check_snapshot(str(cache), reference))
-            # Leave the CPU to the writer: poll slowly until the views exist, then often.
-            time.sleep(0.25 if seen[-1][0] == 2 else 0.05)
-        seen.append(check_snapshot(str(cache), reference))
+        # Leave the CPU to the writer: poll slowly until the views exist, then often.
+        seen = watch_growth(dump, markers, lambda: check_snapshot(str(cache), reference),
+                            lambda last: 0.25 if last[0] == 2 else 0.05)
         assert dump.returncode == 0, logs(dump)
         for s in students:
             s.wait(timeout=180)

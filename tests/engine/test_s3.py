@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import signal
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +21,12 @@ from engine_support import (
     check_snapshot,
     kdcache_cmd,
     logs,
+    paused_writer_cmd,
     read_all_arrays,
     run,
     start,
     wait_for,
+    watch_growth,
 )
 from kdcache.cli.main import cli
 from s3_server import SECRET_KEY, start_s3_server
@@ -276,15 +277,14 @@ def test_two_students_read_an_s3_cache_while_a_dump_grows_it(world, s3, two_view
     ref = CacheStore.open(world.reference)
     reference = {name: np.asarray(ref.array(name)[...]) for name in ref.view_array_names}
     opts = s3.cli_options()
-    dump = start(kdcache_cmd(world.dump_args(url, views=None, extra=["--add-views", "2", *opts])), tmp_path, "add")
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    dump = start(paused_writer_cmd(markers, world.dump_args(url, views=None, extra=["--add-views", "2", *opts])),
+                 tmp_path, "add")
     students = [start(kdcache_cmd(world.train_args(url, tmp_path / f"run{i}", epochs=2, seed=i) + opts),
                       tmp_path, f"student{i}") for i in range(2)]
     try:
-        seen = []
-        while dump.poll() is None:
-            seen.append(check_snapshot(url, reference, so))
-            time.sleep(0.1)
-        seen.append(check_snapshot(url, reference, so))
+        seen = watch_growth(dump, markers, lambda: check_snapshot(url, reference, so), lambda last: 0.1)
         assert dump.returncode == 0, logs(dump)
         for s in students:
             s.wait(timeout=300)

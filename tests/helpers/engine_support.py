@@ -163,6 +163,32 @@ def kdcache_cmd(args: Sequence[str]) -> list[str]:
     return [sys.executable, "-m", "kdcache", *args]
 
 
+def paused_writer_cmd(markers: Path, args: Sequence[str]) -> list[str]:
+    """``kdcache args`` with the writer held after its first unit until ``markers/go`` (paused_writer.py)."""
+    return [sys.executable, str(HELPERS / "paused_writer.py"), str(markers), *args]
+
+
+def watch_growth(writer: subprocess.Popen, markers: Path, snapshot: Callable[[], tuple[int, int]],
+                 poll: Callable[[tuple[int, int]], float]) -> list[tuple[int, int]]:
+    """Take ``snapshot()`` until ``writer`` (a :func:`paused_writer_cmd`) exits, sleeping ``poll(last)`` between.
+
+    Once the writer reports its first unit it is waiting, so the snapshot taken then sees the cache
+    half grown whatever the machine's speed; then the writer is released. Returns every snapshot,
+    the last one taken after the writer exited.
+    """
+    seen, released = [], False
+    while writer.poll() is None:
+        seen.append(snapshot())
+        if not released and (markers / "wrote-one").exists():
+            seen.append(snapshot())
+            (markers / "go").touch()
+            released = True
+        time.sleep(poll(seen[-1]))
+    assert released, f"the writer exited ({writer.returncode}) without writing a unit: {logs(writer)}"
+    seen.append(snapshot())
+    return seen
+
+
 def torchrun_cmd(nproc: int, args: Sequence[str]) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
             "-m", "kdcache", *args]
