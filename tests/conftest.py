@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -15,6 +16,12 @@ SHARED_CIFAR = SHARED / "data" / "cifar10.h5"
 SHARED_WEIGHTS = SHARED / "weights"
 
 torch.set_num_threads(1)  # tiny models: one thread is as fast and immune to oversubscription
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto``: one worker per available core, at most 8 (each worker holds its own torch, and many
+    tests start subprocesses of their own)."""
+    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
 
 def pytest_collection_modifyitems(config, items):

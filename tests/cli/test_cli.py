@@ -119,8 +119,8 @@ def test_train_student_refuses_other_data(tmp_path, tiny_h5, cache):
      "cache not found"),
     (["evaluate", "missing.pt"], "missing.pt"),
 ])
-def test_bad_input_gives_one_line_error(tmp_path, args, needle):
-    os.chdir(tmp_path)
+def test_bad_input_gives_one_line_error(tmp_path, monkeypatch, args, needle):
+    monkeypatch.chdir(tmp_path)
     res = run(*args, ok=False)
     assert res.exit_code != 0 and needle in res.output and "Traceback" not in res.output
     assert not (tmp_path / "x.zarr").exists()
@@ -300,10 +300,10 @@ def test_evaluate_by_model_name_with_view_overrides_and_random_init(tmp_path, ti
     (["--model", "cnn_small", "--weights", "{ckpt}"], "cnn_tiny"),
     (["--model", "cifar_resnet20", "--weights", "{bad}"], "bad.th"),
 ])
-def test_evaluate_bad_input_gives_one_line_error(tmp_path, tiny_h5, tiny_teacher, args, needle):
+def test_evaluate_bad_input_gives_one_line_error(tmp_path, monkeypatch, tiny_h5, tiny_teacher, args, needle):
     bad = tmp_path / "bad.th"
     bad.write_text("not a checkpoint")
-    os.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)
     args = [a.format(ckpt=tiny_teacher, bad=bad) for a in args]
     res = run("evaluate", *args, "--data", tiny_h5, "--workers", "0", ok=False)
     assert res.exit_code != 0 and needle in res.output and "Traceback" not in res.output, res.output
