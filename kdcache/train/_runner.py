@@ -42,6 +42,7 @@ from kdcache.errors import CacheMismatchError, CheckpointError, ConfigError, Kdc
 from kdcache.models import create_model, model_cfg
 from kdcache.models._checkpoint import load_checkpoint, load_weights, save_checkpoint
 from kdcache.train._ema import ModelEma
+from kdcache.train._heldout import TEST_FILE, checkpoint_data, eval_loader, resolve_heldout, write_test
 from kdcache.train._logging import MetricsLogger
 from kdcache.train._loop import evaluate, train_one_epoch
 from kdcache.train._losses import DistillationLoss, LossConfig
@@ -67,7 +68,11 @@ class TrainConfig(ConfigBase):
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     cache: str | None = None            # students: the teacher cache; teachers: None
     teacher: TeacherSpec | None = None  # students: an online teacher run at every step (the reference)
-    val_split: str | None = "test"
+    # Model selection (best.pt) on `val_split`, never the test split by default: "auto" is the held-out `val`
+    # split when `data.val_fraction` > 0, else none (best.pt is then the last epoch). `test_split` is evaluated
+    # once, on best.pt, after the last epoch: "auto" is the data's `test` split when it has one.
+    val_split: str | None = "auto"
+    test_split: str | None = "auto"
     epochs: int = 10
     batch_size: int = 128
     lr: float = 1e-3
@@ -140,7 +145,7 @@ class TrainConfig(ConfigBase):
 
 
 # What a run writes into its directory; a directory holding any of them holds a run.
-RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "config.json")
+RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "config.json", TEST_FILE)
 RUN_DIRS = ("tb",)
 
 
@@ -284,7 +289,8 @@ class _Run:
         self.loss_fn = DistillationLoss(cfg.loss, num_classes)
         self.meta = {"kind": kind, "config": recordable_config(cfg), **extra_meta}  # no credentials recorded
         self.start_epoch = 0
-        # best.pt: highest validation top-1, or lowest training loss when there is no validation split
+        self.test_stats: dict[str, Any] | None = None
+        # best.pt: highest validation top-1, or the last epoch when there is no validation split
         self.best_score: float | None = None
         self.best_top1: float | None = None
         if cfg.resume:
@@ -292,15 +298,17 @@ class _Run:
         self.metrics = MetricsLogger(cfg.out, enabled=ctx.is_main)
 
     def fit(self, epoch_data: Callable[[int], tuple[DataLoader, TargetSource | None]],
-            labels: np.ndarray, val: DataLoader | None, progress: bool) -> dict[str, Any]:
-        """The epoch loop: ``epoch_data(epoch)`` gives the epoch's loader and teacher target source."""
+            labels: np.ndarray, val: DataLoader | None, progress: bool, test: DataLoader | None = None) -> dict[str, Any]:
+        """The epoch loop: ``epoch_data(epoch)`` gives the epoch's loader and teacher target source; then
+        best.pt is evaluated once on ``test``."""
         try:
-            return self._fit(epoch_data, labels, val, progress)
+            return self._fit(epoch_data, labels, val, progress, test)
         except BaseException:
             self.metrics.close()  # release the event files before the run directory is cleaned up
             raise
 
-    def _fit(self, epoch_data, labels: np.ndarray, val: DataLoader | None, progress: bool) -> dict[str, Any]:
+    def _fit(self, epoch_data, labels: np.ndarray, val: DataLoader | None, progress: bool,
+             test: DataLoader | None) -> dict[str, Any]:
         cfg = self.cfg
         if self.ctx.is_main:
             path = os.path.join(cfg.out, "config.json")
@@ -338,7 +346,30 @@ class _Run:
             stats["epoch_seconds"] = time.perf_counter() - t0  # training and validation: the run's wall time
             self.end_epoch(last, stats, val_stats)
             self.ctx.barrier()
+        if test is not None and self.ctx.is_main:
+            self.test_stats = self._test(test)
         return self.close()
+
+    def _test(self, test: DataLoader) -> dict[str, Any]:
+        """best.pt on the test split, once: the run's reported figure (best.pt was selected without it)."""
+        path = os.path.join(self.cfg.out, "best.pt")
+        model, extra = load_checkpoint(path)
+        model.to(self.device)
+        if self.cfg.channels_last:
+            model.to(memory_format=torch.channels_last)
+        stats = evaluate(model, test, device=self.device, precision=self.precision,
+                         channels_last=self.cfg.channels_last)
+        selected = f"val top-1 on {self.cfg.val_split!r}" if self.cfg.val_split else "the last epoch"
+        record = {"split": self.cfg.test_split, "checkpoint": "best.pt", "epoch": int(extra["epoch"]) + 1,
+                  "selected_by": selected, **stats}
+        path = os.path.join(self.cfg.out, TEST_FILE)
+        try:
+            write_test(self.cfg.out, record)
+        except OSError as e:
+            raise _write_failed(path, e) from e
+        self.log(f"test ({self.cfg.test_split!r}, best.pt = epoch {record['epoch']}, selected by {selected}): "
+                 f"top1 {stats['top1']:.2f} top5 {stats['top5']:.2f}")
+        return record
 
     def _evaluate(self, model: nn.Module, val: DataLoader | None) -> dict[str, float] | None:
         if val is None:
@@ -406,7 +437,8 @@ class _Run:
         except OSError as e:
             raise _write_failed(self.metrics.path, e) from e
         top1 = "ema_top1" if self.cfg.ema_select else "top1"  # the checkpoints' model's score
-        score = val_stats[top1] if val_stats else -train_stats["loss"]
+        # without a validation split nothing is selected: best.pt is the last epoch
+        score = val_stats[top1] if val_stats else float(epoch)
         is_best = self.best_score is None or score > self.best_score
         if is_best:
             self.best_score = score
@@ -435,7 +467,7 @@ class _Run:
 
     def close(self) -> dict[str, Any]:
         self.metrics.close()
-        return {"out": self.cfg.out, "best_top1": self.best_top1, "rank": self.ctx.rank,
+        return {"out": self.cfg.out, "best_top1": self.best_top1, "rank": self.ctx.rank, "test": self.test_stats,
                 "best": os.path.join(self.cfg.out, "best.pt"), "last": os.path.join(self.cfg.out, "last.pt")}
 
 
@@ -466,12 +498,16 @@ def _compile_errors(enabled: bool) -> Iterator[None]:
                           "run without `compile`") from e
 
 
-def _val_loader(cfg: TrainConfig, pipeline: ViewPipeline, pin: bool):
-    if not cfg.val_split:
-        return None
-    ds = cfg.data.open(cfg.val_split).preload()
-    return DataLoader(EvalViews(ds, pipeline), batch_size=max(cfg.batch_size, 256), shuffle=False,
-                      num_workers=cfg.workers, collate_fn=identity_collate, pin_memory=pin)
+def _resolve_heldout(cfg: TrainConfig, log: Callable[[str], None]) -> TrainConfig:
+    """``cfg`` with its validation and test splits resolved (recorded in config.json as used)."""
+    val, test = resolve_heldout(cfg.data, cfg.val_split, cfg.test_split, log)
+    return replace(cfg, val_split=val, test_split=test)
+
+
+def _heldout_loaders(cfg: TrainConfig, pipeline: ViewPipeline, pin: bool):
+    """The validation loader (`limit` applies: it is training data held out) and the test loader (the whole split)."""
+    return tuple(eval_loader(data, split, pipeline, batch_size=cfg.batch_size, workers=cfg.workers, pin=pin)
+                 for data, split in ((cfg.data, cfg.val_split), (replace(cfg.data, limit=None), cfg.test_split)))
 
 
 def _loader(dataset, batches: list, cfg: TrainConfig, pin: bool) -> DataLoader:
@@ -516,6 +552,7 @@ def train_student(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str
                     else resolve_view_spec(teacher.cfg, cfg.view))
             meta["view_spec"] = spec.to_dict()
             pipeline = ViewPipeline(spec)
+            cfg = _resolve_heldout(cfg, log if ctx.is_main else _quiet)
             run = _Run(cfg, ctx, num_classes=ds.num_classes, num_samples=len(ds), kind="student",
                        log=log if ctx.is_main else _quiet, extra_meta=meta)
             pin = run.device.type == "cuda"
@@ -524,8 +561,8 @@ def train_student(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str
                 epoch_data = _fresh_view_epochs(ds, pipeline, targets, cfg, ctx, pin)
             else:
                 epoch_data = _cached_epochs(store, ds, pipeline, cfg, ctx, pin, run.log)
-            val = _val_loader(cfg, pipeline, pin) if ctx.is_main else None
-            return run.fit(epoch_data, np.asarray(ds.labels, dtype=np.int64), val, progress)
+            val, test = _heldout_loaders(cfg, pipeline, pin) if ctx.is_main else (None, None)
+            return run.fit(epoch_data, np.asarray(ds.labels, dtype=np.int64), val, progress, test)
     finally:
         ctx.close()
 
@@ -650,7 +687,7 @@ def train_teacher(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str
     try:
         with _run_directory(cfg, ctx, log):
             ds = cfg.data.open().preload()  # resident before forking workers: one shared copy
-            cfg = replace(cfg, loss=replace(cfg.loss, distill="none"))
+            cfg = _resolve_heldout(replace(cfg, loss=replace(cfg.loss, distill="none")), log if ctx.is_main else _quiet)
             run = _Run(cfg, ctx, num_classes=ds.num_classes, num_samples=len(ds), kind="teacher",
                        log=log if ctx.is_main else _quiet, extra_meta={"class_names": list(ds.class_names)})
             spec = resolve_view_spec(model_cfg(run.model), cfg.view)
@@ -658,17 +695,20 @@ def train_teacher(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str
             pipeline = ViewPipeline(spec)
             pin = run.device.type == "cuda"
             epoch_data = _fresh_view_epochs(ds, pipeline, None, cfg, ctx, pin)
-            val = _val_loader(cfg, pipeline, pin) if ctx.is_main else None
-            return run.fit(epoch_data, np.asarray(ds.labels, dtype=np.int64), val, progress)
+            val, test = _heldout_loaders(cfg, pipeline, pin) if ctx.is_main else (None, None)
+            return run.fit(epoch_data, np.asarray(ds.labels, dtype=np.int64), val, progress, test)
     finally:
         ctx.close()
 
 
-def evaluate_checkpoint(path: str, data: DataConfig, *, batch_size: int = 256, workers: int = 2,
-                        device: str = "auto", ema: bool = False) -> dict[str, float]:
-    """Top-1/top-5 of a kdcache checkpoint on ``data`` with the checkpoint's own eval views; ``ema``: of
-    the model EMA it carries (a run with ``ema_decay``; with ``ema_select`` it is the checkpoint's model)."""
+def evaluate_checkpoint(path: str, data: DataConfig | dict[str, Any] | None = None, *, batch_size: int = 256,
+                        workers: int = 2, device: str = "auto", ema: bool = False) -> dict[str, Any]:
+    """Top-1/top-5 of a kdcache checkpoint with its own eval views, on ``data``: a DataConfig, or options over
+    the data its run recorded (None: all of them, on the run's test split; see ``checkpoint_data``). Data
+    whose class names differ from the run's is refused. ``ema``: the model EMA it carries (a run with
+    ``ema_decay``; with ``ema_select`` it is the checkpoint's model)."""
     model, extra = load_checkpoint(path)
+    data = checkpoint_data(path, extra.get("config"), data)
     if ema:
         if "ema" not in extra:
             raise CheckpointError(f"{path} carries no model EMA (train with `ema_decay`)")
@@ -682,7 +722,17 @@ def evaluate_checkpoint(path: str, data: DataConfig, *, batch_size: int = 256, w
     n_cls = int(model_cfg(model).kwargs.get("num_classes", ds.num_classes))
     if n_cls != ds.num_classes:
         raise ConfigError(f"{path} predicts {n_cls} classes but {data.source} has {ds.num_classes}")
-    return _evaluate_views(model, spec, ds, batch_size=batch_size, workers=workers, device=device)
+    names = extra.get("class_names")
+    if names is not None and list(names) != list(ds.class_names):
+        raise ConfigError(f"{path} was trained on the classes {_names(names)}, but {data.source} [{data.split}] has "
+                          f"{_names(ds.class_names)}: evaluate on the data it was trained for")
+    stats: dict[str, Any] = _evaluate_views(model, spec, ds, batch_size=batch_size, workers=workers, device=device)
+    return {**stats, "data": data.source, "split": data.split}
+
+
+def _names(names) -> str:
+    names = [str(n) for n in names]
+    return ", ".join(names[:4]) + (f", ... ({len(names)})" if len(names) > 4 else "")
 
 
 def evaluate_model(model: TeacherSpec, data: DataConfig, *, view: dict[str, Any] | None = None,
@@ -700,7 +750,7 @@ def evaluate_model(model: TeacherSpec, data: DataConfig, *, view: dict[str, Any]
     stats: dict[str, Any] = _evaluate_views(loaded.model, spec, ds, batch_size=batch_size, workers=workers,
                                             device=device)
     stats.update(model=loaded.cfg.name, weights=model.weights, weights_sha256=loaded.weights_sha256,
-                 view_size=spec.size)
+                 view_size=spec.size, data=data.source, split=data.split)
     return stats
 
 
