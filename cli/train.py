@@ -55,6 +55,12 @@ recipe_options = section(
     "Recipe",
     click.option("--optimizer", default=TrainConfig.optimizer, show_default=True,
                  help="adamw | sgd, or any timm optimizer (lamb, lars, adan, ...) when timm is installed."),
+    click.option("--sched", type=click.Choice(["cosine", "constant"]), default=TrainConfig.sched, show_default=True,
+                 help="Learning rate after the warm-up: cosine decay to --min-lr, or constant at --lr."),
+    click.option("--decay-rule", type=click.Choice(["timm", "all"]), default=TrainConfig.decay_rule,
+                 show_default=True,
+                 help="timm: no weight decay on norms, biases, ViT tokens and position embeddings; all: decay "
+                      "every parameter (Keras's and TF-Addons' AdamW)."),
     click.option("--momentum", type=click.FloatRange(0, 1, max_open=True), default=TrainConfig.momentum,
                  show_default=True, help="SGD momentum."),
     click.option("--nesterov", is_flag=True, help="Nesterov momentum (SGD)."),
@@ -84,7 +90,7 @@ recipe_options = section(
 def _common(data, split, limit, subset_seed, val_fraction, out, val_split, test_split, epochs, batch_size, lr, min_lr,
             weight_decay,
             warmup_epochs, label_smoothing, grad_clip, amp, resume, overwrite, max_steps_per_epoch, seed, device,
-            workers, optimizer, momentum, nesterov, scale_lr, accum_steps, ema_decay, ema_warmup, ema_select,
+            workers, optimizer, sched, decay_rule, momentum, nesterov, scale_lr, accum_steps, ema_decay, ema_warmup, ema_select,
             precision, channels_last, compile_, compile_backend, log_interval):
     return dict(
         data=DataConfig(source=data, split=split, limit=limit, subset_seed=subset_seed, val_fraction=val_fraction),
@@ -92,7 +98,7 @@ def _common(data, split, limit, subset_seed, val_fraction, out, val_split, test_
         batch_size=batch_size,
         lr=lr, min_lr=min_lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs, grad_clip=grad_clip,
         amp=amp, resume=resume, overwrite=overwrite, max_steps_per_epoch=max_steps_per_epoch, seed=seed, device=device,
-        workers=workers, optimizer=optimizer, momentum=momentum, nesterov=nesterov, scale_lr=scale_lr,
+        workers=workers, optimizer=optimizer, sched=sched, decay_rule=decay_rule, momentum=momentum, nesterov=nesterov, scale_lr=scale_lr,
         accum_steps=accum_steps, ema_decay=ema_decay, ema_warmup=ema_warmup, ema_select=ema_select,
         precision=precision, channels_last=channels_last, compile=compile_, compile_backend=compile_backend,
         log_interval=log_interval), label_smoothing

@@ -46,7 +46,7 @@ from kdcache.train._heldout import TEST_FILE, checkpoint_data, eval_loader, reso
 from kdcache.train._logging import MetricsLogger
 from kdcache.train._loop import evaluate, train_one_epoch
 from kdcache.train._losses import DistillationLoss, LossConfig
-from kdcache.train._optim import build_optimizer, scaled_lr
+from kdcache.train._optim import DECAY_RULES, SCHEDULES, build_optimizer, build_scheduler, scaled_lr
 from kdcache.train._schedule import epoch_views
 from kdcache.train._stream import (
     StreamedTargets,
@@ -96,6 +96,8 @@ class TrainConfig(ConfigBase):
     repeated_views: int = 1             # cached students: each epoch N/R images x R of their cached views (DeiT's RA)
     # the recipe (kdcache.train._optim, _ema): optimiser, decay rule, EMA, precision, accumulation
     optimizer: str = "adamw"            # adamw | sgd | a timm optimiser name (lamb, lars, ...) when timm is installed
+    sched: str = "cosine"               # cosine (after `warmup_epochs`, to `min_lr`) | constant (after the warm-up)
+    decay_rule: str = "timm"            # timm: no decay on norms, biases, tokens; all: every parameter (Keras, TFA)
     momentum: float = 0.9               # SGD (and timm optimisers that take one)
     nesterov: bool = False
     scale_lr: bool = False              # lr × batch_size × accum_steps × world_size / 512 (DeiT)
@@ -125,6 +127,10 @@ class TrainConfig(ConfigBase):
                               "(N/R images x R views), `views_per_image` M trains M epochs per pass")
         if self.lr <= 0 or self.warmup_epochs < 0 or self.workers < 0:
             raise ConfigError("lr must be > 0, warmup epochs and workers >= 0")
+        if self.sched not in SCHEDULES:
+            raise ConfigError(f"`sched` must be one of {', '.join(SCHEDULES)}, got {self.sched!r}")
+        if self.decay_rule not in DECAY_RULES:
+            raise ConfigError(f"`decay_rule` must be one of {', '.join(DECAY_RULES)}, got {self.decay_rule!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"`precision` must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.amp and self.precision != "fp32":
@@ -232,18 +238,6 @@ def _write_failed(path: str, e: BaseException) -> CheckpointError:
     return CheckpointError(f"cannot write {path} ({reason}); is the disk full or the directory read-only?")
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, *, steps_per_epoch: int, epochs: int,
-                    warmup_epochs: float, min_lr: float):
-    """Linear warm-up then cosine decay to ``min_lr``, stepped every iteration (torch's schedulers)."""
-    total = max(1, steps_per_epoch * epochs)
-    warm = min(int(round(warmup_epochs * steps_per_epoch)), total - 1)
-    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total - warm), eta_min=min_lr)
-    if warm <= 0:
-        return cosine
-    linear = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1e-3, end_factor=1.0, total_iters=warm)
-    return torch.optim.lr_scheduler.SequentialLR(optimizer, [linear, cosine], milestones=[warm])
-
-
 def _shard_batches(n: int, *, epoch: int, seed: int, batch_size: int, ctx: DistContext) -> list[list[int]]:
     """This rank's shuffled batches of sample indices (equal count on every rank)."""
     perm = np.random.default_rng([int(seed), int(epoch), 0x7472]).permutation(n)
@@ -253,7 +247,7 @@ def _shard_batches(n: int, *, epoch: int, seed: int, batch_size: int, ctx: DistC
     return [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
 
 
-_OPTIMIZER_FIELDS = ("optimizer", "weight_decay", "momentum", "nesterov")  # checked on resume
+_OPTIMIZER_FIELDS = ("optimizer", "weight_decay", "momentum", "nesterov", "decay_rule", "sched")  # checked on resume
 
 
 class _Run:
@@ -277,11 +271,11 @@ class _Run:
         global_batch = cfg.batch_size * cfg.accum_steps * ctx.world_size
         self.lr = scaled_lr(cfg.lr, global_batch, cfg.scale_lr)
         self.optimizer = build_optimizer(self.model, cfg.optimizer, lr=self.lr, weight_decay=cfg.weight_decay,
-                                         momentum=cfg.momentum, nesterov=cfg.nesterov)
+                                         momentum=cfg.momentum, nesterov=cfg.nesterov, decay_rule=cfg.decay_rule)
         n_batches = len(_shard_batches(num_samples, epoch=0, seed=cfg.seed, batch_size=cfg.batch_size, ctx=ctx))
         n_batches = min(n_batches, cfg.max_steps_per_epoch or n_batches)
         self.steps_per_epoch = -(-n_batches // cfg.accum_steps)  # optimiser steps
-        self.scheduler = build_scheduler(self.optimizer, steps_per_epoch=self.steps_per_epoch, epochs=cfg.epochs,
+        self.scheduler = build_scheduler(self.optimizer, cfg.sched, steps_per_epoch=self.steps_per_epoch, epochs=cfg.epochs,
                                          warmup_epochs=cfg.warmup_epochs, min_lr=cfg.min_lr)
         self.precision = resolve_precision(self.device, cfg.precision, cfg.amp)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
