@@ -47,7 +47,7 @@ def evaluate_cmd(checkpoint, model_name, weights, model_args, random_init, data,
     --weights from any file (on the model's default eval view; the eval view options override it).
     A DeiT student averages its two heads.
 
-    A CHECKPOINT is evaluated on the data its run recorded, on the run's test split (the whole split),
+    A CHECKPOINT is evaluated on the data its run recorded, on the run's test split (as its test.json),
     unless the data options say otherwise; data whose class names differ from the run's is refused.
     --model needs --data.
 

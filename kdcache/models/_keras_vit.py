@@ -17,7 +17,9 @@ position embedding, dropout 0.1, four pre-norm blocks (LayerNorm eps 1e-6), the 
 (:class:`~kdcache.models._tokenlearner.TokenLearner`: LayerNorm, three 3x3 GELU convolutions and a
 sigmoid one, no biases, the mean over positions of map x the un-normalised tokens) after the third block
 (the example's ``i == NUM_LAYERS // 2``), a final LayerNorm, global average pooling and a linear head. The
-input is rescaled to [0, 1] only (mean 0, std 1).
+input is rescaled to [0, 1] only (mean 0, std 1). ``input_mean``/``input_std`` let the model take views
+normalised for someone else (a teacher cache's views, normalised with the teacher's mean and std): it undoes
+that normalisation first, so its layers still see [0, 1] as in the example, and its eval views use the same.
 """
 
 from __future__ import annotations
@@ -99,8 +101,14 @@ class KerasMiniViT(nn.Module):
     def __init__(self, *, num_classes: int, img_size: int = 48, patch_size: int = 6, embed_dim: int = 128,
                  depth: int = 4, num_heads: int = 4, key_dim: int = 128, mlp_units: tuple[int, int] = (256, 128),
                  drop_rate: float = 0.1, attn_drop_rate: float = 0.1, num_tokens: int | None = 8,
-                 tokenlearner_after: int | None = None) -> None:
+                 tokenlearner_after: int | None = None, input_mean: tuple[float, float, float] = (0.0, 0.0, 0.0),
+                 input_std: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> None:
         super().__init__()
+        if len(input_mean) != 3 or len(input_std) != 3 or min(input_std) <= 0:
+            raise ModelError(f"input_mean and input_std must be 3 numbers (std > 0), got {input_mean!r}, {input_std!r}")
+        self.input_mean, self.input_std = tuple(float(v) for v in input_mean), tuple(float(v) for v in input_std)
+        self.register_buffer("_in_mean", torch.tensor(self.input_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("_in_std", torch.tensor(self.input_std).view(1, 3, 1, 1), persistent=False)
         _positive("num_classes", num_classes)
         _positive("depth", depth)
         if mlp_units[-1] != embed_dim:
@@ -132,6 +140,8 @@ class KerasMiniViT(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, 48, 48) -> normalised tokens (B, 64, D), or (B, S, D) with the TokenLearner."""
+        if self.input_mean != (0.0, 0.0, 0.0) or self.input_std != (1.0, 1.0, 1.0):
+            x = x * self._in_std + self._in_mean  # back to [0, 1]
         x = self.pos_drop(self.patch_embed(x) + self.pos_embed)
         for i, block in enumerate(self.blocks):
             x = block(x)
@@ -150,7 +160,7 @@ class KerasMiniViT(nn.Module):
 def _build(num_classes: int, overrides: dict[str, Any], **defaults: Any) -> KerasMiniViT:
     model = KerasMiniViT(num_classes=num_classes, **{**defaults, **overrides})
     # the example rescales to [0, 1] only; its eval view is the whole image resized to the input size
-    return set_model_cfg(model, input_size=model.patch_embed.img_size, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    return set_model_cfg(model, input_size=model.patch_embed.img_size, mean=model.input_mean, std=model.input_std)
 
 
 @register_model(tags=("student",))

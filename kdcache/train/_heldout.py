@@ -74,9 +74,9 @@ def write_test(out: str, stats: dict[str, Any]) -> str:
 
 def checkpoint_data(path: str, config: Mapping[str, Any] | None,
                     given: DataConfig | Mapping[str, Any] | None) -> DataConfig:
-    """The data a checkpoint is evaluated on: what its run recorded, on the run's test split (whole), with the
-    options ``given`` (None entries: unset) taking precedence. Another source starts from the given options
-    alone."""
+    """The data a checkpoint is evaluated on: what its run recorded (its `limit` included, as the run's own
+    test.json), on the run's test split, with the options ``given`` (None entries: unset) taking precedence.
+    Another source starts from the given options alone."""
     if isinstance(given, DataConfig):
         return given
     given = {k: v for k, v in (given or {}).items() if v is not None}
@@ -91,4 +91,4 @@ def checkpoint_data(path: str, config: Mapping[str, Any] | None,
         if not test:
             raise ConfigError(f"{path}'s run had no test split; name the split to evaluate on with `split`")
         given["split"] = "test" if test == AUTO else test
-    return DataConfig.from_dict({**recorded, "limit": None, **given})
+    return DataConfig.from_dict({**recorded, **given})

@@ -499,9 +499,9 @@ def _resolve_heldout(cfg: TrainConfig, log: Callable[[str], None]) -> TrainConfi
 
 
 def _heldout_loaders(cfg: TrainConfig, pipeline: ViewPipeline, pin: bool):
-    """The validation loader (`limit` applies: it is training data held out) and the test loader (the whole split)."""
-    return tuple(eval_loader(data, split, pipeline, batch_size=cfg.batch_size, workers=cfg.workers, pin=pin)
-                 for data, split in ((cfg.data, cfg.val_split), (replace(cfg.data, limit=None), cfg.test_split)))
+    """The validation and test loaders (a `limit` applies to each split, as to the training split)."""
+    return tuple(eval_loader(cfg.data, split, pipeline, batch_size=cfg.batch_size, workers=cfg.workers, pin=pin)
+                 for split in (cfg.val_split, cfg.test_split))
 
 
 def _loader(dataset, batches: list, cfg: TrainConfig, pin: bool) -> DataLoader:

@@ -49,3 +49,18 @@ def test_bad_arguments_are_model_errors():
         create_model("keras_tokenlearner_vit", num_classes=10, tokenlearner_after=4)
     small = create_model("keras_tokenlearner_vit", num_classes=10, num_tokens=4)
     assert small.tokenlearner.num_tokens == 4
+
+
+def test_input_normalisation_is_undone_so_the_layers_see_zero_to_one():
+    """A student on a teacher cache's views (normalised with the teacher's mean/std) computes what the
+    example's model computes on [0, 1] views."""
+    mean, std = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
+    torch.manual_seed(0)
+    plain = create_model("keras_tokenlearner_vit", num_classes=10).eval()
+    torch.manual_seed(0)
+    normed = create_model("keras_tokenlearner_vit", num_classes=10, input_mean=mean, input_std=std).eval()
+    x = torch.rand(2, 3, 48, 48)
+    xn = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    assert torch.allclose(plain(x), normed(xn), atol=1e-5)
+    assert (model_cfg(normed).mean, model_cfg(normed).std) == (mean, std)
+    assert set(plain.state_dict()) == set(normed.state_dict())  # no extra weights to save
