@@ -17,10 +17,21 @@ kdcache runs it (one loop; rows differ only in their targets):
   variable: weight decay 1e-4 there is torch's decoupled ``weight_decay`` 0.1 (1e-4 / lr) with
   ``--decay-rule all``.
 
-Rows (``--only`` picks them by substring): ``STUDENT/scratch/sS``: labels only, a fresh view per sample and
-epoch (the example's own training). Every row's run directory lives under ``--workdir``; rerunning the
-same command resumes an interrupted row from its last epoch (``--resume``) and skips finished ones, whose
-JSON sits in ``--results`` (one file per row, with the commit, machine and exact command).
+Rows (``--only`` picks them by substring), the same loop and schedule, only the targets differ:
+
+* ``STUDENT/scratch/sS``: labels only, a fresh view per sample and epoch (the example's own training);
+* ``STUDENT/cached-soft-V8/sS``, ``STUDENT/cached-hard-V8/sS``: from a cache of ``--teacher`` over V views
+  of the 40,000 training images with exactly these views (dumped once by the first cached row, into
+  ``--workdir``; rerunning resumes the dump too); soft: KL at T = ``--temperature`` weighted ``--alpha``;
+* ``STUDENT/online-soft/sS``: the online reference, the teacher run at every step on a fresh view.
+
+The teacher sees the views normalised with its own mean and std (the cache's view spec); the student
+undoes that normalisation first (``input_mean``/``input_std``), so its layers see [0, 1] as in the example
+and as in the scratch rows.
+
+Every row's run directory lives under ``--workdir``; rerunning the same command resumes an interrupted row
+from its last epoch (``--resume``) and skips finished ones, whose JSON sits in ``--results`` (one file per
+row, with the commit, machine and exact command).
 """
 
 from __future__ import annotations
@@ -56,6 +67,13 @@ def _args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--student-arg", action="append", default=[], help="KEY=VALUE for a tiny student (smoke tests)")
     ap.add_argument("--size", type=int, default=48, help="view size (48; smaller only in smoke tests)")
     ap.add_argument("--crop-resize", type=int, default=52)
+    ap.add_argument("--rows", nargs="+", default=["scratch"],
+                    help="row kinds: scratch, cached-soft, cached-hard, online-soft")
+    ap.add_argument("--teacher", default="cifar_resnet56")
+    ap.add_argument("--teacher-weights", default="bench/teachers/cifar_resnet56_ft50k.pt")
+    ap.add_argument("--views", type=int, default=8, help="cached views per image (20 epochs: 2.5 replays each)")
+    ap.add_argument("--alpha", type=float, default=0.7)
+    ap.add_argument("--temperature", type=float, default=4.0)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None, help="torch threads of this process (default: torch's)")
     ap.add_argument("--workdir", default="bench/work/keras_tokenlearner")
@@ -72,29 +90,88 @@ def _commit() -> str:
         return "unknown"
 
 
+KINDS = ("scratch", "cached-soft", "cached-hard", "online-soft")
+
+
 def rows(args: argparse.Namespace) -> list[str]:
-    ids = [f"{s}/scratch/s{seed}" for s in args.students for seed in args.seeds]
+    bad = sorted(set(args.rows) - set(KINDS))
+    if bad:
+        raise SystemExit(f"error: unknown --rows {bad}; choose from {', '.join(KINDS)}")
+    kinds = [f"{k}-V{args.views}" if k.startswith("cached") else k for k in KINDS if k in args.rows]
+    ids = [f"{s}/{k}/s{seed}" for k in kinds for s in args.students for seed in args.seeds]
     return [r for r in ids if not args.only or any(o in r for o in args.only)]
 
 
+def _view(args: argparse.Namespace, teacher: bool) -> dict:
+    """The Keras views; the teacher's (cached and online rows) normalised with the teacher's own mean and std."""
+    view = {**KERAS_VIEW, "size": args.size, "crop_resize": args.crop_resize}
+    if teacher:
+        del view["mean"], view["std"]
+    return view
+
+
+def dump_cache(args: argparse.Namespace, data) -> str:
+    """The teacher's cache over the training part's views (resumed, or found finished, by a rerun)."""
+    from _common import teacher_spec
+
+    from kdcache.engine import DumpConfig, dump_teacher
+
+    out = os.path.join(args.workdir, f"{args.teacher}_V{args.views}.zarr")
+    record = os.path.join(args.results, f"dump_{args.teacher}_V{args.views}.json")
+    t0 = time.perf_counter()
+    s = dump_teacher(DumpConfig(data=data, out=out, teacher=teacher_spec(_teacher_args(args)), views=args.views,
+                                view=_view(args, teacher=True), workers=args.workers, seed=0),
+                     progress=False, log=lambda m: print(m, flush=True))
+    done = json.load(open(record)) if os.path.exists(record) else {"seconds": 0.0}
+    if s.num_views and not done.get("complete"):
+        done.update(seconds=done["seconds"] + time.perf_counter() - t0, views=s.num_views,
+                    samples=s.num_samples, teacher_forwards=s.num_views * s.num_samples, complete=True)
+        with open(record, "w") as f:
+            json.dump(done, f, indent=2)
+    return out
+
+
+def _teacher_args(args: argparse.Namespace) -> argparse.Namespace:
+    return argparse.Namespace(teacher=args.teacher, weights=args.teacher_weights, random_init=False, init_seed=0)
+
+
 def run_row(row: str, args: argparse.Namespace) -> dict:
+    from _common import teacher_spec
+
     from kdcache._utils import parse_model_args
+    from kdcache.augment import ViewSpec
+    from kdcache.cache import CacheStore
     from kdcache.data import DataConfig
-    from kdcache.train import LossConfig, TrainConfig, train_teacher
+    from kdcache.train import LossConfig, TrainConfig, train_student, train_teacher
 
     student, kind, seed = row.split("/")
     out = os.path.join(args.workdir, row.replace("/", "__"))
-    view = {**KERAS_VIEW, "size": args.size, "crop_resize": args.crop_resize}
-    cfg = TrainConfig(
-        data=DataConfig(source=args.data, val_fraction=0.2, limit=args.limit), out=out, model=student,
-        model_kwargs=parse_model_args(args.student_arg), view=view, epochs=args.epochs,
-        batch_size=args.batch_size, lr=1e-3, sched="constant", warmup_epochs=0.0, weight_decay=0.1,
-        decay_rule="all", seed=int(seed[1:]), workers=args.workers, loss=LossConfig(distill="none"),
-        resume=os.path.exists(os.path.join(out, "last.pt")))
-    if kind != "scratch":
-        raise SystemExit(f"error: unknown row kind {kind!r}")
+    data = DataConfig(source=args.data, val_fraction=0.2, limit=args.limit)
+    kwargs = parse_model_args(args.student_arg)
+    distill = "none" if kind == "scratch" else ("hard" if "hard" in kind else "soft")
+    common = dict(data=data, out=out, model=student, epochs=args.epochs, batch_size=args.batch_size, lr=1e-3,
+                  sched="constant", warmup_epochs=0.0, weight_decay=0.1, decay_rule="all", seed=int(seed[1:]),
+                  workers=args.workers, resume=os.path.exists(os.path.join(out, "last.pt")),
+                  loss=LossConfig(distill=distill, alpha=args.alpha, temperature=args.temperature))
+    log = lambda m: print(m, flush=True)  # noqa: E731
     t0 = time.perf_counter()
-    result = train_teacher(cfg, progress=False, log=lambda m: print(m, flush=True))
+    if kind == "scratch":
+        result = train_teacher(TrainConfig(model_kwargs=kwargs, view=_view(args, teacher=False), **common),
+                               progress=False, log=log)
+    elif kind.startswith("cached"):
+        cache = dump_cache(args, data)
+        spec = ViewSpec.from_dict(CacheStore.open(cache, mode="r").identity.view_spec)
+        kwargs.update(input_mean=list(spec.mean), input_std=list(spec.std))  # back to [0, 1] inside the student
+        result = train_student(TrainConfig(model_kwargs=kwargs, cache=cache, **common), progress=False, log=log)
+    else:  # online-soft: the teacher on a fresh view per sample and epoch, from the same view options
+        from kdcache._teacher import build_teacher
+        from kdcache._views import resolve_view_spec
+
+        view, teacher = _view(args, teacher=True), teacher_spec(_teacher_args(args))
+        spec = resolve_view_spec(build_teacher(teacher, num_classes=data.open().num_classes).cfg, view)  # as train_student does
+        kwargs.update(input_mean=list(spec.mean), input_std=list(spec.std))
+        result = train_student(TrainConfig(model_kwargs=kwargs, teacher=teacher, view=view, **common),
+                               progress=False, log=log)
     with open(os.path.join(out, "metrics.jsonl")) as f:
         epochs = [json.loads(line) for line in f]
     seconds = [e["train/epoch_seconds"] for e in epochs]
