@@ -46,7 +46,6 @@ import sys
 import time
 
 import torch
-
 from _common import SHARED, run
 
 STUDENTS = ("keras_tokenlearner_vit", "keras_vit")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kdcache.augment._op import build_ops
+from kdcache.augment._oplist import build_ops
 from kdcache.augment._params import param_array_specs
 from kdcache.augment._spec import ViewSpec
 

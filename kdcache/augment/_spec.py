@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from kdcache.augment._autoaug_config import parse_auto_augment
 from kdcache.errors import ConfigError
 
 __all__ = ["CROP_MODES", "ERASE_MODES", "INTERPOLATIONS", "MIX_MODES", "PAD_MODES", "ViewSpec"]
@@ -172,8 +173,6 @@ class ViewSpec:
         self._check_format3(put)
 
     def _check_format3(self, put: Any) -> None:
-        from kdcache.augment._autoaug import parse_auto_augment  # the op family owns its config string
-
         _choice("crop", self.crop, CROP_MODES)
         if isinstance(self.padding, bool) or not isinstance(self.padding, int) or self.padding < 0:
             raise ConfigError(f"ViewSpec.padding must be a non-negative integer, got {self.padding!r}")
