@@ -28,7 +28,7 @@ import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from kdcache.augment._autoaug_config import AutoAugmentConfig, parse_auto_augment
+from kdcache.augment._autoaug_config import parse_auto_augment
 from kdcache.augment._op import ViewOp, f32
 from kdcache.errors import ConfigError
 
