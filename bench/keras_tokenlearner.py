@@ -39,14 +39,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
-import subprocess
 import sys
 import time
 
 import torch
-from _common import SHARED, run
+from _common import SHARED, git_commit, machine, run
 
 STUDENTS = ("keras_tokenlearner_vit", "keras_vit")
 KERAS_VIEW = {"size": 48, "crop": "pad", "padding": 0, "crop_resize": 52, "mean": (0.0, 0.0, 0.0),
@@ -79,14 +77,6 @@ def _args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--results", default="bench/results/keras_tokenlearner",
                     help="one JSON file per finished row")
     return ap.parse_args(argv)
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 KINDS = ("scratch", "cached-soft", "cached-hard", "online-soft")
@@ -194,9 +184,7 @@ def main() -> None:
             continue
         print(f"== {row}", flush=True)
         res = run_row(row, args)
-        res.update(commit=_commit(), command=command, date=time.strftime("%Y-%m-%d"),
-                   machine={"cpus": os.cpu_count(), "threads": torch.get_num_threads(),
-                            "python": platform.python_version(), "torch": torch.__version__})
+        res.update(commit=git_commit(), command=command, date=time.strftime("%Y-%m-%d"), machine=machine())
         with open(path, "w") as f:
             json.dump(res, f, indent=2)
         print(f"wrote {path}", flush=True)
