@@ -176,6 +176,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     os.makedirs(args.results, exist_ok=True)
     command = " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0])] + sys.argv[1:])
+    commit = git_commit()  # the code this process runs, whatever lands while it trains
     todo = rows(args)
     for row in todo:
         path = os.path.join(args.results, row.replace("/", "__") + ".json")
@@ -184,7 +185,7 @@ def main() -> None:
             continue
         print(f"== {row}", flush=True)
         res = run_row(row, args)
-        res.update(commit=git_commit(), command=command, date=time.strftime("%Y-%m-%d"), machine=machine())
+        res.update(commit=commit, command=command, date=time.strftime("%Y-%m-%d"), machine=machine())
         with open(path, "w") as f:
             json.dump(res, f, indent=2)
         print(f"wrote {path}", flush=True)
