@@ -101,11 +101,11 @@ def main() -> None:
               f"(dim {out['embeddings'].shape[1]}), top-1 {100 * out['top1']:.2f}%, {out['seconds']:.1f} s", flush=True)
         table += codec_rows(label, out["embeddings"])
 
-    print(f"\n{'model':<30} {'dtype':<8} {'dim':>5} {'B/vector':>9} {'cos mean':>10} {'cos min':>10} "
-          f"{'max err/peak':>13}")
+    print(f"\n{'model':<30} {'dtype':<8} {'dim':>5} {'B/vector':>9} {'cos mean':>11} {'cos min':>11} "
+          f"{'1 - cos min':>11} {'max err/peak':>13}")
     for r in table:
-        print(f"{r['model']:<30} {r['dtype']:<8} {r['dim']:>5} {r['bytes_per_vector']:>9} {r['cosine_mean']:>10.7f} "
-              f"{r['cosine_min']:>10.7f} {r['max_error_over_peak']:>13.2e}")
+        print(f"{r['model']:<30} {r['dtype']:<8} {r['dim']:>5} {r['bytes_per_vector']:>9} {r['cosine_mean']:>11.8f} "
+              f"{r['cosine_min']:>11.8f} {1 - r['cosine_min']:>11.2e} {r['max_error_over_peak']:>13.2e}")
     models_json = {k: {"top1": v["top1"], "embedding": v["source"], "view_size": v["view_size"],
                        "seconds": v["seconds"]} for k, v in embedded.items()}
     write_json(args.json, args, images=len(ds), split=args.split, models=models_json, table=table)
