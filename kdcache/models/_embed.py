@@ -2,7 +2,8 @@
 
 "Pooled" is timm's *pre-logits*: what ``model.forward_head(model.forward_features(x), pre_logits=True)``
 returns, the globally pooled (or class-token) feature vector the final linear classifier reads. timm's
-``FeatureDistillationTask`` distils exactly this vector, and a CLI option ``--embed pooled`` maps to it.
+``FeatureDistillationTask`` distils exactly this vector; ``pooled`` is the name CLI options (``--embed pooled``)
+give it.
 :func:`pooled_embedder` finds it for every kind of model :func:`~kdcache.models.create_model` builds:
 
 * **a model that defines** ``forward_embedding(x) -> (logits | None, embedding)`` (the hook for
