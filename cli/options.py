@@ -13,6 +13,8 @@ import functools
 import json
 import os
 import re
+import signal
+import threading
 import typing
 from collections.abc import Callable
 from typing import Any
@@ -288,11 +290,26 @@ random_init_options = (
 )
 
 
+def _terminated(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _sigterm_as_interrupt() -> Callable[[], None]:
+    """SIGTERM (what batch schedulers and ``kill`` send) stops a command as Ctrl-C does: the same cleanup (locks
+    released, what is finished kept) and the same message. Returns the function that restores the old handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    return lambda: signal.signal(signal.SIGTERM, previous)
+
+
 def library_errors(f: Callable) -> Callable:
-    """Run a command body; library errors become a one-line message and exit code 1."""
+    """Run a command body; library errors become a one-line message and exit code 1, SIGTERM and Ctrl-C
+    (KeyboardInterrupt) one line that says how to resume."""
 
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
+        restore = _sigterm_as_interrupt()
         try:
             return f(*args, **kwargs)
         except KdcacheError as e:  # a DataLoader worker's error reads as the main process's one line
@@ -302,6 +319,8 @@ def library_errors(f: Callable) -> Callable:
         except OSError as e:  # a path the library did not check itself: still one line, never a traceback
             where = f": {e.filename}" if e.filename else ""
             raise click.ClickException(f"{e.strerror or e}{where}") from e
+        finally:
+            restore()
 
     return wrapper
 

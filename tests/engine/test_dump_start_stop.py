@@ -1,0 +1,110 @@
+"""How a dump starts and stops (issue 30): missing parent folders are made, mistakes seen from the command
+are refused before anything loads, a failure before any work leaves nothing behind, a rerun with nothing
+left to do says so, and SIGTERM stops a dump as Ctrl-C does."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+import torch
+from click.testing import CliRunner
+from engine_support import logs, paused_writer_cmd, start, wait_for
+from kdcache.cli.main import cli
+
+from kdcache.engine._lock import lock_dir
+
+
+def dump(tiny_h5, tiny_teacher, out, *extra):
+    args = ["dump-teacher", "--data", tiny_h5, "--teacher-weights", tiny_teacher, "--out", str(out), "--size", "16",
+            "--views", "2", "--workers", "0", "--block-size", "16", "--no-progress", *extra]
+    return CliRunner().invoke(cli, args)
+
+
+def test_dump_makes_missing_parent_folders(tmp_path, tiny_h5, tiny_teacher, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = dump(tiny_h5, tiny_teacher, "caches/deep/r56.zarr")  # relative, as the README's Workflow writes it
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "caches" / "deep" / "r56.zarr" / "zarr.json").is_file()
+    assert not os.path.exists(lock_dir(str(tmp_path / "caches" / "deep" / "r56.zarr")))
+
+
+def test_an_out_under_a_file_is_refused_before_loading_anything(tmp_path, tiny_h5, tiny_teacher, monkeypatch):
+    (tmp_path / "afile").write_text("not a folder")
+
+    def no_loading(*_a, **_k):
+        raise AssertionError("the teacher was loaded before the output path was checked")
+
+    monkeypatch.setattr("kdcache.engine._dump.build_teacher", no_loading)
+    res = dump(tiny_h5, tiny_teacher, tmp_path / "afile" / "sub" / "c.zarr")
+    assert res.exit_code == 1, res.output
+    assert res.output == f"Error: cannot create {tmp_path}/afile/sub/c.zarr: {tmp_path}/afile is not a directory\n"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_missing_device_is_refused_before_loading_and_leaves_nothing(tmp_path, tiny_h5, tiny_teacher,
+                                                                         monkeypatch):
+    def no_loading(*_a, **_k):
+        raise AssertionError("the teacher was loaded before the device was checked")
+
+    monkeypatch.setattr("kdcache.engine._dump.build_teacher", no_loading)
+    res = dump(tiny_h5, tiny_teacher, tmp_path / "new" / "c.zarr", "--device", "cuda")
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert res.output.startswith("Error: device 'cuda' requested but CUDA is not available")
+    assert sorted(os.listdir(tmp_path)) == ["teacher.pt", "tiny.h5"]  # neither new/ nor the cache
+
+
+def test_a_failure_before_the_first_view_removes_the_new_cache_and_its_folders(tmp_path, tiny_h5, tiny_teacher,
+                                                                                monkeypatch):
+    """Anything failing between the store's creation and the first computed view (here: the device, once the
+    preflight check has passed) leaves no empty cache behind, nor the folders made for it."""
+    from kdcache.errors import ConfigError
+
+    def device_gone(*_a, **_k):
+        raise ConfigError("the device went away")
+
+    monkeypatch.setattr("kdcache.engine._dump.select_device", device_gone)
+    out = tmp_path / "new" / "c.zarr"
+    res = dump(tiny_h5, tiny_teacher, out)
+    assert res.exit_code == 1, res.output
+    assert res.output.endswith(f"\nError: the device went away; nothing was computed, so {out} was removed\n")
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_rerun_of_a_finished_dump_says_there_was_nothing_to_do(tmp_path, tiny_h5, tiny_teacher):
+    out = tmp_path / "c.zarr"
+    first = dump(tiny_h5, tiny_teacher, out)
+    assert first.exit_code == 0 and "views/s" in first.output
+    again = dump(tiny_h5, tiny_teacher, out)
+    assert again.exit_code == 0, again.output
+    assert "computed now: 0" in again.output and "views/s" not in again.output
+    assert again.output.rstrip().endswith("nothing to do: every view this command covers was already cached "
+                                          "(--add-views N computes more)")
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_dump_as_ctrl_c_does(world, tmp_path):
+    """A batch scheduler's SIGTERM: the dump stops with the resume message, its lock released, its finished
+    units kept."""
+    out = tmp_path / "c.zarr"
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    proc = start(paused_writer_cmd(markers, world.dump_args(out)), tmp_path, "dump")
+    try:
+        wait_for(lambda: (markers / "wrote-one").exists(), proc, what="the first written unit")
+        os.kill(proc.pid, signal.SIGTERM)
+        (markers / "go").touch()  # let the held writer thread finish its unit, as it would unpaused
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    out_text = logs(proc)
+    assert proc.returncode == 1, out_text
+    assert "Error: interrupted; rerun the same command to resume" in out_text
+    assert "Traceback" not in out_text
+    assert not os.path.exists(lock_dir(str(out)))
+    from kdcache.cache import CacheStore
+
+    done = CacheStore.open(str(out)).done_units()
+    assert 1 <= done.sum() < done.size
