@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from kdcache._config import ConfigBase
+from kdcache._utils import check_model_kwargs
 from kdcache.errors import ConfigError, ModelError
 from kdcache.models import ModelCfg, create_model, model_cfg
 from kdcache.models._checkpoint import is_kdcache_checkpoint, load_checkpoint, load_weights
@@ -47,6 +48,7 @@ class TeacherSpec(ConfigBase):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_model_kwargs(self.kwargs, "teacher_args")
         if self.random_init and self.weights:
             raise ConfigError("`random_init` and `teacher_weights` exclude each other: a teacher either loads "
                               "weights or is initialised at random")

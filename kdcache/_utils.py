@@ -9,8 +9,8 @@ from typing import Any
 
 from kdcache.errors import ConfigError, KdcacheError
 
-__all__ = ["human_bytes", "optional_import", "parse_key_values", "parse_model_args", "recordable_config",
-           "redact_secrets"]
+__all__ = ["check_model_kwargs", "human_bytes", "optional_import", "parse_key_values", "parse_model_args",
+           "recordable_config", "redact_secrets"]
 
 
 def human_bytes(n: int | float | None) -> str:
@@ -69,6 +69,19 @@ def parse_model_args(items: Iterable[str]) -> dict[str, object]:
         except yaml.YAMLError as e:
             raise ConfigError(f"cannot read the value of {key}={raw!r}: {e}") from e
     return out
+
+
+# Constructor arguments a run sets from its data: given by hand they would clash with the run's own value.
+DATA_SET_KWARGS = ("num_classes",)
+
+
+def check_model_kwargs(kwargs: Mapping[str, Any], option: str) -> None:
+    """Refuse, naming ``option``, constructor arguments the data sets (``num_classes``: its class count)."""
+    clash = [k for k in DATA_SET_KWARGS if k in kwargs]
+    if clash:
+        given = ", ".join(f"{k}={kwargs[k]!r}" for k in clash)
+        raise ConfigError(f"`{option}` {given}: the number of classes comes from the data (its class count), "
+                          "not from a constructor argument; drop it")
 
 
 def optional_import(module: str, *, extra: str, what: str,

@@ -32,7 +32,7 @@ from kdcache import _teacher
 from kdcache._config import ConfigBase
 from kdcache._runtime import PRECISIONS, DistContext, resolve_precision, select_device
 from kdcache._teacher import TeacherSpec
-from kdcache._utils import recordable_config
+from kdcache._utils import check_model_kwargs, recordable_config
 from kdcache._views import EvalViews, FlatBatches, ReplayViews, ViewDraws, identity_collate, resolve_view_spec
 from kdcache.augment import ViewPipeline, ViewSpec
 from kdcache.augment._presets import expand_preset
@@ -106,6 +106,7 @@ class TrainConfig(ConfigBase):
 
     def __post_init__(self):
         super().__post_init__()
+        check_model_kwargs(self.model_kwargs, "model_args")
         for name in ("epochs", "batch_size", "views_per_image", "target_memory_mb", "accum_steps", "log_interval",
                      "repeated_views"):
             if getattr(self, name) < 1:

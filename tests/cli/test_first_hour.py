@@ -1,0 +1,49 @@
+"""A new user's first hour (issue 30): options the data decides, defaults taken from what a cache records,
+unknown names, and messages that say what to do."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+from kdcache.cli.main import cli
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def one_line_error(res, code: int = 1) -> str:
+    assert res.exit_code == code, res.output
+    assert "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1, res.output
+    return res.output.strip()
+
+
+def dump_cmd(data, teacher, out, *extra):
+    return ["dump-teacher", "--data", data, "--teacher-weights", teacher, "--out", out, "--size", "16", "--views", "1",
+            "--workers", "0", "--block-size", "16", "--no-progress", *extra]
+
+
+@pytest.fixture
+def cache(tmp_path, tiny_h5, tiny_teacher) -> str:
+    out = str(tmp_path / "c.zarr")
+    res = invoke(*dump_cmd(tiny_h5, tiny_teacher, out))
+    assert res.exit_code == 0, res.output
+    return out
+
+
+TRAIN = ["--epochs", "1", "--batch-size", "16", "--workers", "0", "--no-progress", "--val-split", "none"]
+
+
+def test_num_classes_as_a_constructor_argument_is_one_line(tmp_path, tiny_h5, tiny_teacher, cache):
+    res = invoke("train-student", "--cache", cache, "--data", tiny_h5, "--student", "cnn_tiny", "--student-arg",
+                 "num_classes=5", "--out", tmp_path / "run", *TRAIN)
+    assert one_line_error(res) == ("Error: --student-arg num_classes=5: the number of classes comes from the data "
+                                   "(its class count), not from a constructor argument; drop it")
+    assert not (tmp_path / "run").exists()
+    res = invoke("train-teacher", "--data", tiny_h5, "--teacher", "cnn_tiny", "--teacher-arg", "num_classes=5",
+                 "--out", tmp_path / "t", *TRAIN)
+    assert one_line_error(res).startswith("Error: --teacher-arg num_classes=5: the number of classes comes from")
+    res = invoke("dump-teacher", "--data", tiny_h5, "--teacher", "cnn_tiny", "--random-init", "--teacher-arg",
+                 "num_classes=3", "--out", tmp_path / "d.zarr", "--workers", "0", "--no-progress")
+    assert one_line_error(res).startswith("Error: --teacher-arg num_classes=3: the number of classes comes from")
+    assert not (tmp_path / "d.zarr").exists()
