@@ -24,11 +24,15 @@ def info_cmd(cache, as_json, storage_options):
     t, d, v = i["teacher"], i["dataset"], i["view_spec"]
     agree = f"{100 * i['label_agreement']:.2f}%" if i["label_agreement"] is not None else "n/a"
     bpv = f"{i['bytes_per_view']:.1f} B" if i["bytes_per_view"] is not None else "unknown"
+    sub = i.get("subset")
+    subset = (f" (a {sub['limit']:,}-image subset, seed {sub['subset_seed']}: train with --limit {sub['limit']} "
+              f"--subset-seed {sub['subset_seed']})" if sub else "")
     click.echo(
         f"cache        {i['path']} (format {i['kdcache_format']}, fingerprint {i['fingerprint'][:16]})\n"
         f"teacher      {t.get('name')} (weights sha256 {str(t.get('weights_sha256'))[:16]}, "
         f"input {t.get('input_size')})\n"
-        f"dataset      {d.get('source')} [{d.get('split')}], {i['num_samples']} samples, {i['num_classes']} classes\n"
+        f"dataset      {d.get('source')} [{d.get('split')}], {i['num_samples']} samples{subset}, "
+        f"{i['num_classes']} classes\n"
         f"views        {i['num_views']} per sample, seed {i['seed']}, size {v.get('spec', {}).get('size')}\n"
         f"augment      {i['view_ops']}{' (preset ' + i['view_preset'] + ')' if i['view_preset'] else ''}\n"
         f"targets      {i['targets']}\n"

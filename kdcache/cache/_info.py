@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from kdcache.cache._identity import recorded_subset
 from kdcache.cache._integrity import damage_error, scan_cache
 from kdcache.cache._store import CacheStore
 from kdcache.cache._targets import stored_argmax
@@ -39,6 +40,8 @@ def cache_info(path: str, *, storage_options: dict[str, Any] | None = None) -> d
         "block_size": store.block_size,
         "teacher": a.get("teacher", {}),
         "dataset": a.get("dataset", {}),
+        # the seeded subset (`limit`) it was made from, None for all of its split: training must give the same
+        "subset": dict(zip(("limit", "subset_seed"), subset)) if (subset := recorded_subset(a)) else None,
         "view_spec": a.get("view_spec", {}),
         "view_preset": ((a.get("config") or {}).get("view") or {}).get("preset"),
         "view_ops": _view_ops(store),

@@ -47,3 +47,31 @@ def test_num_classes_as_a_constructor_argument_is_one_line(tmp_path, tiny_h5, ti
                  "num_classes=3", "--out", tmp_path / "d.zarr", "--workers", "0", "--no-progress")
     assert one_line_error(res).startswith("Error: --teacher-arg num_classes=3: the number of classes comes from")
     assert not (tmp_path / "d.zarr").exists()
+
+
+def test_a_cache_of_a_subset_says_which_flags_train_on_it(tmp_path, tiny_h5, tiny_teacher):
+    out = str(tmp_path / "sub.zarr")
+    assert invoke(*dump_cmd(tiny_h5, tiny_teacher, out, "--limit", "30")).exit_code == 0
+    info = invoke("info", out)
+    assert "48" not in info.output.split("dataset")[1].split("\n")[0]
+    assert ("30 samples (a 30-image subset, seed 0: train with --limit 30 --subset-seed 0), 3 classes"
+            in info.output), info.output
+    res = invoke("train-student", "--cache", out, "--data", tiny_h5, "--student", "cnn_tiny", "--out",
+                 tmp_path / "run", *TRAIN)
+    line = one_line_error(res)
+    assert line.startswith(f"Error: {out} was made from other data: manifest_sha256: ")
+    assert line.endswith("; the cache was made from a 30-image subset (seed 0) of its split and this data has 48 "
+                         "images: give --limit 30 and --subset-seed 0"), line
+    ok = invoke("train-student", "--cache", out, "--data", tiny_h5, "--limit", "30", "--subset-seed", "0",
+                "--student", "cnn_tiny", "--out", tmp_path / "run", *TRAIN)
+    assert ok.exit_code == 0, ok.output
+
+
+def test_a_cache_of_all_images_says_to_drop_limit(tmp_path, tiny_h5, cache):
+    import json
+
+    assert json.loads(invoke("info", cache, "--json").output)["subset"] is None
+    res = invoke("train-student", "--cache", cache, "--data", tiny_h5, "--limit", "30", "--student", "cnn_tiny",
+                 "--out", tmp_path / "run", *TRAIN)
+    assert one_line_error(res).endswith("; the cache was made from all 48 images of its split and this data has "
+                                        "30: drop --limit")
