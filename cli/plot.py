@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import click
-from kdcache.cli.options import echo_json, library_errors
+from kdcache.cli.options import config_option, echo_json, library_errors
 
 from kdcache._report import plot_runs, read_metrics, summarize_run, summary_table
 
 
 @click.command("plot")
+@config_option
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
 @click.option("--out", default="curves.png", show_default=True, type=click.Path(dir_okay=False),
               help="PNG file to draw the curves into.")

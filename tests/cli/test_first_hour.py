@@ -75,3 +75,47 @@ def test_a_cache_of_all_images_says_to_drop_limit(tmp_path, tiny_h5, cache):
                  "--out", tmp_path / "run", *TRAIN)
     assert one_line_error(res).endswith("; the cache was made from all 48 images of its split and this data has "
                                         "30: drop --limit")
+
+
+def test_verify_takes_the_teacher_the_cache_records(tmp_path, tiny_h5, tiny_teacher, cache, monkeypatch):
+    res = invoke("verify", cache, "--samples", "8", "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    assert "teacher    cnn_tiny" in res.output and res.output.rstrip().endswith("ok")
+    other = tmp_path / "other.pt"  # another teacher given explicitly overrides the record
+    from kdcache.models import create_model
+    from kdcache.models._checkpoint import save_checkpoint
+
+    save_checkpoint(str(other), create_model("cnn_tiny", num_classes=3))
+    res = invoke("verify", cache, "--teacher-weights", other, "--device", "cpu")
+    assert one_line_error(res).startswith(f"Error: {cache} was made by another teacher: weights_sha256")
+    monkeypatch.chdir(tmp_path)  # a dump given a relative weights path, whose file then moves
+    gone, moved = tmp_path / "gone.zarr", tmp_path / "moved.pt"
+    assert invoke(*dump_cmd(tiny_h5, "teacher.pt", gone)).exit_code == 0
+    (tmp_path / "teacher.pt").rename(moved)
+    res = invoke("verify", gone, "--device", "cpu")
+    assert one_line_error(res) == (f"Error: {gone} was made with the teacher weights teacher.pt, which do not exist "
+                                   "here; pass --teacher-weights")
+    assert invoke("verify", gone, "--teacher-weights", moved, "--device", "cpu").exit_code == 0
+
+
+def test_plot_takes_a_config_file(tmp_path):
+    cfg = tmp_path / "plot.toml"
+    cfg.write_text('out = "x.png"\nmetric = "val/loss"\n')
+    res = invoke("plot", "--config", cfg, tmp_path / "no-run")
+    assert one_line_error(res).endswith("does not exist: not a training run directory")
+    cfg.write_text("nonsense = 1\n")
+    res = invoke("plot", "--config", cfg, tmp_path / "no-run")
+    assert res.exit_code == 2 and "unknown option 'nonsense' for 'plot'" in res.output
+
+
+def test_ema_select_help_names_no_command_that_does_not_use_it():
+    for cmd in ("train-student", "train-teacher"):
+        text = " ".join(invoke(cmd, "--help").output.split())
+        ema = text.split("--ema-select")[1].split("--precision")[0]
+        assert "export" not in ema and "evaluate" in ema
+
+
+def test_models_with_an_unknown_tag_is_one_line_naming_the_known_tags():
+    res = invoke("models", "--tag", "studnet")
+    assert one_line_error(res) == "Error: unknown tag 'studnet'; known tags: student, teacher, test"
+    assert "cnn_tiny" in invoke("models", "--tag", "student").output
