@@ -654,7 +654,7 @@ def train_teacher(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str
             cfg = replace(cfg, loss=replace(cfg.loss, distill="none"))
             run = _Run(cfg, ctx, num_classes=ds.num_classes, num_samples=len(ds), kind="teacher",
                        log=log if ctx.is_main else _quiet, extra_meta={"class_names": list(ds.class_names)})
-            spec = resolve_view_spec(model_cfg(run.model), cfg.view)
+            spec = resolve_view_spec(model_cfg(run.model), cfg.view, log=run.log, images=ds)  # says what it used
             run.meta["view_spec"] = spec.to_dict()  # travels in every checkpoint: evaluate uses these views
             pipeline = ViewPipeline(spec)
             pin = run.device.type == "cuda"

@@ -119,3 +119,34 @@ def test_models_with_an_unknown_tag_is_one_line_naming_the_known_tags():
     res = invoke("models", "--tag", "studnet")
     assert one_line_error(res) == "Error: unknown tag 'studnet'; known tags: student, teacher, test"
     assert "cnn_tiny" in invoke("models", "--tag", "student").output
+
+
+def test_train_teacher_prints_its_view_input_and_warns_of_upscaled_views(tmp_path, tiny_h5):
+    res = invoke("train-teacher", "--data", tiny_h5, "--teacher", "cnn_tiny", "--out", tmp_path / "a",
+                 "--max-steps-per-epoch", "1", *TRAIN)
+    assert res.exit_code == 0, res.output
+    assert ("view input: size 32, mean 0.5 0.5 0.5, std 0.5 0.5 0.5, interpolation bilinear, crop_pct 1.0 (from the "
+            "cnn_tiny architecture's default)\nview ops: ") in res.output
+    assert "warning" not in res.output  # 2x the images' side: below the warning's threshold
+    res = invoke("train-teacher", "--data", tiny_h5, "--teacher", "cnn_tiny", "--size", "64", "--out", tmp_path / "b",
+                 "--max-steps-per-epoch", "1", *TRAIN)
+    assert res.exit_code == 0, res.output
+    assert "view input: size 64 (set explicitly); mean 0.5 0.5 0.5," in res.output
+    assert ("warning: 64-px views of 16-px images (size set explicitly): each view costs about 16x the compute of a "
+            "16-px one, for no new detail; unless the model needs that input (pretrained weights), --size 16 trains "
+            "at the images' own size") in res.output
+
+
+def test_the_upscale_warning_names_where_the_size_came_from():
+    from kdcache._views import resolve_view_spec
+    from kdcache.models import ModelCfg
+
+    class Cifar:  # 32-px images, as CIFAR's
+        def max_side(self):
+            return 32
+
+    said = []
+    spec = resolve_view_spec(ModelCfg(name="resnet18", input_size=224), {}, log=said.append, images=Cifar())
+    assert spec.size == 224
+    assert ("warning: 224-px views of 32-px images (size from the resnet18 architecture's default): each view costs "
+            "about 49x the compute of a 32-px one") in said[0]
