@@ -21,13 +21,15 @@ from typing import Any
 
 import click
 
+from kdcache._progress import hugging_face_bars_off, stderr_is_terminal
 from kdcache._runtime import unwrap_worker_error
 from kdcache.augment import ViewSpec
 from kdcache.augment._presets import PRESETS
 from kdcache.errors import KdcacheError
 
 __all__ = ["config_option", "data_options", "runtime_options", "view_options", "eval_view_options", "view_overrides",
-           "library_errors", "echo_json", "load_config_file", "SectionedCommand", "section", "random_init_options"]
+           "library_errors", "echo_json", "load_config_file", "SectionedCommand", "section", "random_init_options",
+           "progress_option"]
 
 
 class SectionedCommand(click.Command):
@@ -191,9 +193,22 @@ def data_options(*, split_default: str = "train", from_cache: bool = False) -> C
     )
 
 
+def _progress_cb(ctx: click.Context, _param: click.Parameter, value: bool | None) -> bool:
+    # Unset: bars only where they draw in place (a terminal); a redirected stderr would keep every \r frame.
+    on = stderr_is_terminal() if value is None else bool(value)
+    if not on:  # Hugging Face's bars (an hf: model's weight loading) too, for the command's lifetime
+        ctx.with_resource(hugging_face_bars_off())
+    return on
+
+
+def progress_option(help_: str = "Show progress bars (Hugging Face's loading bars too)") -> Callable:
+    return click.option("--progress/--no-progress", default=None, callback=_progress_cb,
+                        help=f"{help_} [on when stderr is a terminal].")
+
+
 runtime_options = section(
     "Runtime",
-    click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars."),
+    progress_option(),
     click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
                  help="DataLoader worker processes building views."),
     click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N."),
