@@ -117,7 +117,7 @@ def build_teacher(spec: TeacherSpec, *, num_classes: int) -> LoadedTeacher:
         recorded = extra.get("view_spec")
         if isinstance(recorded, dict):
             views = {k: recorded[k] for k in VIEW_INPUT_KEYS if k in recorded}
-            views_from = f"{spec.weights} (the views it was trained on)" if views else None
+            views_from = f"the views {spec.weights} was trained on" if views else None
     else:
         if not spec.name:
             raise ModelError("name a teacher with `teacher` (or pass a kdcache checkpoint as `teacher_weights`)")

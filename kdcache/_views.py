@@ -54,6 +54,8 @@ def resolve_view_sources(model: ModelCfg, overrides: Mapping[str, Any] | None = 
     base: dict[str, Any] = {"size": model.input_size, "mean": tuple(model.mean), "std": tuple(model.std),
                             "interpolation": model.interpolation, "crop_pct": model.crop_pct}
     sources = dict.fromkeys(base, f"the {model.name or 'model'} architecture's default")
+    for k in model.processor_input:  # an hf: model's image processor
+        sources[k] = f"{model.name or 'the model'}'s preprocessor_config.json"
     for k, v in (recorded or {}).items():
         if k in _INPUT_KEYS and v is not None:
             base[k] = tuple(v) if isinstance(v, list) else v
@@ -64,9 +66,10 @@ def resolve_view_sources(model: ModelCfg, overrides: Mapping[str, Any] | None = 
         if k in sources:
             sources[k] = f"preset {name}"
     for k, v in explicit.items():
+        if k in sources:  # an explicit value the weights record too is no contradiction: say both
+            same = k in (recorded or {}) and sources[k] == recorded_from and _same(base[k], v)
+            sources[k] = f"set explicitly, as in {recorded_from}" if same else "set explicitly"
         base[k] = v
-        if k in sources:
-            sources[k] = "set explicitly"
     given = {k for k, v in {**(recorded or {}), **preset, **explicit}.items() if v is not None}
     unknown = [k for k in model.requires_input if k not in given]
     if unknown:
@@ -78,6 +81,11 @@ def resolve_view_sources(model: ModelCfg, overrides: Mapping[str, Any] | None = 
         return ViewSpec(**base), sources
     except TypeError as e:
         raise ConfigError(f"invalid view option: {e}") from e
+
+
+def _same(a: Any, b: Any) -> bool:
+    a, b = (tuple(x) if isinstance(x, (list, tuple)) else x for x in (a, b))
+    return a == b
 
 
 def describe_view_sources(spec: ViewSpec, sources: Mapping[str, str], *, images=None) -> str:

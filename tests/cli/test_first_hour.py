@@ -150,3 +150,38 @@ def test_the_upscale_warning_names_where_the_size_came_from():
     assert spec.size == 224
     assert ("warning: 224-px views of 32-px images (size from the resnet18 architecture's default): each view costs "
             "about 49x the compute of a 32-px one") in said[0]
+
+
+def test_an_hf_teachers_view_input_is_said_to_come_from_its_preprocessor_config(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    torch.manual_seed(0)
+    config = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1,
+                                    num_attention_heads=2, intermediate_size=64, num_labels=10)
+    vit = tmp_path / "vit"
+    transformers.ViTForImageClassification(config).save_pretrained(vit)
+    transformers.ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.4, 0.5, 0.6],
+                                   image_std=[0.2, 0.25, 0.3]).save_pretrained(vit)
+    res = invoke("dump-teacher", "--data", "digits", "--limit", "16", "--teacher", f"hf:{vit}", "--views", "1",
+                 "--workers", "0", "--no-progress", "--out", tmp_path / "c.zarr")
+    assert res.exit_code == 0, res.output
+    line = next(ln for ln in res.output.splitlines() if ln.startswith("view input:"))
+    assert line == (f"view input: size 32, mean 0.4 0.5 0.6, std 0.2 0.25 0.3, interpolation bilinear (from hf:{vit}'s "
+                    f"preprocessor_config.json); crop_pct 1.0 (from the hf:{vit} architecture's default)")
+
+
+def test_an_explicit_size_the_checkpoint_records_too_is_not_a_contradiction(tmp_path, tiny_h5):
+    """The quickstart's case: a teacher trained at --size 16, dumped with --size 16 again."""
+    res = invoke("train-teacher", "--data", tiny_h5, "--teacher", "cnn_tiny", "--size", "16", "--out", tmp_path / "t",
+                 "--max-steps-per-epoch", "1", *TRAIN)
+    assert res.exit_code == 0, res.output
+    ckpt = tmp_path / "t" / "best.pt"
+    for size, said in (("16", f"size 16 (set explicitly, as in the views {ckpt} was trained on)"),
+                       ("24", "size 24 (set explicitly)")):
+        res = invoke("dump-teacher", "--data", tiny_h5, "--teacher-weights", ckpt, "--out", tmp_path / f"c{size}.zarr",
+                     "--size", size, "--views", "1", "--workers", "0", "--no-progress")
+        assert res.exit_code == 0, res.output
+        line = next(ln for ln in res.output.splitlines() if ln.startswith("view input:"))
+        assert line.startswith(f"view input: {said}; mean 0.5 0.5 0.5, std 0.5 0.5 0.5, interpolation bilinear, "
+                               f"crop_pct 1.0 (from the views {ckpt} was trained on)"), line
