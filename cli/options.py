@@ -305,16 +305,18 @@ random_init_options = (
 )
 
 
-def _terminated(signum: int, _frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-def _sigterm_as_interrupt() -> Callable[[], None]:
+def _sigterm_as_interrupt(received: list[int]) -> Callable[[], None]:
     """SIGTERM (what batch schedulers and ``kill`` send) stops a command as Ctrl-C does: the same cleanup (locks
-    released, what is finished kept) and the same message. Returns the function that restores the old handler."""
+    released, what is finished kept) and the same message. Each signal taken is appended to ``received``.
+    Returns the function that restores the old handler."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
-    previous = signal.signal(signal.SIGTERM, _terminated)
+
+    def terminated(signum: int, _frame: Any) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, terminated)
     return lambda: signal.signal(signal.SIGTERM, previous)
 
 
@@ -324,13 +326,18 @@ def library_errors(f: Callable) -> Callable:
 
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
-        restore = _sigterm_as_interrupt()
+        received: list[int] = []
+        restore = _sigterm_as_interrupt(received)
         try:
             return f(*args, **kwargs)
         except KdcacheError as e:  # a DataLoader worker's error reads as the main process's one line
             raise click.ClickException(_flag_names(str(unwrap_worker_error(e)), click.get_current_context())) from e
         except KeyboardInterrupt:
             raise click.ClickException("interrupted; rerun the same command to resume") from None
+        except RuntimeError:
+            if received:  # a SIGTERM to the process group kills DataLoader workers too, and the loader says so
+                raise click.ClickException("interrupted; rerun the same command to resume") from None
+            raise
         except OSError as e:  # a path the library did not check itself: still one line, never a traceback
             where = f": {e.filename}" if e.filename else ""
             raise click.ClickException(f"{e.strerror or e}{where}") from e

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import time
 
 import pytest
 import torch
 from click.testing import CliRunner
-from engine_support import logs, paused_writer_cmd, start, wait_for
+from engine_support import paused_writer_cmd
 from kdcache.cli.main import cli
 
 from kdcache.engine._lock import lock_dir
@@ -84,25 +86,37 @@ def test_a_rerun_of_a_finished_dump_says_there_was_nothing_to_do(tmp_path, tiny_
 
 
 @pytest.mark.slow
-def test_sigterm_stops_a_dump_as_ctrl_c_does(world, tmp_path):
-    """A batch scheduler's SIGTERM: the dump stops with the resume message, its lock released, its finished
+@pytest.mark.parametrize("to_group", [False, True], ids=["kill-pid", "kill-group-with-workers"])
+def test_sigterm_stops_a_dump_as_ctrl_c_does(world, tmp_path, to_group):
+    """SIGTERM to the dump (``kill PID``), or to its whole process group as batch schedulers send it (its
+    DataLoader workers die of it too): the dump stops with the resume message, its lock released, its finished
     units kept."""
     out = tmp_path / "c.zarr"
     markers = tmp_path / "markers"
     markers.mkdir()
-    proc = start(paused_writer_cmd(markers, world.dump_args(out)), tmp_path, "dump")
+    args = world.dump_args(out, extra=["--workers", "2"] if to_group else [])
+    with open(tmp_path / "dump.log", "w") as log:
+        proc = subprocess.Popen(paused_writer_cmd(markers, args), stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
     try:
-        wait_for(lambda: (markers / "wrote-one").exists(), proc, what="the first written unit")
-        os.kill(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 120
+        while not (markers / "wrote-one").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "dump.log").read_text()
+            time.sleep(0.005)
+        if to_group:
+            os.killpg(proc.pid, signal.SIGTERM)
+        else:
+            os.kill(proc.pid, signal.SIGTERM)
         (markers / "go").touch()  # let the held writer thread finish its unit, as it would unpaused
         proc.wait(timeout=120)
     finally:
         if proc.poll() is None:
-            proc.kill()
-    out_text = logs(proc)
-    assert proc.returncode == 1, out_text
-    assert "Error: interrupted; rerun the same command to resume" in out_text
-    assert "Traceback" not in out_text
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    text = (tmp_path / "dump.log").read_text()
+    assert proc.returncode == 1, text
+    assert text.splitlines()[-1] == "Error: interrupted; rerun the same command to resume", text
+    assert "Traceback" not in text
     assert not os.path.exists(lock_dir(str(out)))
     from kdcache.cache import CacheStore
 
