@@ -51,7 +51,7 @@ def cache_info(path: str, *, storage_options: dict[str, Any] | None = None) -> d
         "views_done": n_views_done,
         "views_done_per_view": [int(x) for x in done.sum(axis=0)],
         "bytes_on_disk": size,
-        "bytes_per_view": (size / max(n_views_done, 1)) if size is not None else None,
+        "bytes_per_view": (size / n_views_done) if size is not None and n_views_done else None,  # None: no view
         "arrays": per_array,
         "label_agreement": label_agreement(store, done),
     }

@@ -122,3 +122,22 @@ def test_sigterm_stops_a_dump_as_ctrl_c_does(world, tmp_path, to_group):
 
     done = CacheStore.open(str(out)).done_units()
     assert 1 <= done.sum() < done.size
+
+
+def test_info_of_a_cache_with_no_view_done_gives_no_bytes_per_view(tmp_path, tiny_h5, tiny_teacher, monkeypatch):
+    """A dump interrupted before its first view keeps its (resumable) cache; info must not divide its
+    metadata's size by one view."""
+    import json
+
+    def interrupted(*_a, **_k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("kdcache.engine._dump._run_blocks", interrupted)
+    out = tmp_path / "c.zarr"
+    res = dump(tiny_h5, tiny_teacher, out)
+    assert res.exit_code == 1 and res.output.endswith("Error: interrupted; rerun the same command to resume\n")
+    info = CliRunner().invoke(cli, ["info", str(out)])
+    assert info.exit_code == 0, info.output
+    assert "coverage     0.0% done" in info.output and " B per view" not in info.output
+    assert "(no view done yet)" in info.output
+    assert json.loads(CliRunner().invoke(cli, ["info", str(out), "--json"]).output)["bytes_per_view"] is None
