@@ -305,6 +305,10 @@ random_init_options = (
 )
 
 
+def _ignore(_signum: int, _frame: Any) -> None:
+    pass  # a Python handler, not SIG_DFL: a signal pending while the handler changes is then no error
+
+
 def _sigterm_as_interrupt(received: list[int]) -> Callable[[], None]:
     """SIGTERM (what batch schedulers and ``kill`` send) stops a command as Ctrl-C does: the same cleanup (locks
     released, what is finished kept) and the same message. Each signal taken is appended to ``received``.
@@ -314,6 +318,8 @@ def _sigterm_as_interrupt(received: list[int]) -> Callable[[], None]:
 
     def terminated(signum: int, _frame: Any) -> None:
         received.append(signum)
+        if hasattr(signal, "SIGCHLD"):  # DataLoader workers in the signalled process group die of it too, and
+            signal.signal(signal.SIGCHLD, _ignore)  # torch's SIGCHLD handler would raise that, even at exit
         raise KeyboardInterrupt(f"signal {signum}")
 
     previous = signal.signal(signal.SIGTERM, terminated)
