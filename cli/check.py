@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import click
-from kdcache.cli.options import SectionedCommand, data_options, echo_json, library_errors, progress_option
+from kdcache.cli.options import (
+    SectionedCommand,
+    config_option,
+    data_options,
+    echo_json,
+    library_errors,
+    progress_option,
+)
 
 from kdcache.data import DataConfig
 from kdcache.data._check import check_data
 
 
 @click.command("check-data", cls=SectionedCommand)
+@config_option
 @data_options()
 @click.option("--decode", is_flag=True, help="Decode every image fully, as the dump does (slower than headers).")
 @click.option("--workers", type=click.IntRange(min=1), default=4, show_default=True, help="Threads scanning files.")

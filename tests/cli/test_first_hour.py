@@ -98,6 +98,13 @@ def test_verify_takes_the_teacher_the_cache_records(tmp_path, tiny_h5, tiny_teac
     assert invoke("verify", gone, "--teacher-weights", moved, "--device", "cpu").exit_code == 0
 
 
+def test_every_command_takes_a_config_file():
+    from kdcache.cli.main import cli as group
+
+    lacking = [name for name, cmd in group.commands.items() if "config" not in {p.name for p in cmd.params}]
+    assert lacking == []
+
+
 def test_plot_takes_a_config_file(tmp_path):
     cfg = tmp_path / "plot.toml"
     cfg.write_text('out = "x.png"\nmetric = "val/loss"\n')
