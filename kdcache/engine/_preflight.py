@@ -39,13 +39,17 @@ def make_parents(out: str) -> list[str]:
     while not os.path.exists(parent):
         missing.append(parent)
         parent = os.path.dirname(parent)
-    missing.reverse()
-    try:
-        for d in missing:
+    made = []
+    for d in reversed(missing):
+        try:
             os.mkdir(d)
-    except OSError as e:
-        raise CacheError(f"cannot create {out}: cannot make {e.filename or d}: {e.strerror or e}") from e
-    return missing
+            made.append(d)
+        except FileExistsError:  # another job (a --shard of the same store) made it meanwhile: not ours
+            if not os.path.isdir(d):
+                raise CacheError(f"cannot create {out}: {d} is not a directory") from None
+        except OSError as e:
+            raise CacheError(f"cannot create {out}: cannot make {d}: {e.strerror or e}") from e
+    return made
 
 
 def remove_empty(made: list[str]) -> None:

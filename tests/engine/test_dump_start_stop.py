@@ -141,3 +141,19 @@ def test_info_of_a_cache_with_no_view_done_gives_no_bytes_per_view(tmp_path, tin
     assert "coverage     0.0% done" in info.output and " B per view" not in info.output
     assert "(no view done yet)" in info.output
     assert json.loads(CliRunner().invoke(cli, ["info", str(out), "--json"]).output)["bytes_per_view"] is None
+
+
+def test_parent_folders_another_shard_makes_meanwhile_are_no_error_and_not_removed(tmp_path, monkeypatch):
+    from kdcache.engine._preflight import make_parents, remove_empty
+
+    real_mkdir = os.mkdir
+
+    def raced(path, *args):  # another --shard job makes the folder between our check and our mkdir
+        real_mkdir(path, *args)
+        raise FileExistsError(17, "File exists", path)
+
+    monkeypatch.setattr(os, "mkdir", raced)
+    assert make_parents(str(tmp_path / "a" / "b" / "c.zarr")) == []
+    monkeypatch.setattr(os, "mkdir", real_mkdir)
+    remove_empty([])
+    assert (tmp_path / "a" / "b").is_dir()
