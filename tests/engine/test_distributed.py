@@ -92,7 +92,7 @@ def test_torchrun_students_write_from_rank0_only(world, tmp_path):
     result = run(torchrun_cmd(2, world.train_args(world.reference, run_dir, epochs=epochs, steps=2)), env=env)
     assert result.returncode == 0, result.stdout + result.stderr
 
-    files = {"best.pt", "config.json", "last.pt", "metrics.jsonl"}
+    files = {"best.pt", "config.json", "last.pt", "metrics.jsonl", "test.json"}  # test.json: best.pt tested once
     tb = importlib.util.find_spec("tensorboard") is not None  # event files in tb/ with the optional extra
     assert {p.name for p in run_dir.iterdir()} == (files | {"tb"} if tb else files)
     if tb:

@@ -36,8 +36,8 @@ def _run(tmp_path, tiny_h5, cache, name, m, monkeypatch, decodes, epochs=4):
     monkeypatch.setattr(StreamedTargets, "__call__", recording)
     decodes.clear()
     cfg = TrainConfig(data=DataConfig(source=tiny_h5), out=str(tmp_path / name), model="cnn_tiny", cache=cache,
-                      epochs=epochs, batch_size=16, workers=0, val_split=None, device="cpu", views_per_image=m,
-                      loss=LossConfig(distill="soft"))
+                      epochs=epochs, batch_size=16, workers=0, val_split=None, test_split=None, device="cpu",
+                      views_per_image=m, loss=LossConfig(distill="soft"))  # no test split: it would decode too
     train_student(cfg, progress=False, log=lambda _m: None)
     monkeypatch.setattr(StreamedTargets, "__call__", original)
     return seen, Counter(decodes)
