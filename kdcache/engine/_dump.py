@@ -53,6 +53,7 @@ from kdcache.cache._remote import storage_errors
 from kdcache.cache._restore import restore_metadata
 from kdcache.data import DataConfig
 from kdcache.engine._lock import WriterLock, parse_shard
+from kdcache.engine._reseal import confirm_reseal
 from kdcache.errors import CacheError, CacheMismatchError, ConfigError, KdcacheError, TeacherOutputError
 
 __all__ = ["DumpConfig", "DumpSummary", "dump_teacher"]
@@ -116,11 +117,12 @@ def unit_layout(mode: TargetMode, spec: ViewSpec, ds) -> UnitLayout:
 
 
 def _prepare_store(cfg: DumpConfig, ds, identity: CacheIdentity, attrs: dict[str, Any], spec: ViewSpec,
-                   log: Callable[[str], None]) -> CacheStore:
+                   log: Callable[[str], None], teacher=None) -> CacheStore:
     """Create, resume or extend the store (rank 0 only). Never modifies a cache that does not match."""
     # Damaged metadata or an edited description: rebuilt from the seal's copy and this command, or named.
-    restore_metadata(cfg.out, identity=identity, layout=unit_layout(TargetMode.parse(identity.targets), spec, ds),
-                     storage_options=cfg.storage_options, log=log)
+    layout = unit_layout(TargetMode.parse(identity.targets), spec, ds)
+    unsealed = restore_metadata(cfg.out, identity=identity, layout=layout, storage_options=cfg.storage_options,
+                                log=log, described=attrs)
     existing = CacheStore.peek_attrs(cfg.out, cfg.storage_options)
     create_new = existing is None
     if existing is not None:
@@ -151,6 +153,9 @@ def _prepare_store(cfg: DumpConfig, ds, identity: CacheIdentity, attrs: dict[str
                              + ("; the half-made cache was removed" if removed else "")) from e
     store = CacheStore.open(cfg.out, mode="r+", storage_options=cfg.storage_options)
     store.check_identity(identity)
+    if unsealed is not None:  # resealed without a copy: only if the stored targets are this teacher's
+        confirm_reseal(store, unsealed, teacher.model, ViewPipeline(spec), ds, layout=layout, device=cfg.device,
+                       log=log)
     if not cfg.add_views and cfg.views is not None and cfg.views != store.num_views:
         raise ConfigError(f"{cfg.out} has {store.num_views} views, not {cfg.views}; "
                           f"use `add_views` {max(cfg.views - store.num_views, 1)} to compute more views")
@@ -390,7 +395,7 @@ def _dump_locked(cfg: DumpConfig, ds, mode: TargetMode, ctx: DistContext, teache
                 lock.hold_meta(log=log)
                 try:
                     lock.acquire()
-                    store = _prepare_store(cfg, ds, identity, attrs, spec, log)
+                    store = _prepare_store(cfg, ds, identity, attrs, spec, log, teacher)
                 finally:
                     lock.release_meta()
         except KdcacheError as e:
