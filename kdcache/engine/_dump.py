@@ -54,6 +54,7 @@ from kdcache.cache._restore import restore_metadata
 from kdcache.data import DataConfig
 from kdcache.engine._lock import WriterLock, parse_shard
 from kdcache.engine._reseal import confirm_reseal
+from kdcache.engine._space import space_hint, write_error
 from kdcache.errors import CacheError, CacheMismatchError, ConfigError, KdcacheError, TeacherOutputError
 
 __all__ = ["DumpConfig", "DumpSummary", "dump_teacher"]
@@ -149,7 +150,7 @@ def _prepare_store(cfg: DumpConfig, ds, identity: CacheIdentity, attrs: dict[str
                 block_size=cfg.block_size, storage_options=cfg.storage_options)
         except OSError as e:
             removed = _remove_new_store(cfg.out) if existing is None else False
-            raise CacheError(f"cannot create {cfg.out}: {e.strerror or e}"
+            raise CacheError(f"cannot create {cfg.out}: {e.strerror or e}{space_hint(e, cfg.out)}"
                              + ("; the half-made cache was removed" if removed else "")) from e
     store = CacheStore.open(cfg.out, mode="r+", storage_options=cfg.storage_options)
     store.check_identity(identity)
@@ -170,7 +171,7 @@ def _prepare_store(cfg: DumpConfig, ds, identity: CacheIdentity, attrs: dict[str
         try:
             store.add_views(cfg.add_views)
         except OSError as e:
-            raise CacheError(f"cannot extend {cfg.out}: {e.strerror or e}") from e
+            raise CacheError(f"cannot extend {cfg.out}: {e.strerror or e}{space_hint(e, cfg.out)}") from e
         log(f"{cfg.out}: views {old} -> {store.num_views}")
     return store
 
@@ -192,7 +193,7 @@ def _repair(store: CacheStore, ds, log: Callable[[str], None]) -> None:
             store.rewrite_samples(ds.keys, ds.labels)
         store.clear_units(units)
     except OSError as e:
-        raise CacheError(f"cannot repair {store.path}: {e.strerror or e}") from e
+        raise CacheError(f"cannot repair {store.path}: {e.strerror or e}{space_hint(e, store.path)}") from e
 
 
 def _unit_arrays(layout: UnitLayout, logits: torch.Tensor, params: list[ViewParams], seeds: np.ndarray,
@@ -265,8 +266,7 @@ class _Writer:
             return
         e, where = self.error
         if isinstance(e, OSError):
-            raise CacheError(f"writing {self.out} failed at {where}: {e.strerror or e}; "
-                             "earlier units are intact, rerun to resume") from e
+            raise write_error(self.out, e, where, self.store) from e
         raise e
 
 

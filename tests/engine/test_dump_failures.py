@@ -33,8 +33,10 @@ def test_full_disk_stops_with_a_clear_error_and_keeps_earlier_units(tmp_path, ti
         return real(self, block, view, arrays)
 
     monkeypatch.setattr(CacheStore, "write_unit", flaky)
-    with pytest.raises(CacheError, match="No space left on device.*rerun to resume"):
+    with pytest.raises(CacheError, match=r"No space left on device writing .*c\.zarr \(.* free there now.*"
+                                         r"free space on that filesystem.*rerun the same command to resume"):
         dump_teacher(_cfg(tiny_h5, tiny_teacher, out), progress=False, log=lambda _m: None)
+    assert not (tmp_path / "c.zarr.locks").exists()  # the failed writer released its lock
     store = CacheStore.open(str(out))
     assert store.done_units().sum() == 2 and len(store.pending_units()) == 4
     monkeypatch.setattr(CacheStore, "write_unit", real)
