@@ -52,6 +52,7 @@ from kdcache.cache._layout import VIEW_SEED, UnitLayout
 from kdcache.cache._remote import storage_errors
 from kdcache.cache._restore import restore_metadata
 from kdcache.data import DataConfig
+from kdcache.engine._cache_views import existing_views, views_of_cache
 from kdcache.engine._lock import WriterLock, parse_shard
 from kdcache.engine._reseal import confirm_reseal
 from kdcache.engine._space import space_hint, write_error
@@ -359,8 +360,10 @@ def _dump(cfg: DumpConfig, mode: TargetMode, ctx: DistContext, *, progress: bool
     ds = cfg.data.open().preload()  # resident before forking workers: one shared copy
     mode.check_classes(ds.num_classes)
     teacher = build_teacher(cfg.teacher, num_classes=ds.num_classes)
-    spec, sources = resolve_view_sources(teacher.cfg, cfg.view, recorded=teacher.views,
-                                         recorded_from=teacher.views_from or "the checkpoint")
+    cached = existing_views(cfg.out, cfg.storage_options)  # a resume or --add-views: the cache's own views
+    spec, sources = (views_of_cache(cached, cfg.view, cfg.out) if cached is not None else
+                     resolve_view_sources(teacher.cfg, cfg.view, recorded=teacher.views,
+                                          recorded_from=teacher.views_from or "the checkpoint"))
     log(describe_view_sources(spec, sources))
     pipeline = ViewPipeline(spec)
     identity = CacheIdentity(teacher=teacher.identity(), dataset=dataset_identity(ds), view_spec=spec.replay_dict(),
