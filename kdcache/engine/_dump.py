@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from kdcache._config import ConfigBase
+from kdcache._orphans import exit_with_parent
 from kdcache._runtime import DistContext, autocast, select_device, unwrap_worker_error
 from kdcache._teacher import TeacherSpec, build_teacher
 from kdcache._utils import recordable_config
@@ -428,6 +429,7 @@ def _dump_locked(cfg: DumpConfig, ds, mode: TargetMode, ctx: DistContext, teache
         num_workers=cfg.workers,
         collate_fn=identity_collate,
         pin_memory=device.type == "cuda",
+        worker_init_fn=exit_with_parent(),  # no orphans when the dump is killed
     )
 
     def views_of(w: list[tuple[int, list[int]]]) -> int:

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 
 from kdcache import _teacher
 from kdcache._config import ConfigBase
+from kdcache._orphans import exit_with_parent
 from kdcache._runtime import PRECISIONS, DistContext, resolve_precision, select_device
 from kdcache._teacher import TeacherSpec
 from kdcache._utils import recordable_config
@@ -471,12 +472,13 @@ def _val_loader(cfg: TrainConfig, pipeline: ViewPipeline, pin: bool):
         return None
     ds = cfg.data.open(cfg.val_split).preload()
     return DataLoader(EvalViews(ds, pipeline), batch_size=max(cfg.batch_size, 256), shuffle=False,
-                      num_workers=cfg.workers, collate_fn=identity_collate, pin_memory=pin)
+                      num_workers=cfg.workers, collate_fn=identity_collate, pin_memory=pin,
+                      worker_init_fn=exit_with_parent())
 
 
 def _loader(dataset, batches: list, cfg: TrainConfig, pin: bool) -> DataLoader:
     return DataLoader(dataset, batch_sampler=batches, num_workers=cfg.workers, collate_fn=identity_collate,
-                      pin_memory=pin)
+                      pin_memory=pin, worker_init_fn=exit_with_parent())  # no orphans when the run is killed
 
 
 def train_student(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str], None] = print) -> dict:
@@ -698,7 +700,7 @@ def _evaluate_views(model: nn.Module, spec: ViewSpec, ds, *, batch_size: int, wo
     dev = select_device(device)
     model.to(dev)
     loader = DataLoader(EvalViews(ds, ViewPipeline(spec)), batch_size=batch_size, num_workers=workers,
-                        collate_fn=identity_collate)
+                        collate_fn=identity_collate, worker_init_fn=exit_with_parent())
     t0 = time.perf_counter()
     stats = evaluate(model, loader, device=dev)
     stats["seconds"] = time.perf_counter() - t0
