@@ -40,7 +40,7 @@ from kdcache.cache._seal import (
 from kdcache.cache._store import FORMAT_VERSION, array_recipes
 from kdcache.errors import CacheMetadataError
 
-__all__ = ["restore_metadata", "unseal"]
+__all__ = ["restore_metadata", "unseal", "sealed_copy"]
 
 
 def _doc(path: str, name: str, storage_options) -> dict[str, Any] | None:
@@ -58,6 +58,13 @@ def _valid_copy(copy: Any) -> dict[str, Any] | None:
         return None
     attrs = {**copy["attrs"], "fingerprint": copy["seal"].get("fingerprint")}
     return dict(copy) if not seal_differences(attrs, copy["seal"]) else None
+
+
+def sealed_copy(path: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+    """The sealed attributes as created (the copy in ``done/zarr.json``, when it is one and intact): what a
+    dump rerun restores, so what it must go by before it has restored anything."""
+    copy = _valid_copy((((_doc(path, "done", storage_options) or {}).get("attributes")) or {}).get(SEAL_COPY_ATTR))
+    return dict(copy["attrs"]) if copy is not None else None
 
 
 def restore_metadata(path: str, *, identity: CacheIdentity, layout: UnitLayout,

@@ -15,6 +15,7 @@ from typing import Any
 from kdcache.augment import ViewSpec
 from kdcache.augment._match import EVAL_ONLY_FIELDS, view_conflicts
 from kdcache.cache import CacheStore
+from kdcache.cache._restore import sealed_copy
 from kdcache.errors import ConfigError, KdcacheError
 
 __all__ = ["existing_views", "views_of_cache"]
@@ -23,12 +24,14 @@ _INPUT_KEYS = ("size", "mean", "std", "interpolation", "crop_pct")
 
 
 def existing_views(out: str, storage_options: Mapping[str, Any] | None) -> ViewSpec | None:
-    """The view spec recorded by a finished-creating cache at ``out`` (None when there is none to read: the
+    """The view spec of the cache at ``out``, as sealed at its creation (None when there is none to read: the
     dump's own checks then name whatever is wrong)."""
     try:
         attrs = CacheStore.peek_attrs(out, storage_options)
         if not attrs or not attrs.get("ready") or "kdcache_format" not in attrs:
             return None
+        # the views as sealed at creation (what the rerun restores an edited description to), else as stored
+        attrs = sealed_copy(out, storage_options) or attrs
         return ViewSpec.from_dict(attrs["identity"]["view_spec"])
     except (KdcacheError, KeyError, TypeError, ValueError, AttributeError):
         return None
