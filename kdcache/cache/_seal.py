@@ -145,11 +145,25 @@ def _check_present(path: str, attrs: Mapping[str, Any], copy: Any) -> None:
     if SEAL_ATTR not in attrs:
         why = (f"format {attrs.get('kdcache_format')}" if copy is None else "its done/zarr.json keeps a seal copy")
         raise CacheMetadataError(f"cache {path}: attribute 'seal' is missing from {loc}, but this cache is always "
-                                 f"sealed ({why}): the attribute was deleted; {_REDO}", file=loc, problem="missing")
+                                 f"sealed ({why}): the attribute was deleted{_edited_too(attrs, copy)}; {_REDO}",
+                                 file=loc, problem="missing")
     problem = seal_problem(attrs[SEAL_ATTR])
     if problem is not None:
-        raise CacheMetadataError(f"cache {path}: attribute 'seal' of {loc} {problem}: it was edited; {_REDO}",
-                                 file=loc, problem="does not parse")
+        raise CacheMetadataError(f"cache {path}: attribute 'seal' of {loc} {problem}: it was edited"
+                                 f"{_edited_too(attrs, copy)}; {_REDO}", file=loc, problem="does not parse")
+
+
+def _edited_too(attrs: Mapping[str, Any], copy: Any) -> str:
+    """With the seal gone, its copy still says which other fields were edited: named, so an edit is never
+    taken for anything else (", and against its copy in done/zarr.json these fields were edited too: ...")."""
+    kept = _copy_seal(copy)
+    if kept is None or seal_problem(kept) is not None:
+        return ""
+    edited = seal_differences(attrs, kept)
+    if not edited:
+        return ""
+    named = edited[:8] + ([f"and {len(edited) - 8} more"] if len(edited) > 8 else [])
+    return f", and against its copy in done/zarr.json these fields were edited too: {', '.join(named)}"
 
 
 def stored_copy(group: Any) -> Any:

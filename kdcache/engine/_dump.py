@@ -53,6 +53,7 @@ from kdcache.cache._layout import VIEW_SEED, UnitLayout
 from kdcache.cache._remote import storage_errors
 from kdcache.cache._restore import restore_metadata
 from kdcache.data import DataConfig
+from kdcache.engine._advice import from_the_rerun
 from kdcache.engine._cache_views import existing_views, views_of_cache
 from kdcache.engine._lock import WriterLock, parse_shard
 from kdcache.engine._reseal import confirm_reseal
@@ -154,7 +155,10 @@ def _prepare_store(cfg: DumpConfig, ds, identity: CacheIdentity, attrs: dict[str
             removed = _remove_new_store(cfg.out) if existing is None else False
             raise CacheError(f"cannot create {cfg.out}: {e.strerror or e}{space_hint(e, cfg.out)}"
                              + ("; the half-made cache was removed" if removed else "")) from e
-    store = CacheStore.open(cfg.out, mode="r+", storage_options=cfg.storage_options)
+    try:
+        store = CacheStore.open(cfg.out, mode="r+", storage_options=cfg.storage_options)
+    except KdcacheError as e:  # what the repairs above could not fix: no "rerun this command" advice
+        raise from_the_rerun(e, cfg.out) from e
     store.check_identity(identity)
     if unsealed is not None:  # resealed without a copy: only if the stored targets are this teacher's
         confirm_reseal(store, unsealed, teacher.model, ViewPipeline(spec), ds, layout=layout, device=cfg.device,
@@ -308,8 +312,8 @@ def _after_failure(cfg: DumpConfig, ctx: DistContext) -> tuple[str, bool]:
     if not du.any():
         removed = _remove_new_store(cfg.out)
         return (f"nothing was computed, so {cfg.out} was removed" if removed else ""), removed
-    return (f"{int(du.sum())} of {du.size} units are done and kept in {cfg.out}: rerun the same command to "
-            "resume", False)
+    return (f"{int(du.sum())} of {du.size} units are done and kept in {cfg.out}: once the cause is fixed, rerun "
+            "the same command to resume", False)
 
 
 def _quiet(_msg: str) -> None:

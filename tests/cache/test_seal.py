@@ -252,3 +252,38 @@ def test_dump_rerun_refuses_to_reseal_an_edited_cache(sealed, tiny_h5, tiny_teac
     with pytest.raises(CacheMetadataError, match="attribute 'seal' is missing"):
         CacheStore.open(sealed)
     assert "kdcache_seal" not in json.loads((Path(sealed) / "done" / "zarr.json").read_text())["attributes"]
+
+
+# ---------------------------------------------------------------- issue 29: messages that point at the cause
+def test_an_edited_size_is_named_as_an_edit_never_blamed_on_the_data(sealed, tmp_path, tiny_h5):
+    """size edited, fingerprint recomputed, seal deleted: every reader names the edit (from the seal's copy),
+    and nothing says the data changed."""
+    from kdcache.cache import CacheIdentity
+
+    def edit(a):
+        a["identity"]["view_spec"]["size"] = 8
+        a["fingerprint"] = CacheIdentity.from_dict(a["identity"]).fingerprint
+        a.pop("seal")
+
+    _set_attrs(sealed, edit)
+    for name, args in _readers(sealed, tmp_path, tiny_h5).items():
+        line = _one_line(CliRunner().invoke(cli, args))
+        assert "attribute 'seal' is missing" in line and "these fields were edited too: " in line, (name, line)
+        assert "identity.view_spec.size" in line and "data changed" not in line, (name, line)
+
+
+def test_a_dump_rerun_never_advises_rerunning_itself(sealed, tiny_h5, tiny_teacher):
+    """A cache from before seals (format 2: no copy to restore from) with an attribute that does not parse:
+    readers say to rerun the dump; the rerun, which cannot repair it, says what is left to do instead."""
+    def old_and_broken(a):
+        a.pop("seal")
+        a["kdcache_format"] = 2
+        a["num_classes"] = "three"
+
+    _set_attrs(sealed, old_and_broken)
+    _drop_copy(sealed)
+    line = _one_line(CliRunner().invoke(cli, ["info", sealed]))
+    assert "rerun the dump-teacher command that made this cache" in line
+    line = _one_line(CliRunner().invoke(cli, _dump_args(tiny_h5, tiny_teacher, sealed)))
+    assert "attribute 'num_classes'" in line and "does not parse" in line, line
+    assert "dump-teacher command that made" not in line and f"delete {sealed} and dump again" in line, line
