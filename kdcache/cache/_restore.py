@@ -31,6 +31,7 @@ from kdcache.cache._metadata import (
 from kdcache.cache._seal import (
     SEAL_ATTR,
     SEAL_COPY_ATTR,
+    intact_copy,
     make_seal,
     seal_copy,
     seal_differences,
@@ -51,19 +52,10 @@ def _doc(path: str, name: str, storage_options) -> dict[str, Any] | None:
         return None
 
 
-def _valid_copy(copy: Any) -> dict[str, Any] | None:
-    """The seal copy, if it is one and its values still have its digests."""
-    if not isinstance(copy, Mapping) or not isinstance(copy.get("seal"), Mapping) or \
-            not isinstance(copy.get("attrs"), Mapping):
-        return None
-    attrs = {**copy["attrs"], "fingerprint": copy["seal"].get("fingerprint")}
-    return dict(copy) if not seal_differences(attrs, copy["seal"]) else None
-
-
 def sealed_copy(path: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
     """The sealed attributes as created (the copy in ``done/zarr.json``, when it is one and intact): what a
     dump rerun restores, so what it must go by before it has restored anything."""
-    copy = _valid_copy((((_doc(path, "done", storage_options) or {}).get("attributes")) or {}).get(SEAL_COPY_ATTR))
+    copy = intact_copy((((_doc(path, "done", storage_options) or {}).get("attributes")) or {}).get(SEAL_COPY_ATTR))
     return dict(copy["attrs"]) if copy is not None else None
 
 
@@ -83,7 +75,8 @@ def restore_metadata(path: str, *, identity: CacheIdentity, layout: UnitLayout,
     if group_problem == "is missing" and not kids:
         return None  # nothing there (or nothing Zarr): the dump's usual checks follow
     done_doc = _doc(path, "done", storage_options)
-    copy = _valid_copy(((done_doc or {}).get("attributes") or {}).get(SEAL_COPY_ATTR))
+    raw_copy = ((done_doc or {}).get("attributes") or {}).get(SEAL_COPY_ATTR)
+    copy = intact_copy(raw_copy)
     delete = f"delete {path} and dump again"
 
     if group_problem is not None:
@@ -111,6 +104,11 @@ def restore_metadata(path: str, *, identity: CacheIdentity, layout: UnitLayout,
         rewrite_metadata(path, group_attrs=attrs, storage_options=storage_options)
         log(f"{path}: restored the sealed attributes edited after the dump ({', '.join(edited[:8])}) from the "
             "copy in done/zarr.json")
+    elif copy is None and seal is not None and raw_copy is not None and not seal_differences(attrs, seal) \
+            and isinstance(done_doc, dict) and list(attrs.get("view_arrays") or []) == layout.names:
+        _write_sealed(path, attrs, int(done_doc["shape"][1]), layout, storage_options)  # an edited copy
+        log(f"{path}: the seal copy in done/zarr.json was edited; rewrote it from the seal, which still matches "
+            "the description")
     elif seal is None and seal_required(attrs, None) and copy is None:
         attrs, resealed = _reseal(path, attrs, identity, layout, done_doc, storage_options, log, described or {})
     elif seal is None and attrs.get("fingerprint") == identity.fingerprint and attrs.get("identity") != \

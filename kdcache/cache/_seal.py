@@ -34,7 +34,7 @@ from kdcache.cache._metadata import metadata_location
 from kdcache.errors import CacheEditedError, CacheMetadataError
 
 __all__ = ["SEALED_ATTRS", "SEAL_ATTR", "SEAL_COPY_ATTR", "CacheEditedError", "make_seal", "seal_differences",
-           "check_seal", "stored_copy", "seal_copy", "field_digests", "seal_problem", "seal_required", "SEALED_FORMAT"]
+           "check_seal", "stored_copy", "intact_copy", "seal_copy", "field_digests", "seal_problem", "seal_required", "SEALED_FORMAT"]
 
 SEAL_ATTR = "seal"
 SEAL_COPY_ATTR = "kdcache_seal"  # the copy in done/zarr.json
@@ -181,6 +181,15 @@ def _copy_seal(copy: Any) -> Mapping[str, Any] | None:
     return None
 
 
+def intact_copy(copy: Any) -> dict[str, Any] | None:
+    """The seal copy, if it is one and its values still have its digests (else None)."""
+    if not isinstance(copy, Mapping) or not isinstance(copy.get("seal"), Mapping) or \
+            not isinstance(copy.get("attrs"), Mapping) or seal_problem(copy["seal"]) is not None:
+        return None
+    attrs = {**copy["attrs"], "fingerprint": copy["seal"].get("fingerprint")}
+    return dict(copy) if not seal_differences(attrs, copy["seal"]) else None
+
+
 def check_seal(path: str, attrs: Mapping[str, Any], identity: CacheIdentity | None, copy: Any = None) -> None:
     """Raise :class:`CacheMetadataError` when a sealed cache's seal is missing or does not parse, and
     :class:`CacheEditedError` when the stored description is not the one sealed at creation (or the seal
@@ -194,6 +203,12 @@ def check_seal(path: str, attrs: Mapping[str, Any], identity: CacheIdentity | No
     if (recomputed is not None and attrs.get("fingerprint") != recomputed and "fingerprint" not in fields
             and not any(f.startswith("identity") for f in fields)):
         fields.append("fingerprint")
+    if not fields and copy is not None and intact_copy(copy) is None:
+        loc = metadata_location(path, "done")
+        raise CacheMetadataError(
+            f"cache {path}: the seal copy (attribute 'kdcache_seal') of {loc} was edited: it no longer agrees with "
+            "itself; rerun the dump-teacher command that made this cache to rewrite it from the seal, which still "
+            "matches the description", file=loc, problem="does not parse")
     kept = _copy_seal(copy)
     if not fields and isinstance(seal, Mapping) and kept is not None and dict(kept) != dict(seal):
         raise CacheEditedError(

@@ -287,3 +287,20 @@ def test_a_dump_rerun_never_advises_rerunning_itself(sealed, tiny_h5, tiny_teach
     line = _one_line(CliRunner().invoke(cli, _dump_args(tiny_h5, tiny_teacher, sealed)))
     assert "attribute 'num_classes'" in line and "does not parse" in line, line
     assert "dump-teacher command that made" not in line and f"delete {sealed} and dump again" in line, line
+
+
+def test_an_edited_seal_copy_is_named_and_rewritten_by_the_rerun(sealed, tmp_path, tiny_h5, tiny_teacher):
+    from kdcache.errors import CacheMetadataError
+
+    before = json.loads((Path(sealed) / "done" / "zarr.json").read_text())
+    doc = json.loads(json.dumps(before))
+    doc["attributes"]["kdcache_seal"]["attrs"]["identity"]["seed"] = 5
+    (Path(sealed) / "done" / "zarr.json").write_text(json.dumps(doc))
+    with pytest.raises(CacheMetadataError, match=r"the seal copy \(attribute 'kdcache_seal'\) of .*done/zarr.json "
+                                                 r"was edited"):
+        CacheStore.open(sealed)
+    line = _one_line(CliRunner().invoke(cli, ["info", sealed]))
+    assert "kdcache_seal" in line
+    res = CliRunner().invoke(cli, _dump_args(tiny_h5, tiny_teacher, sealed))
+    assert res.exit_code == 0 and "rewrote it from the seal" in res.output, res.output
+    assert json.loads((Path(sealed) / "done" / "zarr.json").read_text()) == before
