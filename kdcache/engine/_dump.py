@@ -373,8 +373,10 @@ def _dump(cfg: DumpConfig, mode: TargetMode, ctx: DistContext, *, progress: bool
     pipeline = ViewPipeline(spec)
     identity = CacheIdentity(teacher=teacher.identity(), dataset=dataset_identity(ds), view_spec=spec.replay_dict(),
                              seed=int(cfg.seed), targets=str(mode))
+    described = pipeline.describe()  # the parameter arrays' dtypes as stored (crop arrays narrowed)
+    described["param_arrays"] = unit_layout(mode, spec, ds).on_disk(described["param_arrays"])
     attrs = {
-        "view_spec": pipeline.describe(),
+        "view_spec": described,
         "teacher": teacher.describe(),
         "dataset": {**ds.describe(), "source": ds.source},
         "config": cfg.recorded(),  # no shard, no credentials
