@@ -257,3 +257,18 @@ def test_the_documented_attributes_and_dtypes_are_the_disk(made, name):
         keys = [str(k) for k in g["sample_key"][:]]
         partners = np.asarray(g["mix_partner"][:])
         assert ((partners >= -1) & (partners < len(keys))).all()  # a cache index
+
+
+def test_weights_sha256_as_the_document_defines_it(made):
+    import hashlib
+
+    from kdcache.engine import TeacherSpec, build_teacher
+
+    g = zarr.open_group(made["caches"]["mixup"], mode="r")
+    model = build_teacher(TeacherSpec(weights=made["teacher"]), num_classes=3).model
+    h = hashlib.sha256()
+    for name in sorted(model.state_dict()):
+        t = model.state_dict()[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.numpy().tobytes() if t.numel() else b"")
+    assert h.hexdigest() == g.attrs["identity"]["teacher"]["weights_sha256"] == g.attrs["teacher"]["weights_sha256"]
