@@ -1,4 +1,5 @@
-"""What the benchmark scripts share: the offline teacher/data defaults and the JSON result file."""
+"""What the benchmark scripts share: the offline teacher/data defaults, alternating rounds, the JSON result file
+(with the commit and machine it was measured on)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,12 +38,36 @@ def teacher_spec(args: argparse.Namespace):
     return TeacherSpec(name=args.teacher, weights=args.weights)
 
 
+def git_commit() -> str:
+    """The checkout's commit (short), or "unknown" outside a git checkout."""
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).resolve().parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def machine() -> dict[str, Any]:
+    return {"cpus": os.cpu_count(), "threads": torch.get_num_threads(), "python": platform.python_version(),
+            "torch": torch.__version__}
+
+
+def alternate(modes: dict[str, Callable[[int], float]], rounds: int, label: str = "") -> dict[str, list[float]]:
+    """Each mode's rate (``fn(round) -> per second``) over ``rounds`` alternating rounds: a b c a b c ..."""
+    out: dict[str, list[float]] = {k: [] for k in modes}
+    for r in range(rounds):
+        for name, fn in modes.items():
+            rate = fn(r)
+            out[name].append(rate)
+            print(f"{label + ' ' if label else ''}round {r + 1}/{rounds}  {name:<17} {rate:10.1f} /s", flush=True)
+    return out
+
+
 def write_json(path: str, args: argparse.Namespace, **payload: Any) -> None:
-    """Results with the arguments and the machine they were measured on."""
+    """Results with the arguments, the commit and the machine they were measured on."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    machine = {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__}
     with open(path, "w") as f:
-        json.dump({"args": vars(args), "machine": machine, **payload}, f, indent=2)
+        json.dump({"args": vars(args), "commit": git_commit(), "machine": machine(), **payload}, f, indent=2)
     print(f"wrote {path}")
 
 

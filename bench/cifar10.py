@@ -68,8 +68,7 @@ def plan(args) -> list[Row]:
                   ("vit_mini_32", "vit_mini_32", "soft", {}),  # the same ViT without TokenLearner
                   # DeiT-Ti's layout (patch 4, distillation token) at 96 wide and 6 blocks: DeiT-Ti itself (5.4 M
                   # parameters) trains 7x slower than ResNet-20 on 2 CPU cores; this one (0.68 M) about as fast
-                  ("deit_mini_patch4_32_distilled", "deit_tiny_patch4_32_distilled", "hard",
-                   {"embed_dim": 96, "depth": 6, "num_heads": 3}))
+                  ("deit_mini_patch4_32_distilled", "deit_mini_patch4_32_distilled", "hard", {}))
         for tag, st, distill, extra in others:
             for s in args.seeds:
                 rows += [Row(f"{tag}/scratch/s{s}", st, "scratch", "none", "full", 8, s, extra),

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import run, write_json
+from _common import alternate, run, write_json
 from torch.utils.data import DataLoader
 from torchvision import datasets
 from torchvision.transforms import v2
@@ -84,16 +84,6 @@ def make_images(root: str, args) -> str:
                         "--images", str(args.images), "--classes", str(args.classes), "--val-per-class", "1",
                         "--processes", str(max(1, args.workers))], check=True, stdout=subprocess.DEVNULL)
     return f"folder:{root}"
-
-
-def alternate(modes: dict, rounds: int, label: str) -> dict[str, list[float]]:
-    out: dict[str, list[float]] = {k: [] for k in modes}
-    for r in range(rounds):
-        for name, fn in modes.items():
-            rate = fn(r)
-            out[name].append(rate)
-            print(f"{label:<7} round {r + 1}/{rounds}  {name:<17} {rate:10.1f} /s", flush=True)
-    return out
 
 
 def _silent(_m: str) -> None:

@@ -40,7 +40,7 @@ import time
 
 import numpy as np
 import torch
-from _common import run, write_json
+from _common import alternate, run, write_json
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
@@ -324,16 +324,6 @@ def stream_rss(path: str, memory_mb: int, batch_size: int) -> dict:
     p.start()
     out = parent.recv()
     p.join()
-    return out
-
-
-def alternate(modes: dict, rounds: int) -> dict[str, list[float]]:
-    out: dict[str, list[float]] = {k: [] for k in modes}
-    for r in range(rounds):
-        for name, fn in modes.items():
-            rate = fn(r)
-            out[name].append(rate)
-            print(f"round {r + 1}/{rounds}  {name:<10} {rate:9.1f} /s", flush=True)
     return out
 
 

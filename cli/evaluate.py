@@ -35,7 +35,7 @@ from kdcache.train import evaluate_checkpoint, evaluate_model
     click.option("--random-init", is_flag=True, help="Evaluate it as initialised (seeded), without weights."),
 )
 @eval_view_options
-@data_options(split_default="test")
+@data_options(from_cache=True, recorded_by="checkpoint")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--ema", is_flag=True, help="Evaluate the model EMA the CHECKPOINT carries (train-student --ema-decay).")
@@ -47,9 +47,13 @@ def evaluate_cmd(checkpoint, model_name, weights, model_args, random_init, data,
     --weights from any file (on the model's default eval view; the eval view options override it).
     A DeiT student averages its two heads.
 
+    A CHECKPOINT is evaluated on the data its run recorded, on the run's test split (as its test.json),
+    unless the data options say otherwise; data whose class names differ from the run's is refused.
+    --model needs --data.
+
     \b
     Examples:
-      kdcache evaluate runs/deit/best.pt --data hdf5:cifar10.h5
+      kdcache evaluate runs/deit/best.pt
       kdcache evaluate --model cifar_resnet56 --weights resnet56-4bfd9763.th --data hdf5:cifar10.h5
     """
     view = view_overrides(view_kw)
@@ -67,11 +71,14 @@ def evaluate_cmd(checkpoint, model_name, weights, model_args, random_init, data,
         raise click.UsageError("--model needs --weights FILE (or --random-init to evaluate it untrained)")
     if weights and random_init:
         raise click.UsageError("--weights and --random-init exclude each other")
-    dc = DataConfig(source=data, split=split, limit=limit, subset_seed=subset_seed, val_fraction=val_fraction)
+    given = dict(source=data, split=split, limit=limit, subset_seed=subset_seed, val_fraction=val_fraction)
     if checkpoint:
         what = checkpoint
-        stats = evaluate_checkpoint(checkpoint, dc, batch_size=batch_size, workers=workers, device=device, ema=ema)
+        stats = evaluate_checkpoint(checkpoint, given, batch_size=batch_size, workers=workers, device=device, ema=ema)
     else:
+        if data is None:
+            raise click.UsageError("--model needs --data (the dataset to score it on)")
+        dc = DataConfig(**{k: v for k, v in given.items() if v is not None} | {"split": split or "test"})
         what = f"{model_name} ({weights or 'random init'})"
         stats = evaluate_model(TeacherSpec(name=model_name, weights=weights, kwargs=parse_model_args(model_args),
                                            random_init=random_init),
@@ -79,5 +86,5 @@ def evaluate_cmd(checkpoint, model_name, weights, model_args, random_init, data,
     if as_json:
         echo_json(stats)
     else:
-        click.echo(f"{what} on {data} [{split}]: top-1 {stats['top1']:.2f}%  top-5 {stats['top5']:.2f}%  "
+        click.echo(f"{what} on {stats['data']} [{stats['split']}]: top-1 {stats['top1']:.2f}%  top-5 {stats['top5']:.2f}%  "
                    f"({stats['images']} images)")

@@ -164,9 +164,10 @@ def _data_args_cb(ctx: click.Context, param: click.Parameter, value: tuple[str, 
         ctx.params["data"] = _with_data_args(ctx.params["data"], tuple(value))
 
 
-def data_options(*, split_default: str = "train", from_cache: bool = False) -> Callable:
-    """--data/--split/--limit/--subset-seed; ``from_cache``: unset options take the cache's recorded data."""
-    cached = " [the cache's]" if from_cache else ""
+def data_options(*, split_default: str = "train", from_cache: bool = False, recorded_by: str = "cache") -> Callable:
+    """--data/--split/--limit/--subset-seed; ``from_cache``: unset options take the data recorded by the cache
+    (or checkpoint: ``recorded_by``)."""
+    cached = f" [the {recorded_by}'s]" if from_cache else ""
     return section(
         "Data",
         click.option("--data", "data", default=None if from_cache else "digits", show_default=not from_cache,
@@ -184,8 +185,8 @@ def data_options(*, split_default: str = "train", from_cache: bool = False) -> C
                      help="Seed of the stratified subset taken by --limit." + cached),
         click.option("--val-fraction", type=click.FloatRange(min=0, max=1, max_open=True),
                      default=None if from_cache else 0.0, show_default=not from_cache,
-                     help="folder: data without split folders: hold out this fraction per class as the "
-                          "'val' split (deterministic, by file name)." + cached),
+                     help="Hold out this fraction of the train split, per class, as the 'val' split "
+                          "(deterministic, by sample key); train then means the rest." + cached),
     )
 
 

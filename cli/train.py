@@ -25,7 +25,11 @@ optim_options = section(
     click.option("--out", required=True, type=click.Path(file_okay=False),
                  help="Run directory (checkpoints, metrics.jsonl, config.json)."),
     click.option("--val-split", default=None,
-                 help="Held-out split evaluated each epoch ('none' to skip) [test; val with --val-fraction]."),
+                 help="Validation split: evaluated each epoch, selects best.pt ('none': best.pt is the last epoch) "
+                      "[val with --val-fraction, else none; never the test split unless named]."),
+    click.option("--test-split", default=None,
+                 help="Evaluated once on best.pt after the last epoch, into OUT/test.json ('none' to skip) "
+                      "[test, where the data has one]."),
     click.option("--seed", type=int, default=0, show_default=True),
     click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True),
     click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True),
@@ -51,6 +55,12 @@ recipe_options = section(
     "Recipe",
     click.option("--optimizer", default=TrainConfig.optimizer, show_default=True,
                  help="adamw | sgd, or any timm optimizer (lamb, lars, adan, ...) when timm is installed."),
+    click.option("--sched", type=click.Choice(["cosine", "constant"]), default=TrainConfig.sched, show_default=True,
+                 help="Learning rate after the warm-up: cosine decay to --min-lr, or constant at --lr."),
+    click.option("--decay-rule", type=click.Choice(["timm", "all"]), default=TrainConfig.decay_rule,
+                 show_default=True,
+                 help="timm: no weight decay on norms, biases, ViT tokens and position embeddings; all: decay "
+                      "every parameter (Keras's and TF-Addons' AdamW)."),
     click.option("--momentum", type=click.FloatRange(0, 1, max_open=True), default=TrainConfig.momentum,
                  show_default=True, help="SGD momentum."),
     click.option("--nesterov", is_flag=True, help="Nesterov momentum (SGD)."),
@@ -77,33 +87,36 @@ recipe_options = section(
 )
 
 
-def _common(data, split, limit, subset_seed, val_fraction, out, val_split, epochs, batch_size, lr, min_lr,
+def _common(data, split, limit, subset_seed, val_fraction, out, val_split, test_split, epochs, batch_size, lr, min_lr,
             weight_decay,
             warmup_epochs, label_smoothing, grad_clip, amp, resume, overwrite, max_steps_per_epoch, seed, device,
-            workers, optimizer, momentum, nesterov, scale_lr, accum_steps, ema_decay, ema_warmup, ema_select,
+            workers, optimizer, sched, decay_rule, momentum, nesterov, scale_lr, accum_steps, ema_decay, ema_warmup, ema_select,
             precision, channels_last, compile_, compile_backend, log_interval):
     return dict(
         data=DataConfig(source=data, split=split, limit=limit, subset_seed=subset_seed, val_fraction=val_fraction),
-        out=out, val_split=_val_split(val_split, val_fraction), epochs=epochs, batch_size=batch_size,
+        out=out, val_split=_split_option(val_split), test_split=_split_option(test_split), epochs=epochs,
+        batch_size=batch_size,
         lr=lr, min_lr=min_lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs, grad_clip=grad_clip,
         amp=amp, resume=resume, overwrite=overwrite, max_steps_per_epoch=max_steps_per_epoch, seed=seed, device=device,
-        workers=workers, optimizer=optimizer, momentum=momentum, nesterov=nesterov, scale_lr=scale_lr,
+        workers=workers, optimizer=optimizer, sched=sched, decay_rule=decay_rule, momentum=momentum, nesterov=nesterov, scale_lr=scale_lr,
         accum_steps=accum_steps, ema_decay=ema_decay, ema_warmup=ema_warmup, ema_select=ema_select,
         precision=precision, channels_last=channels_last, compile=compile_, compile_backend=compile_backend,
         log_interval=log_interval), label_smoothing
 
 
-def _val_split(given: str | None, val_fraction: float) -> str | None:
+def _split_option(given: str | None) -> str | None:
     if given is None:
-        return "val" if val_fraction else "test"
+        return "auto"  # the library's default (kdcache.train._heldout)
     return None if given.lower() == "none" else given
 
 
 def _report(result: dict) -> None:
     if result.get("rank", 0) != 0:
         return
-    best = result["best_top1"]
+    best, test = result["best_top1"], result.get("test")
     top1 = f"best val top-1 {best:.2f}%  " if best is not None else ""
+    if test:
+        top1 += f"test top-1 {test['top1']:.2f}% ({test['split']}, best.pt)  "
     click.echo(f"{top1}checkpoints: {result['best']}, {result['last']}")
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kdcache.augment._op import build_ops
+from kdcache.augment._oplist import build_ops
 from kdcache.augment._params import param_array_specs
 from kdcache.augment._spec import ViewSpec
 
@@ -20,14 +20,15 @@ _TVF = "torchvision.transforms.v2.functional"
 def _crop(spec: ViewSpec) -> dict[str, Any]:
     s, interp, aa = spec.size, spec.interpolation, spec.antialias
     if spec.crop == "pad":
+        r = spec.pad_resize
         mode = {"zero": "constant"}.get(spec.padding_mode, spec.padding_mode)
         return {
             "name": "pad_crop",
             "settings": {"size": [s, s], "padding": spec.padding, "padding_mode": spec.padding_mode,
-                         "interpolation": interp, "antialias": aa},
+                         "interpolation": interp, "antialias": aa, **({"crop_resize": r} if spec.crop_resize else {})},
             "recorded": ["crop"],
             "apply": (
-                f"x = image; if min(H, W) != {s}: x = {_TVF}.resize(x, [{s}], interpolation={interp!r}, "
+                f"x = image; if min(H, W) != {r}: x = {_TVF}.resize(x, [{r}], interpolation={interp!r}, "
                 f"antialias={aa}); x = {_TVF}.pad(x, [{spec.padding}], fill=0, padding_mode={mode!r}); "
                 f"x = {_TVF}.crop(x, top, left, {s}, {s}) on the uint8 (3, H, W) source image, with "
                 "(top, left, height, width) = crop[i] in the padded image (height = width = size)."
@@ -162,7 +163,8 @@ def kernel_versions() -> dict[str, str]:
 
 def summarize_spec(spec: ViewSpec) -> str:
     """One line naming a training view's ops in order, e.g. ``pad-crop 4 zero, flip 0.5, rand-m9-mstd0.5-inc1``."""
-    parts = [f"pad-crop {spec.padding} {spec.padding_mode}" if spec.crop == "pad" else
+    resize = f"resize {spec.crop_resize}, " if spec.crop_resize else ""
+    parts = [f"{resize}pad-crop {spec.padding} {spec.padding_mode}" if spec.crop == "pad" else
              f"resized-crop {spec.scale[0]:g}-{spec.scale[1]:g}", f"flip {spec.flip_prob:g}"]
     if spec.auto_augment != "none":
         parts.append(spec.auto_augment)

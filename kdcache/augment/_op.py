@@ -6,8 +6,9 @@ plain numbers, every draw inside, including whether it applies at all) and appli
 (``apply``), in the spirit of torchvision v2's ``make_params`` / ``transform`` split. The dump and the trainer
 run the same op objects, so sampling and replay cannot drift apart. ``stage`` says where an op sits:
 ``"uint8"`` ops run on the cropped, flipped uint8 view; ``"float"`` ops on the float view in [0, 1] before
-mixing and normalisation. The cache layout, the format description and the CLI's options follow from
-:func:`build_ops`; adding an op touches its own module, this list and its tests.
+mixing and normalisation. This interface knows no op: :func:`kdcache.augment._oplist.build_ops` lists them,
+and the cache layout, the format description and the CLI's options follow from that list; adding an op
+touches its own module, that list and its tests.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 
 from kdcache.augment._spec import ViewSpec
 
-__all__ = ["ViewOp", "build_ops", "f32"]
+__all__ = ["ViewOp", "f32"]
 
 Params = Mapping[str, Any]
 
@@ -56,21 +57,3 @@ class ViewOp:
         """Settings, recorded arrays, how they are applied and how they were sampled (for the format doc)."""
         raise NotImplementedError
 
-
-def build_ops(spec: ViewSpec) -> list[ViewOp]:
-    """The per-sample ops ``spec`` turns on, in application (and draw) order: auto-augment, 3-Augment,
-    colour jitter (uint8), then random erasing (float) — timm's and DeiT III's order."""
-    from kdcache.augment._autoaug import AutoAugmentOp
-    from kdcache.augment._color import ColorJitterOp, ThreeAugmentOp
-    from kdcache.augment._erase import RandomErasingOp
-
-    ops: list[ViewOp] = []
-    if spec.auto_augment != "none":
-        ops.append(AutoAugmentOp(spec))
-    if spec.three_augment:
-        ops.append(ThreeAugmentOp(spec))
-    if any(spec.color_jitter):
-        ops.append(ColorJitterOp(spec))
-    if spec.reprob > 0:
-        ops.append(RandomErasingOp(spec))
-    return ops

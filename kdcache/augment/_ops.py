@@ -2,7 +2,7 @@
 
 RandomResizedCrop sampling reuses torchvision v2's own ``RandomResizedCrop.make_params`` so the crop
 distribution is exactly torchvision's. Pad-crop (``crop="pad"``, CIFAR's ``RandomCrop(32, padding=4)``)
-resizes the shorter side to the view size when it differs, pads by ``padding`` on every side and draws the
+resizes the shorter side to ``crop_resize`` (default: the view size) when it differs, pads by ``padding`` on every side and draws the
 offsets of a size x size crop uniformly (``torch.randint`` per axis, as ``RandomCrop`` does); its recorded
 crop is (top, left, size, size) in the padded image. Applying uses the v2 functional kernels. The samplers
 draw from torch's global CPU generator and must run inside :func:`kdcache.augment._seeding.seeded_stream`.
@@ -23,13 +23,14 @@ _PAD_MODE = {"zero": "constant", "reflect": "reflect", "edge": "edge", "symmetri
 
 
 def _resized_hw(spec: ViewSpec, hw: tuple[int, int]) -> tuple[int, int]:
-    """(H, W) after pad-crop's resize: the shorter side to ``spec.size`` (torchvision's resize rule)."""
+    """(H, W) after pad-crop's resize: the shorter side to ``spec.pad_resize`` (torchvision's resize rule)."""
     h, w = hw
     short, long = (h, w) if h <= w else (w, h)
-    if short == spec.size:
+    r = spec.pad_resize
+    if short == r:
         return h, w
-    new_long = int(spec.size * long / short)
-    return (spec.size, new_long) if h <= w else (new_long, spec.size)
+    new_long = int(r * long / short)
+    return (r, new_long) if h <= w else (new_long, r)
 
 
 def pad_canvas(spec: ViewSpec, hw: tuple[int, int]) -> tuple[int, int]:
@@ -115,8 +116,8 @@ def crop_flip(spec: ViewSpec, image: torch.Tensor, crop: tuple[int, int, int, in
         if (height, width) != (s, s) or top < 0 or left < 0 or top + s > PH or left + s > PW:
             raise _fit_error(crop, what, H, W, f" padded to {PH}x{PW}")
         x = image
-        if min(H, W) != s:
-            x = F.resize(x, [s], interpolation=spec.interpolation, antialias=spec.antialias)
+        if min(H, W) != spec.pad_resize:
+            x = F.resize(x, [spec.pad_resize], interpolation=spec.interpolation, antialias=spec.antialias)
         if spec.padding:
             x = F.pad(x, [spec.padding], fill=0, padding_mode=_PAD_MODE[spec.padding_mode])
         x = F.crop(x, top, left, s, s)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from kdcache.augment._oplist import build_ops
 from kdcache.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -77,7 +78,7 @@ class ViewParams:
     float32 because that is what the cache stores and what :meth:`ViewPipeline.apply` uses —
     and for CutMix ``box`` = (y0, x0, y1, x1) in output pixels, the region taken from the partner.
     ``ops`` holds the parameters of the spec's per-sample ops (auto-augment, colour, erasing: array name ->
-    value, see :func:`kdcache.augment._op.build_ops`), ``partner_ops`` the partner's own.
+    value, see :func:`kdcache.augment._oplist.build_ops`), ``partner_ops`` the partner's own.
     """
 
     crop: tuple[int, int, int, int]
@@ -123,8 +124,6 @@ class ViewParams:
 def op_array_specs(spec: ViewSpec) -> dict[str, tuple[tuple[int, ...], str]]:
     """The per-sample ops' arrays (a sample's own; a partner's carry the prefix ``partner_``). Cached per spec:
     callers must not modify the result."""
-    from kdcache.augment._op import build_ops
-
     out: dict[str, tuple[tuple[int, ...], str]] = {}
     for op in build_ops(spec):
         out.update(op.arrays())

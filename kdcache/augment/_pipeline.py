@@ -17,7 +17,7 @@ from torchvision.transforms.v2 import functional as F
 from kdcache.augment import _params
 from kdcache.augment._describe import describe_spec
 from kdcache.augment._mix import MixSampler, mix_float, require_partner_source
-from kdcache.augment._op import build_ops
+from kdcache.augment._oplist import build_ops
 from kdcache.augment._ops import CropSampler, check_hw, check_image, crop_flip
 from kdcache.augment._params import ViewParams
 from kdcache.augment._seeding import seeded_stream

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from kdcache.augment._autoaug_config import parse_auto_augment
 from kdcache.errors import ConfigError
 
 __all__ = ["CROP_MODES", "ERASE_MODES", "INTERPOLATIONS", "MIX_MODES", "PAD_MODES", "ViewSpec"]
@@ -31,7 +32,7 @@ _TUPLE_FIELDS = ("scale", "ratio", "mean", "std", "color_jitter", "re_area", "re
 EVAL_ONLY_FIELDS = ("crop_pct",)
 # Settings added with cache format 3 (pad-crop, auto-augment, colour jitter, 3-Augment, erasing). At their
 # defaults they change nothing, and a cache's identity leaves them out, so older caches keep their fingerprint.
-FORMAT3_FIELDS = ("crop", "padding", "padding_mode", "auto_augment", "color_jitter", "three_augment", "reprob",
+FORMAT3_FIELDS = ("crop", "padding", "padding_mode", "crop_resize", "auto_augment", "color_jitter", "three_augment", "reprob",
                   "remode", "recount", "re_area", "re_aspect")
 
 
@@ -105,6 +106,10 @@ class ViewSpec:
         "choices": CROP_MODES})
     padding: int = field(default=4, metadata={"help": "Pad-crop: pixels of padding on each side.", "min": 0})
     padding_mode: str = field(default="zero", metadata={"help": "Pad-crop: padding fill.", "choices": PAD_MODES})
+    crop_resize: int = field(default=0, metadata={
+        "help": "Pad-crop: resize the shorter side to this before padding and cropping (0: the view size), e.g. "
+                "52 with --size 48 --padding 0: resize 32 -> 52, random 48 crop (the Keras TokenLearner example).",
+        "min": 0})
     auto_augment: str = field(default="none", metadata={
         "help": "none | timm's RandAugment string (rand-m9-mstd0.5-inc1, rand-m9-n3-mstd1, ...) | "
                 "trivialaugment (torchvision's TrivialAugmentWide) | autoaugment (torchvision's ImageNet policy)."})
@@ -168,12 +173,16 @@ class ViewSpec:
         self._check_format3(put)
 
     def _check_format3(self, put: Any) -> None:
-        from kdcache.augment._autoaug import parse_auto_augment  # the op family owns its config string
-
         _choice("crop", self.crop, CROP_MODES)
         if isinstance(self.padding, bool) or not isinstance(self.padding, int) or self.padding < 0:
             raise ConfigError(f"ViewSpec.padding must be a non-negative integer, got {self.padding!r}")
         _choice("padding_mode", self.padding_mode, PAD_MODES)
+        cr = self.crop_resize
+        if isinstance(cr, bool) or not isinstance(cr, int) or (cr != 0 and cr < self.size):
+            raise ConfigError(f"ViewSpec.crop_resize must be 0 (the view size) or an integer >= size {self.size}, "
+                              f"got {cr!r}")
+        if cr and self.crop != "pad":
+            raise ConfigError("ViewSpec.crop_resize sets the pad-crop's resize: it needs crop 'pad'")
         if self.crop == "pad" and self.padding_mode in ("reflect", "symmetric") and self.padding >= self.size:
             raise ConfigError(f"ViewSpec.padding {self.padding} is too large for {self.padding_mode} padding of a "
                               f"{self.size}-pixel view: it must be smaller than the view size")
@@ -204,6 +213,11 @@ class ViewSpec:
         """Shorter side of the image before the evaluation view's centre crop."""
         # Rounded first so that e.g. 299 / (299 / 342) gives 342, not 341.99999999999994 -> 341.
         return math.floor(round(self.size / self.crop_pct, 6))
+
+    @property
+    def pad_resize(self) -> int:
+        """Shorter side of the image a pad-crop pads and crops (``crop_resize``, or the view size)."""
+        return self.crop_resize or self.size
 
     @property
     def is_mixed(self) -> bool:

@@ -73,7 +73,7 @@ class CIFAR10Dataset(ImageDataset):
 
     def _array(self) -> np.ndarray:
         if self._data is None:
-            self._data = _load(self._root, self.split, download=False)[0]
+            self._data = _load(self._root, self.stored_split, download=False)[0]
         return self._data
 
     def preload(self) -> CIFAR10Dataset:

@@ -56,6 +56,8 @@ class ImageDataset(Dataset):
                             "keys (file names) must be unique")
         self.source = source
         self.split = split
+        self.stored_split = split  # the split read from storage (`split` names a held-out part of it)
+        self.val_fraction = 0.0  # > 0: a part of a split divided into train and a held-out val
         self.class_names = names
         self.keys = key_list
         self.labels = labels.astype(np.int64, copy=True)
@@ -97,7 +99,7 @@ class ImageDataset(Dataset):
 
     def describe(self) -> dict[str, Any]:
         """JSON-safe summary written into caches and checkpoints."""
-        return {
+        d = {
             "source": self.source,
             "split": self.split,
             "num_samples": len(self),
@@ -105,6 +107,9 @@ class ImageDataset(Dataset):
             "class_names": list(self.class_names),
             "manifest_sha256": self.manifest_hash(),
         }
+        if self.val_fraction:
+            d["val_fraction"] = self.val_fraction  # how train and val were divided (kdcache.data._subset.held_out)
+        return d
 
     # ------------------------------------------------------------------ images
     def get_images(self, indices: Sequence[int]) -> list[torch.Tensor]:

@@ -16,7 +16,6 @@ does not decode.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import torch
 
 from kdcache.data._dataset import ImageDataset
 from kdcache.data._decode import DECODER, decode_image_file, image_header_size
+from kdcache.data._subset import held_out
 from kdcache.errors import DataError, DataNotFoundError
 
 __all__ = ["IMAGE_EXTENSIONS", "SPLIT_FOLDER_NAMES", "FolderDataset"]
@@ -58,7 +58,7 @@ class FolderDataset(ImageDataset):
             keys.extend(files)
             labels.extend([label] * len(files))
         if val_fraction > 0:
-            held = _held_out(keys, labels, val_fraction)
+            held = held_out(keys, labels, val_fraction)
             keep = [i for i in range(len(keys)) if held[i] == (split == "val")]
             keys, labels = [keys[i] for i in keep], [labels[i] for i in keep]
         super().__init__(source=source, split=split, keys=keys, labels=np.asarray(labels, dtype=np.int64),
@@ -70,8 +70,6 @@ class FolderDataset(ImageDataset):
     def describe(self) -> dict:
         d = super().describe()
         d["decoder"] = DECODER
-        if self.val_fraction:
-            d["val_fraction"] = self.val_fraction  # how train and val were divided (see the module docstring)
         return d
 
     def _file(self, src_index: int) -> Path:
@@ -111,21 +109,6 @@ def _split_root(path: Path, split: str, val_fraction: float = 0.0) -> Path:
         raise DataError(f"{path} has no split folders, so it is the 'train' split only; available splits: "
                         f"train (hold some out with `val_fraction`, or create {path}/{split}/<class>/...)")
     return path
-
-
-def _held_out(keys: list[str], labels: list[int], fraction: float) -> list[bool]:
-    """Per sample: in the held-out ``val`` split? Per class, the lowest sha256(key) ranks."""
-    held = [False] * len(keys)
-    by_class: dict[int, list[int]] = {}
-    for i, c in enumerate(labels):
-        by_class.setdefault(c, []).append(i)
-    for members in by_class.values():
-        n = len(members)
-        k = min(max(round(fraction * n), 1), n - 1) if n > 1 else 0
-        ranked = sorted(members, key=lambda i: hashlib.sha256(keys[i].encode()).hexdigest())
-        for i in ranked[:k]:
-            held[i] = True
-    return held
 
 
 def _image_files(class_dir: Path, root: Path) -> list[str]:

@@ -87,7 +87,7 @@ class HDF5Dataset(ImageDataset):
             # Never reuse a handle opened by another process (the parent of a forked worker).
             self._h5 = h5py.File(self._path, "r")
             self._pid = os.getpid()
-        return self._h5[self.split]["images"]
+        return self._h5[self.stored_split]["images"]
 
     def preload(self) -> HDF5Dataset:
         if self._resident is None:

@@ -11,9 +11,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from kdcache._config import ConfigBase
 from kdcache.data._dataset import ImageDataset
-from kdcache.data._subset import stratified_subset
+from kdcache.data._subset import held_out, stratified_subset
 from kdcache.errors import ConfigError, DataError
 
 __all__ = ["SOURCE_SCHEMES", "DataConfig", "open_dataset", "parse_source"]
@@ -97,22 +99,33 @@ def open_dataset(source: str, split: str = "train", *, limit: int | None = None,
 
     The subset takes from every class in proportion to its size (storage is often ordered by
     class) and keeps the chosen samples in their original order and with their original keys.
-    ``limit >= len`` keeps everything. ``val_fraction`` divides a ``folder:`` source without split
-    folders into ``train`` and a held-out ``val`` split (deterministic, by key).
+    ``limit >= len`` keeps everything. ``val_fraction`` > 0 divides the ``train`` split into ``train`` and a
+    held-out ``val`` split, per class and by key (:func:`~kdcache.data._subset.held_out`): model selection
+    then never sees the test split. Other splits are unaffected; ``limit`` applies after the division.
     """
     _check_subset_args(limit, subset_seed, DataError)
     if not isinstance(split, str) or not split:
         raise DataError(f"split must be a non-empty string such as 'train', got {split!r}")
     scheme, arg = parse_source(source)
-    if val_fraction:
-        if scheme != "folder":
-            raise DataError(f"`val_fraction` divides folder: sources only, not {source!r}")
+    if val_fraction and scheme == "folder":  # a folder without split folders is divided as it is listed
         ds = _OPENERS[scheme](arg, split, source, val_fraction=float(val_fraction))
+    elif val_fraction and split in ("train", "val"):
+        ds = _hold_out(_OPENERS[scheme](arg, "train", source), split, float(val_fraction))
     else:
         ds = _OPENERS[scheme](arg, split, source)
     if limit is not None and int(limit) < len(ds):
         ds = ds.select(stratified_subset(ds.labels, ds.keys, int(limit), int(subset_seed)))
     return ds
+
+
+def _hold_out(ds: ImageDataset, split: str, fraction: float) -> ImageDataset:
+    """The ``train`` (kept) or ``val`` (held-out) part of a train split divided by ``val_fraction``."""
+    if not 0.0 < fraction < 1.0:
+        raise DataError(f"`val_fraction` must be in (0, 1), got {fraction!r}")
+    held = held_out(ds.keys, ds.labels, fraction)
+    part = ds.select(np.flatnonzero(held == (split == "val")))
+    part.split, part.val_fraction = split, fraction
+    return part
 
 
 @dataclass(frozen=True)
@@ -123,7 +136,7 @@ class DataConfig(ConfigBase):
     split: str = "train"
     limit: int | None = None
     subset_seed: int = 0
-    val_fraction: float = 0.0   # folder: without split folders: hold out this fraction as the `val` split
+    val_fraction: float = 0.0   # > 0: hold out this fraction of `train` (per class, by key) as the `val` split
 
     def __post_init__(self) -> None:
         super().__post_init__()

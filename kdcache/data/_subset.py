@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["apportion", "stratified_subset"]
+__all__ = ["apportion", "held_out", "stratified_subset"]
 
 
 def apportion(counts: np.ndarray, limit: int) -> np.ndarray:
@@ -69,3 +69,21 @@ def stratified_subset(labels: np.ndarray, keys: Sequence[str], limit: int, seed:
 def _rank(seed: int, key: str) -> int:
     digest = hashlib.blake2b(f"{seed}\x00{key}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big")
+
+
+def held_out(keys: Sequence[str], labels: Sequence[int] | np.ndarray, fraction: float) -> np.ndarray:
+    """Per sample: does it belong to the held-out ``val`` part of a split divided by ``val_fraction``?
+
+    In each class, the samples whose sha256(key) ranks lowest, ``round(fraction * n)`` of them (at least
+    one, at most n - 1 when the class has n > 1 samples). The rule depends on the keys alone, so the
+    division is the same on every machine and run, whatever the storage order.
+    """
+    labels = np.asarray(labels)
+    held = np.zeros(len(keys), dtype=bool)
+    for cls in np.unique(labels):
+        members = np.flatnonzero(labels == cls)
+        n = len(members)
+        k = min(max(round(fraction * n), 1), n - 1) if n > 1 else 0
+        ranked = sorted(members.tolist(), key=lambda i: hashlib.sha256(str(keys[i]).encode()).hexdigest())
+        held[ranked[:k]] = True
+    return held

@@ -1,6 +1,6 @@
 """Model registry and built-in architectures. Importing this package registers every built-in model."""
 
-from kdcache.models import _bit, _cifar_resnet, _cnn, _deit, _tokenlearner, _vit  # noqa: F401 (registers models)
+from kdcache.models import _bit, _cifar_resnet, _cnn, _deit, _keras_vit, _tokenlearner, _vit  # noqa: F401 (registers models)
 from kdcache.models._cfg import IMAGENET_MEAN, IMAGENET_STD, ModelCfg, set_model_cfg
 from kdcache.models._checkpoint import load_checkpoint, load_weights, read_state_dict, save_checkpoint
 from kdcache.models._registry import (

@@ -1,9 +1,11 @@
 """The student's optimiser: AdamW, SGD (momentum, Nesterov) or a timm optimiser, over two parameter groups.
 
-Weight decay follows timm's rule (``timm.optim.param_groups_weight_decay``): a parameter with
+Weight decay follows timm's rule by default (``timm.optim.param_groups_weight_decay``): a parameter with
 ``ndim <= 1`` (every norm's weight and bias, every bias) or named in the model's
 ``no_weight_decay()`` set (a ViT's class and distillation tokens and position embedding) is not
-decayed; every other parameter is decayed by ``weight_decay``.
+decayed; every other parameter is decayed by ``weight_decay``. ``decay_rule="all"`` decays every parameter
+(Keras's and TF-Addons' AdamW). The learning rate follows :func:`build_scheduler` (warm-up, then cosine or
+constant).
 
 The learning rate may be scaled by the global batch (``lr × batch × accum_steps × world_size / 512``,
 DeiT's rule), off by default. Names other than ``adamw`` and ``sgd`` (``lamb``, ``lars``, ``adan``, ...)
@@ -19,9 +21,12 @@ from torch import nn
 
 from kdcache.errors import ConfigError
 
-__all__ = ["BUILTIN_OPTIMIZERS", "LR_BASE_BATCH", "param_groups", "scaled_lr", "build_optimizer"]
+__all__ = ["BUILTIN_OPTIMIZERS", "DECAY_RULES", "LR_BASE_BATCH", "SCHEDULES", "build_optimizer", "build_scheduler",
+           "param_groups", "scaled_lr"]
 
 BUILTIN_OPTIMIZERS = ("adamw", "sgd")
+DECAY_RULES = ("timm", "all")
+SCHEDULES = ("cosine", "constant")
 LR_BASE_BATCH = 512  # DeiT: lr = base_lr × global batch / 512
 
 
@@ -34,9 +39,10 @@ def no_decay_names(model: nn.Module) -> set[str]:
     return {n for n, p in model.named_parameters() if p.requires_grad and (p.ndim <= 1 or n in skip)}
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """``[{"params": decayed, "weight_decay": wd}, {"params": undecayed, "weight_decay": 0}]`` (timm's rule)."""
-    skip = no_decay_names(model)
+def param_groups(model: nn.Module, weight_decay: float, decay_rule: str = "timm") -> list[dict]:
+    """``[{"params": decayed, "weight_decay": wd}, {"params": undecayed, "weight_decay": 0}]`` (timm's rule;
+    ``decay_rule="all"``: every parameter decayed, as Keras's and TF-Addons' AdamW do)."""
+    skip = no_decay_names(model) if decay_rule == "timm" else set()
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -51,9 +57,9 @@ def scaled_lr(lr: float, global_batch: int, scale: bool) -> float:
 
 
 def build_optimizer(model: nn.Module, name: str, *, lr: float, weight_decay: float, momentum: float = 0.9,
-                    nesterov: bool = False, fused: bool | None = None) -> torch.optim.Optimizer:
+                    nesterov: bool = False, fused: bool | None = None, decay_rule: str = "timm") -> torch.optim.Optimizer:
     """The optimiser ``name`` over :func:`param_groups` of ``model``."""
-    groups: Iterable[dict] = [g for g in param_groups(model, weight_decay) if g["params"]]
+    groups: Iterable[dict] = [g for g in param_groups(model, weight_decay, decay_rule) if g["params"]]
     name = name.lower()
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, fused=fused)
@@ -68,3 +74,21 @@ def build_optimizer(model: nn.Module, name: str, *, lr: float, weight_decay: flo
         raise ConfigError(f"unknown optimizer {name!r}: expected {', '.join(BUILTIN_OPTIMIZERS)} or one of timm's "
                           "(timm.optim.list_optimizers())")
     return create_optimizer_v2(list(groups), opt=name, lr=lr, weight_decay=weight_decay, momentum=momentum)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, sched: str = "cosine", *, steps_per_epoch: int, epochs: int,
+                    warmup_epochs: float, min_lr: float):
+    """Linear warm-up, then cosine decay to ``min_lr`` (``sched="cosine"``) or the peak rate held to the end
+    (``"constant"``), stepped every iteration (torch's schedulers)."""
+    if sched not in SCHEDULES:
+        raise ConfigError(f"`sched` must be one of {', '.join(SCHEDULES)}, got {sched!r}")
+    total = max(1, steps_per_epoch * epochs)
+    warm = min(int(round(warmup_epochs * steps_per_epoch)), total - 1)
+    if sched == "constant":
+        after = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    else:
+        after = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total - warm), eta_min=min_lr)
+    if warm <= 0:
+        return after
+    linear = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1e-3, end_factor=1.0, total_iters=warm)
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [linear, after], milestones=[warm])

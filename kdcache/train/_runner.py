@@ -43,10 +43,11 @@ from kdcache.errors import CacheMismatchError, CheckpointError, ConfigError, Kdc
 from kdcache.models import create_model, model_cfg
 from kdcache.models._checkpoint import load_checkpoint, load_weights, save_checkpoint
 from kdcache.train._ema import ModelEma
+from kdcache.train._heldout import TEST_FILE, checkpoint_data, eval_loader, resolve_heldout, write_test
 from kdcache.train._logging import MetricsLogger
 from kdcache.train._loop import evaluate, train_one_epoch
 from kdcache.train._losses import DistillationLoss, LossConfig
-from kdcache.train._optim import build_optimizer, scaled_lr
+from kdcache.train._optim import DECAY_RULES, SCHEDULES, build_optimizer, build_scheduler, scaled_lr
 from kdcache.train._schedule import epoch_views
 from kdcache.train._stream import (
     StreamedTargets,
@@ -68,7 +69,11 @@ class TrainConfig(ConfigBase):
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     cache: str | None = None            # students: the teacher cache; teachers: None
     teacher: TeacherSpec | None = None  # students: an online teacher run at every step (the reference)
-    val_split: str | None = "test"
+    # Model selection (best.pt) on `val_split`, never the test split by default: "auto" is the held-out `val`
+    # split when `data.val_fraction` > 0, else none (best.pt is then the last epoch). `test_split` is evaluated
+    # once, on best.pt, after the last epoch: "auto" is the data's `test` split when it has one.
+    val_split: str | None = "auto"
+    test_split: str | None = "auto"
     epochs: int = 10
     batch_size: int = 128
     lr: float = 1e-3
@@ -92,6 +97,8 @@ class TrainConfig(ConfigBase):
     repeated_views: int = 1             # cached students: each epoch N/R images x R of their cached views (DeiT's RA)
     # the recipe (kdcache.train._optim, _ema): optimiser, decay rule, EMA, precision, accumulation
     optimizer: str = "adamw"            # adamw | sgd | a timm optimiser name (lamb, lars, ...) when timm is installed
+    sched: str = "cosine"               # cosine (after `warmup_epochs`, to `min_lr`) | constant (after the warm-up)
+    decay_rule: str = "timm"            # timm: no decay on norms, biases, tokens; all: every parameter (Keras, TFA)
     momentum: float = 0.9               # SGD (and timm optimisers that take one)
     nesterov: bool = False
     scale_lr: bool = False              # lr × batch_size × accum_steps × world_size / 512 (DeiT)
@@ -121,6 +128,10 @@ class TrainConfig(ConfigBase):
                               "(N/R images x R views), `views_per_image` M trains M epochs per pass")
         if self.lr <= 0 or self.warmup_epochs < 0 or self.workers < 0:
             raise ConfigError("lr must be > 0, warmup epochs and workers >= 0")
+        if self.sched not in SCHEDULES:
+            raise ConfigError(f"`sched` must be one of {', '.join(SCHEDULES)}, got {self.sched!r}")
+        if self.decay_rule not in DECAY_RULES:
+            raise ConfigError(f"`decay_rule` must be one of {', '.join(DECAY_RULES)}, got {self.decay_rule!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"`precision` must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.amp and self.precision != "fp32":
@@ -141,7 +152,7 @@ class TrainConfig(ConfigBase):
 
 
 # What a run writes into its directory; a directory holding any of them holds a run.
-RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "config.json")
+RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "config.json", TEST_FILE)
 RUN_DIRS = ("tb",)
 
 
@@ -228,18 +239,6 @@ def _write_failed(path: str, e: BaseException) -> CheckpointError:
     return CheckpointError(f"cannot write {path} ({reason}); is the disk full or the directory read-only?")
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, *, steps_per_epoch: int, epochs: int,
-                    warmup_epochs: float, min_lr: float):
-    """Linear warm-up then cosine decay to ``min_lr``, stepped every iteration (torch's schedulers)."""
-    total = max(1, steps_per_epoch * epochs)
-    warm = min(int(round(warmup_epochs * steps_per_epoch)), total - 1)
-    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total - warm), eta_min=min_lr)
-    if warm <= 0:
-        return cosine
-    linear = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1e-3, end_factor=1.0, total_iters=warm)
-    return torch.optim.lr_scheduler.SequentialLR(optimizer, [linear, cosine], milestones=[warm])
-
-
 def _shard_batches(n: int, *, epoch: int, seed: int, batch_size: int, ctx: DistContext) -> list[list[int]]:
     """This rank's shuffled batches of sample indices (equal count on every rank)."""
     perm = np.random.default_rng([int(seed), int(epoch), 0x7472]).permutation(n)
@@ -249,7 +248,7 @@ def _shard_batches(n: int, *, epoch: int, seed: int, batch_size: int, ctx: DistC
     return [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
 
 
-_OPTIMIZER_FIELDS = ("optimizer", "weight_decay", "momentum", "nesterov")  # checked on resume
+_OPTIMIZER_FIELDS = ("optimizer", "weight_decay", "momentum", "nesterov", "decay_rule", "sched")  # checked on resume
 
 
 class _Run:
@@ -273,11 +272,11 @@ class _Run:
         global_batch = cfg.batch_size * cfg.accum_steps * ctx.world_size
         self.lr = scaled_lr(cfg.lr, global_batch, cfg.scale_lr)
         self.optimizer = build_optimizer(self.model, cfg.optimizer, lr=self.lr, weight_decay=cfg.weight_decay,
-                                         momentum=cfg.momentum, nesterov=cfg.nesterov)
+                                         momentum=cfg.momentum, nesterov=cfg.nesterov, decay_rule=cfg.decay_rule)
         n_batches = len(_shard_batches(num_samples, epoch=0, seed=cfg.seed, batch_size=cfg.batch_size, ctx=ctx))
         n_batches = min(n_batches, cfg.max_steps_per_epoch or n_batches)
         self.steps_per_epoch = -(-n_batches // cfg.accum_steps)  # optimiser steps
-        self.scheduler = build_scheduler(self.optimizer, steps_per_epoch=self.steps_per_epoch, epochs=cfg.epochs,
+        self.scheduler = build_scheduler(self.optimizer, cfg.sched, steps_per_epoch=self.steps_per_epoch, epochs=cfg.epochs,
                                          warmup_epochs=cfg.warmup_epochs, min_lr=cfg.min_lr)
         self.precision = resolve_precision(self.device, cfg.precision, cfg.amp)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
@@ -285,7 +284,8 @@ class _Run:
         self.loss_fn = DistillationLoss(cfg.loss, num_classes)
         self.meta = {"kind": kind, "config": recordable_config(cfg), **extra_meta}  # no credentials recorded
         self.start_epoch = 0
-        # best.pt: highest validation top-1, or lowest training loss when there is no validation split
+        self.test_stats: dict[str, Any] | None = None
+        # best.pt: highest validation top-1, or the last epoch when there is no validation split
         self.best_score: float | None = None
         self.best_top1: float | None = None
         if cfg.resume:
@@ -293,15 +293,17 @@ class _Run:
         self.metrics = MetricsLogger(cfg.out, enabled=ctx.is_main)
 
     def fit(self, epoch_data: Callable[[int], tuple[DataLoader, TargetSource | None]],
-            labels: np.ndarray, val: DataLoader | None, progress: bool) -> dict[str, Any]:
-        """The epoch loop: ``epoch_data(epoch)`` gives the epoch's loader and teacher target source."""
+            labels: np.ndarray, val: DataLoader | None, progress: bool, test: DataLoader | None = None) -> dict[str, Any]:
+        """The epoch loop: ``epoch_data(epoch)`` gives the epoch's loader and teacher target source; then
+        best.pt is evaluated once on ``test``."""
         try:
-            return self._fit(epoch_data, labels, val, progress)
+            return self._fit(epoch_data, labels, val, progress, test)
         except BaseException:
             self.metrics.close()  # release the event files before the run directory is cleaned up
             raise
 
-    def _fit(self, epoch_data, labels: np.ndarray, val: DataLoader | None, progress: bool) -> dict[str, Any]:
+    def _fit(self, epoch_data, labels: np.ndarray, val: DataLoader | None, progress: bool,
+             test: DataLoader | None) -> dict[str, Any]:
         cfg = self.cfg
         if self.ctx.is_main:
             path = os.path.join(cfg.out, "config.json")
@@ -339,7 +341,30 @@ class _Run:
             stats["epoch_seconds"] = time.perf_counter() - t0  # training and validation: the run's wall time
             self.end_epoch(last, stats, val_stats)
             self.ctx.barrier()
+        if test is not None and self.ctx.is_main:
+            self.test_stats = self._test(test)
         return self.close()
+
+    def _test(self, test: DataLoader) -> dict[str, Any]:
+        """best.pt on the test split, once: the run's reported figure (best.pt was selected without it)."""
+        path = os.path.join(self.cfg.out, "best.pt")
+        model, extra = load_checkpoint(path)
+        model.to(self.device)
+        if self.cfg.channels_last:
+            model.to(memory_format=torch.channels_last)
+        stats = evaluate(model, test, device=self.device, precision=self.precision,
+                         channels_last=self.cfg.channels_last)
+        selected = f"val top-1 on {self.cfg.val_split!r}" if self.cfg.val_split else "the last epoch"
+        record = {"split": self.cfg.test_split, "checkpoint": "best.pt", "epoch": int(extra["epoch"]) + 1,
+                  "selected_by": selected, **stats}
+        path = os.path.join(self.cfg.out, TEST_FILE)
+        try:
+            write_test(self.cfg.out, record)
+        except OSError as e:
+            raise _write_failed(path, e) from e
+        self.log(f"test ({self.cfg.test_split!r}, best.pt = epoch {record['epoch']}, selected by {selected}): "
+                 f"top1 {stats['top1']:.2f} top5 {stats['top5']:.2f}")
+        return record
 
     def _evaluate(self, model: nn.Module, val: DataLoader | None) -> dict[str, float] | None:
         if val is None:
@@ -407,7 +432,8 @@ class _Run:
         except OSError as e:
             raise _write_failed(self.metrics.path, e) from e
         top1 = "ema_top1" if self.cfg.ema_select else "top1"  # the checkpoints' model's score
-        score = val_stats[top1] if val_stats else -train_stats["loss"]
+        # without a validation split nothing is selected: best.pt is the last epoch
+        score = val_stats[top1] if val_stats else float(epoch)
         is_best = self.best_score is None or score > self.best_score
         if is_best:
             self.best_score = score
@@ -436,7 +462,7 @@ class _Run:
 
     def close(self) -> dict[str, Any]:
         self.metrics.close()
-        return {"out": self.cfg.out, "best_top1": self.best_top1, "rank": self.ctx.rank,
+        return {"out": self.cfg.out, "best_top1": self.best_top1, "rank": self.ctx.rank, "test": self.test_stats,
                 "best": os.path.join(self.cfg.out, "best.pt"), "last": os.path.join(self.cfg.out, "last.pt")}
 
 
@@ -467,13 +493,16 @@ def _compile_errors(enabled: bool) -> Iterator[None]:
                           "run without `compile`") from e
 
 
-def _val_loader(cfg: TrainConfig, pipeline: ViewPipeline, pin: bool):
-    if not cfg.val_split:
-        return None
-    ds = cfg.data.open(cfg.val_split).preload()
-    return DataLoader(EvalViews(ds, pipeline), batch_size=max(cfg.batch_size, 256), shuffle=False,
-                      num_workers=cfg.workers, collate_fn=identity_collate, pin_memory=pin,
-                      worker_init_fn=exit_with_parent())
+def _resolve_heldout(cfg: TrainConfig, log: Callable[[str], None]) -> TrainConfig:
+    """``cfg`` with its validation and test splits resolved (recorded in config.json as used)."""
+    val, test = resolve_heldout(cfg.data, cfg.val_split, cfg.test_split, log)
+    return replace(cfg, val_split=val, test_split=test)
+
+
+def _heldout_loaders(cfg: TrainConfig, pipeline: ViewPipeline, pin: bool):
+    """The validation and test loaders (a `limit` applies to each split, as to the training split)."""
+    return tuple(eval_loader(cfg.data, split, pipeline, batch_size=cfg.batch_size, workers=cfg.workers, pin=pin)
+                 for split in (cfg.val_split, cfg.test_split))
 
 
 def _loader(dataset, batches: list, cfg: TrainConfig, pin: bool) -> DataLoader:
@@ -518,6 +547,7 @@ def train_student(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str
                     else resolve_view_spec(teacher.cfg, cfg.view))
             meta["view_spec"] = spec.to_dict()
             pipeline = ViewPipeline(spec)
+            cfg = _resolve_heldout(cfg, log if ctx.is_main else _quiet)
             # config.json records the views used: a cached run's are the cache's, whatever options were given
             recorded = replace(cfg, view=_cache_views(store)) if store is not None else cfg
             run = _Run(recorded, ctx, num_classes=ds.num_classes, num_samples=len(ds), kind="student",
@@ -528,8 +558,8 @@ def train_student(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str
                 epoch_data = _fresh_view_epochs(ds, pipeline, targets, cfg, ctx, pin)
             else:
                 epoch_data = _cached_epochs(store, ds, pipeline, cfg, ctx, pin, run.log)
-            val = _val_loader(cfg, pipeline, pin) if ctx.is_main else None
-            return run.fit(epoch_data, np.asarray(ds.labels, dtype=np.int64), val, progress)
+            val, test = _heldout_loaders(cfg, pipeline, pin) if ctx.is_main else (None, None)
+            return run.fit(epoch_data, np.asarray(ds.labels, dtype=np.int64), val, progress, test)
     finally:
         ctx.close()
 
@@ -641,7 +671,7 @@ def train_teacher(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str
     try:
         with _run_directory(cfg, ctx, log):
             ds = cfg.data.open().preload()  # resident before forking workers: one shared copy
-            cfg = replace(cfg, loss=replace(cfg.loss, distill="none"))
+            cfg = _resolve_heldout(replace(cfg, loss=replace(cfg.loss, distill="none")), log if ctx.is_main else _quiet)
             run = _Run(cfg, ctx, num_classes=ds.num_classes, num_samples=len(ds), kind="teacher",
                        log=log if ctx.is_main else _quiet, extra_meta={"class_names": list(ds.class_names)})
             spec = resolve_view_spec(model_cfg(run.model), cfg.view)
@@ -649,17 +679,20 @@ def train_teacher(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str
             pipeline = ViewPipeline(spec)
             pin = run.device.type == "cuda"
             epoch_data = _fresh_view_epochs(ds, pipeline, None, cfg, ctx, pin)
-            val = _val_loader(cfg, pipeline, pin) if ctx.is_main else None
-            return run.fit(epoch_data, np.asarray(ds.labels, dtype=np.int64), val, progress)
+            val, test = _heldout_loaders(cfg, pipeline, pin) if ctx.is_main else (None, None)
+            return run.fit(epoch_data, np.asarray(ds.labels, dtype=np.int64), val, progress, test)
     finally:
         ctx.close()
 
 
-def evaluate_checkpoint(path: str, data: DataConfig, *, batch_size: int = 256, workers: int = 2,
-                        device: str = "auto", ema: bool = False) -> dict[str, float]:
-    """Top-1/top-5 of a kdcache checkpoint on ``data`` with the checkpoint's own eval views; ``ema``: of
-    the model EMA it carries (a run with ``ema_decay``; with ``ema_select`` it is the checkpoint's model)."""
+def evaluate_checkpoint(path: str, data: DataConfig | dict[str, Any] | None = None, *, batch_size: int = 256,
+                        workers: int = 2, device: str = "auto", ema: bool = False) -> dict[str, Any]:
+    """Top-1/top-5 of a kdcache checkpoint with its own eval views, on ``data``: a DataConfig, or options over
+    the data its run recorded (None: all of them, on the run's test split; see ``checkpoint_data``). Data
+    whose class names differ from the run's is refused. ``ema``: the model EMA it carries (a run with
+    ``ema_decay``; with ``ema_select`` it is the checkpoint's model)."""
     model, extra = load_checkpoint(path)
+    data = checkpoint_data(path, extra.get("config"), data)
     if ema:
         if "ema" not in extra:
             raise CheckpointError(f"{path} carries no model EMA (train with `ema_decay`)")
@@ -673,7 +706,17 @@ def evaluate_checkpoint(path: str, data: DataConfig, *, batch_size: int = 256, w
     n_cls = int(model_cfg(model).kwargs.get("num_classes", ds.num_classes))
     if n_cls != ds.num_classes:
         raise ConfigError(f"{path} predicts {n_cls} classes but {data.source} has {ds.num_classes}")
-    return _evaluate_views(model, spec, ds, batch_size=batch_size, workers=workers, device=device)
+    names = extra.get("class_names")
+    if names is not None and list(names) != list(ds.class_names):
+        raise ConfigError(f"{path} was trained on the classes {_names(names)}, but {data.source} [{data.split}] has "
+                          f"{_names(ds.class_names)}: evaluate on the data it was trained for")
+    stats: dict[str, Any] = _evaluate_views(model, spec, ds, batch_size=batch_size, workers=workers, device=device)
+    return {**stats, "data": data.source, "split": data.split}
+
+
+def _names(names) -> str:
+    names = [str(n) for n in names]
+    return ", ".join(names[:4]) + (f", ... ({len(names)})" if len(names) > 4 else "")
 
 
 def evaluate_model(model: TeacherSpec, data: DataConfig, *, view: dict[str, Any] | None = None,
@@ -691,7 +734,7 @@ def evaluate_model(model: TeacherSpec, data: DataConfig, *, view: dict[str, Any]
     stats: dict[str, Any] = _evaluate_views(loaded.model, spec, ds, batch_size=batch_size, workers=workers,
                                             device=device)
     stats.update(model=loaded.cfg.name, weights=model.weights, weights_sha256=loaded.weights_sha256,
-                 view_size=spec.size)
+                 view_size=spec.size, data=data.source, split=data.split)
     return stats
 
 

@@ -185,3 +185,31 @@ def test_eval_view_crop_pct_takes_the_centre_of_the_resized_image():
     assert spec.eval_resize == 20 and out.shape == (3, 16, 16)
     torch.testing.assert_close(_unnormalise(spec, out), img[:, 2:18, 2:18].float() / 255, rtol=0, atol=1e-6)
     assert ViewSpec(size=299, crop_pct=299 / 342).eval_resize == 342  # no float floor surprise
+
+
+def test_pad_crop_with_crop_resize_is_torchvisions_resize_then_crop():
+    """--crop pad --padding 0 --crop-resize 52 --size 48: resize 32 -> 52, a random 48 crop, flip (Keras example)."""
+    import pytest
+    from torchvision.transforms.v2 import functional as TF
+
+    from kdcache.augment import ViewPipeline, ViewSpec
+    from kdcache.errors import ConfigError
+
+    spec = ViewSpec(size=48, crop="pad", padding=0, crop_resize=52, mean=(0, 0, 0), std=(1, 1, 1))
+    pipe = ViewPipeline(spec)
+    img = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
+    seen = set()
+    for seed in range(40):
+        p = pipe.make_params(seed, (32, 32))
+        top, left, h, w = p.crop
+        assert (h, w) == (48, 48) and 0 <= top <= 4 and 0 <= left <= 4
+        seen.add((top, left))
+        ref = TF.crop(TF.resize(img, [52], antialias=True), top, left, 48, 48)
+        ref = TF.horizontal_flip(ref) if p.flip else ref
+        assert torch.equal(pipe.apply(img, p), TF.to_dtype(ref, torch.float32, scale=True))
+    assert len(seen) > 10
+    assert spec.replay_dict()["crop_resize"] == 52 and "crop_resize" not in ViewSpec().replay_dict()
+    with pytest.raises(ConfigError, match="crop_resize must be 0"):
+        ViewSpec(size=48, crop="pad", crop_resize=40)
+    with pytest.raises(ConfigError, match="needs crop 'pad'"):
+        ViewSpec(size=48, crop_resize=52)

@@ -17,8 +17,9 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from kdcache.augment import PRESETS, ViewPipeline, ViewSpec
-from kdcache.augment._autoaug import KERNELS, RAND_INCREASING_OPS, apply_kernel, parse_auto_augment
-from kdcache.augment._op import build_ops
+from kdcache.augment._autoaug import KERNELS, apply_kernel
+from kdcache.augment._autoaug_config import RAND_INCREASING_OPS, parse_auto_augment
+from kdcache.augment._oplist import build_ops
 from kdcache.augment._seeding import seeded_stream
 from kdcache.errors import ConfigError
 

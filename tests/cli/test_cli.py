@@ -60,10 +60,34 @@ def test_dump_info_train_evaluate(tmp_path, tiny_h5, cache):
     run("train-student", "--cache", cache, "--data", tiny_h5, "--student", "cnn_tiny", "--epochs", "2",
         "--batch-size", "16", "--workers", "0", "--out", out, "--no-progress")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [0, 1] and "val/top1" in rows[0] and "train/kd_loss" in rows[0]
+    assert [r["epoch"] for r in rows] == [0, 1] and "train/kd_loss" in rows[0]
+    assert not any(k.startswith("val/") for k in rows[0])  # no split selects best.pt unless one is held out
     assert json.loads((out / "config.json").read_text())["config"]["cache"] == cache
     res = json.loads(run("evaluate", out / "best.pt", "--data", tiny_h5, "--workers", "0", "--json").output)
-    assert res["images"] == 24 and 0 <= res["top1"] <= 100
+    assert res["images"] == 24 and 0 <= res["top1"] <= 100 and res["split"] == "test"
+
+
+def test_evaluate_defaults_to_the_checkpoints_data_and_refuses_other_classes(tmp_path, tiny_h5, cache):
+    import shutil
+
+    import h5py
+
+    out = tmp_path / "run"
+    res = run("train-student", "--cache", cache, "--data", tiny_h5, "--student", "cnn_tiny", "--epochs", "1",
+              "--batch-size", "16", "--workers", "0", "--out", out, "--no-progress")
+    test = json.loads((out / "test.json").read_text())
+    assert f"test top-1 {test['top1']:.2f}% (test, best.pt)" in res.output
+    text = run("evaluate", out / "best.pt", "--workers", "0").output  # no --data: the run's own, test split
+    assert f"on {tiny_h5} [test]: top-1 {test['top1']:.2f}%" in text and "(24 images)" in text
+    other = tmp_path / "other.h5"
+    shutil.copy(tiny_h5.removeprefix("hdf5:"), other)
+    with h5py.File(other, "a") as f:  # same shape and class count, other classes
+        f.attrs["class_names"] = ["cat", "dog", "bird"]
+    bad = run("evaluate", out / "best.pt", "--data", f"hdf5:{other}", "--workers", "0", ok=False)
+    assert bad.exit_code == 1 and "was trained on the classes class0, class1, class2" in bad.output
+    assert "Traceback" not in bad.output
+    bad = run("evaluate", "--model", "cnn_tiny", "--random-init", "--workers", "0", ok=False)
+    assert bad.exit_code == 2 and "--model needs --data" in bad.output
 
 
 def test_config_file_supplies_options_and_flags_override(tmp_path, tiny_h5, cache):

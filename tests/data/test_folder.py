@@ -139,5 +139,18 @@ def test_val_fraction_is_refused_where_it_does_not_apply(make_folder, tmp_path):
     root = make_folder({"train/a/x.png": img(), "val/a/y.png": img()})
     with pytest.raises(DataError, match="has split folders .*`val_fraction` only divides a folder without them"):
         open_dataset(f"folder:{root}", val_fraction=0.1)
-    with pytest.raises(DataError, match="folder: sources only"):
-        open_dataset("digits", val_fraction=0.1)
+
+
+def test_val_fraction_divides_the_train_split_of_any_source_per_class(tiny_h5):
+    import numpy as np
+
+    full = open_dataset(tiny_h5, "train")
+    train, val = (open_dataset(tiny_h5, s, val_fraction=0.25) for s in ("train", "val"))
+    assert sorted(train.keys + val.keys) == sorted(full.keys) and not set(train.keys) & set(val.keys)
+    assert np.bincount(val.labels).tolist() == [4, 4, 4]  # stratified: a quarter of each class's 16
+    assert val.split == "val" and val.describe()["val_fraction"] == 0.25 and len(val.get_images([0, 1])) == 2
+    img0 = full.get_image(full.keys.index(val.keys[0]))  # the held-out part reads the train split's images
+    assert (val.get_image(0) == img0).all()
+    assert open_dataset(tiny_h5, "val", val_fraction=0.25).keys == val.keys  # deterministic
+    assert len(open_dataset(tiny_h5, "test", val_fraction=0.25)) == 24  # other splits are untouched
+    assert len(open_dataset(tiny_h5, "train", val_fraction=0.25, limit=9)) == 9  # limit applies after

@@ -96,3 +96,18 @@ def test_distilled_needs_token_pooling():
         create_model("deit_test_distilled", num_classes=2, global_pool="avg")
     with pytest.raises(ModelError, match="class_token"):
         create_model("deit_test_distilled", num_classes=2, class_token=False)
+
+
+def test_deit_mini_of_the_readme_tables_is_registered():
+    """The README's DeiT-mini by name: DeiT-Ti's layout at 96 wide and 6 blocks, no --student-arg needed."""
+    import torch
+
+    from kdcache.models import create_model
+
+    torch.manual_seed(0)
+    mini = create_model("deit_mini_patch4_32_distilled", num_classes=10)
+    torch.manual_seed(0)
+    by_args = create_model("deit_tiny_patch4_32_distilled", num_classes=10, embed_dim=96, depth=6, num_heads=3)
+    assert sum(p.numel() for p in mini.parameters()) == 684404
+    assert all(torch.equal(a, b) for a, b in zip(mini.state_dict().values(), by_args.state_dict().values()))
+    assert create_model("deit_mini_patch4_32", num_classes=10).dist_token is None

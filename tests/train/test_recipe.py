@@ -335,7 +335,7 @@ def test_cli_recipe_flags_and_bad_values_are_one_line(tmp_path, tiny_h5, tiny_te
     run = tmp_path / "ok"
     res = r.invoke(cli, [*base, "--out", str(run), "--optimizer", "sgd", "--lr", "0.1", "--nesterov",
                          "--weight-decay", "5e-4", "--accum-steps", "2", "--ema-decay", "0.9", "--precision", "bf16",
-                         "--channels-last", "--scale-lr"])
+                         "--channels-last", "--scale-lr", "--val-split", "test"])
     assert res.exit_code == 0, res.output
     _, extra = load_checkpoint(str(run / "last.pt"))
     c = extra["config"]
@@ -370,3 +370,37 @@ def test_resume_refuses_another_optimiser_and_an_optimiser_state_that_does_not_f
     torch.save(state, out / "last.pt")
     with pytest.raises(Exception, match=r"does not fit this run's optimiser \(1 parameter group\(s\) there, 2 here"):
         train_student(TrainConfig(out=str(out), resume=True, **more), progress=False, log=lambda _m: None)
+
+
+def test_constant_schedule_and_decay_of_every_parameter(tmp_path, tiny_h5):
+    """--sched constant holds --lr after the warm-up; --decay-rule all decays norms and biases too (Keras/TFA)."""
+    from click.testing import CliRunner
+    from kdcache.cli.main import cli
+
+    from kdcache.train._optim import build_scheduler
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    decay, no_decay = param_groups(model, 0.1, "all")
+    assert len(decay["params"]) == 4 and not no_decay["params"]
+    assert len(param_groups(model, 0.1)[0]["params"]) == 1  # timm's rule: the linear's weight only
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sched = build_scheduler(opt, "constant", steps_per_epoch=10, epochs=3, warmup_epochs=1.0, min_lr=1e-5)
+    lrs = []
+    for _ in range(30):
+        opt.step()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs[0] < 2e-4 and all(lr == pytest.approx(1e-3) for lr in lrs[9:])
+    r = CliRunner()
+    out = tmp_path / "k"
+    res = r.invoke(cli, ["train-teacher", "--data", tiny_h5, "--teacher", "cnn_tiny", "--size", "16", "--epochs", "2",
+                         "--workers", "0", "--no-progress", "--batch-size", "16", "--out", str(out), "--sched",
+                         "constant", "--warmup-epochs", "0", "--decay-rule", "all", "--weight-decay", "0.1"])
+    assert res.exit_code == 0, res.output
+    _, extra = load_checkpoint(str(out / "last.pt"))
+    assert (extra["config"]["sched"], extra["config"]["decay_rule"]) == ("constant", "all")
+    groups = extra["optimizer"]["param_groups"]
+    assert len(groups) == 1 and groups[0]["weight_decay"] == 0.1 and groups[0]["lr"] == pytest.approx(1e-3)
+    bad = r.invoke(cli, ["train-teacher", "--data", tiny_h5, "--teacher", "cnn_tiny", "--out", str(tmp_path / "b"),
+                         "--sched", "step"])
+    assert bad.exit_code == 2 and "--sched" in bad.output

@@ -69,15 +69,54 @@ def test_resume_after_interruption_reproduces_an_uninterrupted_run(tmp_path, tin
         assert torch.equal(a, b), k
 
 
-def test_without_validation_best_is_the_lowest_training_loss(tmp_path, tiny_h5, tiny_teacher):
+def test_by_default_nothing_is_selected_on_test_and_best_pt_is_tested_once(tmp_path, tiny_h5, tiny_teacher):
+    from kdcache.train import evaluate_checkpoint
+
     cache = _cache(tmp_path, tiny_h5, tiny_teacher)
+    logs: list[str] = []
     out = train_student(TrainConfig(data=DataConfig(source=tiny_h5), out=str(tmp_path / "nv"), model="cnn_tiny",
-                                    cache=cache, epochs=2, batch_size=16, workers=0, val_split=None),
-                        progress=False, log=lambda _m: None)
+                                    cache=cache, epochs=2, batch_size=16, workers=0), progress=False, log=logs.append)
     assert out["best_top1"] is None
+    assert any("no validation split: best.pt is the last epoch" in m for m in logs)
     rows = [json.loads(x) for x in (tmp_path / "nv" / "metrics.jsonl").read_text().splitlines()]
-    _, best = load_checkpoint(str(tmp_path / "nv" / "best.pt"))
-    assert best["best_score"] == -min(r["train/loss"] for r in rows)
+    assert not any(k.startswith("val/") for r in rows for k in r)  # the test split never selected anything
+    best, extra = load_checkpoint(str(tmp_path / "nv" / "best.pt"))
+    last, _ = load_checkpoint(str(tmp_path / "nv" / "last.pt"))
+    assert extra["epoch"] == 1 and all(torch.equal(a, b) for a, b in zip(best.state_dict().values(),
+                                                                         last.state_dict().values()))
+    test = json.loads((tmp_path / "nv" / "test.json").read_text())
+    assert out["test"] == test and test["split"] == "test" and test["epoch"] == 2
+    assert test["selected_by"] == "the last epoch" and test["images"] == 24
+    again = evaluate_checkpoint(str(tmp_path / "nv" / "best.pt"), workers=0)  # the recorded data and test split
+    assert (again["split"], again["images"], again["top1"]) == ("test", 24, test["top1"])
+    assert json.loads((tmp_path / "nv" / "config.json").read_text())["config"]["val_split"] is None
+
+
+def test_val_fraction_selects_on_training_data_held_out_of_the_cache(tmp_path, tiny_h5, tiny_teacher):
+    from kdcache.data import open_dataset
+
+    data = DataConfig(source=tiny_h5, val_fraction=0.25)
+    cache = str(tmp_path / "c.zarr")
+    dump_teacher(DumpConfig(data=data, out=cache, teacher=TeacherSpec(weights=tiny_teacher), views=2,
+                            view={"size": 32}, workers=0, block_size=16), progress=False, log=lambda _m: None)
+    out = train_student(TrainConfig(data=data, out=str(tmp_path / "v"), model="cnn_tiny", cache=cache, epochs=3,
+                                    batch_size=16, workers=0), progress=False, log=lambda _m: None)
+    rows = [json.loads(x) for x in (tmp_path / "v" / "metrics.jsonl").read_text().splitlines()]
+    train, val = (open_dataset(tiny_h5, s, val_fraction=0.25) for s in ("train", "val"))
+    assert (len(train), len(val)) == (36, 12) and not set(train.keys) & set(val.keys)
+    assert all(r["val/images"] == 12 for r in rows)  # selected on the 12 held-out training images
+    best_epoch = max(range(3), key=lambda e: (rows[e]["val/top1"], -e))
+    test = out["test"]
+    assert test["epoch"] == best_epoch + 1 and test["images"] == 24 and test["selected_by"] == "val top-1 on 'val'"
+
+
+def test_selecting_on_the_test_split_is_said(tmp_path, tiny_h5, tiny_teacher):
+    cache = _cache(tmp_path, tiny_h5, tiny_teacher)
+    logs: list[str] = []
+    train_student(TrainConfig(data=DataConfig(source=tiny_h5), out=str(tmp_path / "t"), model="cnn_tiny",
+                              cache=cache, epochs=1, batch_size=16, workers=0, val_split="test"),
+                  progress=False, log=logs.append)
+    assert any("best.pt is selected on the test split 'test': its test top-1 is optimistic" in m for m in logs)
 
 
 def test_tensorboard_event_files_when_the_extra_is_installed(tmp_path, tiny_h5, tiny_teacher):
@@ -88,7 +127,8 @@ def test_tensorboard_event_files_when_the_extra_is_installed(tmp_path, tiny_h5, 
 
     cache = _cache(tmp_path, tiny_h5, tiny_teacher)
     train_student(TrainConfig(data=DataConfig(source=tiny_h5), out=str(tmp_path / "tb"), model="cnn_tiny",
-                              cache=cache, epochs=2, batch_size=16, workers=0), progress=False, log=lambda _m: None)
+                              cache=cache, epochs=2, batch_size=16, workers=0, val_split="test"), progress=False,
+                  log=lambda _m: None)
     acc = EventAccumulator(str(tmp_path / "tb" / "tb"))
     acc.Reload()
     tags = acc.Tags()["scalars"]
@@ -113,7 +153,7 @@ def test_an_existing_run_is_never_overwritten_silently(tmp_path, tiny_h5):
     out = tmp_path / "run"
     train_teacher(_teacher_cfg(tiny_h5, out), progress=False, log=lambda _m: None)
     before = (out / "last.pt").read_bytes()
-    with pytest.raises(ConfigError, match=r"already holds a run \(last.pt, best.pt, metrics.jsonl, config.json\)"
+    with pytest.raises(ConfigError, match=r"already holds a run \(last.pt, best.pt, metrics.jsonl, config.json, test.json\)"
                        r".*`resume`.*`overwrite`"):
         train_teacher(_teacher_cfg(tiny_h5, out, seed=1), progress=False, log=lambda _m: None)
     assert (out / "last.pt").read_bytes() == before

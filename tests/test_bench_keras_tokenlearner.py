@@ -1,0 +1,42 @@
+"""Smoke test of bench/keras_tokenlearner.py at toy size: a scratch row runs the protocol's loop (held-out
+validation, constant lr, decay of every parameter, the Keras view), writes its JSON, and a rerun skips it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_keras_tokenlearner_bench_at_toy_size(tmp_path, tiny_h5, tiny_teacher):
+    cmd = [sys.executable, str(REPO / "bench" / "keras_tokenlearner.py"), "--data", tiny_h5, "--students",
+           "keras_tokenlearner_vit_test", "--seeds", "0", "--epochs", "1", "--batch-size", "16", "--size", "16",
+           "--crop-resize", "20", "--workers", "0", "--workdir", str(tmp_path / "w"), "--results",
+           str(tmp_path / "r"), "--rows", "scratch", "cached-soft", "cached-hard", "online-soft", "--teacher",
+           "cnn_tiny", "--teacher-weights", tiny_teacher, "--views", "2"]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert first.returncode == 0, first.stderr[-3000:]
+    res = json.loads((tmp_path / "r" / "keras_tokenlearner_vit_test__scratch__s0.json").read_text())
+    assert res["epochs"] == 1 and res["test"]["images"] == 24 and res["test"]["split"] == "test"
+    assert res["test"]["selected_by"] == "val top-1 on 'val'" and len(res["val_top1_by_epoch"]) == 1
+    assert res["command"].startswith("bench/keras_tokenlearner.py") and res["commit"]
+    cfg = json.loads((tmp_path / "w" / "keras_tokenlearner_vit_test__scratch__s0" / "config.json").read_text())
+    c = cfg["config"]
+    assert (c["sched"], c["decay_rule"], c["weight_decay"], c["warmup_epochs"]) == ("constant", "all", 0.1, 0.0)
+    assert c["data"]["val_fraction"] == 0.2 and c["val_split"] == "val"
+    assert (cfg["view_spec"]["crop"], cfg["view_spec"]["crop_resize"], cfg["view_spec"]["padding"]) == ("pad", 20, 0)
+    # the cached and online rows: the teacher's views (its normalisation), undone inside the student
+    dump = json.loads((tmp_path / "r" / "dump_cnn_tiny_V2.json").read_text())
+    assert dump["complete"] and dump["teacher_forwards"] == 2 * 39  # 48 training images, 9 held out as val
+    for row in ("cached-soft-V2", "cached-hard-V2", "online-soft"):
+        res = json.loads((tmp_path / "r" / f"keras_tokenlearner_vit_test__{row}__s0.json").read_text())
+        cfg = json.loads((tmp_path / "w" / f"keras_tokenlearner_vit_test__{row}__s0" / "config.json").read_text())
+        assert res["epochs"] == 1 and cfg["view_spec"]["mean"] == [0.5, 0.5, 0.5]  # cnn_tiny's
+        assert cfg["config"]["model_kwargs"]["input_mean"] == [0.5, 0.5, 0.5]
+        assert cfg["config"]["loss"]["distill"] == ("hard" if "hard" in row else "soft")
+        assert cfg["view_spec"]["crop_resize"] == 20 and cfg["config"]["sched"] == "constant"
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert again.returncode == 0 and again.stdout.count("done (") == 4, again.stdout
