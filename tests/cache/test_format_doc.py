@@ -28,6 +28,7 @@ CASES = {
     "pad-edge-bicubic-resized": {"crop": "pad", "size": 13, "padding": 2, "padding_mode": "edge",
                                  "interpolation": "bicubic"},
     "pad-symmetric": {"crop": "pad", "padding": 4, "padding_mode": "symmetric"},
+    "pad-crop-resize": {"crop": "pad", "size": 12, "crop_resize": 14, "padding": 1},
     "randaugment-inc": {"auto_augment": "rand-m9-mstd0.5-inc1"},
     "randaugment-n3-nearest": {"auto_augment": "rand-m7-n3-mstd1", "interpolation": "nearest",
                                "mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25)},
@@ -87,9 +88,10 @@ def _one_sample(spec, image, rec, pre):
     S = spec["size"]
     top, left, h, w = (int(v) for v in rec[pre + "crop"])
     if spec["crop"] == "pad":
+        R = spec.get("crop_resize") or S
         x = image
-        if min(x.shape[-2:]) != S:
-            x = F.resize(x, [S], interpolation=spec["interpolation"], antialias=spec["antialias"])
+        if min(x.shape[-2:]) != R:
+            x = F.resize(x, [R], interpolation=spec["interpolation"], antialias=spec["antialias"])
         if spec["padding"] > 0:
             mode = "constant" if spec["padding_mode"] == "zero" else spec["padding_mode"]
             x = F.pad(x, [spec["padding"]], fill=0, padding_mode=mode)
@@ -234,7 +236,7 @@ def test_the_document_gives_kdcache_pixels(made, name):
         assert torch.equal(views[v * n:(v + 1) * n], ref), (name, v)
 
 
-@pytest.mark.parametrize("name", ["pad-zero-resized", "mixup", "all-mixed", "rrc-bilinear"])
+@pytest.mark.parametrize("name", ["pad-zero-resized", "pad-crop-resize", "mixup", "all-mixed", "rrc-bilinear"])
 def test_the_documented_attributes_and_dtypes_are_the_disk(made, name):
     g = zarr.open_group(made["caches"][name], mode="r")
     vs = g.attrs["view_spec"]
@@ -246,7 +248,7 @@ def test_the_documented_attributes_and_dtypes_are_the_disk(made, name):
     spec = vs["spec"]
     side = 16  # every image is 16 x 16
     if spec["crop"] == "pad":
-        short = spec["size"]
+        short = spec.get("crop_resize") or spec["size"]
         side = (short if side == short else int(short * side / side)) + 2 * spec["padding"]
     largest = max(side, spec["size"])
     want = next(t for t in (np.int8, np.int16, np.int32) if largest <= np.iinfo(t).max)
