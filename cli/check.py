@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import click
-from kdcache.cli.options import SectionedCommand, data_options, echo_json, library_errors
+from kdcache.cli.options import (
+    SectionedCommand,
+    config_option,
+    data_options,
+    echo_json,
+    library_errors,
+    progress_option,
+)
 
 from kdcache.data import DataConfig
 from kdcache.data._check import check_data
 
 
 @click.command("check-data", cls=SectionedCommand)
+@config_option
 @data_options()
 @click.option("--decode", is_flag=True, help="Decode every image fully, as the dump does (slower than headers).")
 @click.option("--workers", type=click.IntRange(min=1), default=4, show_default=True, help="Threads scanning files.")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+@progress_option("Show a progress bar")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @library_errors
 def check_data_cmd(data, split, limit, subset_seed, val_fraction, decode, workers, progress, as_json):

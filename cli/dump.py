@@ -88,9 +88,11 @@ def dump_teacher_cmd(data, split, limit, subset_seed, val_fraction, teacher, tea
         echo_json(s.to_dict())
         return
     agree = f"{100 * s.label_agreement:.2f}%" if s.label_agreement is not None else "n/a"
+    speed = (f"speed      {s.images_per_second:.1f} views/s ({s.seconds:.1f} s)" if s.views_computed else
+             "nothing to do: every view this command covers was already cached (--add-views N computes more)")
     click.echo(f"cache      {s.out}\n"
                f"samples    {s.num_samples}\nviews      {s.num_views} (computed now: {s.views_computed})\n"
                f"classes    {s.num_classes}\ntargets    {s.targets}\n"
                f"on disk    {human_bytes(s.bytes_on_disk)}\ncoverage   {100 * s.done_fraction:.1f}% done\n"
                f"agreement  {agree} (teacher argmax == label, over cached views)\n"
-               f"speed      {s.images_per_second:.1f} views/s ({s.seconds:.1f} s)")
+               + speed)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import click
-from kdcache.cli.options import config_option, echo_json, library_errors
+from kdcache.cli.options import config_option, echo_json, library_errors, progress_option
 
 from kdcache._utils import human_bytes, parse_key_values
 from kdcache.cache._export import COMPRESSIONS, export_hdf5
@@ -17,7 +17,7 @@ from kdcache.cache._export import COMPRESSIONS, export_hdf5
 @click.option("--compression", type=click.Choice(COMPRESSIONS), default="gzip", show_default=True,
               help="HDF5 filter: gzip (smaller, with byte shuffle) or lzf (faster).")
 @click.option("--storage-option", "storage_options", multiple=True, help="KEY=VALUE for fsspec URLs.")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+@progress_option("Show a progress bar")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @library_errors
 def export_cmd(cache, out, overwrite, compression, storage_options, progress, as_json):

@@ -23,16 +23,21 @@ def info_cmd(cache, as_json, storage_options):
         return
     t, d, v = i["teacher"], i["dataset"], i["view_spec"]
     agree = f"{100 * i['label_agreement']:.2f}%" if i["label_agreement"] is not None else "n/a"
-    bpv = f"{i['bytes_per_view']:.1f} B" if i["bytes_per_view"] is not None else "unknown"
+    bpv = (f", {i['bytes_per_view']:.1f} B per view" if i["bytes_per_view"] is not None else
+           ", unknown per view" if i["views_done"] else " (no view done yet)")
+    sub = i.get("subset")
+    subset = (f" (a {sub['limit']:,}-image subset, seed {sub['subset_seed']}: train with --limit {sub['limit']} "
+              f"--subset-seed {sub['subset_seed']})" if sub else "")
     click.echo(
         f"cache        {i['path']} (format {i['kdcache_format']}, fingerprint {i['fingerprint'][:16]})\n"
         f"teacher      {t.get('name')} (weights sha256 {str(t.get('weights_sha256'))[:16]}, "
         f"input {t.get('input_size')})\n"
-        f"dataset      {d.get('source')} [{d.get('split')}], {i['num_samples']} samples, {i['num_classes']} classes\n"
+        f"dataset      {d.get('source')} [{d.get('split')}], {i['num_samples']} samples{subset}, "
+        f"{i['num_classes']} classes\n"
         f"views        {i['num_views']} per sample, seed {i['seed']}, size {v.get('spec', {}).get('size')}\n"
         f"augment      {i['view_ops']}{' (preset ' + i['view_preset'] + ')' if i['view_preset'] else ''}\n"
         f"targets      {i['targets']}\n"
         f"coverage     {100 * i['done_fraction']:.1f}% done ({i['views_done']} views; per view index: "
         f"{i['views_done_per_view']})\n"
-        f"on disk      {human_bytes(i['bytes_on_disk'])}, {bpv} per view\n"
+        f"on disk      {human_bytes(i['bytes_on_disk'])}{bpv}\n"
         f"agreement    {agree} (teacher argmax == label)")

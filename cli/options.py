@@ -13,19 +13,23 @@ import functools
 import json
 import os
 import re
+import signal
+import threading
 import typing
 from collections.abc import Callable
 from typing import Any
 
 import click
 
+from kdcache._progress import hugging_face_bars_off, stderr_is_terminal
 from kdcache._runtime import unwrap_worker_error
 from kdcache.augment import ViewSpec
 from kdcache.augment._presets import PRESETS
 from kdcache.errors import KdcacheError
 
 __all__ = ["config_option", "data_options", "runtime_options", "view_options", "eval_view_options", "view_overrides",
-           "library_errors", "echo_json", "load_config_file", "SectionedCommand", "section", "random_init_options"]
+           "library_errors", "echo_json", "load_config_file", "SectionedCommand", "section", "random_init_options",
+           "progress_option"]
 
 
 class SectionedCommand(click.Command):
@@ -190,9 +194,22 @@ def data_options(*, split_default: str = "train", from_cache: bool = False, reco
     )
 
 
+def _progress_cb(ctx: click.Context, _param: click.Parameter, value: bool | None) -> bool:
+    # Unset: bars only where they draw in place (a terminal); a redirected stderr would keep every \r frame.
+    on = stderr_is_terminal() if value is None else bool(value)
+    if not on:  # Hugging Face's bars (an hf: model's weight loading) too, for the command's lifetime
+        ctx.with_resource(hugging_face_bars_off())
+    return on
+
+
+def progress_option(help_: str = "Show progress bars (Hugging Face's loading bars too)") -> Callable:
+    return click.option("--progress/--no-progress", default=None, callback=_progress_cb,
+                        help=f"{help_} [on when stderr is a terminal].")
+
+
 runtime_options = section(
     "Runtime",
-    click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars."),
+    progress_option(),
     click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
                  help="DataLoader worker processes building views."),
     click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N."),
@@ -289,20 +306,50 @@ random_init_options = (
 )
 
 
+def _ignore(_signum: int, _frame: Any) -> None:
+    pass  # a Python handler, not SIG_DFL: a signal pending while the handler changes is then no error
+
+
+def _sigterm_as_interrupt(received: list[int]) -> Callable[[], None]:
+    """SIGTERM (what batch schedulers and ``kill`` send) stops a command as Ctrl-C does: the same cleanup (locks
+    released, what is finished kept) and the same message. Each signal taken is appended to ``received``.
+    Returns the function that restores the old handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def terminated(signum: int, _frame: Any) -> None:
+        received.append(signum)
+        if hasattr(signal, "SIGCHLD"):  # DataLoader workers in the signalled process group die of it too, and
+            signal.signal(signal.SIGCHLD, _ignore)  # torch's SIGCHLD handler would raise that, even at exit
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    return lambda: signal.signal(signal.SIGTERM, previous)
+
+
 def library_errors(f: Callable) -> Callable:
-    """Run a command body; library errors become a one-line message and exit code 1."""
+    """Run a command body; library errors become a one-line message and exit code 1, SIGTERM and Ctrl-C
+    (KeyboardInterrupt) one line that says how to resume."""
 
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
+        received: list[int] = []
+        restore = _sigterm_as_interrupt(received)
         try:
             return f(*args, **kwargs)
         except KdcacheError as e:  # a DataLoader worker's error reads as the main process's one line
             raise click.ClickException(_flag_names(str(unwrap_worker_error(e)), click.get_current_context())) from e
         except KeyboardInterrupt:
             raise click.ClickException("interrupted; rerun the same command to resume") from None
+        except RuntimeError:
+            if received:  # a SIGTERM to the process group kills DataLoader workers too, and the loader says so
+                raise click.ClickException("interrupted; rerun the same command to resume") from None
+            raise
         except OSError as e:  # a path the library did not check itself: still one line, never a traceback
             where = f": {e.filename}" if e.filename else ""
             raise click.ClickException(f"{e.strerror or e}{where}") from e
+        finally:
+            restore()
 
     return wrapper
 

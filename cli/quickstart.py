@@ -6,7 +6,7 @@ import json
 import os
 
 import click
-from kdcache.cli.options import config_option, library_errors
+from kdcache.cli.options import config_option, library_errors, progress_option
 
 from kdcache._quickstart import QuickstartConfig, format_table, run_quickstart
 
@@ -22,7 +22,7 @@ from kdcache._quickstart import QuickstartConfig, format_table, run_quickstart
 @click.option("--workers", type=click.IntRange(min=0), default=1, show_default=True,
               help="DataLoader workers building views (1 overlaps them with training on 2 cores).")
 @click.option("--device", default="auto", show_default=True)
-@click.option("--progress/--no-progress", default=True, show_default=True)
+@progress_option()
 @library_errors
 def quickstart_cmd(out, teacher_epochs, student_epochs, views, limit, workers, device, progress):
     """Offline demo on scikit-learn's digits: teacher, cache, scratch vs distilled student.

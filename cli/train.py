@@ -74,7 +74,8 @@ recipe_options = section(
     click.option("--ema-warmup/--no-ema-warmup", default=True, show_default=True,
                  help="EMA decay min(decay, (1 + t) / (10 + t)) at update t."),
     click.option("--ema-select", is_flag=True,
-                 help="The EMA is the checkpoints' model: best.pt by its val top-1; evaluate and export use it."),
+                 help="The EMA is the checkpoints' model: best.pt is chosen by its val top-1; evaluate, "
+                      "dump-teacher and the Python API load it."),
     click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
                  help="Autocast precision on any device; fp16 uses a grad scaler."),
     click.option("--channels-last", is_flag=True, help="Model and inputs in channels-last memory format."),

@@ -6,18 +6,17 @@ import click
 from kdcache.cli.options import config_option, data_options, echo_json, library_errors, random_init_options
 
 from kdcache._utils import parse_key_values, parse_model_args
-from kdcache.engine import TeacherSpec
 from kdcache.engine._verify import verify_cache, verify_integrity
 
 
 @click.command("verify")
 @config_option
 @click.argument("cache")
-@click.option("--teacher", default=None, help="Teacher model name (optional with a kdcache checkpoint).")
+@click.option("--teacher", default=None, help="Teacher model name [the cache's].")
 @click.option("--teacher-weights", type=click.Path(exists=True), default=None,
-              help="Teacher weights the cache was made with (file or timm/Hugging Face checkpoint directory).")
+              help="Teacher weights (file or timm/Hugging Face checkpoint directory) [the file the cache records].")
 @click.option("--teacher-arg", "teacher_args", multiple=True,
-              help="KEY=VALUE passed to the teacher's constructor (repeatable), as given to dump-teacher.")
+              help="KEY=VALUE passed to the teacher's constructor (repeatable) [the cache's].")
 @random_init_options[0]
 @random_init_options[1]
 @data_options(from_cache=True)
@@ -47,9 +46,10 @@ def verify_cmd(cache, teacher, teacher_weights, teacher_args, random_init, init_
 
     \b
     Example:
-      kdcache verify cifar-r56.zarr --teacher cifar_resnet56 --teacher-weights resnet56.th --samples 256
+      kdcache verify cifar-r56.zarr --samples 256
 
-    The data is the one recorded in the cache; --data, --split, --limit, --subset-seed override it.
+    The teacher and the data are the ones recorded in the cache (its weights file where the dump found it);
+    --teacher, --teacher-weights, --teacher-arg and --data, --split, --limit, --subset-seed override them.
     """
     opts = parse_key_values(storage_options) or None
     if integrity_only:
@@ -67,8 +67,9 @@ def verify_cmd(cache, teacher, teacher_weights, teacher_args, random_init, init_
         if not as_json:
             click.echo("ok")
         return
-    r = verify_cache(cache, TeacherSpec(name=teacher, weights=teacher_weights, kwargs=parse_model_args(teacher_args),
-                                         random_init=random_init, init_seed=init_seed),
+    given = dict(name=teacher, weights=teacher_weights, kwargs=parse_model_args(teacher_args) or None,
+                 random_init=random_init or None, init_seed=init_seed if random_init or init_seed else None)
+    r = verify_cache(cache, given,
                      dict(source=data, split=split, limit=limit, subset_seed=subset_seed, val_fraction=val_fraction),
                      samples=samples, seed=seed, batch_size=batch_size, device=device, atol=atol,
                      allow_incomplete=allow_incomplete, storage_options=opts)

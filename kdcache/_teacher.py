@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from kdcache._config import ConfigBase
+from kdcache._utils import check_model_kwargs
 from kdcache.errors import ConfigError, ModelError
 from kdcache.models import ModelCfg, create_model, model_cfg
 from kdcache.models._checkpoint import is_kdcache_checkpoint, load_checkpoint, load_weights
@@ -47,6 +48,7 @@ class TeacherSpec(ConfigBase):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_model_kwargs(self.kwargs, "teacher_args")
         if self.random_init and self.weights:
             raise ConfigError("`random_init` and `teacher_weights` exclude each other: a teacher either loads "
                               "weights or is initialised at random")
@@ -115,7 +117,7 @@ def build_teacher(spec: TeacherSpec, *, num_classes: int) -> LoadedTeacher:
         recorded = extra.get("view_spec")
         if isinstance(recorded, dict):
             views = {k: recorded[k] for k in VIEW_INPUT_KEYS if k in recorded}
-            views_from = f"{spec.weights} (the views it was trained on)" if views else None
+            views_from = f"the views {spec.weights} was trained on" if views else None
     else:
         if not spec.name:
             raise ModelError("name a teacher with `teacher` (or pass a kdcache checkpoint as `teacher_weights`)")

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import importlib
+import os
+import tempfile
 from collections.abc import Iterable, Mapping
 from types import ModuleType
 from typing import Any
 
 from kdcache.errors import ConfigError, KdcacheError
 
-__all__ = ["human_bytes", "optional_import", "parse_key_values", "parse_model_args", "recordable_config",
-           "redact_secrets"]
+__all__ = ["check_model_kwargs", "human_bytes", "new_file_mode", "optional_import", "parse_key_values",
+           "parse_model_args", "recordable_config", "redact_secrets", "temp_file"]
 
 
 def human_bytes(n: int | float | None) -> str:
@@ -71,6 +73,19 @@ def parse_model_args(items: Iterable[str]) -> dict[str, object]:
     return out
 
 
+# Constructor arguments a run sets from its data: given by hand they would clash with the run's own value.
+DATA_SET_KWARGS = ("num_classes",)
+
+
+def check_model_kwargs(kwargs: Mapping[str, Any], option: str) -> None:
+    """Refuse, naming ``option``, constructor arguments the data sets (``num_classes``: its class count)."""
+    clash = [k for k in DATA_SET_KWARGS if k in kwargs]
+    if clash:
+        given = ", ".join(f"{k}={kwargs[k]!r}" for k in clash)
+        raise ConfigError(f"`{option}` {given}: the number of classes comes from the data (its class count), "
+                          "not from a constructor argument; drop it")
+
+
 def optional_import(module: str, *, extra: str, what: str,
                     error: type[KdcacheError] = KdcacheError) -> ModuleType:
     """Import an optional dependency, or raise ``error`` saying what needs it (a plural noun phrase such as
@@ -80,3 +95,28 @@ def optional_import(module: str, *, extra: str, what: str,
     except ImportError as e:
         raise error(f"{what} need the optional {module.split('.')[0]} package ({e}); "
                     f"install it with: pip install 'kdcache[{extra}]'") from e
+
+
+def new_file_mode() -> int:
+    """The mode ``open()`` gives a new file: 0o666 less the process's umask (0o644 under umask 022)."""
+    try:
+        with open("/proc/self/status") as f:  # Linux: read without changing it (os.umask sets it, racing threads)
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def temp_file(directory: str | os.PathLike, name: str) -> str:
+    """A new empty file ``.NAME.XXXX.tmp`` in ``directory``, to be written and renamed onto ``NAME``, with the
+    mode ``open()`` would give NAME (mkstemp's 0o600 would keep teammates on a shared filesystem out)."""
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, new_file_mode())
+    finally:
+        os.close(fd)
+    return tmp

@@ -10,7 +10,7 @@ zarr's event loop. :func:`resolve_view_spec` is the one rule for a model's defau
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -32,10 +32,16 @@ __all__ = ["ViewDraws", "ViewBatch", "BlockBatches", "FlatBatches", "merge_batch
 
 
 def resolve_view_spec(model: ModelCfg, overrides: Mapping[str, Any] | None = None, *,
-                      recorded: Mapping[str, Any] | None = None) -> ViewSpec:
+                      recorded: Mapping[str, Any] | None = None, log: Callable[[str], None] | None = None,
+                      images=None) -> ViewSpec:
     """The model's expected input (size, normalisation, interpolation, eval crop), then the input settings
-    ``recorded`` with its weights (the views a checkpoint was trained on), then the user's overrides."""
-    return resolve_view_sources(model, overrides, recorded=recorded)[0]
+    ``recorded`` with its weights (the views a checkpoint was trained on), then the user's overrides.
+    ``log``: told the input used and where each setting came from (:func:`describe_view_sources`, warning
+    when the views are much larger than the ``images`` they are drawn from)."""
+    spec, sources = resolve_view_sources(model, overrides, recorded=recorded)
+    if log is not None:
+        log(describe_view_sources(spec, sources, images=images))
+    return spec
 
 
 _INPUT_KEYS = ("size", "mean", "std", "interpolation", "crop_pct")
@@ -48,6 +54,8 @@ def resolve_view_sources(model: ModelCfg, overrides: Mapping[str, Any] | None = 
     base: dict[str, Any] = {"size": model.input_size, "mean": tuple(model.mean), "std": tuple(model.std),
                             "interpolation": model.interpolation, "crop_pct": model.crop_pct}
     sources = dict.fromkeys(base, f"the {model.name or 'model'} architecture's default")
+    for k in model.processor_input:  # an hf: model's image processor
+        sources[k] = f"{model.name or 'the model'}'s preprocessor_config.json"
     for k, v in (recorded or {}).items():
         if k in _INPUT_KEYS and v is not None:
             base[k] = tuple(v) if isinstance(v, list) else v
@@ -58,9 +66,10 @@ def resolve_view_sources(model: ModelCfg, overrides: Mapping[str, Any] | None = 
         if k in sources:
             sources[k] = f"preset {name}"
     for k, v in explicit.items():
+        if k in sources:  # an explicit value the weights record too is no contradiction: say both
+            same = k in (recorded or {}) and sources[k] == recorded_from and _same(base[k], v)
+            sources[k] = f"set explicitly, as in {recorded_from}" if same else "set explicitly"
         base[k] = v
-        if k in sources:
-            sources[k] = "set explicitly"
     given = {k for k, v in {**(recorded or {}), **preset, **explicit}.items() if v is not None}
     unknown = [k for k in model.requires_input if k not in given]
     if unknown:
@@ -74,8 +83,30 @@ def resolve_view_sources(model: ModelCfg, overrides: Mapping[str, Any] | None = 
         raise ConfigError(f"invalid view option: {e}") from e
 
 
-def describe_view_sources(spec: ViewSpec, sources: Mapping[str, str]) -> str:
-    """One line: the view input settings used, grouped by where they came from."""
+def _same(a: Any, b: Any) -> bool:
+    a, b = (tuple(x) if isinstance(x, (list, tuple)) else x for x in (a, b))
+    return a == b
+
+
+def describe_view_sources(spec: ViewSpec, sources: Mapping[str, str], *, images=None) -> str:
+    """One line: the view input settings used, grouped by where they came from; with the dataset the views are
+    drawn from (``images``), a warning when the views are much larger than its images (:data:`UPSCALE_WARN`)."""
+    text = _describe_sources(spec, sources)
+    side = images.max_side() if images is not None else None
+    if side and spec.size >= UPSCALE_WARN * side:
+        how = sources["size"] if sources["size"].startswith("set") else f"from {sources['size']}"
+        text += (f"\nwarning: {spec.size}-px views of {side}-px images (size {how}): each view "
+                 f"costs about {(spec.size / side) ** 2:.0f}x the compute of a {side}-px one, for no new detail; "
+                 f"unless the model needs that input (pretrained weights), --size {side} trains at the images' "
+                 "own size")
+    return text
+
+
+# warn from views this many times the images' side (9x the pixels, so about 9x the compute)
+UPSCALE_WARN = 3
+
+
+def _describe_sources(spec: ViewSpec, sources: Mapping[str, str]) -> str:
     def fmt(k: str) -> str:
         v = getattr(spec, k)
         return f"{k} {' '.join(f'{x:.4g}' for x in v)}" if isinstance(v, tuple) else f"{k} {v}"

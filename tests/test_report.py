@@ -80,3 +80,59 @@ def test_a_resumed_run_keeps_the_last_row_of_each_epoch(tmp_path):
     with pytest.raises(RunNotFoundError):
         read_metrics(tmp_path / "nope")
     assert issubclass(RunNotFoundError, (RunError, FileNotFoundError))
+
+
+def _write_run(d, rows):
+    d.mkdir()
+    (d / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, **r}) + "\n" for e, r in enumerate(rows)))
+    return d
+
+
+@pytest.fixture
+def kd_and_labels_only(tmp_path):
+    """A distilled run (total loss ~9: its KD term is x T^2) and a labels-only run (loss ~1.6), as recorded."""
+    kd = _write_run(tmp_path / "kd", [{"train/loss": 9.5, "train/task_loss": 1.7, "train/kd_loss": 17.0,
+                                       "train/teacher_agreement": 0.75, "val/top1": 40.0},
+                                      {"train/loss": 8.5, "train/task_loss": 1.4, "train/kd_loss": 15.0,
+                                       "train/teacher_agreement": 0.8125, "val/top1": 50.0}])
+    plain = _write_run(tmp_path / "plain", [{"train/loss": 1.8, "train/task_loss": 1.8, "train/kd_loss": 0.0,
+                                             "val/top1": 35.0},
+                                            {"train/loss": 1.6, "train/task_loss": 1.6, "train/kd_loss": 0.0,
+                                             "val/top1": 45.0}])
+    return kd, plain
+
+
+def test_the_loss_panel_compares_the_loss_every_run_shares(kd_and_labels_only):
+    from kdcache._report import curves_figure
+
+    kd, plain = kd_and_labels_only
+    fig = curves_figure({str(kd): read_metrics(kd), str(plain): read_metrics(plain)})
+    loss_panel = fig.axes[0]
+    assert [list(line.get_ydata()) for line in loss_panel.lines] == [[1.7, 1.4], [1.8, 1.6]]  # not 9.5 beside 1.8
+    assert "labels" in loss_panel.get_ylabel() and "cross-entropy" in loss_panel.get_title()
+
+
+def test_every_line_has_a_legend_entry_and_agreement_is_in_percent(kd_and_labels_only):
+    from kdcache._report import curves_figure
+
+    kd, plain = kd_and_labels_only
+    fig = curves_figure({str(kd): read_metrics(kd), str(plain): read_metrics(plain)},
+                        metric="train/teacher_agreement")
+    legend = fig.axes[1].get_legend()
+    entries = {t.get_text(): h.get_color() for t, h in zip(legend.get_texts(), legend.legend_handles)}
+    assert entries.keys() == {str(kd), f"{plain} (no train/teacher_agreement)"}
+    for ax in fig.axes:  # each line drawn has an entry of its colour: the same run, the same colour in both panels
+        for line in ax.lines:
+            name = line.get_label().split(" (no ")[0]
+            assert entries[next(k for k in entries if k.startswith(name))] == line.get_color()
+    (agree,) = fig.axes[1].lines
+    assert list(agree.get_ydata()) == [75.0, 81.25] and fig.axes[1].get_ylabel() == "train/teacher_agreement (%)"
+
+
+def test_the_table_shows_agreement_in_percent_beside_top1(kd_and_labels_only):
+    kd, plain = kd_and_labels_only
+    res = run("plot", kd, plain, "--out", kd.parent / "c.png")
+    header, _, row_kd, row_plain = res.output.splitlines()[:4]
+    assert "agree %" in header and "label CE" in header
+    assert row_kd.split()[-2] == "81.25"  # agree %, before wall s
+    assert "0.812" not in row_kd and "1.4000" in row_kd and "1.6000" in row_plain

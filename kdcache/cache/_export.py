@@ -20,7 +20,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -30,6 +29,7 @@ import numpy as np
 import zarr
 from tqdm import tqdm
 
+from kdcache._utils import temp_file
 from kdcache.cache._integrity import damage_error, scan_cache
 from kdcache.cache._store import CacheStore
 from kdcache.errors import CacheError, ConfigError
@@ -66,10 +66,9 @@ def export_hdf5(path: str, out_h5: str | os.PathLike[str], *, storage_options: M
     arrays = store.arrays()
     steps = sum(len(list(_blocks(a))) for a in arrays.values())
     try:
-        fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{os.path.basename(out)}.", suffix=".tmp")
+        tmp = temp_file(parent, os.path.basename(out))  # the umask's mode, as a file written in place gets
     except OSError as e:
         raise CacheError(f"cannot write {out}: {e.strerror or e}") from e
-    os.close(fd)
     t0 = time.perf_counter()
     try:
         with h5py.File(tmp, "w") as f, tqdm(total=steps, desc="export", unit="block", disable=not progress) as bar:

@@ -15,7 +15,8 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["CacheIdentity", "canonical_json", "sha256_json", "dataset_identity", "dataset_differences"]
+__all__ = ["CacheIdentity", "canonical_json", "sha256_json", "dataset_identity", "dataset_differences",
+           "recorded_subset"]
 
 
 def canonical_json(obj: Any) -> str:
@@ -73,8 +74,32 @@ def dataset_identity(ds: Any) -> dict[str, Any]:
     return {"kind": ds.source.split(":", 1)[0], "split": ds.split, "manifest_sha256": ds.manifest_hash()}
 
 
-def dataset_differences(cached: dict[str, Any], ds: Any) -> list[str]:
-    """What differs between a cache's dataset identity and ``ds`` (empty when they match)."""
+def dataset_differences(cached: dict[str, Any], ds: Any, attrs: dict[str, Any] | None = None) -> list[str]:
+    """What differs between a cache's dataset identity and ``ds`` (empty when they match); with the cache's
+    ``attrs``, a last entry says which subset (``limit``, ``subset_seed``) the cache was made from."""
     have = dataset_identity(ds)
-    return [f"{k}: {have.get(k)!r} (`data`) != {cached.get(k)!r} (cache)" for k in sorted(cached)
-            if have.get(k) != cached.get(k)]
+    diffs = [f"{k}: {have.get(k)!r} (`data`) != {cached.get(k)!r} (cache)" for k in sorted(cached)
+             if have.get(k) != cached.get(k)]
+    hint = _subset_hint(attrs, len(ds)) if diffs and attrs else None
+    return diffs + [hint] if hint else diffs
+
+
+def recorded_subset(attrs: dict[str, Any]) -> tuple[int, int] | None:
+    """(limit, subset_seed) of the seeded subset a cache was made from, as its config records; None: all."""
+    data = (attrs.get("config") or {}).get("data") or {}
+    n = (attrs.get("dataset") or {}).get("num_samples")
+    if data.get("limit") is None or (n is not None and int(data["limit"]) > int(n)):  # a limit over the size: all
+        return None
+    return int(data["limit"]), int(data.get("subset_seed") or 0)
+
+
+def _subset_hint(attrs: dict[str, Any], have: int) -> str | None:
+    subset = recorded_subset(attrs)
+    n = (attrs.get("dataset") or {}).get("num_samples")
+    if subset is not None:
+        limit, seed = subset
+        return (f"the cache was made from a {limit:,}-image subset (seed {seed}) of its split and this data has "
+                f"{have:,} images: give `limit` {limit} and `subset_seed` {seed}")
+    if "limit" in ((attrs.get("config") or {}).get("data") or {}) and n is not None and have < int(n):
+        return f"the cache was made from all {int(n):,} images of its split and this data has {have:,}: drop `limit`"
+    return None

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from kdcache.cache._identity import recorded_subset
 from kdcache.cache._integrity import damage_error, scan_cache
 from kdcache.cache._store import CacheStore
 from kdcache.cache._targets import stored_argmax
@@ -39,6 +40,8 @@ def cache_info(path: str, *, storage_options: dict[str, Any] | None = None) -> d
         "block_size": store.block_size,
         "teacher": a.get("teacher", {}),
         "dataset": a.get("dataset", {}),
+        # the seeded subset (`limit`) it was made from, None for all of its split: training must give the same
+        "subset": dict(zip(("limit", "subset_seed"), subset)) if (subset := recorded_subset(a)) else None,
         "view_spec": a.get("view_spec", {}),
         "view_preset": ((a.get("config") or {}).get("view") or {}).get("preset"),
         "view_ops": _view_ops(store),
@@ -48,7 +51,7 @@ def cache_info(path: str, *, storage_options: dict[str, Any] | None = None) -> d
         "views_done": n_views_done,
         "views_done_per_view": [int(x) for x in done.sum(axis=0)],
         "bytes_on_disk": size,
-        "bytes_per_view": (size / max(n_views_done, 1)) if size is not None else None,
+        "bytes_per_view": (size / n_views_done) if size is not None and n_views_done else None,  # None: no view
         "arrays": per_array,
         "label_agreement": label_agreement(store, done),
     }

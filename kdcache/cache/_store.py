@@ -292,7 +292,7 @@ class CacheStore:
 
     def check_dataset(self, ds) -> None:
         """Refuse a dataset other than the one the cache was made from (or another split / subset)."""
-        diffs = dataset_differences(self.identity.dataset, ds)
+        diffs = dataset_differences(self.identity.dataset, ds, self.attrs)
         if diffs:
             raise CacheMismatchError(f"{self.path} was made from other data: " + "; ".join(diffs))
 

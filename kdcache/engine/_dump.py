@@ -54,6 +54,7 @@ from kdcache.data import DataConfig
 from kdcache.engine._advice import from_the_rerun
 from kdcache.engine._cache_views import existing_views, views_of_cache
 from kdcache.engine._lock import WriterLock, parse_shard
+from kdcache.engine._preflight import make_parents, preflight, remove_empty
 from kdcache.engine._reseal import confirm_reseal
 from kdcache.engine._space import space_hint
 from kdcache.engine._writer import _Writer
@@ -140,11 +141,6 @@ def _prepare_store(cfg: DumpConfig, ds, identity: CacheIdentity, attrs: dict[str
     if create_new:
         if cfg.add_views:
             raise ConfigError(f"`add_views` needs an existing cache, but {cfg.out} does not exist")
-        if not is_url(cfg.out):
-            parent = os.path.dirname(os.path.abspath(cfg.out))
-            if not os.path.isdir(parent):
-                what = "is not a directory" if os.path.exists(parent) else "does not exist"
-                raise CacheError(f"cannot create {cfg.out}: {parent} {what}")
         try:
             return CacheStore.create(
                 cfg.out, identity=identity, keys=ds.keys, labels=ds.labels, num_classes=ds.num_classes,
@@ -227,6 +223,7 @@ def dump_teacher(cfg: DumpConfig, *, progress: bool = True, log: Callable[[str],
     parse_shard(cfg.shard)  # a bad I/N is refused before any work
     ctx = DistContext.from_env(cfg.device)
     try:
+        preflight(cfg.out, cfg.device, local_rank=ctx.local_rank)  # before loading data and teacher
         return _dump(cfg, mode, ctx, progress=progress and ctx.is_main, log=log if ctx.is_main else _quiet)
     finally:
         ctx.close()
@@ -327,13 +324,18 @@ def _dump(cfg: DumpConfig, mode: TargetMode, ctx: DistContext, *, progress: bool
     # Rank 0 alone touches metadata; the others wait, then open what it made (or fail with it).
     # Rank 0 also holds the writer lock: another dump of the same work refuses, naming this one.
     shard = parse_shard(cfg.shard)
+    made = make_parents(cfg.out) if ctx.is_main else []  # the lock folder sits beside the store
     lock = WriterLock(cfg.out, shard, storage_options=cfg.storage_options) if ctx.is_main else None
     try:
-        return _dump_locked(cfg, ds, mode, ctx, teacher, spec, pipeline, identity, attrs, shard, lock,
-                            progress=progress, log=log)
-    finally:
-        if lock is not None:
-            lock.release()
+        try:
+            return _dump_locked(cfg, ds, mode, ctx, teacher, spec, pipeline, identity, attrs, shard, lock,
+                                progress=progress, log=log)
+        finally:
+            if lock is not None:
+                lock.release()
+    except BaseException:
+        remove_empty(made)  # a kept cache keeps them
+        raise
 
 
 def _dump_locked(cfg: DumpConfig, ds, mode: TargetMode, ctx: DistContext, teacher, spec: ViewSpec,
@@ -368,16 +370,6 @@ def _dump_locked(cfg: DumpConfig, ds, mode: TargetMode, ctx: DistContext, teache
     # Every rank must slice the same list: nobody writes a unit before all ranks have read it.
     ctx.barrier()
     work = all_work[ctx.rank::ctx.world_size]
-    device = select_device(cfg.device, local_rank=ctx.local_rank)
-    model = teacher.model.to(device)
-    loader = DataLoader(
-        ViewDraws(ds, pipeline, cfg.seed),
-        batch_sampler=BlockBatches(work, store.block_bounds, cfg.batch_size),
-        num_workers=cfg.workers,
-        collate_fn=identity_collate,
-        pin_memory=device.type == "cuda",
-        worker_init_fn=exit_with_parent(),  # no orphans when the dump is killed
-    )
 
     def views_of(w: list[tuple[int, list[int]]]) -> int:
         return sum((store.block_bounds(b)[1] - store.block_bounds(b)[0]) * len(vs) for b, vs in w)
@@ -391,7 +383,14 @@ def _dump_locked(cfg: DumpConfig, ds, mode: TargetMode, ctx: DistContext, teache
     writer = _Writer(store, cfg.out, bar)
     try:
         try:
-            _run_blocks(model, iter(loader), work, store, pipeline, device, cfg, writer)
+            # in the try: a failure here computed nothing, and the empty cache is removed below
+            device = select_device(cfg.device, local_rank=ctx.local_rank)
+            loader = DataLoader(ViewDraws(ds, pipeline, cfg.seed),
+                                batch_sampler=BlockBatches(work, store.block_bounds, cfg.batch_size),
+                                num_workers=cfg.workers, collate_fn=identity_collate,
+                                pin_memory=device.type == "cuda",
+                                worker_init_fn=exit_with_parent())  # no orphans when the dump is killed
+            _run_blocks(teacher.model.to(device), iter(loader), work, store, pipeline, device, cfg, writer)
         finally:
             writer.close(raise_error=False)
         writer._raise()

@@ -25,6 +25,7 @@ A cache dumped with ``--amp`` (bf16/fp16 compute) legitimately differs by more: 
 from __future__ import annotations
 
 import json
+import os
 from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
@@ -40,9 +41,10 @@ from kdcache.cache import CacheStore, TargetMode, canonical_json
 from kdcache.cache._integrity import scan_cache
 from kdcache.cache._targets import TOPK_STEP, decode_targets
 from kdcache.data import DataConfig
-from kdcache.errors import CacheMismatchError, ConfigError, DataNotFoundError
+from kdcache.errors import CacheMismatchError, ConfigError, DataNotFoundError, ModelError
 
-__all__ = ["verify_cache", "verify_integrity", "cache_data", "default_atol", "FP16_ULP", "MIN_ATOL"]
+__all__ = ["verify_cache", "verify_integrity", "cache_data", "cache_teacher", "default_atol", "FP16_ULP",
+           "MIN_ATOL"]
 
 FP16_ULP = 2.0 ** -10   # one float16 ulp relative to the value (10 mantissa bits)
 MIN_ATOL = 1e-2
@@ -94,15 +96,36 @@ def cache_data(store: CacheStore, overrides: DataConfig | Mapping[str, Any] | No
     return DataConfig.from_dict({**recorded, **given})
 
 
-def verify_cache(path: str, teacher: TeacherSpec, data: DataConfig | Mapping[str, Any] | None = None, *,
+def cache_teacher(store: CacheStore, overrides: TeacherSpec | Mapping[str, Any] | None = None) -> TeacherSpec:
+    """The teacher a cache was made with, as its dump recorded it (name, weights file, constructor arguments,
+    seeded initialisation); ``overrides`` replaces single fields (``None`` values: not given), a full
+    :class:`TeacherSpec` all of them. Weights given (``weights`` or ``random_init``) replace the recorded source."""
+    if isinstance(overrides, TeacherSpec):
+        return overrides
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    recorded = dict((store.attrs.get("config") or {}).get("teacher") or {})
+    if given.get("weights") or given.get("random_init"):
+        for k in ("weights", "random_init", "init_seed"):
+            recorded.pop(k, None)
+    if not recorded and not (given.get("name") or given.get("weights")):
+        raise ConfigError(f"{store.path} does not record its teacher; pass `teacher` and `teacher_weights`")
+    weights = recorded.get("weights")
+    if weights and "weights" not in given and "://" not in str(weights) and not os.path.exists(weights):
+        raise ModelError(f"{store.path} was made with the teacher weights {weights}, which do not exist here; "
+                         "pass `teacher_weights`")
+    return TeacherSpec.from_dict({**recorded, **given})
+
+
+def verify_cache(path: str, teacher: TeacherSpec | Mapping[str, Any] | None = None,
+                 data: DataConfig | Mapping[str, Any] | None = None, *,
                  samples: int = 64, seed: int = 0,
                  batch_size: int = 64, device: str = "auto", atol: float | None = None,
                  allow_incomplete: bool = False, storage_options: Mapping[str, Any] | None = None
                  ) -> dict[str, Any]:
     """Replay ``samples`` random completed views through ``teacher`` and compare with the cache.
 
-    ``data`` defaults to the data recorded in the cache (a mapping overrides single fields, see
-    :func:`cache_data`). Raises :class:`CacheMismatchError` when ``data`` or ``teacher`` is not
+    ``teacher`` and ``data`` default to the teacher and data recorded in the cache (a mapping overrides
+    single fields, see :func:`cache_teacher` and :func:`cache_data`). Raises :class:`CacheMismatchError` when ``data`` or ``teacher`` is not
     what the cache was made from. Returns a JSON-safe report whose ``ok`` is False when the largest difference
     exceeds the tolerance, any checked argmax differs, any cached target is NaN/Inf, nothing
     could be checked, or coverage is below 100 % (unless ``allow_incomplete``); ``failures``
@@ -121,7 +144,7 @@ def verify_cache(path: str, teacher: TeacherSpec, data: DataConfig | Mapping[str
             raise
         raise DataNotFoundError(f"{e} (the data recorded in the cache; pass `data` to use another path)") from e
     store.check_dataset(ds)
-    loaded = build_teacher(teacher, num_classes=ds.num_classes)
+    loaded = build_teacher(cache_teacher(store, teacher), num_classes=ds.num_classes)
     _check_teacher(store, loaded.identity())
     pipeline = ViewPipeline(ViewSpec.from_dict(store.identity.view_spec))
     mode = store.target_mode

@@ -3,6 +3,7 @@
 from kdcache.models import _bit, _cifar_resnet, _cnn, _deit, _keras_vit, _tokenlearner, _vit  # noqa: F401 (registers models)
 from kdcache.models._cfg import IMAGENET_MEAN, IMAGENET_STD, ModelCfg, set_model_cfg
 from kdcache.models._checkpoint import load_checkpoint, load_weights, read_state_dict, save_checkpoint
+from kdcache.models._embed import PooledEmbedder, pooled_embedder
 from kdcache.models._registry import (
     create_model,
     is_registered,
@@ -18,6 +19,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "ModelCfg",
+    "PooledEmbedder",
     "create_model",
     "format_table",
     "is_registered",
@@ -28,6 +30,7 @@ __all__ = [
     "model_description",
     "model_table",
     "model_tags",
+    "pooled_embedder",
     "read_state_dict",
     "register_model",
     "save_checkpoint",

@@ -41,14 +41,18 @@ class ModelCfg:
     # Input settings the model cannot tell (a Hugging Face model saved without its image processor):
     # views must be given them explicitly (see kdcache._views.resolve_view_sources).
     requires_input: tuple[str, ...] = ()
+    # Input settings (size, mean, std, interpolation, crop_pct) read from the model's image processor (a Hugging
+    # Face model's preprocessor_config.json), not set by its architecture's code: the view message says so.
+    processor_input: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["mean"], d["std"] = list(self.mean), list(self.std)
-        if self.requires_input:
-            d["requires_input"] = list(self.requires_input)
-        else:
-            del d["requires_input"]
+        for k in ("requires_input", "processor_input"):  # written only when set: older checkpoints' dicts
+            if d[k]:
+                d[k] = list(d[k])
+            else:
+                del d[k]
         return d
 
     @classmethod
@@ -56,16 +60,18 @@ class ModelCfg:
         d = dict(d)
         d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
         d["requires_input"] = tuple(d.get("requires_input", ()))
+        d["processor_input"] = tuple(d.get("processor_input", ()))
         return cls(**d)
 
 
 def set_model_cfg(model: nn.Module, *, input_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD,
                   interpolation: str = "bilinear", crop_pct: float = 1.0,
-                  requires_input: tuple[str, ...] = ()) -> nn.Module:
+                  requires_input: tuple[str, ...] = (), processor_input: tuple[str, ...] = ()) -> nn.Module:
     """Attach a model's expected input (size, normalisation); ``create_model`` fills name/kwargs."""
     model.kdcache_cfg = ModelCfg(name="", input_size=int(input_size), mean=tuple(float(v) for v in mean),
                                  std=tuple(float(v) for v in std), interpolation=interpolation,
-                                 crop_pct=float(crop_pct), requires_input=tuple(requires_input))
+                                 crop_pct=float(crop_pct), requires_input=tuple(requires_input),
+                                 processor_input=tuple(processor_input))
     return model
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdcache._utils import optional_import
+from kdcache._utils import optional_import, temp_file
 from kdcache.errors import CheckpointError, ModelError
 from kdcache.models._cfg import ModelCfg
 from kdcache.models._registry import create_model, model_cfg
@@ -102,8 +101,7 @@ def _check_plain(value: Any, where: str) -> None:
 def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
     """Write through a temporary file in the same directory, then rename: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = temp_file(path.parent, path.name)  # the umask's mode (mkstemp's 0o600 would hide it from teammates)
     try:
         write(tmp)
         os.replace(tmp, path)

@@ -75,6 +75,7 @@ def _input_spec(processor: Any, ref: str) -> dict[str, Any]:
     spec: dict[str, Any] = {"input_size": crop or resize,
                             "mean": tuple(getattr(processor, "image_mean", None) or IMAGENET_MEAN),
                             "std": tuple(getattr(processor, "image_std", None) or IMAGENET_STD)}
+    read = ["size"] + [k for k in ("mean", "std") if getattr(processor, f"image_{k}", None)]
     if crop and resize > crop:
         spec["crop_pct"] = crop / resize          # resize to `resize`, centre-crop `crop` (DeiT, BEiT)
     elif isinstance(getattr(processor, "crop_pct", None), float) and 0 < processor.crop_pct <= 1:
@@ -83,6 +84,7 @@ def _input_spec(processor: Any, ref: str) -> dict[str, Any]:
     resample = int(getattr(resample, "value", resample)) if resample is not None else None
     if resample in _RESAMPLE:
         spec["interpolation"] = _RESAMPLE[resample]
+    spec["processor_input"] = tuple(read + [k for k in ("interpolation", "crop_pct") if k in spec])
     return spec
 
 

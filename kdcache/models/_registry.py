@@ -86,8 +86,11 @@ def _ensure_builtin_models() -> None:
 
 
 def list_models(tag: str | None = None) -> list[str]:
-    """Registered model names (sorted), optionally only those carrying ``tag``."""
+    """Registered model names (sorted), optionally only those carrying ``tag`` (one some model carries)."""
     _ensure_builtin_models()
+    known = sorted({t for e in _REGISTRY.values() for t in e.tags})
+    if tag is not None and tag not in known:
+        raise ModelError(f"unknown tag {tag!r}; known tags: {', '.join(known)}")
     return sorted(n for n, e in _REGISTRY.items() if tag is None or tag in e.tags)
 
 

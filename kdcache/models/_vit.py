@@ -155,10 +155,17 @@ class VisionTransformer(nn.Module):
                 x = torch.cat([x[:, :p], self.tokenlearner(x[:, p:])], dim=1)
         return self.norm(x)
 
-    def forward_head(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Tokens -> logits; DeiT: ``(cls_logits, dist_logits)`` in training, their average in eval."""
+    def forward_head(self, x: torch.Tensor, *, pre_logits: bool = False
+                     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Tokens -> logits; DeiT: ``(cls_logits, dist_logits)`` in training, their average in eval.
+
+        ``pre_logits=True``: the pooled vector the head reads (timm's convention); DeiT: the mean of the class
+        and distillation tokens, as timm's distilled DeiT defines it (eval logits average the two heads)."""
         if self.global_pool == "avg":
-            return self.head(self.head_drop(x[:, self.num_prefix_tokens:].mean(dim=1)))
+            pooled = self.head_drop(x[:, self.num_prefix_tokens:].mean(dim=1))
+            return pooled if pre_logits else self.head(pooled)
+        if pre_logits:
+            return self.head_drop(x[:, 0] if self.head_dist is None else (x[:, 0] + x[:, 1]) / 2)
         logits = self.head(self.head_drop(x[:, 0]))
         if self.head_dist is None:
             return logits

@@ -44,7 +44,7 @@ def resolve_heldout(data: DataConfig, val_split: str | None, test_split: str | N
         test = "test" if data.split != "test" and _has_split(data, "test") else None
     else:
         test = test_split or None
-    if val is None:
+    if val is None and val_split == AUTO:  # said when defaulted, not when asked for
         log("no validation split: best.pt is the last epoch (hold one out of the training data with "
             "`val_fraction`, or name one with `val_split`)")
     elif val == test:

@@ -33,7 +33,7 @@ from kdcache._config import ConfigBase
 from kdcache._orphans import exit_with_parent
 from kdcache._runtime import PRECISIONS, DistContext, resolve_precision, select_device
 from kdcache._teacher import TeacherSpec
-from kdcache._utils import recordable_config
+from kdcache._utils import check_model_kwargs, recordable_config
 from kdcache._views import EvalViews, FlatBatches, ReplayViews, ViewDraws, identity_collate, resolve_view_spec
 from kdcache.augment import ViewPipeline, ViewSpec
 from kdcache.augment._match import view_conflicts
@@ -114,6 +114,7 @@ class TrainConfig(ConfigBase):
 
     def __post_init__(self):
         super().__post_init__()
+        check_model_kwargs(self.model_kwargs, "model_args")
         for name in ("epochs", "batch_size", "views_per_image", "target_memory_mb", "accum_steps", "log_interval",
                      "repeated_views"):
             if getattr(self, name) < 1:
@@ -674,7 +675,7 @@ def train_teacher(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str
             cfg = _resolve_heldout(replace(cfg, loss=replace(cfg.loss, distill="none")), log if ctx.is_main else _quiet)
             run = _Run(cfg, ctx, num_classes=ds.num_classes, num_samples=len(ds), kind="teacher",
                        log=log if ctx.is_main else _quiet, extra_meta={"class_names": list(ds.class_names)})
-            spec = resolve_view_spec(model_cfg(run.model), cfg.view)
+            spec = resolve_view_spec(model_cfg(run.model), cfg.view, log=run.log, images=ds)  # says what it used
             run.meta["view_spec"] = spec.to_dict()  # travels in every checkpoint: evaluate uses these views
             pipeline = ViewPipeline(spec)
             pin = run.device.type == "cuda"

@@ -120,6 +120,7 @@ def test_train_teacher_then_dump_uses_the_training_size(tmp_path, tiny_h5):
     res = runner.invoke(cli, ["dump-teacher", "--data", tiny_h5, "--teacher-weights", str(tmp_path / "t" / "best.pt"),
                               "--views", "1", "--out", str(cache), "--workers", "0", "--no-progress"])
     assert res.exit_code == 0, res.output
-    assert "view input: size 16" in res.output and "best.pt (the views it was trained on)" in res.output
+    assert "view input: size 16" in res.output and "(from the views " in res.output
+    assert f"the views {tmp_path / 't' / 'best.pt'} was trained on)" in res.output
     info = runner.invoke(cli, ["info", str(cache)]).output
     assert "input 16" in info and "size 16" in info
