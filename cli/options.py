@@ -340,10 +340,10 @@ def library_errors(f: Callable) -> Callable:
         except KdcacheError as e:  # a DataLoader worker's error reads as the main process's one line
             raise click.ClickException(_flag_names(str(unwrap_worker_error(e)), click.get_current_context())) from e
         except KeyboardInterrupt:
-            raise click.ClickException("interrupted; rerun the same command to resume") from None
+            raise click.ClickException(_interrupted()) from None
         except RuntimeError:
             if received:  # a SIGTERM to the process group kills DataLoader workers too, and the loader says so
-                raise click.ClickException("interrupted; rerun the same command to resume") from None
+                raise click.ClickException(_interrupted()) from None
             raise
         except OSError as e:  # a path the library did not check itself: still one line, never a traceback
             where = f": {e.filename}" if e.filename else ""
@@ -352,6 +352,14 @@ def library_errors(f: Callable) -> Callable:
             restore()
 
     return wrapper
+
+
+def _interrupted() -> str:
+    """How to continue an interrupted command: a training run resumes with --resume, a dump by rerunning it."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and any(p.name == "resume" for p in ctx.command.params):
+        return "interrupted; rerun the same command with --resume to continue from the last checkpoint"
+    return "interrupted; rerun the same command to resume"
 
 
 def _flag_names(message: str, ctx: click.Context) -> str:

@@ -25,7 +25,7 @@ def run(*args, ok: bool = True):
 def two_runs(tmp_path, tiny_h5):
     common = ["--data", tiny_h5, "--teacher", "cnn_tiny", "--size", "16", "--batch-size", "16", "--workers", "0",
               "--no-progress"]
-    run("train-teacher", *common, "--epochs", "2", "--out", tmp_path / "a")
+    run("train-teacher", *common, "--epochs", "2", "--val-fraction", "0.25", "--out", tmp_path / "a")
     run("train-teacher", *common, "--epochs", "1", "--val-split", "none", "--out", tmp_path / "b")
     return tmp_path / "a", tmp_path / "b"
 

@@ -104,7 +104,7 @@ class TrainConfig(ConfigBase):
     scale_lr: bool = False              # lr × batch_size × accum_steps × world_size / 512 (DeiT)
     ema_decay: float | None = None      # model EMA (None: off), in (0, 1)
     ema_warmup: bool = True             # decay min(ema_decay, (1 + t) / (10 + t)) at update t
-    ema_select: bool = False            # the EMA is the checkpoints' model (best.pt by its val top-1, evaluate, export)
+    ema_select: bool = False            # the EMA is the checkpoints' model (best.pt chosen by its val top-1)
     precision: str = "fp32"             # fp32 | bf16 | fp16 (autocast; fp16 with a grad scaler)
     channels_last: bool = False
     compile: bool = False               # torch.compile the student

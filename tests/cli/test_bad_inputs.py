@@ -93,7 +93,8 @@ BAD_INPUTS = [
     ("quickstart into /proc", ["quickstart", "--out", "/proc/q"], "cannot create /proc/q"),
     ("train-student into an existing run",
      ["train-student", "--data", "{data}", "--cache", "{cache}", "--student", "cnn_tiny", "--out", "{run}"] + TRAIN,
-     "already holds a run (last.pt, best.pt, metrics.jsonl, config.json); continue it with --resume, replace it "
+     "already holds a run (last.pt, best.pt, metrics.jsonl, config.json, test.json); continue it with --resume, "
+     "replace it "
      "with --overwrite"),
     ("--resume with --overwrite",
      ["train-student", "--data", "{data}", "--cache", "{cache}", "--student", "cnn_tiny", "--out", "{run}",
@@ -111,9 +112,6 @@ BAD_INPUTS = [
     ("a text file as train-student's cache",
      ["train-student", "--data", "{data}", "--cache", "{text}", "--student", "cnn_tiny", "--out", "{tmp}/r2"] + TRAIN,
      "cache not found"),
-    ("--val-fraction on a non-folder source",
-     DUMP + ["--data", "{data}", "--val-fraction", "0.2", "--teacher-weights", "{teacher}", "--out", "{tmp}/x.zarr"],
-     "--val-fraction divides folder: sources only"),
     ("--val-fraction on a folder with split folders",
      DUMP + ["--data", "{imgs}", "--val-fraction", "0.2", "--teacher-weights", "{teacher}", "--out", "{tmp}/x.zarr"],
      "has split folders (train, val); --val-fraction only divides a folder without them"),

@@ -192,3 +192,24 @@ def test_an_explicit_size_the_checkpoint_records_too_is_not_a_contradiction(tmp_
         line = next(ln for ln in res.output.splitlines() if ln.startswith("view input:"))
         assert line.startswith(f"view input: {said}; mean 0.5 0.5 0.5, std 0.5 0.5 0.5, interpolation bilinear, "
                                f"crop_pct 1.0 (from the views {ckpt} was trained on)"), line
+
+
+def test_an_interrupted_training_run_says_to_resume_with_the_flag(tmp_path, tiny_h5, monkeypatch):
+    """Ctrl-C / SIGTERM of train-teacher (or train-student): continuing needs --resume, not the same command."""
+    from click.testing import CliRunner
+    from kdcache.cli.main import cli
+
+    from kdcache.train import _runner
+
+    real_end = _runner._Run.end_epoch
+
+    def end_then_interrupt(self, *a, **k):
+        real_end(self, *a, **k)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_runner._Run, "end_epoch", end_then_interrupt)
+    res = CliRunner().invoke(cli, ["train-teacher", "--data", tiny_h5, "--teacher", "cnn_tiny", "--size", "16",
+                                   "--epochs", "2", "--workers", "0", "--out", str(tmp_path / "t")])
+    assert res.exit_code == 1 and res.output.rstrip().endswith(
+        "interrupted; rerun the same command with --resume to continue from the last checkpoint"), res.output
+    assert (tmp_path / "t" / "last.pt").is_file()
