@@ -66,6 +66,7 @@ def _ops(spec: ViewSpec) -> list[dict[str, Any]]:
             "settings": {"p": spec.flip_prob},
             "recorded": ["flip"],
             "apply": f"if flip[i]: x = {_TVF}.horizontal_flip(x) (still uint8).",
+            "sampled_by": "flip = torch.rand(1) < p (one draw for every view, after the crop's)",
         },
         *[op.describe() for op in per_sample if op.stage == "uint8"],
         {
@@ -73,6 +74,7 @@ def _ops(spec: ViewSpec) -> list[dict[str, Any]]:
             "settings": {"dtype": "float32", "scale": True},
             "recorded": [],
             "apply": f"x = {_TVF}.to_dtype(x, torch.float32, scale=True), i.e. uint8 / 255 in [0, 1].",
+            "sampled_by": None,
         },
         *[op.describe() for op in per_sample if op.stage == "float"],
     ]
@@ -88,8 +90,9 @@ def _ops(spec: ViewSpec) -> list[dict[str, Any]]:
                 },
                 "recorded": ["mix_kind", "mix_partner", "mix_lam", "mix_box", "partner_crop", "partner_flip"],
                 "apply": (
-                    "If mix_kind[i] == 0 x is unchanged. Otherwise build the partner view xp of dataset "
-                    "sample mix_partner[i] with the ops above using partner_crop[i], "
+                    "If mix_kind[i] == 0 x is unchanged. Otherwise build the partner view xp of cache "
+                    "sample mix_partner[i] (a row of this cache: its key is sample_key[mix_partner[i]]) from "
+                    "that sample's source image with the ops above using partner_crop[i], "
                     "partner_flip[i] and the partner_ copy of every other op's arrays. mix_kind 1 (MixUp): x = x.mul(lam).add_(xp.mul(1 - lam)) in "
                     "float32 with lam = mix_lam[i]. mix_kind 2 (CutMix): with (y0, x0, y1, x1) = "
                     "mix_box[i] in output pixels, x[:, y0:y1, x0:x1] = xp[:, y0:y1, x0:x1]; mix_lam[i] "
@@ -111,6 +114,7 @@ def _ops(spec: ViewSpec) -> list[dict[str, Any]]:
             "settings": {"mean": list(spec.mean), "std": list(spec.std)},
             "recorded": [],
             "apply": f"x = {_TVF}.normalize(x, mean={list(spec.mean)}, std={list(spec.std)}).",
+            "sampled_by": None,
         }
     )
     return ops

@@ -64,6 +64,12 @@ class UnitLayout:
     def names(self) -> list[str]:
         return list(self.specs)
 
+    def on_disk(self, param_arrays: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+        """``view_spec.param_arrays`` (name -> shape, dtype) with each dtype as this layout stores it (the
+        crop arrays narrowed), so the description and the disk agree."""
+        return {n: {**d, "dtype": str(self.specs[n][1]) if n in self.specs else d["dtype"]}
+                for n, d in param_arrays.items()}
+
     @property
     def target_names(self) -> list[str]:
         """The teacher's targets of a view (what a student learns from)."""

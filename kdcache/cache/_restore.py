@@ -28,10 +28,20 @@ from kdcache.cache._metadata import (
     metadata_problem,
     rewrite_metadata,
 )
-from kdcache.cache._seal import SEAL_ATTR, SEAL_COPY_ATTR, seal_copy, seal_differences
+from kdcache.cache._seal import (
+    SEAL_ATTR,
+    SEAL_COPY_ATTR,
+    intact_copy,
+    make_seal,
+    seal_copy,
+    seal_differences,
+    seal_problem,
+    seal_required,
+)
 from kdcache.cache._store import FORMAT_VERSION, array_recipes
+from kdcache.errors import CacheMetadataError
 
-__all__ = ["restore_metadata"]
+__all__ = ["restore_metadata", "unseal", "sealed_copy"]
 
 
 def _doc(path: str, name: str, storage_options) -> dict[str, Any] | None:
@@ -42,26 +52,31 @@ def _doc(path: str, name: str, storage_options) -> dict[str, Any] | None:
         return None
 
 
-def _valid_copy(copy: Any) -> dict[str, Any] | None:
-    """The seal copy, if it is one and its values still have its digests."""
-    if not isinstance(copy, Mapping) or not isinstance(copy.get("seal"), Mapping) or \
-            not isinstance(copy.get("attrs"), Mapping):
-        return None
-    attrs = {**copy["attrs"], "fingerprint": copy["seal"].get("fingerprint")}
-    return dict(copy) if not seal_differences(attrs, copy["seal"]) else None
+def sealed_copy(path: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+    """The sealed attributes as created (the copy in ``done/zarr.json``, when it is one and intact): what a
+    dump rerun restores, so what it must go by before it has restored anything."""
+    copy = intact_copy((((_doc(path, "done", storage_options) or {}).get("attributes")) or {}).get(SEAL_COPY_ATTR))
+    return dict(copy["attrs"]) if copy is not None else None
 
 
 def restore_metadata(path: str, *, identity: CacheIdentity, layout: UnitLayout,
                      storage_options: Mapping[str, Any] | None = None,
-                     log: Callable[[str], None] = print) -> None:
+                     log: Callable[[str], None] = print,
+                     described: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
     """Repair the metadata of the cache at ``path`` for the dump command of ``identity`` and ``layout``
-    (see the module docstring); raises :class:`~kdcache.errors.CacheMetadataError` naming what to delete."""
+    (see the module docstring); raises :class:`~kdcache.errors.CacheMetadataError` naming what to delete.
+
+    Returns the attributes as they were before a reseal without a copy (see :func:`_reseal`), else None:
+    the caller must then check stored targets against the teacher and call :func:`unseal` with them when
+    they do not match. ``described``: the command's descriptive attributes (``view_spec``, ``teacher``,
+    ``dataset``), which a reseal without a copy takes over."""
     group_problem = metadata_problem(path, "", node="group", storage_options=storage_options)
     kids = child_nodes(path, storage_options)
     if group_problem == "is missing" and not kids:
-        return  # nothing there (or nothing Zarr): the dump's usual checks follow
+        return None  # nothing there (or nothing Zarr): the dump's usual checks follow
     done_doc = _doc(path, "done", storage_options)
-    copy = _valid_copy(((done_doc or {}).get("attributes") or {}).get(SEAL_COPY_ATTR))
+    raw_copy = ((done_doc or {}).get("attributes") or {}).get(SEAL_COPY_ATTR)
+    copy = intact_copy(raw_copy)
     delete = f"delete {path} and dump again"
 
     if group_problem is not None:
@@ -78,15 +93,24 @@ def restore_metadata(path: str, *, identity: CacheIdentity, layout: UnitLayout,
     doc = _doc(path, "", storage_options) or {}
     attrs = dict(doc.get("attributes") or {})
     if "kdcache_format" not in attrs or not attrs.get("ready"):
-        return  # not ours, or a half-created cache: the dump's own checks handle both
-    seal = attrs.get(SEAL_ATTR) if isinstance(attrs.get(SEAL_ATTR), Mapping) else None
-    if copy is not None and (seal is None or seal == copy["seal"] or not isinstance(seal.get("fields"), Mapping)):
+        return None  # not ours, or a half-created cache: the dump's own checks handle both
+    seal = attrs.get(SEAL_ATTR) if seal_problem(attrs.get(SEAL_ATTR)) is None else None
+    resealed: dict[str, Any] | None = None
+    if copy is not None and (seal != copy["seal"] or seal_differences(attrs, copy["seal"])):
         edited = seal_differences(attrs, copy["seal"])
-        if edited:
-            attrs = {**attrs, **copy["attrs"], "fingerprint": copy["seal"]["fingerprint"], SEAL_ATTR: copy["seal"]}
-            rewrite_metadata(path, group_attrs=attrs, storage_options=storage_options)
-            log(f"{path}: restored the sealed attributes edited after the dump ({', '.join(edited[:8])}) from the "
-                "copy in done/zarr.json")
+        if seal != copy["seal"]:
+            edited.append("seal (missing)" if SEAL_ATTR not in attrs else "seal")
+        attrs = {**attrs, **copy["attrs"], "fingerprint": copy["seal"]["fingerprint"], SEAL_ATTR: copy["seal"]}
+        rewrite_metadata(path, group_attrs=attrs, storage_options=storage_options)
+        log(f"{path}: restored the sealed attributes edited after the dump ({', '.join(edited[:8])}) from the "
+            "copy in done/zarr.json")
+    elif copy is None and seal is not None and raw_copy is not None and not seal_differences(attrs, seal) \
+            and isinstance(done_doc, dict) and list(attrs.get("view_arrays") or []) == layout.names:
+        _write_sealed(path, attrs, int(done_doc["shape"][1]), layout, storage_options)  # an edited copy
+        log(f"{path}: the seal copy in done/zarr.json was edited; rewrote it from the seal, which still matches "
+            "the description")
+    elif seal is None and seal_required(attrs, None) and copy is None:
+        attrs, resealed = _reseal(path, attrs, identity, layout, done_doc, storage_options, log, described or {})
     elif seal is None and attrs.get("fingerprint") == identity.fingerprint and attrs.get("identity") != \
             identity.to_dict():
         attrs = {**attrs, "identity": identity.to_dict()}
@@ -97,7 +121,7 @@ def restore_metadata(path: str, *, identity: CacheIdentity, layout: UnitLayout,
     damaged = {n: p for n in names
                if (p := metadata_problem(path, n, node="array", storage_options=storage_options)) is not None}
     if not damaged:
-        return
+        return resealed
     first, problem = next(iter(damaged.items()))
     if int(attrs.get("kdcache_format", 0)) != FORMAT_VERSION or not attrs.get("checksums"):
         raise metadata_error(path, first, f"{problem} and cannot be rewritten (a cache of format "
@@ -111,4 +135,48 @@ def restore_metadata(path: str, *, identity: CacheIdentity, layout: UnitLayout,
     rewrite_metadata(path, arrays={n: recipes[n] for n in damaged}, storage_options=storage_options)
     log(f"{path}: rewrote the metadata of {', '.join(damaged)} ({'; '.join(f'{n} {p}' for n, p in damaged.items())}); "
         "checking their chunks")
+    return resealed
 
+
+
+def _reseal(path: str, attrs: dict[str, Any], identity: CacheIdentity, layout: UnitLayout, done_doc: Any,
+            storage_options, log: Callable[[str], None], described: Mapping[str, Any]
+            ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A sealed cache whose seal is missing or garbled and whose copy is gone too: resealed from its stored
+    attributes when they describe this command (the caller then checks stored targets against the teacher);
+    otherwise refused, naming what to do."""
+    problem = "is missing" if SEAL_ATTR not in attrs else seal_problem(attrs[SEAL_ATTR])
+    why = ("done/zarr.json is unreadable too" if not isinstance(done_doc, dict) else
+           "this command is not the one the stored identity describes"
+           if attrs.get("fingerprint") != identity.fingerprint or attrs.get("identity") != identity.to_dict()
+           or list(attrs.get("view_arrays") or []) != layout.names else None)
+    if why is not None:
+        raise CacheMetadataError(
+            f"cache {path}: attribute 'seal' {problem}, done/zarr.json keeps no copy of it and {why}, so nothing "
+            "says what its targets mean; rerun the exact command that made it, or delete the cache and dump again",
+            file=metadata_location(path), problem=problem)
+    before = dict(attrs)
+    # what the command describes (the views, the teacher, the data) is taken from it; its configuration and
+    # software versions stay as stored (those of the run that computed the targets)
+    unsealed = {k: v for k, v in attrs.items() if k != SEAL_ATTR}
+    unsealed.update({k: described[k] for k in ("view_spec", "teacher", "dataset") if k in described})
+    attrs = {**unsealed, SEAL_ATTR: make_seal(unsealed)}
+    _write_sealed(path, attrs, int(done_doc["shape"][1]), layout, storage_options)
+    log(f"{path}: attribute 'seal' {problem} and done/zarr.json keeps no copy; resealed it from the stored "
+        "attributes, which are this command's (checking stored targets against the teacher)")
+    return attrs, before
+
+
+def _write_sealed(path: str, attrs: Mapping[str, Any], num_views: int, layout: UnitLayout,
+                  storage_options) -> None:
+    recipes = array_recipes(int(attrs["num_samples"]), num_views, layout, int(attrs["block_size"]),
+                            seal_copy(attrs) if SEAL_ATTR in attrs else None)
+    rewrite_metadata(path, group_attrs=attrs, arrays={"done": recipes["done"]}, storage_options=storage_options)
+
+
+def unseal(path: str, before: Mapping[str, Any], layout: UnitLayout,
+           storage_options: Mapping[str, Any] | None = None) -> None:
+    """Undo :func:`_reseal` (its stored targets did not match): the attributes as they were, no seal copy."""
+    done_doc = _doc(path, "done", storage_options) or {}
+    _write_sealed(path, dict(before), int((done_doc.get("shape") or [0, before.get("num_views", 1)])[1]), layout,
+                  storage_options)

@@ -39,7 +39,7 @@ from kdcache.cache._identity import CacheIdentity, dataset_differences
 from kdcache.cache._layout import UnitLayout
 from kdcache.cache._metadata import child_nodes, metadata_error, metadata_location, metadata_problem
 from kdcache.cache._remote import storage_error
-from kdcache.cache._seal import SEAL_ATTR, SEAL_COPY_ATTR, check_seal, make_seal, seal_copy
+from kdcache.cache._seal import SEAL_ATTR, SEAL_COPY_ATTR, check_seal, make_seal, seal_copy, stored_copy
 from kdcache.cache._targets import TargetMode
 from kdcache.errors import (
     CacheDamagedError,
@@ -164,7 +164,7 @@ class CacheStore:
             identity: CacheIdentity | None = CacheIdentity.from_dict(attrs["identity"])
         except (KeyError, TypeError, ValueError, AttributeError):
             identity = None  # named below, unless the seal names the edit first
-        check_seal(self.path, attrs, identity)  # nothing is read from a description edited after the dump
+        check_seal(self.path, attrs, identity, stored_copy(group))  # nothing read from an edited description
         self.identity = _attr(self.path, attrs, "identity", lambda _v: identity if identity is not None else
                               CacheIdentity.from_dict(_v))
         self.target_mode = _attr(self.path, attrs, "targets", TargetMode.parse)

@@ -18,9 +18,7 @@ is the same store a single process writes.
 from __future__ import annotations
 
 import os
-import queue
 import shutil
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -32,6 +30,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from kdcache._config import ConfigBase
+from kdcache._orphans import exit_with_parent
 from kdcache._runtime import DistContext, autocast, select_device, unwrap_worker_error
 from kdcache._teacher import TeacherSpec, build_teacher
 from kdcache._utils import recordable_config
@@ -52,8 +51,13 @@ from kdcache.cache._layout import VIEW_SEED, UnitLayout
 from kdcache.cache._remote import storage_errors
 from kdcache.cache._restore import restore_metadata
 from kdcache.data import DataConfig
+from kdcache.engine._advice import from_the_rerun
+from kdcache.engine._cache_views import existing_views, views_of_cache
 from kdcache.engine._lock import WriterLock, parse_shard
 from kdcache.engine._preflight import make_parents, preflight, remove_empty
+from kdcache.engine._reseal import confirm_reseal
+from kdcache.engine._space import space_hint
+from kdcache.engine._writer import _Writer
 from kdcache.errors import CacheError, CacheMismatchError, ConfigError, KdcacheError, TeacherOutputError
 
 __all__ = ["DumpConfig", "DumpSummary", "dump_teacher"]
@@ -117,11 +121,12 @@ def unit_layout(mode: TargetMode, spec: ViewSpec, ds) -> UnitLayout:
 
 
 def _prepare_store(cfg: DumpConfig, ds, identity: CacheIdentity, attrs: dict[str, Any], spec: ViewSpec,
-                   log: Callable[[str], None]) -> CacheStore:
+                   log: Callable[[str], None], teacher=None) -> CacheStore:
     """Create, resume or extend the store (rank 0 only). Never modifies a cache that does not match."""
     # Damaged metadata or an edited description: rebuilt from the seal's copy and this command, or named.
-    restore_metadata(cfg.out, identity=identity, layout=unit_layout(TargetMode.parse(identity.targets), spec, ds),
-                     storage_options=cfg.storage_options, log=log)
+    layout = unit_layout(TargetMode.parse(identity.targets), spec, ds)
+    unsealed = restore_metadata(cfg.out, identity=identity, layout=layout, storage_options=cfg.storage_options,
+                                log=log, described=attrs)
     existing = CacheStore.peek_attrs(cfg.out, cfg.storage_options)
     create_new = existing is None
     if existing is not None:
@@ -143,10 +148,16 @@ def _prepare_store(cfg: DumpConfig, ds, identity: CacheIdentity, attrs: dict[str
                 block_size=cfg.block_size, storage_options=cfg.storage_options)
         except OSError as e:
             removed = _remove_new_store(cfg.out) if existing is None else False
-            raise CacheError(f"cannot create {cfg.out}: {e.strerror or e}"
+            raise CacheError(f"cannot create {cfg.out}: {e.strerror or e}{space_hint(e, cfg.out)}"
                              + ("; the half-made cache was removed" if removed else "")) from e
-    store = CacheStore.open(cfg.out, mode="r+", storage_options=cfg.storage_options)
+    try:
+        store = CacheStore.open(cfg.out, mode="r+", storage_options=cfg.storage_options)
+    except KdcacheError as e:  # what the repairs above could not fix: no "rerun this command" advice
+        raise from_the_rerun(e, cfg.out) from e
     store.check_identity(identity)
+    if unsealed is not None:  # resealed without a copy: only if the stored targets are this teacher's
+        confirm_reseal(store, unsealed, teacher.model, ViewPipeline(spec), ds, layout=layout, device=cfg.device,
+                       log=log)
     if not cfg.add_views and cfg.views is not None and cfg.views != store.num_views:
         raise ConfigError(f"{cfg.out} has {store.num_views} views, not {cfg.views}; "
                           f"use `add_views` {max(cfg.views - store.num_views, 1)} to compute more views")
@@ -161,7 +172,7 @@ def _prepare_store(cfg: DumpConfig, ds, identity: CacheIdentity, attrs: dict[str
         try:
             store.add_views(cfg.add_views)
         except OSError as e:
-            raise CacheError(f"cannot extend {cfg.out}: {e.strerror or e}") from e
+            raise CacheError(f"cannot extend {cfg.out}: {e.strerror or e}{space_hint(e, cfg.out)}") from e
         log(f"{cfg.out}: views {old} -> {store.num_views}")
     return store
 
@@ -183,7 +194,7 @@ def _repair(store: CacheStore, ds, log: Callable[[str], None]) -> None:
             store.rewrite_samples(ds.keys, ds.labels)
         store.clear_units(units)
     except OSError as e:
-        raise CacheError(f"cannot repair {store.path}: {e.strerror or e}") from e
+        raise CacheError(f"cannot repair {store.path}: {e.strerror or e}{space_hint(e, store.path)}") from e
 
 
 def _unit_arrays(layout: UnitLayout, logits: torch.Tensor, params: list[ViewParams], seeds: np.ndarray,
@@ -200,65 +211,6 @@ def _unit_arrays(layout: UnitLayout, logits: torch.Tensor, params: list[ViewPara
     if VIEW_SEED in layout.specs:  # derivable from (seed, key, view): stored by format 1 only
         out[VIEW_SEED] = seeds
     return out
-
-
-class _Writer:
-    """Writes finished units on a background thread, so the teacher's next forward overlaps the store write.
-
-    The queue holds at most ``depth`` blocks (memory stays flat). The first failure is kept and raised in
-    the dump's own thread at the next :meth:`submit` or at :meth:`close`; the unit that failed was not
-    marked done (``write_unit`` sets ``done`` last) and nothing after it is written.
-    """
-
-    def __init__(self, store: CacheStore, out: str, bar, depth: int = 2):
-        self.store, self.out, self.bar = store, out, bar
-        self.queue: queue.Queue = queue.Queue(maxsize=depth)
-        self.error: tuple[BaseException, str] | None = None
-        self.thread = threading.Thread(target=self._loop, name="kdcache-writer", daemon=True)
-        self.thread.start()
-
-    def _loop(self) -> None:
-        while (item := self.queue.get()) is not None:
-            if self.error is not None:
-                continue  # drain: nothing more is written after a failure
-            block, units = item
-            for view, arrays, where in units:
-                try:
-                    self.store.write_unit(block, view, arrays)
-                    self.bar.update(len(next(iter(arrays.values()))))
-                except BaseException as e:  # noqa: BLE001 - handed to the dump's thread
-                    self.error = (e, where)
-                    break
-
-    def submit(self, block: int, units: list[tuple[int, dict[str, np.ndarray], str]]) -> None:
-        self._raise()
-        self._put((block, units))
-
-    def close(self, *, raise_error: bool = True) -> None:
-        self._put(None)
-        self.thread.join()
-        if raise_error:
-            self._raise()
-
-    def _put(self, item) -> None:
-        # never block on a full queue whose reader has stopped (it always drains; this guards a dead thread)
-        while self.thread.is_alive():
-            try:
-                self.queue.put(item, timeout=0.5)
-                return
-            except queue.Full:
-                continue
-        if self.error is None:
-            self.error = (RuntimeError("the cache writer thread stopped unexpectedly"), "the writer")
-
-    def _raise(self) -> None:
-        if self.error is None:
-            return
-        e, where = self.error
-        if isinstance(e, OSError):
-            raise CacheError(f"writing {self.out} failed at {where}: {e.strerror or e}; "
-                             "earlier units are intact, rerun to resume") from e
-        raise e
 
 
 def dump_teacher(cfg: DumpConfig, *, progress: bool = True, log: Callable[[str], None] = print) -> DumpSummary:
@@ -298,8 +250,8 @@ def _after_failure(cfg: DumpConfig, ctx: DistContext) -> tuple[str, bool]:
     if not du.any():
         removed = _remove_new_store(cfg.out)
         return (f"nothing was computed, so {cfg.out} was removed" if removed else ""), removed
-    return (f"{int(du.sum())} of {du.size} units are done and kept in {cfg.out}: rerun the same command to "
-            "resume", False)
+    return (f"{int(du.sum())} of {du.size} units are done and kept in {cfg.out}: once the cause is fixed, rerun "
+            "the same command to resume", False)
 
 
 def _quiet(_msg: str) -> None:
@@ -351,14 +303,18 @@ def _dump(cfg: DumpConfig, mode: TargetMode, ctx: DistContext, *, progress: bool
     ds = cfg.data.open().preload()  # resident before forking workers: one shared copy
     mode.check_classes(ds.num_classes)
     teacher = build_teacher(cfg.teacher, num_classes=ds.num_classes)
-    spec, sources = resolve_view_sources(teacher.cfg, cfg.view, recorded=teacher.views,
-                                         recorded_from=teacher.views_from or "the checkpoint")
+    cached = existing_views(cfg.out, cfg.storage_options)  # a resume or --add-views: the cache's own views
+    spec, sources = (views_of_cache(cached, cfg.view, cfg.out) if cached is not None else
+                     resolve_view_sources(teacher.cfg, cfg.view, recorded=teacher.views,
+                                          recorded_from=teacher.views_from or "the checkpoint"))
     log(describe_view_sources(spec, sources))
     pipeline = ViewPipeline(spec)
     identity = CacheIdentity(teacher=teacher.identity(), dataset=dataset_identity(ds), view_spec=spec.replay_dict(),
                              seed=int(cfg.seed), targets=str(mode))
+    described = pipeline.describe()  # the parameter arrays' dtypes as stored (crop arrays narrowed)
+    described["param_arrays"] = unit_layout(mode, spec, ds).on_disk(described["param_arrays"])
     attrs = {
-        "view_spec": pipeline.describe(),
+        "view_spec": described,
         "teacher": teacher.describe(),
         "dataset": {**ds.describe(), "source": ds.source},
         "config": cfg.recorded(),  # no shard, no credentials
@@ -392,7 +348,7 @@ def _dump_locked(cfg: DumpConfig, ds, mode: TargetMode, ctx: DistContext, teache
                 lock.hold_meta(log=log)
                 try:
                     lock.acquire()
-                    store = _prepare_store(cfg, ds, identity, attrs, spec, log)
+                    store = _prepare_store(cfg, ds, identity, attrs, spec, log, teacher)
                 finally:
                     lock.release_meta()
         except KdcacheError as e:
@@ -432,7 +388,8 @@ def _dump_locked(cfg: DumpConfig, ds, mode: TargetMode, ctx: DistContext, teache
             loader = DataLoader(ViewDraws(ds, pipeline, cfg.seed),
                                 batch_sampler=BlockBatches(work, store.block_bounds, cfg.batch_size),
                                 num_workers=cfg.workers, collate_fn=identity_collate,
-                                pin_memory=device.type == "cuda")
+                                pin_memory=device.type == "cuda",
+                                worker_init_fn=exit_with_parent())  # no orphans when the dump is killed
             _run_blocks(teacher.model.to(device), iter(loader), work, store, pipeline, device, cfg, writer)
         finally:
             writer.close(raise_error=False)

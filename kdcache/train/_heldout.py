@@ -16,6 +16,7 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
+from kdcache._orphans import exit_with_parent
 from kdcache._views import EvalViews, identity_collate
 from kdcache.augment import ViewPipeline
 from kdcache.data import DataConfig
@@ -61,7 +62,7 @@ def eval_loader(data: DataConfig, split: str | None, pipeline: ViewPipeline, *, 
         return None
     ds = data.open(split).preload()
     return DataLoader(EvalViews(ds, pipeline), batch_size=max(batch_size, 256), shuffle=False, num_workers=workers,
-                      collate_fn=identity_collate, pin_memory=pin)
+                      collate_fn=identity_collate, pin_memory=pin, worker_init_fn=exit_with_parent())
 
 
 def write_test(out: str, stats: dict[str, Any]) -> str:

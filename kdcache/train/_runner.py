@@ -30,12 +30,13 @@ from torch.utils.data import DataLoader
 
 from kdcache import _teacher
 from kdcache._config import ConfigBase
+from kdcache._orphans import exit_with_parent
 from kdcache._runtime import PRECISIONS, DistContext, resolve_precision, select_device
 from kdcache._teacher import TeacherSpec
 from kdcache._utils import check_model_kwargs, recordable_config
 from kdcache._views import EvalViews, FlatBatches, ReplayViews, ViewDraws, identity_collate, resolve_view_spec
 from kdcache.augment import ViewPipeline, ViewSpec
-from kdcache.augment._presets import expand_preset
+from kdcache.augment._match import view_conflicts
 from kdcache.cache import CacheStore
 from kdcache.data import DataConfig
 from kdcache.errors import CacheMismatchError, CheckpointError, ConfigError, KdcacheError
@@ -507,7 +508,7 @@ def _heldout_loaders(cfg: TrainConfig, pipeline: ViewPipeline, pin: bool):
 
 def _loader(dataset, batches: list, cfg: TrainConfig, pin: bool) -> DataLoader:
     return DataLoader(dataset, batch_sampler=batches, num_workers=cfg.workers, collate_fn=identity_collate,
-                      pin_memory=pin)
+                      pin_memory=pin, worker_init_fn=exit_with_parent())  # no orphans when the run is killed
 
 
 def train_student(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str], None] = print) -> dict:
@@ -548,7 +549,9 @@ def train_student(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str
             meta["view_spec"] = spec.to_dict()
             pipeline = ViewPipeline(spec)
             cfg = _resolve_heldout(cfg, log if ctx.is_main else _quiet)
-            run = _Run(cfg, ctx, num_classes=ds.num_classes, num_samples=len(ds), kind="student",
+            # config.json records the views used: a cached run's are the cache's, whatever options were given
+            recorded = replace(cfg, view=_cache_views(store)) if store is not None else cfg
+            run = _Run(recorded, ctx, num_classes=ds.num_classes, num_samples=len(ds), kind="student",
                        log=log if ctx.is_main else _quiet, extra_meta=meta)
             pin = run.device.type == "cuda"
             if online:
@@ -564,34 +567,21 @@ def train_student(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str
 
 def _check_asked_views(cfg: TrainConfig, store: CacheStore) -> None:
     """View options (or a preset) given with `cache` must describe the cache's own views: they cannot change
-    them, so any that differ are refused by name."""
+    them, so any that differ are refused by name (a preset states its defaults too: kdcache.augment._match)."""
     if not cfg.view:
         return
-    preset, explicit, name = expand_preset(cfg.view)
-    asked = {**{k: (v, f"`preset` {name}") for k, v in preset.items()},
-             **{k: (v, f"`{k}`") for k, v in explicit.items()}}
-    have = ViewSpec.from_dict(store.identity.view_spec).to_dict()
-    differ = []
-    for k, (v, src) in asked.items():
-        want = list(v) if isinstance(v, tuple) else v
-        if k not in have or not _same_setting(have[k], want):
-            differ.append(f"{k} {_fmt_setting(want)} (asked by {src}) != {_fmt_setting(have.get(k))} (cache)")
+    differ = view_conflicts(cfg.view, ViewSpec.from_dict(store.identity.view_spec))
     if differ:
         raise ConfigError(f"view options conflict with `cache`: the views are the cache's ({cfg.cache}): "
                           f"{'; '.join(differ)}; drop them, or drop `cache` to draw views from the online "
                           "teacher's input")
 
 
-def _same_setting(a: Any, b: Any) -> bool:
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_same_setting(x, y) for x, y in zip(a, b))
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
-        return abs(float(a) - float(b)) <= 1e-9 * max(1.0, abs(float(a)))
-    return a == b
-
-
-def _fmt_setting(v: Any) -> str:
-    return " ".join(f"{x:.4g}" for x in v) if isinstance(v, list) else str(v)
+def _cache_views(store: CacheStore) -> dict[str, Any]:
+    """The views a cached run uses, as its recorded `view`: the cache's whole spec (and its preset's name)."""
+    view = ViewSpec.from_dict(store.identity.view_spec).to_dict()
+    preset = ((store.attrs.get("config") or {}).get("view") or {}).get("preset")
+    return {**({"preset": preset} if preset else {}), **view}
 
 
 # train-student warns from this many replays of each cached view (epochs / views) on
@@ -754,7 +744,7 @@ def _evaluate_views(model: nn.Module, spec: ViewSpec, ds, *, batch_size: int, wo
     dev = select_device(device)
     model.to(dev)
     loader = DataLoader(EvalViews(ds, ViewPipeline(spec)), batch_size=batch_size, num_workers=workers,
-                        collate_fn=identity_collate)
+                        collate_fn=identity_collate, worker_init_fn=exit_with_parent())
     t0 = time.perf_counter()
     stats = evaluate(model, loader, device=dev)
     stats["seconds"] = time.perf_counter() - t0

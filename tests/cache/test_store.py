@@ -220,7 +220,9 @@ def test_cache_made_before_checksums_stays_readable_and_names_undecodable_chunks
     monkeypatch.setattr(store_module, "_WRITE_ALL", {"write_empty_chunks": False})
     _create(path)
     g = zarr.open_group(path, mode="r+")
-    g.attrs.put({k: v for k, v in g.attrs.items() if k not in ("checksums", "seal")})  # as made before both
+    # as made before both (format 1: no seal, and no seal copy in done/zarr.json)
+    g.attrs.put({**{k: v for k, v in g.attrs.items() if k not in ("checksums", "seal")}, "kdcache_format": 1})
+    g["done"].attrs.put({})
     store = CacheStore.open(path, mode="r+")
     for b in range(store.num_blocks):
         store.write_unit(b, 0, _unit(store, b, 0.0))  # all-zero logits: zarr skips those chunks

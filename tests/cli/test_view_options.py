@@ -47,8 +47,13 @@ def test_a_preset_with_overrides_is_recorded_printed_and_checked_by_students(tmp
     # a student asking for the cache's own preset trains; one asking for another is refused by option
     train = ["train-student", "--data", tiny_h5, "--cache", str(cache), "--student", "cnn_tiny", "--epochs", "1",
              "--val-split", "none", "--workers", "0", "--no-progress"]
-    ok = CliRunner().invoke(cli, [*train, "--out", str(tmp_path / "r1"), "--preset", "cifar", "--padding", "2"])
+    ok = CliRunner().invoke(cli, [*train, "--out", str(tmp_path / "r1"), "--preset", "cifar", "--padding", "2",
+                                  "--color-jitter", "0.3", "--reprob", "0.25", "--remode", "pixel"])
     assert ok.exit_code == 0, ok.output
+    # the preset alone states no jitter and no erasing (its defaults): not the views this cache holds (issue 29)
+    partial = _one_line(CliRunner().invoke(cli, [*train, "--out", str(tmp_path / "r3"), "--preset", "cifar",
+                                                 "--padding", "2"]))
+    assert "color_jitter 0 0 0 0 (asked by --preset cifar, its default) != 0.3 0.3 0.3 0 (cache)" in partial
     bad = _one_line(CliRunner().invoke(cli, [*train, "--out", str(tmp_path / "r2"), "--preset", "deit-cifar"]))
     assert "conflict with --cache" in bad and "auto_augment rand-m9-mstd0.5-inc1 (asked by --preset deit-cifar) " \
            "!= none (cache)" in bad and "padding 4 (asked by --preset deit-cifar) != 2 (cache)" in bad
@@ -78,3 +83,70 @@ def test_bad_view_options_are_one_line_errors(tmp_path, tiny_h5, tiny_teacher, e
     line = _one_line(_dump(tiny_h5, tiny_teacher, out, *extra))
     assert message in line, line
     assert not out.exists()  # nothing half-written
+
+
+# ---------------------------------------------------------------- issue 29: options that match
+def _deit_cifar(tmp_path, tiny_h5, tiny_teacher):
+    cache = tmp_path / "dc.zarr"
+    res = _dump(tiny_h5, tiny_teacher, cache, "--preset", "deit-cifar", "--block-size", "16")
+    assert res.exit_code == 0, res.output
+    return cache
+
+
+def _train(tiny_h5, cache, out, *extra):
+    return CliRunner().invoke(cli, ["train-student", "--data", tiny_h5, "--cache", str(cache), "--student",
+                                    "cnn_tiny", "--epochs", "1", "--val-split", "none", "--workers", "0",
+                                    "--no-progress", "--out", str(out), *extra])
+
+
+def test_a_preset_states_its_defaults_against_a_cache(tmp_path, tiny_h5, tiny_teacher):
+    """--preset cifar on a deit-cifar cache: refused, naming each option and the cache's value; nothing trained."""
+    cache = _deit_cifar(tmp_path, tiny_h5, tiny_teacher)
+    line = _one_line(_train(tiny_h5, cache, tmp_path / "r", "--preset", "cifar"))
+    for part in ("auto_augment none (asked by --preset cifar, its default) != rand-m9-mstd0.5-inc1 (cache)",
+                 "reprob 0.0 (asked by --preset cifar, its default) != 0.25 (cache)",
+                 "mix none (asked by --preset cifar, its default) != both (cache)"):
+        assert part in line, line
+    assert not (tmp_path / "r" / "config.json").exists()
+    line = _one_line(_train(tiny_h5, cache, tmp_path / "r", "--reprob", "0.5"))
+    assert "reprob 0.5 (asked by --reprob) != 0.25 (cache)" in line, line
+
+
+@pytest.mark.parametrize("extra", [[], ["--preset", "deit-cifar"], ["--preset", "deit-cifar", "--reprob", "0.25"]])
+def test_a_cached_run_records_the_cache_views(tmp_path, tiny_h5, tiny_teacher, extra):
+    cache = _deit_cifar(tmp_path, tiny_h5, tiny_teacher)
+    res = _train(tiny_h5, cache, tmp_path / "r", *extra)
+    assert res.exit_code == 0, res.output
+    rec = json.loads((tmp_path / "r" / "config.json").read_text())
+    view = rec["config"]["view"]
+    assert view["preset"] == "deit-cifar" and view["auto_augment"] == "rand-m9-mstd0.5-inc1"
+    assert (view["crop"], view["reprob"], view["mix"], view["size"]) == ("pad", 0.25, "both", 16)
+    assert {k: v for k, v in view.items() if k != "preset"} == rec["view_spec"]
+
+
+def test_add_views_uses_the_cache_views_and_checks_the_options_given(tmp_path, tiny_h5, tiny_teacher):
+    cache = _deit_cifar(tmp_path, tiny_h5, tiny_teacher)
+    grow = ["--block-size", "16", "--add-views", "1"]
+    bad = _one_line(_dump(tiny_h5, tiny_teacher, cache, *grow, "--preset", "cifar"))
+    assert "view options conflict with the cache" in bad and \
+        "auto_augment none (asked by --preset cifar, its default) != rand-m9-mstd0.5-inc1 (cache)" in bad, bad
+    assert CacheStore.open(str(cache)).num_views == 2
+    res = CliRunner().invoke(cli, ["dump-teacher", "--data", tiny_h5, "--teacher-weights", tiny_teacher, "--out",
+                                   str(cache), "--block-size", "16", "--add-views", "1", "--workers", "0",
+                                   "--no-progress"])  # no view options at all: the cache's own views
+    assert res.exit_code == 0, res.output
+    assert "(from the cache " in res.output and "rand-m9-mstd0.5-inc1" in res.output
+    assert CacheStore.open(str(cache)).num_views == 3
+    ok = _dump(tiny_h5, tiny_teacher, cache, "--block-size", "16", "--preset", "deit-cifar", "--views", "3")
+    assert ok.exit_code == 0, ok.output  # agreeing options: a plain resume
+
+
+def test_verify_takes_no_view_options(tmp_path, tiny_h5, tiny_teacher):
+    """verify always replays the cache's own views: a view option, as a flag or in a config file, is refused."""
+    cache = _deit_cifar(tmp_path, tiny_h5, tiny_teacher)
+    res = CliRunner().invoke(cli, ["verify", str(cache), "--teacher-weights", tiny_teacher, "--preset", "cifar"])
+    assert res.exit_code != 0 and "No such option '--preset'" in res.output, res.output
+    conf = tmp_path / "v.json"
+    conf.write_text(json.dumps({"preset": "cifar"}))
+    res = CliRunner().invoke(cli, ["verify", str(cache), "--config", str(conf), "--teacher-weights", tiny_teacher])
+    assert res.exit_code != 0 and "unknown option 'preset' for 'verify'" in res.output, res.output

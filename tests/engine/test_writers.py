@@ -31,7 +31,7 @@ from engine_support import (
 from kdcache.cli.main import cli
 
 from kdcache.engine._lock import WriterLock, lock_dir, parse_shard
-from kdcache.errors import CacheBusyError, ConfigError
+from kdcache.errors import CacheBusyError, CacheError, ConfigError
 
 TOTAL_VIEWS = N_TRAIN * VIEWS
 BUSY = re.compile(r"^Error: .* is being written by another dump-teacher \(pid (\d+) on host ")
@@ -211,3 +211,87 @@ def test_a_live_local_writer_is_never_stale_and_beats(tmp_path, monkeypatch):
     assert json.loads(open(os.path.join(lock_dir(out), "shard-0-of-2")).read())["heartbeat"] > first
     lock.release()
     assert not os.path.exists(lock_dir(out))
+
+
+# ---------------------------------------------------------------- issue 29: locks that recover
+BAD_LOCKS = {
+    "empty": lambda p: open(p, "wb").close(),
+    "garbage": lambda p: open(p, "wb").write(b"\x00\x13not json at all"),
+    "json but no lock": lambda p: open(p, "w").write('{"pid": null, "host": 3}'),
+    "unreadable (a folder)": lambda p: os.mkdir(p),
+}
+
+
+@pytest.mark.parametrize("how", list(BAD_LOCKS))
+@pytest.mark.parametrize("name", ["meta", "all"])
+def test_an_unreadable_lock_is_stale_at_once_and_named(tmp_path, name, how):
+    out = str(tmp_path / "c.zarr")
+    os.makedirs(lock_dir(out))
+    BAD_LOCKS[how](os.path.join(lock_dir(out), name))
+    said: list[str] = []
+    lock = WriterLock(out)
+    t0 = time.monotonic()
+    lock.hold_meta(wait=30, log=said.append)
+    lock.acquire()
+    assert time.monotonic() - t0 < 5
+    assert len(said) == 1 and said[0].startswith(f"{out}: took over the stale lock {lock_dir(out)}/{name}: it "), said
+    assert any(w in said[0] for w in ("empty", "no lock document", "cannot be read")), said
+    assert json.loads(open(os.path.join(lock_dir(out), "all")).read())["pid"] == os.getpid()
+    lock.release()
+    assert not os.path.exists(lock_dir(out))
+
+
+def test_a_dump_takes_over_empty_lock_files_in_one_line(world, tmp_path):
+    out = tmp_path / "c.zarr"
+    os.makedirs(lock_dir(str(out)))
+    for name in ("meta", "all"):
+        open(os.path.join(lock_dir(str(out)), name), "wb").close()  # a writer killed while creating them
+    t0 = time.monotonic()
+    res = CliRunner().invoke(cli, world.dump_args(out))
+    assert res.exit_code == 0, res.output
+    assert time.monotonic() - t0 < 60
+    took = [ln for ln in res.output.splitlines() if "took over the stale lock" in ln]
+    assert len(took) == 2 and all("it is empty" in ln for ln in took), res.output
+    assert "waiting" not in res.output and "pid None" not in res.output
+    assert not os.path.exists(lock_dir(str(out)))
+
+
+def test_lock_messages_never_print_absurd_ages(tmp_path):
+    out = str(tmp_path / "c.zarr")
+    os.makedirs(lock_dir(out))
+    other = {"pid": os.getppid(), "host": socket.gethostname(), "started": 0, "heartbeat": 0, "work": "all"}
+    with open(os.path.join(lock_dir(out), "all"), "w") as f:
+        json.dump(other, f)  # a live local writer that never beat (and a start stamp of 0)
+    with pytest.raises(CacheBusyError) as e:
+        WriterLock(out).acquire()
+    msg = str(e.value)
+    assert "last seen never (no heartbeat recorded)" in msg and "started at an unknown time" in msg, msg
+    assert "1970" not in msg and "pid None" not in msg
+
+
+def test_a_lock_that_cannot_be_written_leaves_nothing(tmp_path, monkeypatch):
+    """Out of space while writing the lock document: a one-line error naming the file and what to free, and no
+    empty lock left behind for the next run to trip on."""
+    import builtins
+    import errno
+
+    out = str(tmp_path / "c.zarr")
+    real_open = builtins.open
+
+    def full(path, mode="r", *a, **kw):
+        f = real_open(path, mode, *a, **kw)
+        if "w" in mode and str(path).startswith(lock_dir(out)):
+            def write(_data):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            f.write = write
+        return f
+
+    monkeypatch.setattr(builtins, "open", full)
+    with pytest.raises(CacheError, match=r"cannot write its lock file .*/meta: No space left on device.*"
+                                         r"free space on the filesystem of .* then run the same command again"):
+        WriterLock(out).hold_meta(log=lambda _m: None)
+    monkeypatch.undo()
+    assert os.listdir(lock_dir(out)) == []
+    lock = WriterLock(out)
+    lock.hold_meta(wait=1, log=lambda _m: None)
+    lock.release()
