@@ -53,7 +53,7 @@ from kdcache.cache import CacheStore
 from kdcache.data import DataConfig
 from kdcache.engine import DumpConfig, TeacherSpec, build_teacher, dump_teacher
 from kdcache.train import LossConfig, TrainConfig, train_student, train_teacher
-from kdcache.train._runner import _cached_epochs
+from kdcache.train._epochs import cached_epochs
 
 REPO = Path(__file__).resolve().parents[1]
 PAIRS = {"resnet": ("resnet50", "resnet18"), "deit": ("deit_small_patch16_224", "deit_tiny_patch16_224")}
@@ -171,7 +171,7 @@ def data_modes(data: DataConfig, ds, cache: str, args, device: torch.device) -> 
     def kdcache_path(r: int, m: int) -> float:
         cfg = TrainConfig(data=data, out="-", model="cnn_tiny", cache=cache, epochs=m, batch_size=args.batch_size,
                           workers=args.workers, device=str(device), seed=r, views_per_image=m)
-        loader, targets = _cached_epochs(store, ds, pipeline, cfg, ctx, pin)(0)
+        loader, targets = cached_epochs(store, ds, pipeline, cfg, ctx, pin)(0)
         warm = max(1, args.steps // 4) * m  # timed from here: without worker start-up
         t0, n = time.perf_counter(), 0
         try:

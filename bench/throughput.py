@@ -60,7 +60,7 @@ from kdcache.engine import DumpConfig, TeacherSpec, build_teacher, dump_teacher
 from kdcache.models import create_model
 from kdcache.train import DistillationLoss, LossConfig, TrainConfig, epoch_views, train_one_epoch
 from kdcache.train._ema import ModelEma
-from kdcache.train._runner import _cached_epochs
+from kdcache.train._epochs import cached_epochs
 from kdcache.train._stream import StreamedTargets, plan_epoch, store_window
 from kdcache.train._targets import OnlineTargets
 
@@ -151,11 +151,11 @@ def training_modes(ds, data: DataConfig, cache: str, spec: ViewSpec, teacher, ar
     ctx = DistContext.from_env("cpu")
 
     def cached(r: int, m: int) -> float:
-        # train-student's own epoch: plan, replay parameters and streamed targets (kdcache.train._runner)
+        # train-student's own epoch: plan, replay parameters and streamed targets (kdcache.train._epochs)
         cfg = TrainConfig(data=data, out="-", model=args.student, cache=cache, epochs=m, batch_size=args.batch_size,
                           workers=args.workers, device="cpu", seed=r, views_per_image=m,
                           loss=LossConfig(distill="soft"))
-        loader, targets = _cached_epochs(store, ds, pipeline, cfg, ctx, False)(0)
+        loader, targets = cached_epochs(store, ds, pipeline, cfg, ctx, False)(0)
         try:
             return kdcache_rate(loader, targets, ds, args.student, args, args.steps * m)
         finally:
@@ -186,7 +186,7 @@ def data_modes(ds, data: DataConfig, cache: str, spec: ViewSpec, args) -> dict:
     def kdcache_path(r: int, m: int) -> float:
         cfg = TrainConfig(data=data, out="-", model=args.student, cache=cache, epochs=m, batch_size=args.batch_size,
                           workers=args.workers, device="cpu", seed=r, views_per_image=m)
-        loader, targets = _cached_epochs(store, ds, pipeline, cfg, ctx, False)(0)
+        loader, targets = cached_epochs(store, ds, pipeline, cfg, ctx, False)(0)
         t0, n = time.perf_counter(), 0
         try:
             for step, batch in enumerate(loader):

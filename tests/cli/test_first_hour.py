@@ -199,15 +199,15 @@ def test_an_interrupted_training_run_says_to_resume_with_the_flag(tmp_path, tiny
     from click.testing import CliRunner
     from kdcache.cli.main import cli
 
-    from kdcache.train import _runner
+    from kdcache.train import _run
 
-    real_end = _runner._Run.end_epoch
+    real_end = _run.Run.end_epoch
 
     def end_then_interrupt(self, *a, **k):
         real_end(self, *a, **k)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(_runner._Run, "end_epoch", end_then_interrupt)
+    monkeypatch.setattr(_run.Run, "end_epoch", end_then_interrupt)
     res = CliRunner().invoke(cli, ["train-teacher", "--data", tiny_h5, "--teacher", "cnn_tiny", "--size", "16",
                                    "--epochs", "2", "--workers", "0", "--out", str(tmp_path / "t")])
     assert res.exit_code == 1 and res.output.rstrip().endswith(

@@ -15,7 +15,7 @@ from kdcache.augment import ViewParams
 from kdcache.errors import ConfigError, KdcacheError
 from kdcache.train import DistillationLoss, LossConfig, evaluate, train_one_epoch
 from kdcache.train._loop import label_targets
-from kdcache.train._runner import build_scheduler
+from kdcache.train._optim import build_scheduler
 from kdcache.train._targets import CachedTargets
 
 C = 4

@@ -152,7 +152,7 @@ def _cache(tmp_path, tiny_h5, teacher) -> str:
 
 
 def test_resume_with_ema_is_bit_exact_and_ema_select_saves_the_ema(tmp_path, tiny_h5, tiny_teacher, monkeypatch):
-    from kdcache.train import _runner as runner
+    from kdcache.train import _run as runner
 
     cache = _cache(tmp_path, tiny_h5, tiny_teacher)
     base = dict(data=DataConfig(source=tiny_h5), model="cnn_tiny", cache=cache, batch_size=16, workers=0,
@@ -160,17 +160,17 @@ def test_resume_with_ema_is_bit_exact_and_ema_select_saves_the_ema(tmp_path, tin
                 nesterov=True, weight_decay=5e-4)
     train_student(TrainConfig(out=str(tmp_path / "full"), **base), progress=False, log=lambda _m: None)
 
-    real_end = runner._Run.end_epoch
+    real_end = runner.Run.end_epoch
 
     def crash_after_first_epoch(self, epoch, *a, **k):
         real_end(self, epoch, *a, **k)
         if epoch == 0:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(runner._Run, "end_epoch", crash_after_first_epoch)
+    monkeypatch.setattr(runner.Run, "end_epoch", crash_after_first_epoch)
     with pytest.raises(KeyboardInterrupt):
         train_student(TrainConfig(out=str(tmp_path / "cut"), **base), progress=False, log=lambda _m: None)
-    monkeypatch.setattr(runner._Run, "end_epoch", real_end)
+    monkeypatch.setattr(runner.Run, "end_epoch", real_end)
     train_student(TrainConfig(out=str(tmp_path / "cut"), resume=True, **base), progress=False, log=lambda _m: None)
     full_model, full = load_checkpoint(str(tmp_path / "full" / "last.pt"))
     cut_model, cut = load_checkpoint(str(tmp_path / "cut" / "last.pt"))

@@ -13,13 +13,13 @@ from kdcache.data import DataConfig
 from kdcache.engine import TeacherSpec, build_teacher
 from kdcache.engine._verify import default_atol
 from kdcache.errors import ConfigError
-from kdcache.train import LossConfig, TrainConfig, _runner, train_student
+from kdcache.train import LossConfig, TrainConfig, _epochs, train_student
 from kdcache.train._stream import StreamedTargets
 
 
 def _run(tmp_path, tiny_h5, cache, monkeypatch, r, *, epochs=2, window=None):
     if window:
-        monkeypatch.setattr(_runner, "store_window", lambda *_a: window)
+        monkeypatch.setattr(_epochs, "store_window", lambda *_a: window)
     seen = []
     original = StreamedTargets.__call__
 

@@ -39,24 +39,24 @@ def test_hard_distillation_of_a_deit_student_raises_teacher_agreement(tmp_path, 
 def test_resume_after_interruption_reproduces_an_uninterrupted_run(tmp_path, tiny_h5, tiny_teacher, monkeypatch):
     import pytest
 
-    from kdcache.train import _runner as runner
+    from kdcache.train import _run as runner
 
     cache = _cache(tmp_path, tiny_h5, tiny_teacher)
     base = dict(data=DataConfig(source=tiny_h5), model="cnn_tiny", cache=cache, batch_size=16, workers=0,
                 val_split="test", epochs=3)
     train_student(TrainConfig(out=str(tmp_path / "full"), **base), progress=False, log=lambda _m: None)
 
-    real_end = runner._Run.end_epoch
+    real_end = runner.Run.end_epoch
 
     def crash_after_first_epoch(self, epoch, *a, **k):
         real_end(self, epoch, *a, **k)
         if epoch == 0:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(runner._Run, "end_epoch", crash_after_first_epoch)
+    monkeypatch.setattr(runner.Run, "end_epoch", crash_after_first_epoch)
     with pytest.raises(KeyboardInterrupt):
         train_student(TrainConfig(out=str(tmp_path / "cut"), **base), progress=False, log=lambda _m: None)
-    monkeypatch.setattr(runner._Run, "end_epoch", real_end)
+    monkeypatch.setattr(runner.Run, "end_epoch", real_end)
     logs: list[str] = []
     train_student(TrainConfig(out=str(tmp_path / "cut"), resume=True, **base), progress=False, log=logs.append)
     assert any("resumed" in m and "epoch 1" in m for m in logs)
@@ -192,7 +192,7 @@ def test_a_checkpoint_write_failure_keeps_the_last_checkpoint_and_says_so(tmp_pa
 
     import pytest
 
-    import kdcache.train._runner as runner
+    import kdcache.train._run as runner
     from kdcache.errors import CheckpointError
     from kdcache.train import train_teacher
 

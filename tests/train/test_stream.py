@@ -17,7 +17,7 @@ from kdcache.engine import DumpConfig, TeacherSpec, dump_teacher
 from kdcache.errors import CacheDamagedError
 from kdcache.models import create_model
 from kdcache.models._checkpoint import save_checkpoint
-from kdcache.train import LossConfig, TrainConfig, _runner, train_student
+from kdcache.train import LossConfig, TrainConfig, _epochs, train_student
 from kdcache.train._schedule import epoch_views
 from kdcache.train._stream import (
     StreamedTargets,
@@ -178,7 +178,7 @@ def test_train_student_warns_when_its_target_windows_hold_few_classes(tmp_path, 
     dump_teacher(DumpConfig(data=DataConfig(source=data), out=cache, teacher=TeacherSpec(weights=teacher), views=2,
                             view={"size": 16}, workers=0, block_size=16, device="cpu"), progress=False,
                  log=lambda _m: None)
-    monkeypatch.setattr(_runner, "store_window", lambda *_a: 1)  # a budget of one block (MB are too coarse here)
+    monkeypatch.setattr(_epochs, "store_window", lambda *_a: 1)  # a budget of one block (MB are too coarse here)
     for distill in ("soft", "none"):
         lines: list[str] = []
         train_student(TrainConfig(data=DataConfig(source=data), out=str(tmp_path / distill), model="cnn_tiny",

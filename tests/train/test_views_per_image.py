@@ -15,7 +15,7 @@ from kdcache.engine import TeacherSpec
 from kdcache.engine._verify import default_atol
 from kdcache.errors import ConfigError
 from kdcache.models._checkpoint import load_checkpoint
-from kdcache.train import LossConfig, TrainConfig, _runner, train_student
+from kdcache.train import LossConfig, TrainConfig, _epochs, train_student
 from kdcache.train._stream import StreamedTargets
 
 
@@ -52,7 +52,7 @@ def _key(batch, row, t):
 def test_m_views_per_decode_train_on_the_same_views_and_targets(tmp_path, tiny_h5, tiny_teacher, cache,
                                                                  monkeypatch, decodes, window):
     if window:  # stream the targets one cache block per window (what a small --target-memory-mb does)
-        monkeypatch.setattr(_runner, "store_window", lambda *_a: window)
+        monkeypatch.setattr(_epochs, "store_window", lambda *_a: window)
     one, dec1 = _run(tmp_path, tiny_h5, cache, "m1", 1, monkeypatch, decodes)
     two, dec2 = _run(tmp_path, tiny_h5, cache, "m2", 2, monkeypatch, decodes)
     # the same (sample, view, targets) over the run; the schedule counts samples: same number of steps
