@@ -14,7 +14,12 @@ from typing import Any
 
 from kdcache.errors import KdcacheError, StorageError
 
-__all__ = ["storage_error", "storage_errors"]
+__all__ = ["is_url", "storage_error", "storage_errors"]
+
+def is_url(path: str) -> bool:
+    """A cache path that is an fsspec URL (``s3://bucket/c.zarr``), not a local path."""
+    return "://" in str(path)
+
 
 _CONNECT_NAMES = ("EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError", "ConnectionError",
                   "ServerDisconnectedError", "ReadTimeoutError")

@@ -18,31 +18,31 @@ That gives the properties the dump engine and the readers rely on:
 Metadata (creating arrays, resizing for added views, attributes) is changed by one
 process only; creation marks the group ``ready`` last, so an interrupted creation is
 detected and redone.
+
+This module opens, creates and writes a cache; reading units lives in ``_reader`` (``UnitReader``), chunk
+geometry, existence and damage in ``_chunks`` (``ChunkAccess``), the arrays' codecs in ``_codecs``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import zarr
-from zarr.abc.codec import ArrayBytesCodec, BytesBytesCodec
-from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
-from zarr.core.buffer import default_buffer_prototype
-from zarr.core.sync import sync
 
-from kdcache.cache._damage import Damage, damage_error
+from kdcache.cache import _codecs
+from kdcache.cache._codecs import array_recipes
+from kdcache.cache._damage import damage_error
 from kdcache.cache._identity import CacheIdentity, dataset_differences
 from kdcache.cache._layout import UnitLayout
 from kdcache.cache._metadata import child_nodes, metadata_error, metadata_location, metadata_problem
-from kdcache.cache._remote import storage_error
-from kdcache.cache._seal import SEAL_ATTR, SEAL_COPY_ATTR, check_seal, make_seal, seal_copy, stored_copy
+from kdcache.cache._reader import UnitReader
+from kdcache.cache._remote import is_url, storage_error
+from kdcache.cache._seal import SEAL_ATTR, check_seal, make_seal, seal_copy, stored_copy
 from kdcache.cache._targets import TargetMode
 from kdcache.errors import (
-    CacheDamagedError,
     CacheError,
     CacheIncompleteError,
     CacheMetadataError,
@@ -57,41 +57,6 @@ __all__ = ["CacheStore", "FORMAT_VERSION", "DEFAULT_BLOCK_SIZE", "is_url", "arra
 # Format-1 and -2 caches stay readable and writable.
 FORMAT_VERSION = 3
 DEFAULT_BLOCK_SIZE = 1024
-_PROTOTYPE = default_buffer_prototype()
-# Chosen by measurement (bench/storage.py's codec table). Blosc(zstd) with byte shuffle: float16 logits
-# compress best when their high and low bytes are grouped (level 5: level 9 saves under 1% and encodes 20x
-# slower). Multi-byte integers spread over their low bits (class indices, crop boxes, labels) use bit
-# shuffle, which strips their unused high bits; the quantised top-k increments (small uint16 values)
-# compress best byte-shuffled at level 9; one-byte arrays (flips, masks) zstd level 9 alone.
-_COMPRESSOR = BloscCodec(cname="zstd", clevel=5, shuffle="shuffle")
-_INT_COMPRESSOR = BloscCodec(cname="zstd", clevel=9, shuffle="bitshuffle")
-_SMALL_INT_COMPRESSOR = BloscCodec(cname="zstd", clevel=9, shuffle="shuffle")
-_BYTE_COMPRESSOR = BloscCodec(cname="zstd", clevel=9, shuffle="noshuffle")
-# Every chunk ends with its CRC32C (the last bytes codec), so changed bytes fail to decode
-# instead of decoding to other numbers; see kdcache/cache/_integrity.py.
-_COMPRESSORS = (_COMPRESSOR, Crc32cCodec())
-_KEY_COMPRESSORS = (ZstdCodec(level=0), Crc32cCodec())  # zarr's default for strings, plus the checksum
-# Every chunk is written, even one equal to the fill value, so a missing chunk is damage.
-_WRITE_ALL = {"write_empty_chunks": True}
-_KEY_CHUNK = 16384
-
-
-def _compressors(dtype: Any, name: str = "") -> tuple:
-    """The codecs of a new array ``name`` of ``dtype`` (format 2; see the notes on the compressors above)."""
-    dt = np.dtype(dtype)
-    if name == "topk_steps":
-        return (_SMALL_INT_COMPRESSOR, *_COMPRESSORS[1:])
-    if dt.itemsize == 1:
-        return (_BYTE_COMPRESSOR, *_COMPRESSORS[1:])
-    if dt.kind in "iu":
-        return (_INT_COMPRESSOR, *_COMPRESSORS[1:])
-    return _COMPRESSORS
-
-
-def is_url(path: str) -> bool:
-    return "://" in str(path)
-
-
 def _open_group(path: str, mode: str, storage_options: Mapping[str, Any] | None,
                 attributes: Mapping[str, Any] | None = None) -> zarr.Group:
     kw: dict[str, Any] = {}
@@ -100,25 +65,6 @@ def _open_group(path: str, mode: str, storage_options: Mapping[str, Any] | None,
     if attributes is not None:
         kw["attributes"] = dict(attributes)
     return zarr.open_group(str(path), mode=mode, **kw)
-
-
-def array_recipes(n: int, num_views: int, layout: UnitLayout, block_size: int,
-                  seal_copy: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
-    """``create_array`` arguments of every array of a new cache, by name (creation, and the rewrite of a
-    damaged ``zarr.json``, which must produce the same bytes). ``done`` carries a copy of the seal."""
-    out: dict[str, dict[str, Any]] = {
-        "sample_key": dict(shape=(n,), chunks=(min(n, _KEY_CHUNK),), dtype=str, compressors=_KEY_COMPRESSORS,
-                           config=_WRITE_ALL),
-        "label": dict(shape=(n,), chunks=(min(n, _KEY_CHUNK),), dtype="int32", compressors=_compressors("int32"),
-                      fill_value=0, config=_WRITE_ALL),
-    }
-    for name, (trail, dtype) in layout.specs.items():
-        out[name] = dict(shape=(n, num_views, *trail), chunks=(block_size, 1, *trail), dtype=dtype,
-                         compressors=_compressors(dtype, name), fill_value=0, config=_WRITE_ALL)
-    out["done"] = dict(shape=(n, num_views), chunks=(block_size, 1), dtype=bool, compressors=_compressors(bool),
-                       fill_value=False, config=_WRITE_ALL,
-                       attributes={SEAL_COPY_ATTR: dict(seal_copy)} if seal_copy is not None else None)
-    return out
 
 
 def _attr(path: str, attrs: Mapping[str, Any], key: str, parse):
@@ -148,7 +94,7 @@ def _check_group_metadata(path: str, storage_options: Mapping[str, Any] | None) 
     raise metadata_error(path, "", problem + there)
 
 
-class CacheStore:
+class CacheStore(UnitReader):
     """A handle on one cache. Use :meth:`create` or :meth:`open`; never construct directly."""
 
     def __init__(self, group: zarr.Group, path: str, *, writable: bool,
@@ -330,7 +276,7 @@ class CacheStore:
         return self._arrays[name]
 
     def _writable_array(self, name: str) -> zarr.Array:
-        return self.array(name).with_config(_WRITE_ALL)
+        return self.array(name).with_config(_codecs.WRITE_ALL)
 
     def arrays(self) -> dict[str, zarr.Array]:
         """Every array of the group by name (sorted), for tools that copy the whole store."""
@@ -434,243 +380,6 @@ class CacheStore:
         self.num_views = new_v
         return new_v
 
-    # ------------------------------------------------------------------ reading
-    def read_unit(self, block: int, view: int, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
-        """One unit's per-view arrays; a missing or corrupt chunk raises :class:`CacheDamagedError`."""
-        names = list(names or self.view_array_names)
-        coords = {n: self.unit_chunk(n, block, view) for n in names}
-        missing = self._missing_keys([(n, c) for n, c in coords.items()])
-        if missing:
-            raise damage_error(self.path, [self.chunk_damage(n, c, "missing") for n, c in missing])
-        return {n: self.read_chunk(n, c, check_exists=False) for n, c in coords.items()}
-
-    def read_views(self, views_per_block: Sequence[int], names: Iterable[str] | None = None, *,
-                   blocks: Iterable[int] | None = None) -> dict[str, np.ndarray]:
-        """Gather, for every sample, the arrays of the view chosen for its block.
-
-        One chunk-aligned read per block and array: the access pattern the chunking is made for.
-        ``blocks`` reads only those blocks (a rank's share of an epoch); the other samples' rows of
-        the returned (num_samples, ...) arrays are left unset. Choose done units: in a checksummed
-        cache a unit never written has no chunks, and reading it raises :class:`CacheDamagedError`
-        like a deleted one (never the fill value).
-        """
-        names = list(names or self.view_array_names)
-        if len(views_per_block) != self.num_blocks:
-            raise CacheError(f"need one view per block ({self.num_blocks}), got {len(views_per_block)}")
-        wanted = range(self.num_blocks) if blocks is None else sorted({int(b) for b in blocks})
-        units = self.read_units([(b, int(views_per_block[b])) for b in wanted], names)
-        out: dict[str, np.ndarray] = {}
-        for name in names:
-            arr = self.array(name)
-            buf = np.empty((self.num_samples, *arr.shape[2:]), dtype=arr.dtype)
-            for b in wanted:
-                b0, b1 = self.block_bounds(b)
-                buf[b0:b1] = units[b, int(views_per_block[b])][name]
-            out[name] = buf
-        return out
-
-    def read_units(self, units: Sequence[tuple[int, int]], names: Iterable[str] | None = None
-                   ) -> dict[tuple[int, int], dict[str, np.ndarray]]:
-        """The arrays of these (block, view) units: one chunk read each (remote stores: all in flight at once).
-
-        Existence is checked for all of them at once first (a missing chunk is damage, never the
-        fill value); a chunk whose bytes fail their checksum raises :class:`CacheDamagedError`.
-        """
-        names = list(names or self.view_array_names)
-        units = [(int(b), int(v)) for b, v in units]
-        wanted = [(n, self.unit_chunk(n, b, v)) for b, v in units for n in names]
-        arrays = {n: self.array(n) for n in names}
-        out: dict[tuple[int, int], dict[str, np.ndarray]] = {u: {} for u in units}
-        root = self._local_root()
-        if root is not None:
-            # A local store: each chunk file read and decoded here by the array's own codecs, without a
-            # trip through zarr's event loop (about a millisecond a chunk; reads of small chunks are all
-            # overhead otherwise). Opening the file is the existence check; at the first missing chunk,
-            # every missing one of the read is named.
-            try:
-                for n, c in wanted:
-                    out[c[0], c[1]][n] = self._decode_local(root, arrays[n], n, c)
-            except CacheDamagedError:
-                missing = self._missing_keys(wanted)
-                if missing:
-                    raise damage_error(self.path, [self.chunk_damage(n, c, "missing") for n, c in missing]) from None
-                raise
-            return out
-        missing = self._missing_keys(wanted)
-        if missing:
-            raise damage_error(self.path, [self.chunk_damage(n, c, "missing") for n, c in missing])
-        # Other stores: all chunks in one trip through zarr's event loop, requests in flight at once.
-        results = sync(_gather([arrays[n].async_array.getitem(self._chunk_selection(arrays[n], c))
-                                for n, c in wanted]))
-        for (n, c), a in zip(wanted, results):
-            out[c[0], c[1]][n] = np.asarray(a) if not isinstance(a, BaseException) else self._decode(arrays[n], n, c)
-        return out
-
-    def _local_root(self) -> str | None:
-        store = self._g.store_path.store
-        return str(store.root) if isinstance(store, zarr.storage.LocalStore) else None
-
-    def _decode_local(self, root: str, arr: zarr.Array, name: str, coords: tuple[int, ...]) -> np.ndarray:
-        """One chunk of a local store through the array's codecs (zarr's synchronous codec methods)."""
-        path = os.path.join(root, self.chunk_key(name, coords))
-        aa = arr.async_array
-        try:
-            with open(path, "rb") as f:
-                raw = f.read()
-        except FileNotFoundError:
-            if not self.checksums:  # a cache made before checksums: an unwritten chunk is its fill value
-                return self._decode(arr, name, coords)
-            raise damage_error(self.path, [self.chunk_damage(name, coords, "missing")]) from None
-        try:
-            spec = self._chunk_specs.get(name)
-            if spec is None:  # a regular grid: every chunk (edge ones too) is stored at the full chunk shape
-                spec = self._chunk_specs[name] = aa.metadata.get_chunk_spec(coords, aa.config, prototype=_PROTOTYPE)
-            to_bytes, *from_bytes = aa.metadata.codecs
-            if not isinstance(to_bytes, ArrayBytesCodec) or not all(isinstance(c, BytesBytesCodec)
-                                                                    for c in from_bytes):
-                return self._decode(arr, name, coords)  # other codec chains: zarr's own path
-            buf = _PROTOTYPE.buffer.from_bytes(raw)
-            for codec in reversed(from_bytes):
-                buf = codec._decode_sync(buf, spec)
-            chunk = to_bytes._decode_sync(buf, spec).as_numpy_array()
-        except (AttributeError, NotImplementedError):  # a codec without a synchronous decoder
-            return self._decode(arr, name, coords)
-        except Exception as e:  # noqa: BLE001 - whatever the codecs raise, the stored bytes are bad
-            raise self._corrupt(name, coords, e) from e
-        if arr.ndim == 1:
-            c0 = coords[0] * arr.chunks[0]
-            return chunk[:min(c0 + arr.chunks[0], arr.shape[0]) - c0]
-        b0, b1 = self.block_bounds(coords[0])
-        return chunk[:b1 - b0, 0]
-
-    def read_array(self, name: str, *, check_missing: bool = True) -> np.ndarray:
-        """A whole array, checked: a missing or corrupt chunk raises :class:`CacheDamagedError`.
-
-        For ``done`` and the per-sample arrays, whose chunks always exist, and small per-view arrays
-        (``check_missing=False``: units not done may lack chunks; the caller checks done units).
-        """
-        arr = self.array(name)
-        grid = self.chunk_grid(name)
-        missing = self._missing_keys([(name, c) for c in grid]) if check_missing else []
-        if missing:
-            raise damage_error(self.path, [self.chunk_damage(n, c, "missing") for n, c in missing])
-        root = self._local_root()
-        if root is not None and arr.ndim >= 2 and check_missing:
-            # per-view arrays and `done` (chunks of one block and one view) of a local store, chunk by chunk
-            out = np.empty(arr.shape, dtype=arr.dtype)
-            for c in grid:
-                b0, b1 = self.block_bounds(c[0])
-                out[b0:b1, c[1]] = self._decode_local(root, arr, name, c)
-            return out
-        try:
-            return np.asarray(arr[...])
-        except Exception:  # noqa: BLE001 - some chunk's bytes do not decode; find which ones
-            damage = self.locate_damage(name, grid)
-            if not damage:
-                raise
-            raise damage_error(self.path, damage) from None
-
-    def locate_damage(self, name: str, coords: Iterable[tuple[int, ...]]) -> list[Damage]:
-        """Decode these chunks one by one (after a multi-chunk read failed) and return the bad ones."""
-        damage: list[Damage] = []
-        arr = self.array(name)
-        for c in coords:
-            try:
-                self._decode(arr, name, c)
-            except CacheDamagedError as e:
-                damage.extend(e.damage)
-        return damage
-
-    # ------------------------------------------------------------------ chunks (integrity)
-    def unit_chunk(self, name: str, block: int, view: int) -> tuple[int, ...]:
-        """Chunk coordinates of unit (block, view) in a per-view array (or ``done``)."""
-        return (int(block), int(view), *(0,) * (len(self.array(name).shape) - 2))
-
-    def chunk_grid(self, name: str) -> list[tuple[int, ...]]:
-        """Coordinates of every chunk of ``name`` (per-view arrays: unit by unit)."""
-        arr = self.array(name)
-        if arr.ndim == 1:
-            return [(c,) for c in range(-(-arr.shape[0] // arr.chunks[0]))]
-        return [self.unit_chunk(name, b, v) for v in range(arr.shape[1]) for b in range(self.num_blocks)]
-
-    def chunk_key(self, name: str, coords: tuple[int, ...]) -> str:
-        """The chunk's key in the store (e.g. ``logits/c/3/1/0``)."""
-        arr = self.array(name)
-        return f"{arr.store_path.path}/{arr.metadata.encode_chunk_key(tuple(coords))}"
-
-    def chunk_location(self, name: str, coords: tuple[int, ...]) -> str:
-        """The chunk's path (file path for local caches, URL otherwise)."""
-        key = self.chunk_key(name, coords)[len(self._g.store_path.path):].lstrip("/")
-        return f"{self.path.rstrip('/')}/{key}" if is_url(self.path) else os.path.join(self.path, key)
-
-    def chunk_damage(self, name: str, coords: tuple[int, ...], problem: str, detail: str = "") -> Damage:
-        """A :class:`Damage` naming the chunk's unit (per-view arrays) or sample rows, and its path."""
-        arr = self.array(name)
-        if arr.ndim == 1:
-            c0 = coords[0] * arr.chunks[0]
-            return Damage(array=name, problem=problem, location=self.chunk_location(name, coords),
-                          samples=(c0, min(c0 + arr.chunks[0], arr.shape[0])), detail=detail)
-        return Damage(array=name, problem=problem, location=self.chunk_location(name, coords),
-                      block=int(coords[0]), view=int(coords[1]), samples=self.block_bounds(int(coords[0])),
-                      detail=detail)
-
-    def read_chunk(self, name: str, coords: tuple[int, ...], *, check_exists: bool = True) -> np.ndarray:
-        """One chunk's values (per-view arrays: without the view axis), checked."""
-        if check_exists and self._missing_keys([(name, coords)]):
-            raise damage_error(self.path, [self.chunk_damage(name, coords, "missing")])
-        return self._decode(self.array(name), name, coords)
-
-    def missing_chunks(self, name: str, coords: Sequence[tuple[int, ...]], *, listing: bool = False
-                       ) -> list[tuple[int, ...]]:
-        """Which of these chunks do not exist (always none for caches made without checksums).
-
-        ``listing`` lists the array's keys once instead of asking per chunk (for whole-array scans of
-        remote stores; a local stat per chunk is cheaper than walking the directory tree).
-        """
-        if not self.checksums or not coords:
-            return []
-        if not listing or isinstance(self._g.store_path.store, zarr.storage.LocalStore):
-            return [c for _, c in self._missing_keys([(name, c) for c in coords])]
-        arr = self.array(name)
-        prefix = f"{arr.store_path.path}/"
-        present = set(sync(_collect(arr.store_path.store.list_prefix(prefix))))
-        return [c for c in coords if self.chunk_key(name, c) not in present]
-
-    def _missing_keys(self, chunks: Sequence[tuple[str, tuple[int, ...]]]) -> list[tuple[str, tuple[int, ...]]]:
-        """(array, coords) pairs whose chunk does not exist; one batched round of ``exists`` calls."""
-        if not self.checksums or not chunks:
-            return []
-        store = self._g.store_path.store
-        keys = [self.chunk_key(n, c) for n, c in chunks]
-        if isinstance(store, zarr.storage.LocalStore):
-            # A stat per chunk in this thread: far cheaper than a trip through zarr's event loop each.
-            root = str(store.root)
-            found = [os.path.isfile(os.path.join(root, k)) for k in keys]
-        else:
-            found = sync(_exist(store, keys))  # remote stores: all requests in flight at once
-        return [nc for nc, ok in zip(chunks, found) if not ok]
-
-    def _chunk_selection(self, arr: zarr.Array, coords: tuple[int, ...]) -> tuple[Any, ...]:
-        if arr.ndim == 1:
-            c0 = coords[0] * arr.chunks[0]
-            return (slice(c0, min(c0 + arr.chunks[0], arr.shape[0])),)
-        b0, b1 = self.block_bounds(coords[0])
-        return (slice(b0, b1), coords[1])
-
-    def _decode(self, arr: zarr.Array, name: str, coords: tuple[int, ...]) -> np.ndarray:
-        """Read one chunk; bytes that fail their checksum or do not decode raise :class:`CacheDamagedError`."""
-        sel = self._chunk_selection(arr, coords)
-        try:
-            return np.asarray(arr[sel])
-        except Exception as e:  # noqa: BLE001 - whatever the codecs raise, the stored bytes are bad
-            raise self._corrupt(name, coords, e) from e
-
-    def _corrupt(self, name: str, coords: tuple[int, ...], e: Exception) -> CacheDamagedError:
-        msg = str(e)
-        detail = ("checksum mismatch: truncated or overwritten" if "checksum" in msg.lower()
-                  else f"cannot be decoded: {type(e).__name__}: {msg[:120]}")
-        return damage_error(self.path, [self.chunk_damage(name, coords, "corrupt", detail)])
-
     def nbytes_on_disk(self) -> int | None:
         """Bytes the store takes on its filesystem (None when the store cannot tell)."""
         if not is_url(self.path):
@@ -682,18 +391,6 @@ class CacheStore:
             return int(fs.du(p))
         except Exception:  # noqa: BLE001 - size is informational; some filesystems cannot report it
             return None
-
-
-async def _collect(it) -> list[str]:
-    return [k async for k in it]
-
-
-async def _gather(coros) -> list[Any]:
-    return list(await asyncio.gather(*coros, return_exceptions=True))
-
-
-async def _exist(store, keys: list[str]) -> list[bool]:
-    return list(await asyncio.gather(*(store.exists(k) for k in keys)))
 
 
 def _check_fits(name: str, value: np.ndarray, dtype: np.dtype) -> None:

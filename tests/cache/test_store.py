@@ -212,12 +212,12 @@ def test_cache_made_before_checksums_stays_readable_and_names_undecodable_chunks
     """A format-1 cache from before checksums (no crc32c codec, chunks equal to the fill value not
     written, no ``checksums`` attribute) reads as before: a chunk zarr skipped is not damage there.
     A chunk that no longer decodes is still named."""
-    import kdcache.cache._store as store_module
+    import kdcache.cache._codecs as codecs
 
     path = str(tmp_path / "old.zarr")
-    monkeypatch.setattr(store_module, "_COMPRESSORS", (store_module._COMPRESSOR,))
-    monkeypatch.setattr(store_module, "_KEY_COMPRESSORS", (ZstdCodec(level=0),))
-    monkeypatch.setattr(store_module, "_WRITE_ALL", {"write_empty_chunks": False})
+    monkeypatch.setattr(codecs, "_COMPRESSORS", (codecs._COMPRESSOR,))
+    monkeypatch.setattr(codecs, "_KEY_COMPRESSORS", (ZstdCodec(level=0),))
+    monkeypatch.setattr(codecs, "WRITE_ALL", {"write_empty_chunks": False})
     _create(path)
     g = zarr.open_group(path, mode="r+")
     # as made before both (format 1: no seal, and no seal copy in done/zarr.json)
