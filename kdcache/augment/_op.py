@@ -1,4 +1,4 @@
-"""The interface every per-sample view op follows, and the list of ops a spec turns on.
+"""The interface every per-sample view op follows (the ops themselves are listed in ``_oplist``).
 
 An op owns one idea (RandAugment, colour jitter, erasing, ...). It declares its parameter arrays (name ->
 trailing shape, numpy dtype), draws one view's parameters from the view's seeded stream (``make_params``:

@@ -21,7 +21,6 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -29,11 +28,9 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from kdcache._config import ConfigBase
 from kdcache._orphans import exit_with_parent
 from kdcache._runtime import DistContext, autocast, select_device, unwrap_worker_error
-from kdcache._teacher import TeacherSpec, build_teacher
-from kdcache._utils import recordable_config
+from kdcache._teacher import build_teacher
 from kdcache._views import (
     BlockBatches,
     ViewBatch,
@@ -50,9 +47,9 @@ from kdcache.cache._integrity import scan_cache
 from kdcache.cache._layout import VIEW_SEED, UnitLayout
 from kdcache.cache._remote import storage_errors
 from kdcache.cache._restore import restore_metadata
-from kdcache.data import DataConfig
 from kdcache.engine._advice import from_the_rerun
 from kdcache.engine._cache_views import existing_views, views_of_cache
+from kdcache.engine._dumpconfig import DumpConfig, DumpSummary
 from kdcache.engine._lock import WriterLock, parse_shard
 from kdcache.engine._preflight import make_parents, preflight, remove_empty
 from kdcache.engine._reseal import confirm_reseal
@@ -62,53 +59,6 @@ from kdcache.errors import CacheError, CacheMismatchError, ConfigError, KdcacheE
 
 __all__ = ["DumpConfig", "DumpSummary", "dump_teacher"]
 
-
-
-@dataclass(frozen=True)
-class DumpConfig(ConfigBase):
-    data: DataConfig
-    out: str
-    teacher: TeacherSpec
-    views: int | None = None          # None: 4 for a new cache, the cache's own count for a resume
-    add_views: int = 0
-    seed: int = 0
-    targets: str = "full"
-    view: dict[str, Any] = field(default_factory=dict)   # ViewSpec overrides (None values ignored)
-    batch_size: int = 128
-    workers: int = 2
-    block_size: int = 1024
-    device: str = "auto"
-    amp: bool = False
-    storage_options: dict[str, Any] | None = None
-    shard: str | None = None          # "I/N": only blocks b with b % N == I (independent jobs; see _lock.py)
-
-    def recorded(self) -> dict[str, Any]:
-        """The configuration recorded in the cache: the shard is left out (any shard may create the store,
-        and the store must be the same whichever did), and so are credentials."""
-        d = recordable_config(self)  # storage_options credentials redacted
-        d.pop("shard", None)
-        return d
-
-
-@dataclass
-class DumpSummary:
-    out: str
-    num_samples: int
-    num_views: int
-    num_classes: int
-    targets: str
-    units_computed: int
-    views_computed: int
-    seconds: float
-    images_per_second: float
-    label_agreement: float | None
-    bytes_on_disk: int | None
-    done_fraction: float
-    fingerprint: str
-    rank: int = 0  # under torchrun every rank returns a summary; only rank 0 should report it
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def unit_layout(mode: TargetMode, spec: ViewSpec, ds) -> UnitLayout:

@@ -1,4 +1,4 @@
-"""Training runs: a student from a cache (or an online teacher), a teacher from labels, evaluation.
+"""Training runs: a student from a cache (or an online teacher), a teacher from labels.
 
 All runs share one loop (``kdcache.train._loop``); they differ only in where views and teacher
 targets come from:
