@@ -129,3 +129,21 @@ def decodes(monkeypatch):
 
     monkeypatch.setattr(ImageDataset, "get_images", counting)
     return seen
+
+
+@pytest.fixture
+def tiny_hf_vit(tmp_path):
+    """``tiny_hf_vit(**processor)``: the directory of a tiny 10-class Hugging Face ViT (32 px, patch 8) saved
+    with ``save_pretrained``, its image processor made with ``processor``'s arguments."""
+    transformers = pytest.importorskip("transformers")
+
+    def make(**processor) -> Path:
+        torch.manual_seed(0)
+        config = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1,
+                                        num_attention_heads=2, intermediate_size=64, num_labels=10)
+        vit = tmp_path / "vit"
+        transformers.ViTForImageClassification(config).save_pretrained(vit)
+        transformers.ViTImageProcessor(size={"height": 32, "width": 32}, **processor).save_pretrained(vit)
+        return vit
+
+    return make

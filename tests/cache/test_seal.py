@@ -72,15 +72,7 @@ def test_every_reader_refuses_an_edited_description(sealed, tmp_path, tiny_h5, t
     with pytest.raises(CacheEditedError, match="edited after its targets were computed"):
         CacheDataset(sealed, tiny_h5)
     r = CliRunner()
-    commands = {
-        "info": ["info", sealed],
-        "verify": ["verify", sealed, "--integrity-only"],
-        "export": ["export", sealed, str(tmp_path / "x.h5"), "--no-progress"],
-        "train-student": ["train-student", "--data", tiny_h5, "--cache", sealed, "--student", "cnn_tiny",
-                          "--out", str(tmp_path / "run"), "--epochs", "1", "--val-split", "none", "--workers", "0",
-                          "--no-progress"],
-    }
-    for name, args in commands.items():
+    for name, args in _readers(sealed, tmp_path, tiny_h5).items():
         line = _one_line(r.invoke(cli, args))
         assert "no longer agree with the seal" in line and field in line, (name, line)
     assert not (tmp_path / "x.h5").exists() and not (tmp_path / "run" / "metrics.jsonl").exists()

@@ -159,17 +159,8 @@ def test_the_upscale_warning_names_where_the_size_came_from():
             "about 49x the compute of a 32-px one") in said[0]
 
 
-def test_an_hf_teachers_view_input_is_said_to_come_from_its_preprocessor_config(tmp_path):
-    transformers = pytest.importorskip("transformers")
-    import torch
-
-    torch.manual_seed(0)
-    config = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1,
-                                    num_attention_heads=2, intermediate_size=64, num_labels=10)
-    vit = tmp_path / "vit"
-    transformers.ViTForImageClassification(config).save_pretrained(vit)
-    transformers.ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.4, 0.5, 0.6],
-                                   image_std=[0.2, 0.25, 0.3]).save_pretrained(vit)
+def test_an_hf_teachers_view_input_is_said_to_come_from_its_preprocessor_config(tmp_path, tiny_hf_vit):
+    vit = tiny_hf_vit(image_mean=[0.4, 0.5, 0.6], image_std=[0.2, 0.25, 0.3])
     res = invoke("dump-teacher", "--data", "digits", "--limit", "16", "--teacher", f"hf:{vit}", "--views", "1",
                  "--workers", "0", "--no-progress", "--out", tmp_path / "c.zarr")
     assert res.exit_code == 0, res.output

@@ -3,8 +3,6 @@ log), forced either way by --progress/--no-progress; Hugging Face's weight-loadi
 
 from __future__ import annotations
 
-import pytest
-import torch
 from click.testing import CliRunner
 from kdcache.cli.main import cli
 
@@ -42,16 +40,10 @@ def test_export_and_check_data_follow_the_same_rule(tmp_path, make_cache, tiny_h
     assert res.exit_code == 0 and "\r" not in res.output, res.output
 
 
-def test_hugging_face_loading_bar_obeys_no_progress(tmp_path, monkeypatch):
-    transformers = pytest.importorskip("transformers")
+def test_hugging_face_loading_bar_obeys_no_progress(tmp_path, monkeypatch, tiny_hf_vit):
     from transformers.utils import logging as tf_logging
 
-    torch.manual_seed(0)
-    config = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1,
-                                    num_attention_heads=2, intermediate_size=64, num_labels=10)
-    vit = tmp_path / "vit"
-    transformers.ViTForImageClassification(config).save_pretrained(vit)
-    transformers.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(vit)
+    vit = tiny_hf_vit()
     monkeypatch.setattr("kdcache.cli.options.stderr_is_terminal", lambda: True)  # even in a terminal
     args = ["dump-teacher", "--data", "digits", "--limit", "16", "--teacher", f"hf:{vit}", "--views", "1",
             "--workers", "0"]
