@@ -29,9 +29,10 @@ The teacher sees the views normalised with its own mean and std (the cache's vie
 undoes that normalisation first (``input_mean``/``input_std``), so its layers see [0, 1] as in the example
 and as in the scratch rows.
 
-Every row's run directory lives under ``--workdir``; rerunning the same command resumes an interrupted row
-from its last epoch (``--resume``) and skips finished ones, whose JSON sits in ``--results`` (one file per
-row, with the commit, machine and exact command).
+Every row's run directory lives under ``--workdir`` (by default ``~/.cache/kdcache-bench/keras_tokenlearner``,
+outside the checkout: a new session gets the machine back as it was but its work tree laid anew); rerunning the
+same command resumes an interrupted row from its last epoch (``--resume``) and skips finished ones, whose JSON
+sits in ``--results`` (one file per row, with the commit, machine and exact command; commit it at once).
 """
 
 from __future__ import annotations
@@ -73,7 +74,9 @@ def _args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--temperature", type=float, default=4.0)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None, help="torch threads of this process (default: torch's)")
-    ap.add_argument("--workdir", default="bench/work/keras_tokenlearner")
+    ap.add_argument("--workdir", default=os.path.expanduser("~/.cache/kdcache-bench/keras_tokenlearner"),
+                    help="run directories and the teacher cache: outside the checkout, which a new session lays "
+                         "anew, on the machine, which the next session gets back as it was")
     ap.add_argument("--results", default="bench/results/keras_tokenlearner",
                     help="one JSON file per finished row")
     return ap.parse_args(argv)
