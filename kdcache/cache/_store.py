@@ -19,8 +19,7 @@ Metadata (creating arrays, resizing for added views, attributes) is changed by o
 process only; creation marks the group ``ready`` last, so an interrupted creation is
 detected and redone.
 
-This module opens, creates and writes a cache; reading units lives in ``_reader`` (``UnitReader``), chunk
-geometry, existence and damage in ``_chunks`` (``ChunkAccess``), the arrays' codecs in ``_codecs``.
+Here: opening, creating, writing. Reading units: ``_reader``; chunks and damage: ``_chunks``; codecs: ``_codecs``.
 """
 
 from __future__ import annotations
