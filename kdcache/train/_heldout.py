@@ -9,8 +9,6 @@ data's ``test`` split when it has one), writing ``test.json`` into the run direc
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -22,7 +20,7 @@ from kdcache.augment import ViewPipeline
 from kdcache.data import DataConfig
 from kdcache.errors import ConfigError, DataError
 
-__all__ = ["TEST_FILE", "checkpoint_data", "eval_loader", "resolve_heldout", "write_test"]
+__all__ = ["TEST_FILE", "checkpoint_data", "eval_loader", "resolve_heldout"]
 
 TEST_FILE = "test.json"
 AUTO = "auto"
@@ -63,14 +61,6 @@ def eval_loader(data: DataConfig, split: str | None, pipeline: ViewPipeline, *, 
     ds = data.open(split).preload()
     return DataLoader(EvalViews(ds, pipeline), batch_size=max(batch_size, 256), shuffle=False, num_workers=workers,
                       collate_fn=identity_collate, pin_memory=pin, worker_init_fn=exit_with_parent())
-
-
-def write_test(out: str, stats: dict[str, Any]) -> str:
-    """``OUT/test.json``: the test split's figures of the selected checkpoint."""
-    path = os.path.join(out, TEST_FILE)
-    with open(path, "w") as f:
-        json.dump(stats, f, indent=2)
-    return path
 
 
 def checkpoint_data(path: str, config: Mapping[str, Any] | None,

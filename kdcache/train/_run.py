@@ -26,7 +26,7 @@ from kdcache.errors import CacheMismatchError, CheckpointError, ConfigError, Kdc
 from kdcache.models import create_model, model_cfg
 from kdcache.models._checkpoint import load_checkpoint, load_weights, save_checkpoint
 from kdcache.train._ema import ModelEma
-from kdcache.train._heldout import TEST_FILE, write_test
+from kdcache.train._heldout import TEST_FILE
 from kdcache.train._logging import MetricsLogger
 from kdcache.train._loop import evaluate, train_one_epoch
 from kdcache.train._losses import DistillationLoss
@@ -146,8 +146,7 @@ class Run:
 
     def _test(self, test: DataLoader) -> dict[str, Any]:
         """best.pt on the test split, once: the run's reported figure (best.pt was selected without it)."""
-        path = os.path.join(self.cfg.out, "best.pt")
-        model, extra = load_checkpoint(path)
+        model, extra = load_checkpoint(os.path.join(self.cfg.out, "best.pt"))
         model.to(self.device)
         if self.cfg.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -158,7 +157,8 @@ class Run:
                   "selected_by": selected, **stats}
         path = os.path.join(self.cfg.out, TEST_FILE)
         try:
-            write_test(self.cfg.out, record)
+            with open(path, "w") as f:
+                json.dump(record, f, indent=2)
         except OSError as e:
             raise write_failed(path, e) from e
         self.log(f"test ({self.cfg.test_split!r}, best.pt = epoch {record['epoch']}, selected by {selected}): "

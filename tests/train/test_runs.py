@@ -215,3 +215,31 @@ def test_a_checkpoint_write_failure_keeps_the_last_checkpoint_and_says_so(tmp_pa
     monkeypatch.setattr(runner, "save_checkpoint", real)
     train_teacher(_teacher_cfg(tiny_h5, out, epochs=3, resume=True), progress=False, log=lambda _m: None)
     assert load_checkpoint(out / "last.pt")[1]["epoch"] == 2
+
+
+def test_a_test_json_that_cannot_be_written_is_one_line_and_resume_writes_it(tmp_path, tiny_h5, monkeypatch):
+    """A full disk at the very end: one-line CheckpointError naming test.json, the checkpoints kept, and
+    `resume` (no epoch left) tests best.pt and writes test.json."""
+    import builtins
+    import errno
+
+    import pytest
+
+    from kdcache.errors import CheckpointError
+    from kdcache.train import _run, train_teacher
+
+    def full_for_test_json(path, *a, **k):
+        if str(path).endswith("test.json"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return builtins.open(path, *a, **k)
+
+    cfg = _teacher_cfg(tiny_h5, tmp_path / "t")
+    monkeypatch.setattr(_run, "open", full_for_test_json, raising=False)
+    with pytest.raises(CheckpointError, match=r"cannot write .*test\.json \(No space left on device\)") as e:
+        train_teacher(cfg, progress=False, log=lambda _m: None)
+    assert "\n" not in str(e.value) and (tmp_path / "t" / "last.pt").is_file()
+    monkeypatch.undo()
+    from dataclasses import replace
+
+    out = train_teacher(replace(cfg, resume=True), progress=False, log=lambda _m: None)
+    assert json.loads((tmp_path / "t" / "test.json").read_text()) == out["test"]
