@@ -45,7 +45,14 @@ from kdcache.engine import DumpConfig, TeacherSpec, dump_teacher
     click.option("--add-views", type=click.IntRange(min=0), default=0, show_default=True,
                  help="Compute this many more views for an existing cache."),
     click.option("--seed", type=int, default=0, show_default=True, help="Base seed of every view's parameters."),
-    click.option("--targets", default="full", show_default=True, help="full | topk:K (raw logits of the top K)."),
+    click.option("--targets", default="full", show_default=True,
+                 help="The teacher's logits: full | topk:K (the top K, quantised) | none (with --embed only)."),
+    click.option("--embed", type=click.Choice(["pooled"]), default=None,
+                 help="Also store the teacher's pooled embedding of every view: its pre-logits features, as timm's "
+                      "forward_head(pre_logits=True) gives them (the input of a torchvision or Hugging Face "
+                      "classifier; a python: model's forward_embedding(x))."),
+    click.option("--embed-dtype", type=click.Choice(["float16", "int8"]), default="float16", show_default=True,
+                 help="How the embedding is stored: 2 bytes a value, or 1 plus a 4-byte scale per vector."),
     click.option("--block-size", type=click.IntRange(min=1), default=1024, show_default=True,
                  help="Samples per chunk (the unit of writing, resuming and reading)."),
     click.option("--storage-option", "storage_options", multiple=True,
@@ -59,8 +66,8 @@ from kdcache.engine import DumpConfig, TeacherSpec, dump_teacher
 @runtime_options
 @library_errors
 def dump_teacher_cmd(data, split, limit, subset_seed, val_fraction, teacher, teacher_weights, teacher_args,
-                     random_init, init_seed, out, views, add_views, seed, targets, batch_size, block_size, amp, storage_options, shard, as_json, device, workers, progress,
-                     **view_kw):
+                     random_init, init_seed, out, views, add_views, seed, targets, embed, embed_dtype, batch_size,
+                     block_size, amp, storage_options, shard, as_json, device, workers, progress, **view_kw):
     """Run a teacher once over V augmented views of a dataset and cache its outputs.
 
     Each view's augmentation parameters are recorded beside the teacher's logits, so
@@ -72,7 +79,13 @@ def dump_teacher_cmd(data, split, limit, subset_seed, val_fraction, teacher, tea
     Example:
       kdcache dump-teacher --data hdf5:cifar10.h5 --teacher cifar_resnet56 \\
           --teacher-weights resnet56.th --views 8 --out cifar-r56.zarr
+      # logits and pooled embeddings (int8) of every view
+      kdcache dump-teacher ... --embed pooled --embed-dtype int8
     """
+    if embed and "+" in targets:
+        raise click.UsageError(f"--targets {targets} names an embedding already; drop --embed")
+    if embed:
+        targets = f"{targets}+{embed}:{embed_dtype}"
     cfg = DumpConfig(
         data=DataConfig(source=data, split=split, limit=limit, subset_seed=subset_seed, val_fraction=val_fraction),
         out=out, teacher=TeacherSpec(name=teacher, weights=teacher_weights, kwargs=parse_model_args(teacher_args),

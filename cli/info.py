@@ -37,6 +37,8 @@ def info_cmd(cache, as_json, storage_options):
         f"views        {i['num_views']} per sample, seed {i['seed']}, size {v.get('spec', {}).get('size')}\n"
         f"augment      {i['view_ops']}{' (preset ' + i['view_preset'] + ')' if i['view_preset'] else ''}\n"
         f"targets      {i['targets']}\n"
+        + (f"embedding    {e['dim']} values a view, {e['dtype']}: {e['bytes_per_view']} B per view before "
+           "compression\n" if (e := i.get("embedding")) else "") +
         f"coverage     {100 * i['done_fraction']:.1f}% done ({i['views_done']} views; per view index: "
         f"{i['views_done_per_view']})\n"
         f"on disk      {human_bytes(i['bytes_on_disk'])}{bpv}\n"

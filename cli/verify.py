@@ -82,6 +82,9 @@ def verify_cmd(cache, teacher, teacher_weights, teacher_args, random_init, init_
                    f"teacher    {r['teacher']}, targets {r['targets']}\n"
                    f"checked    {r['samples_checked']} views replayed from recorded parameters\n"
                    f"max diff   {diff}\nargmax     {agree} agree\n"
+                   + (f"embedding  {e['dim']} values ({e['dtype']}): min cosine {e['min_cosine']:.6f}, max diff "
+                      f"{e['max_abs_diff']:.4g}, {e['over_tolerance']} views beyond tolerance\n"
+                      if (e := r.get("embedding")) else "") +
                    f"NaN/Inf    {r['nonfinite_targets']} in cached targets\n"
                    f"coverage   {100 * r['coverage']:.2f}% done")
         sw = r["software"]

@@ -11,6 +11,7 @@ interpolation) to the dump as its defaults.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +24,8 @@ from kdcache.errors import ConfigError, ModelError
 from kdcache.models import ModelCfg, create_model, model_cfg
 from kdcache.models._checkpoint import is_kdcache_checkpoint, load_checkpoint, load_weights
 
-__all__ = ["TeacherSpec", "LoadedTeacher", "build_teacher", "state_dict_sha256", "VIEW_INPUT_KEYS"]
+__all__ = ["TeacherSpec", "LoadedTeacher", "build_teacher", "state_dict_sha256", "VIEW_INPUT_KEYS", "target_forward",
+           "embedding_dim"]
 
 
 def state_dict_sha256(model: nn.Module) -> str:
@@ -140,3 +142,41 @@ def build_teacher(spec: TeacherSpec, *, num_classes: int) -> LoadedTeacher:
     model.eval()
     return LoadedTeacher(model=model, cfg=cfg, weights_sha256=state_dict_sha256(model),
                          init_seed=spec.init_seed if spec.random_init else None, views=views, views_from=views_from)
+
+
+TargetForward = Callable[[torch.Tensor], "tuple[torch.Tensor | None, torch.Tensor | None]"]
+
+
+def target_forward(model: nn.Module, *, logits: bool = True, embedding: bool = False) -> TargetForward:
+    """The teacher's forward for a cache's targets: ``x -> (logits, embedding)``, each None when not asked for.
+
+    The embedding is the pooled pre-logits vector (:func:`~kdcache.models.pooled_embedder`), taken in the same
+    forward pass as the logits. A teacher that gives no logits (no class head) when they are asked for is a
+    one-line :class:`ModelError`."""
+    if not embedding:
+        return lambda x: (model(x), None)
+    from kdcache.models import pooled_embedder
+
+    embedder = pooled_embedder(model)
+
+    def run(x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        out, emb = embedder(x)
+        if logits and out is None:
+            raise ModelError(f"teacher {embedder.name!r} has no class head ({embedder.source} gives no logits): "
+                             "store its embedding alone with targets 'none+pooled:float16' (or ':int8')")
+        return (out if logits else None), emb
+
+    return run
+
+
+def embedding_dim(model: nn.Module, size: int, *, logits: bool) -> int:
+    """The length of the teacher's pooled embedding, from one forward pass of a blank ``size`` × ``size`` view
+    (on the CPU, before a cache is made; a teacher without logits when ``logits`` is asked for is refused here)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            _, emb = target_forward(model, logits=logits, embedding=True)(torch.zeros(1, 3, int(size), int(size)))
+    finally:
+        model.train(was_training)
+    return int(emb.shape[1])

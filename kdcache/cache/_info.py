@@ -37,6 +37,10 @@ def cache_info(path: str, *, storage_options: dict[str, Any] | None = None) -> d
         "num_views": store.num_views,
         "num_classes": store.num_classes,
         "targets": str(store.target_mode),
+        # the teacher's pooled embedding per view: its length, codec and stored bytes (before compression)
+        "embedding": ({"dim": store.layout.embedding_dim, "dtype": store.target_mode.embedding,
+                       "bytes_per_view": store.target_mode.codec.bytes_per_vector(store.layout.embedding_dim)}
+                      if store.target_mode.embedding else None),
         "block_size": store.block_size,
         "teacher": a.get("teacher", {}),
         "dataset": a.get("dataset", {}),
@@ -65,8 +69,8 @@ def _view_ops(store: CacheStore) -> str:
 
 
 def label_agreement(store: CacheStore, done: np.ndarray) -> float | None:
-    """Fraction of complete views whose teacher argmax equals the sample's label."""
-    if not done.any():
+    """Fraction of complete views whose teacher argmax equals the sample's label (None: no view, or no logits)."""
+    if not done.any() or not store.target_mode.has_logits:
         return None
     name = "argmax" if "argmax" in store.layout.specs else "topk_indices"  # format-2 top-k: the first index
     argmax = stored_argmax({name: store.read_array(name, check_missing=False)[:, : store.num_views]})

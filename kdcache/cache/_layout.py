@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from kdcache.cache._targets import TargetMode, smallest_int_dtype
+from kdcache.cache._targets import EMBEDDING_ARRAYS, TargetMode, smallest_int_dtype
 
 __all__ = ["UnitLayout", "VIEW_SEED", "CROP_ARRAYS"]
 
@@ -42,17 +42,19 @@ class UnitLayout:
 
     @classmethod
     def build(cls, mode: TargetMode, num_classes: int, param_specs: Mapping[str, tuple[tuple[int, ...], Any]],
-              *, max_coordinate: int | None = None) -> UnitLayout:
+              *, max_coordinate: int | None = None, embedding_dim: int | None = None) -> UnitLayout:
         """The layout of a new cache. ``max_coordinate``: the largest pixel coordinate a crop or box can
         take when it is known in advance (images of one shape); crop arrays then use the smallest signed
-        integer type that holds it. None keeps the parameter spec's type (image sizes vary)."""
+        integer type that holds it. None keeps the parameter spec's type (image sizes vary).
+        ``embedding_dim``: the teacher's embedding length (targets with an embedding)."""
         specs: dict[str, Spec] = {}
         for name, (shape, dtype) in param_specs.items():
             dt = np.dtype(dtype)
             if name in CROP_ARRAYS and max_coordinate is not None:
                 dt = smallest_int_dtype(int(max_coordinate), signed=True)
             specs[name] = (tuple(shape), dt)
-        specs.update({k: (tuple(s), np.dtype(d)) for k, (s, d) in mode.array_specs(num_classes).items()})
+        specs.update({k: (tuple(s), np.dtype(d))
+                      for k, (s, d) in mode.array_specs(num_classes, embedding_dim=embedding_dim).items()})
         return cls(mode, specs)
 
     @classmethod
@@ -81,14 +83,28 @@ class UnitLayout:
         return [n for n in self.specs if n not in self.mode.target_names]
 
     @property
+    def logit_target_names(self) -> list[str]:
+        """The targets of the teacher's logits (no embedding): what logit distillation reads."""
+        return [n for n in self.target_names if n not in EMBEDDING_ARRAYS]
+
+    @property
     def target_bytes_per_view(self) -> int:
         """Uncompressed bytes of one view's targets (what a student holds in memory per sample)."""
-        return sum(int(np.prod(self.specs[n][0], dtype=np.int64)) * self.specs[n][1].itemsize
-                   for n in self.target_names)
+        return self.bytes_per_view(self.target_names)
 
-    def encode_targets(self, logits) -> dict[str, np.ndarray]:
-        """A unit's target arrays from (B, C) float32 logits, in this cache's own encoding."""
-        return self.mode.encode(logits, self.target_names)
+    def bytes_per_view(self, names) -> int:
+        """Uncompressed bytes of one view's arrays ``names``."""
+        return sum(int(np.prod(self.specs[n][0], dtype=np.int64)) * self.specs[n][1].itemsize for n in names)
+
+    def encode_targets(self, logits, embedding=None) -> dict[str, np.ndarray]:
+        """A unit's target arrays from (B, C) float32 logits (None for targets ``none+...``) and the (B, D)
+        embedding (targets with one), in this cache's own encoding."""
+        return self.mode.encode(logits, self.target_names, embedding=embedding)
+
+    @property
+    def embedding_dim(self) -> int | None:
+        """The stored embedding's length, None without one."""
+        return int(self.specs["embedding"][0][0]) if "embedding" in self.specs else None
 
     @property
     def float_target_names(self) -> list[str]:

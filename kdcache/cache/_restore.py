@@ -31,6 +31,7 @@ from kdcache.cache._metadata import (
 from kdcache.cache._seal import (
     SEAL_ATTR,
     SEAL_COPY_ATTR,
+    SEALED_FORMAT,
     intact_copy,
     make_seal,
     seal_copy,
@@ -38,7 +39,7 @@ from kdcache.cache._seal import (
     seal_problem,
     seal_required,
 )
-from kdcache.cache._store import FORMAT_VERSION, array_recipes
+from kdcache.cache._store import array_recipes
 from kdcache.errors import CacheMetadataError
 
 __all__ = ["restore_metadata", "unseal", "sealed_copy"]
@@ -123,7 +124,7 @@ def restore_metadata(path: str, *, identity: CacheIdentity, layout: UnitLayout,
     if not damaged:
         return resealed
     first, problem = next(iter(damaged.items()))
-    if int(attrs.get("kdcache_format", 0)) != FORMAT_VERSION or not attrs.get("checksums"):
+    if int(attrs.get("kdcache_format", 0)) < SEALED_FORMAT or not attrs.get("checksums"):
         raise metadata_error(path, first, f"{problem} and cannot be rewritten (a cache of format "
                              f"{attrs.get('kdcache_format')} made before checksums or seals)", hint=delete)
     cached = CacheIdentity.from_dict(attrs["identity"])

@@ -50,11 +50,18 @@ from kdcache.errors import (
     KdcacheError,
 )
 
-__all__ = ["CacheStore", "FORMAT_VERSION", "DEFAULT_BLOCK_SIZE", "is_url", "array_recipes"]
+__all__ = ["CacheStore", "FORMAT_VERSION", "DEFAULT_BLOCK_SIZE", "is_url", "array_recipes", "format_of"]
 
-# 2: no `view_seed` array (derived); 3: per-sample op arrays (auto-augment, colour, erasing), pad-crop.
-# Format-1 and -2 caches stay readable and writable.
-FORMAT_VERSION = 3
+# 2: no `view_seed` array (derived); 3: per-sample op arrays (auto-augment, colour, erasing), pad-crop;
+# 4: embedding targets. Format-1, -2 and -3 caches stay readable and writable.
+FORMAT_VERSION = 4
+
+
+def format_of(mode: TargetMode) -> int:
+    """The format a new cache of these targets is written in: the oldest that describes it (4 with an embedding,
+    else 3), so a cache without embeddings stays readable by a kdcache that knows format 3."""
+    return 4 if mode.embedding else 3
+
 DEFAULT_BLOCK_SIZE = 1024
 def _open_group(path: str, mode: str, storage_options: Mapping[str, Any] | None,
                 attributes: Mapping[str, Any] | None = None) -> zarr.Group:
@@ -159,7 +166,7 @@ class CacheStore(UnitReader):
         # zarr.json once per key) and `ready` is set last: an interrupted creation is always
         # recognisable as ours and redone by the same command.
         g = _open_group(path, "w", storage_options, attributes={
-            "kdcache_format": FORMAT_VERSION, "ready": False, "fingerprint": identity.fingerprint,
+            "kdcache_format": format_of(mode), "ready": False, "fingerprint": identity.fingerprint,
             "identity": identity.to_dict()})
         made = {name: g.create_array(name, **kw)  # the returned arrays carry the write-every-chunk config
                 for name, kw in array_recipes(n, num_views, layout, final["block_size"], seal_copy(final)).items()}
@@ -174,7 +181,8 @@ class CacheStore(UnitReader):
                        layout: UnitLayout, attrs: Mapping[str, Any], block_size: int) -> dict[str, Any]:
         """The group attributes :meth:`create` writes (``ready`` true, sealed): also what a dump rerun
         compares with the seal to restore edited or lost attributes."""
-        out = {"kdcache_format": FORMAT_VERSION, "ready": True, "fingerprint": identity.fingerprint,
+        out = {"kdcache_format": format_of(TargetMode.parse(identity.targets)), "ready": True,
+               "fingerprint": identity.fingerprint,
                "identity": identity.to_dict(), **dict(attrs),
                "checksums": True, "num_samples": int(num_samples), "num_views": int(num_views),
                "num_classes": int(num_classes), "targets": str(TargetMode.parse(identity.targets)),

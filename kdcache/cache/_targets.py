@@ -20,6 +20,17 @@ there on then decodes closer to the top than it is, yet still at least 4096 belo
 
 Format-1 caches stored ``topk_values`` and ``topk_tail_lse`` as raw float16 logits and a separate ``argmax``;
 they are read back unchanged (raw logits), which gives the same softmax.
+
+``none``    — no logits (a teacher without a class head): only with an embedding.
+
+**Embeddings** (format 4). ``+pooled:float16`` or ``+pooled:int8`` after the logits part (``full+pooled:int8``,
+``none+pooled:float16``) adds the teacher's pooled pre-logits vector of each view
+(:func:`~kdcache.models.pooled_embedder`), encoded by :class:`~kdcache.cache._embcodec.EmbeddingCodec`:
+
+* ``embedding`` (N, V, D): float16, or int8 quantised with one scale per vector;
+* ``embedding_scale`` (N, V), float32: the int8 vectors' scales (absent for float16).
+
+Read back, ``embedding`` is float32 (N, ..., D): the float16 values, or ``q · scale``.
 """
 
 from __future__ import annotations
@@ -31,14 +42,20 @@ from typing import Any
 import numpy as np
 import torch
 
+from kdcache.cache._embcodec import EMBEDDING_DTYPES, EmbeddingCodec
 from kdcache.errors import ConfigError
 
-__all__ = ["TargetMode", "smallest_int_dtype", "decode_targets", "stored_argmax", "TOPK_STEP", "TOPK_MAX_INCREMENT"]
+__all__ = ["TargetMode", "smallest_int_dtype", "decode_targets", "stored_argmax", "TOPK_STEP", "TOPK_MAX_INCREMENT",
+           "EMBEDDING_ARRAYS", "EMBED_KINDS"]
 
 TOPK_STEP = 1.0 / 16  # logit units per quantisation step of a top-k value below the top logit
 TOPK_MAX_INCREMENT = 65535  # uint16: the largest stored increment between consecutive top-k values
 _TOPK = ("topk_indices", "topk_steps", "topk_tail")
 _TOPK_V1 = ("topk_values", "topk_indices", "topk_tail_lse", "argmax")  # format 1: raw float16 logits
+EMBEDDING_ARRAYS = ("embedding", "embedding_scale")
+EMBED_KINDS = ("pooled",)  # what of the teacher is embedded: its pooled pre-logits features
+_SYNTAX = ("expected 'full', 'topk:K' (K >= 1) or 'none', optionally followed by '+pooled:float16' or "
+           "'+pooled:int8' (an embedding; 'none' needs one)")
 
 
 def smallest_int_dtype(max_value: int, *, signed: bool = False) -> np.dtype:
@@ -52,25 +69,54 @@ def smallest_int_dtype(max_value: int, *, signed: bool = False) -> np.dtype:
 
 @dataclass(frozen=True)
 class TargetMode:
-    kind: str  # "full" | "topk"
+    kind: str  # "full" | "topk" | "none"
     k: int = 0
+    embedding: str = ""  # "" (none) | "float16" | "int8": the pooled embedding's codec
 
     @classmethod
     def parse(cls, text: str) -> "TargetMode":
         t = str(text).strip().lower()
-        if t == "full":
-            return cls("full")
-        if t.startswith("topk:"):
+        head, *rest = [p.strip() for p in t.split("+")]
+        embedding = ""
+        if len(rest) > 1:
+            raise ConfigError(f"invalid targets {text!r}: one embedding at most; {_SYNTAX}")
+        if rest:
+            what, _, dtype = rest[0].partition(":")
+            if what not in EMBED_KINDS or dtype not in EMBEDDING_DTYPES:
+                raise ConfigError(f"invalid targets {text!r}: {_SYNTAX}")
+            embedding = dtype
+        if head == "full":
+            return cls("full", 0, embedding)
+        if head == "none":
+            if not embedding:
+                raise ConfigError(f"invalid targets {text!r}: 'none' stores nothing without an embedding; {_SYNTAX}")
+            return cls("none", 0, embedding)
+        if head.startswith("topk:"):
             try:
-                k = int(t[5:])
+                k = int(head[5:])
             except ValueError:
                 k = 0
             if k >= 1:
-                return cls("topk", k)
-        raise ConfigError(f"invalid targets {text!r}: expected 'full' or 'topk:K' with K >= 1")
+                return cls("topk", k, embedding)
+        raise ConfigError(f"invalid targets {text!r}: {_SYNTAX}")
 
     def __str__(self) -> str:
-        return "full" if self.kind == "full" else f"topk:{self.k}"
+        head = {"full": "full", "none": "none"}.get(self.kind, f"topk:{self.k}")
+        return f"{head}+pooled:{self.embedding}" if self.embedding else head
+
+    @property
+    def logits(self) -> str:
+        """The logits part alone (``full``, ``topk:K`` or ``none``)."""
+        return str(TargetMode(self.kind, self.k))
+
+    @property
+    def has_logits(self) -> bool:
+        return self.kind != "none"
+
+    @property
+    def codec(self) -> EmbeddingCodec | None:
+        """The embedding's codec, None without an embedding."""
+        return EmbeddingCodec(self.embedding) if self.embedding else None
 
     def check_classes(self, num_classes: int) -> None:
         if self.kind == "topk" and self.k > num_classes:
@@ -79,16 +125,35 @@ class TargetMode:
     @property
     def target_names(self) -> tuple[str, ...]:
         """Every per-view array this mode may store, in any format's encoding (``argmax`` included)."""
+        emb = EMBEDDING_ARRAYS if self.embedding else ()
         if self.kind == "full":
-            return ("logits", "argmax")
-        return tuple(dict.fromkeys(_TOPK + _TOPK_V1))
+            return ("logits", "argmax", *emb)
+        if self.kind == "none":
+            return emb
+        return (*dict.fromkeys(_TOPK + _TOPK_V1), *emb)
 
-    def encode(self, logits: torch.Tensor, names: tuple[str, ...] | list[str] | None = None
-               ) -> dict[str, np.ndarray]:
-        """The stored targets of (B, C) finite float32 logits: the arrays ``names`` (a cache's target arrays;
-        default: this format's), so that format-1 caches extended today keep their own encoding."""
-        names = tuple(names) if names is not None else tuple(self.array_specs(logits.shape[1]))
+    def encode(self, logits: torch.Tensor | None, names: tuple[str, ...] | list[str] | None = None, *,
+               embedding: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+        """The stored targets of (B, C) finite float32 logits (and the (B, D) ``embedding`` when the mode has
+        one): the arrays ``names`` (a cache's target arrays; default: this format's), so that format-1 caches
+        extended today keep their own encoding."""
         out: dict[str, np.ndarray] = {}
+        if self.embedding:
+            if embedding is None:
+                raise ConfigError(f"targets {self} need the teacher's embedding")
+            stored = self.codec.encode(embedding)
+            out["embedding"] = stored["values"]
+            if "scales" in stored:
+                out["embedding_scale"] = stored["scales"]
+        if self.kind == "none":
+            return {n: out[n] for n in (names if names is not None else out)}
+        if logits is None:
+            raise ConfigError(f"targets {self} need the teacher's logits, and it gave none (a model without a class "
+                              "head: use targets 'none+pooled:float16')")
+        if names is None:
+            dim = embedding.shape[1] if embedding is not None else None
+            names = tuple(self.array_specs(logits.shape[1], embedding_dim=dim))
+        names = tuple(names)
         if self.kind == "full":
             out["logits"] = logits.to(torch.float16).numpy()
             out["argmax"] = logits.argmax(dim=1).numpy()
@@ -111,15 +176,24 @@ class TargetMode:
         """The targets a loss reads from stored arrays (as tensors): :func:`decode_targets`."""
         return decode_targets(stored)
 
-    def array_specs(self, num_classes: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-        """Per-view target arrays of a new (format-2) cache: name -> (trailing shape, dtype)."""
+    def array_specs(self, num_classes: int, *, embedding_dim: int | None = None
+                    ) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """Per-view target arrays of a new cache: name -> (trailing shape, dtype). ``embedding_dim``: the
+        teacher's embedding length, needed when the mode has an embedding."""
+        specs: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
         if self.kind == "full":
-            return {"logits": ((num_classes,), np.dtype(np.float16)),
-                    "argmax": ((), smallest_int_dtype(num_classes - 1, signed=True))}
-        specs = {"topk_indices": ((self.k,), smallest_int_dtype(num_classes - 1))}
-        if self.k > 1:
-            specs["topk_steps"] = ((self.k - 1,), np.dtype(np.uint16))
-        specs["topk_tail"] = ((), np.dtype(np.float16))
+            specs = {"logits": ((num_classes,), np.dtype(np.float16)),
+                     "argmax": ((), smallest_int_dtype(num_classes - 1, signed=True))}
+        elif self.kind == "topk":
+            specs = {"topk_indices": ((self.k,), smallest_int_dtype(num_classes - 1))}
+            if self.k > 1:
+                specs["topk_steps"] = ((self.k - 1,), np.dtype(np.uint16))
+            specs["topk_tail"] = ((), np.dtype(np.float16))
+        if self.embedding:
+            if embedding_dim is None:
+                raise ConfigError(f"targets {self}: the embedding's dimension is needed")
+            for key, (shape, dtype) in self.codec.arrays(int(embedding_dim)).items():
+                specs["embedding" if key == "values" else "embedding_scale"] = (shape, np.dtype(dtype))
         return specs
 
 
@@ -128,19 +202,27 @@ def decode_targets(stored: Mapping[str, Any]) -> dict[str, Any]:
     tensors: the result is then tensors on the same device): ``logits`` and ``argmax`` (full), or
     ``topk_values``, ``topk_indices``, ``topk_tail_lse`` and ``argmax`` (top-k; format 2 decoded relative to
     the top logit, format 1 as stored). Leading dimensions are kept. Decoding runs in numpy: a batch's
-    targets are small, and numpy's per-call cost is a fraction of torch's."""
-    if "topk_tail" not in stored:  # full, or a format-1 top-k cache: stored as read
+    targets are small, and numpy's per-call cost is a fraction of torch's. An ``embedding`` comes back float32
+    (int8 vectors multiplied by their ``embedding_scale``)."""
+    if "topk_tail" not in stored and "embedding" not in stored:  # full, or format-1 top-k: stored as read
         return dict(stored)
-    first = stored["topk_indices"]
+    first = next(iter(stored.values()))
     if isinstance(first, torch.Tensor):
         out = decode_targets({k: v.detach().cpu().numpy() for k, v in stored.items()})
         return {k: torch.from_numpy(v).to(first.device) for k, v in out.items()}
-    indices = np.asarray(first)
+    out = {k: v for k, v in stored.items() if k not in (*_TOPK, *EMBEDDING_ARRAYS)}
+    if "embedding" in stored:
+        q = np.asarray(stored["embedding"])
+        out["embedding"] = (q.astype(np.float32) * np.asarray(stored["embedding_scale"], np.float32)[..., None]
+                            if "embedding_scale" in stored else q.astype(np.float32))
+    if "topk_tail" not in stored:
+        return out
+    indices = np.asarray(stored["topk_indices"])
     values = np.zeros(indices.shape, dtype=np.float32)
     if "topk_steps" in stored:
         np.multiply(np.cumsum(stored["topk_steps"], axis=-1, dtype=np.int64), -TOPK_STEP, out=values[..., 1:],
                     casting="unsafe")
-    return {"topk_values": values, "topk_indices": indices,
+    return {**out, "topk_values": values, "topk_indices": indices,
             "topk_tail_lse": np.asarray(stored["topk_tail"], dtype=np.float32),
             "argmax": np.ascontiguousarray(indices[..., 0])}
 

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from kdcache._orphans import exit_with_parent
 from kdcache._runtime import DistContext, autocast, select_device, unwrap_worker_error
-from kdcache._teacher import build_teacher
+from kdcache._teacher import build_teacher, embedding_dim, target_forward
 from kdcache._views import (
     BlockBatches,
     ViewBatch,
@@ -61,20 +61,19 @@ __all__ = ["DumpConfig", "DumpSummary", "dump_teacher"]
 
 
 
-def unit_layout(mode: TargetMode, spec: ViewSpec, ds) -> UnitLayout:
+def unit_layout(mode: TargetMode, spec: ViewSpec, ds, embedding_dim: int | None = None) -> UnitLayout:
     """A new cache's unit layout; crop boxes narrowed when every image has the same, known shape."""
     side = ds.max_side()
     if side is not None and spec.crop == "pad":
         side = max(pad_canvas(spec, ds.image_size(0)))  # offsets into the resized, padded image
     return UnitLayout.build(mode, ds.num_classes, param_array_specs(spec),
-                            max_coordinate=None if side is None else max(side, spec.size))
+                            max_coordinate=None if side is None else max(side, spec.size), embedding_dim=embedding_dim)
 
 
-def _prepare_store(cfg: DumpConfig, ds, identity: CacheIdentity, attrs: dict[str, Any], spec: ViewSpec,
-                   log: Callable[[str], None], teacher=None) -> CacheStore:
+def _prepare_store(cfg: DumpConfig, ds, identity: CacheIdentity, attrs: dict[str, Any], layout: UnitLayout,
+                   spec: ViewSpec, log: Callable[[str], None], teacher=None) -> CacheStore:
     """Create, resume or extend the store (rank 0 only). Never modifies a cache that does not match."""
     # Damaged metadata or an edited description: rebuilt from the seal's copy and this command, or named.
-    layout = unit_layout(TargetMode.parse(identity.targets), spec, ds)
     unsealed = restore_metadata(cfg.out, identity=identity, layout=layout, storage_options=cfg.storage_options,
                                 log=log, described=attrs)
     existing = CacheStore.peek_attrs(cfg.out, cfg.storage_options)
@@ -94,7 +93,7 @@ def _prepare_store(cfg: DumpConfig, ds, identity: CacheIdentity, attrs: dict[str
         try:
             return CacheStore.create(
                 cfg.out, identity=identity, keys=ds.keys, labels=ds.labels, num_classes=ds.num_classes,
-                num_views=cfg.views or 4, layout=unit_layout(TargetMode.parse(identity.targets), spec, ds), attrs=attrs,
+                num_views=cfg.views or 4, layout=layout, attrs=attrs,
                 block_size=cfg.block_size, storage_options=cfg.storage_options)
         except OSError as e:
             removed = _remove_new_store(cfg.out) if existing is None else False
@@ -147,16 +146,22 @@ def _repair(store: CacheStore, ds, log: Callable[[str], None]) -> None:
         raise CacheError(f"cannot repair {store.path}: {e.strerror or e}{space_hint(e, store.path)}") from e
 
 
-def _unit_arrays(layout: UnitLayout, logits: torch.Tensor, params: list[ViewParams], seeds: np.ndarray,
-                 pipeline: ViewPipeline, where: str) -> dict[str, np.ndarray]:
+def _unit_arrays(layout: UnitLayout, logits: torch.Tensor | None, embedding: torch.Tensor | None,
+                 params: list[ViewParams], seeds: np.ndarray, pipeline: ViewPipeline, where: str
+                 ) -> dict[str, np.ndarray]:
     """Targets + recorded parameters of one unit; refuses non-finite teacher outputs."""
-    bad = (~torch.isfinite(logits)).any(dim=1)
-    if bool(bad.any()):
-        raise TeacherOutputError(f"the teacher produced NaN/Inf for {int(bad.sum())} views of {where}; "
-                                 "nothing of it was marked done (check the weights and `amp`)")
-    if not bool(torch.isfinite(logits.to(torch.float16)).all()):
+    for what, x in (("logits", logits), ("embeddings", embedding)):
+        bad = (~torch.isfinite(x)).any(dim=1) if x is not None else torch.zeros(1, dtype=torch.bool)
+        if bool(bad.any()):
+            raise TeacherOutputError(f"the teacher produced NaN/Inf {what} for {int(bad.sum())} views of {where}; "
+                                     "nothing of it was marked done (check the weights and `amp`)")
+    if logits is not None and not bool(torch.isfinite(logits.to(torch.float16)).all()):
         raise TeacherOutputError(f"teacher logits of {where} overflow float16 (|x| > 65504)")
-    out = layout.encode_targets(logits)
+    if embedding is not None and layout.mode.embedding == "float16" and \
+            not bool(torch.isfinite(embedding.to(torch.float16)).all()):
+        raise TeacherOutputError(f"teacher embeddings of {where} overflow float16 (|x| > 65504); store them as "
+                                 "int8 (targets '...+pooled:int8')")
+    out = layout.encode_targets(logits, embedding)
     out.update(pipeline.params_to_arrays(params))
     if VIEW_SEED in layout.specs:  # derivable from (seed, key, view): stored by format 1 only
         out[VIEW_SEED] = seeds
@@ -212,10 +217,13 @@ def _run_blocks(model, loader, work: list[tuple[int, list[int]]], store: CacheSt
                 pipeline: ViewPipeline, device: torch.device, cfg: DumpConfig, writer: _Writer) -> None:
     """Teacher forward over the loader's batches (all pending views of a few samples each); when a block's
     views are all computed, each of its units is checked and handed to the writer."""
+    mode = store.layout.mode
+    forward = target_forward(model, logits=mode.has_logits, embedding=bool(mode.embedding))
     for block, views in work:
         b0, b1 = store.block_bounds(block)
         need, got = (b1 - b0) * len(views), 0
         logits: dict[int, list[torch.Tensor]] = {v: [] for v in views}
+        embeddings: dict[int, list[torch.Tensor]] = {v: [] for v in views}
         params: dict[int, list[ViewParams]] = {v: [] for v in views}
         seeds: dict[int, list[np.ndarray]] = {v: [] for v in views}
         while got < need:
@@ -224,18 +232,24 @@ def _run_blocks(model, loader, work: list[tuple[int, list[int]]], store: CacheSt
             except KdcacheError as e:  # a worker's error: the one line --workers 0 gives
                 raise unwrap_worker_error(e) from None
             with torch.inference_mode(), autocast(device, cfg.amp):
-                out = model(batch.images.to(device, non_blocking=True)).float().cpu()
+                out, emb = forward(batch.images.to(device, non_blocking=True))
+                out = out.float().cpu() if out is not None else None
+                emb = emb.float().cpu() if emb is not None else None
             for v in views:  # the batch is sample-major: each view's rows stay in sample order
                 rows = np.flatnonzero(batch.views == v)
-                logits[v].append(out[torch.from_numpy(rows)])
+                if out is not None:
+                    logits[v].append(out[torch.from_numpy(rows)])
+                if emb is not None:
+                    embeddings[v].append(emb[torch.from_numpy(rows)])
                 params[v].extend(batch.params[r] for r in rows)
                 seeds[v].append(batch.seeds[rows])
             got += len(batch.indices)
         units = []
         for v in views:
             where = f"block {block} (samples {b0}-{b1 - 1}), view {v}"
-            arrays = _unit_arrays(store.layout, torch.cat(logits[v]), params[v], np.concatenate(seeds[v]), pipeline,
-                                  where)
+            arrays = _unit_arrays(store.layout, torch.cat(logits[v]) if logits[v] else None,
+                                  torch.cat(embeddings[v]) if embeddings[v] else None, params[v],
+                                  np.concatenate(seeds[v]), pipeline, where)
             units.append((v, arrays, where))
         writer.submit(block, units)
 
@@ -259,10 +273,13 @@ def _dump(cfg: DumpConfig, mode: TargetMode, ctx: DistContext, *, progress: bool
                                           recorded_from=teacher.views_from or "the checkpoint"))
     log(describe_view_sources(spec, sources))
     pipeline = ViewPipeline(spec)
+    # the embedding's length, from one blank view through the teacher (before a cache is made)
+    emb_dim = embedding_dim(teacher.model, spec.size, logits=mode.has_logits) if mode.embedding else None
+    layout = unit_layout(mode, spec, ds, emb_dim)
     identity = CacheIdentity(teacher=teacher.identity(), dataset=dataset_identity(ds), view_spec=spec.replay_dict(),
                              seed=int(cfg.seed), targets=str(mode))
     described = pipeline.describe()  # the parameter arrays' dtypes as stored (crop arrays narrowed)
-    described["param_arrays"] = unit_layout(mode, spec, ds).on_disk(described["param_arrays"])
+    described["param_arrays"] = layout.on_disk(described["param_arrays"])
     attrs = {
         "view_spec": described,
         "teacher": teacher.describe(),
@@ -278,7 +295,7 @@ def _dump(cfg: DumpConfig, mode: TargetMode, ctx: DistContext, *, progress: bool
     lock = WriterLock(cfg.out, shard, storage_options=cfg.storage_options) if ctx.is_main else None
     try:
         try:
-            return _dump_locked(cfg, ds, mode, ctx, teacher, spec, pipeline, identity, attrs, shard, lock,
+            return _dump_locked(cfg, ds, mode, ctx, teacher, spec, pipeline, identity, attrs, layout, shard, lock,
                                 progress=progress, log=log)
         finally:
             if lock is not None:
@@ -289,7 +306,8 @@ def _dump(cfg: DumpConfig, mode: TargetMode, ctx: DistContext, *, progress: bool
 
 
 def _dump_locked(cfg: DumpConfig, ds, mode: TargetMode, ctx: DistContext, teacher, spec: ViewSpec,
-                 pipeline: ViewPipeline, identity: CacheIdentity, attrs: dict[str, Any], shard, lock,
+                 pipeline: ViewPipeline, identity: CacheIdentity, attrs: dict[str, Any], layout: UnitLayout, shard,
+                 lock,
                  *, progress: bool, log: Callable[[str], None]) -> DumpSummary:
     error = None
     if ctx.is_main:
@@ -298,7 +316,7 @@ def _dump_locked(cfg: DumpConfig, ds, mode: TargetMode, ctx: DistContext, teache
                 lock.hold_meta(log=log)
                 try:
                     lock.acquire()
-                    store = _prepare_store(cfg, ds, identity, attrs, spec, log, teacher)
+                    store = _prepare_store(cfg, ds, identity, attrs, layout, spec, log, teacher)
                 finally:
                     lock.release_meta()
         except KdcacheError as e:

@@ -34,20 +34,22 @@ import numpy as np
 import torch
 
 from kdcache._runtime import select_device
-from kdcache._teacher import TeacherSpec, build_teacher
+from kdcache._teacher import TeacherSpec, build_teacher, target_forward
 from kdcache._views import build_views
 from kdcache.augment import ViewPipeline, ViewSpec, kernel_versions
 from kdcache.cache import CacheStore, TargetMode, canonical_json
+from kdcache.cache._embcodec import row_cosine
 from kdcache.cache._integrity import scan_cache
 from kdcache.cache._targets import TOPK_STEP, decode_targets
 from kdcache.data import DataConfig
 from kdcache.errors import CacheMismatchError, ConfigError, DataNotFoundError, ModelError
 
 __all__ = ["verify_cache", "verify_integrity", "cache_data", "cache_teacher", "default_atol", "FP16_ULP",
-           "MIN_ATOL"]
+           "MIN_ATOL", "INT8_STEP", "replay_matches"]
 
 FP16_ULP = 2.0 ** -10   # one float16 ulp relative to the value (10 mantissa bits)
 MIN_ATOL = 1e-2
+INT8_STEP = 1.0 / 127   # an int8 embedding's step, relative to the vector's largest component
 
 
 def default_atol(max_abs_logit: float) -> float:
@@ -157,7 +159,7 @@ def verify_cache(path: str, teacher: TeacherSpec | Mapping[str, Any] | None = No
         usable[b0:b1, v] = False
     pairs = _sample_pairs(usable, samples, seed)
     picked = _read_units(store, pairs)
-    fresh = _replay(loaded.model, pipeline, ds, pairs, picked, batch_size=batch_size, device=device)
+    fresh = _replay(loaded.model, pipeline, ds, pairs, picked, batch_size=batch_size, device=device, mode=mode)
 
     report: dict[str, Any] = {
         "path": store.path,
@@ -231,29 +233,64 @@ def _read_units(store: CacheStore, pairs: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def _replay(model: torch.nn.Module, pipeline: ViewPipeline, ds, pairs: np.ndarray,
-            picked: Mapping[str, np.ndarray], *, batch_size: int, device: str) -> np.ndarray:
-    """Teacher logits (float32) on views rebuilt from the recorded parameters alone."""
+            picked: Mapping[str, np.ndarray], *, batch_size: int, device: str, mode: TargetMode
+            ) -> dict[str, np.ndarray]:
+    """The teacher's ``logits`` and/or ``embedding`` (float32, as the cache's targets hold them) on views rebuilt
+    from the recorded parameters alone."""
+    names = (["logits"] if mode.has_logits else []) + (["embedding"] if mode.embedding else [])
     if not len(pairs):
-        return np.zeros((0, 0), dtype=np.float32)
+        return {n: np.zeros((0, 0), dtype=np.float32) for n in names}
     dev = select_device(device)
-    model = model.to(dev)
-    out: list[np.ndarray] = []
+    forward = target_forward(model.to(dev), logits=mode.has_logits, embedding=bool(mode.embedding))
+    out: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for s in range(0, len(pairs), batch_size):
         js = range(s, min(s + batch_size, len(pairs)))
         params = [pipeline.params_from_arrays(picked, j) for j in js]
         views = build_views(ds, pipeline, [int(pairs[j, 0]) for j in js], params)
         with torch.inference_mode():
-            out.append(model(views.to(dev)).float().cpu().numpy())
-    return np.concatenate(out)
+            got = dict(zip(("logits", "embedding"), forward(views.to(dev))))
+        for n in names:
+            out[n].append(got[n].float().cpu().numpy())
+    return {n: np.concatenate(v) for n, v in out.items()}
 
 
-def _compare(fresh: np.ndarray, picked: Mapping[str, np.ndarray], pairs: np.ndarray, mode: TargetMode,
-             keys: list[str], atol: float | None) -> dict[str, Any]:
-    """Largest |fresh − cached| over the checked views (per mode), argmax agreement, the worst view."""
+def _compare(fresh: Mapping[str, np.ndarray], picked: Mapping[str, np.ndarray], pairs: np.ndarray,
+             mode: TargetMode, keys: list[str], atol: float | None) -> dict[str, Any]:
+    """Largest |fresh − cached| over the checked views (per mode), argmax agreement, the worst view; for an
+    embedding the same over its components, and the smallest cosine similarity."""
+    out = {"max_abs_diff": None, "atol": atol, "argmax_agreement": None, "argmax_mismatches": 0, "worst": None}
     if not len(pairs):
-        return {"max_abs_diff": None, "atol": atol, "argmax_agreement": None, "argmax_mismatches": 0,
-                "worst": None}
+        return out
     cached = decode_targets({k: np.asarray(picked[k]) for k in mode.target_names if k in picked})
+    if mode.embedding:
+        out["embedding"] = _compare_embedding(fresh["embedding"], cached["embedding"], pairs, mode, keys, atol)
+    if mode.has_logits:
+        out.update(_compare_logits(fresh["logits"], picked, cached, pairs, mode, keys, atol))
+    return out
+
+
+def _compare_embedding(fresh: np.ndarray, cached: np.ndarray, pairs: np.ndarray, mode: TargetMode,
+                       keys: list[str], atol: float | None) -> dict[str, Any]:
+    """Tolerance per view: one float16 ulp of the view's largest component (at least ``MIN_ATOL``), plus
+    half an int8 step of it for int8 vectors."""
+    biggest = np.abs(fresh).max(axis=1)
+    per_view = np.where(np.isnan(cached).any(axis=1), np.inf, np.abs(fresh - cached).max(axis=1))
+    if atol is None:
+        tol = np.maximum(MIN_ATOL, FP16_ULP * biggest) + (INT8_STEP / 2 * biggest if mode.embedding == "int8" else 0)
+    else:
+        tol = np.full(len(per_view), float(atol))
+    w = int(np.argmax(per_view - tol))
+    cos = row_cosine(fresh, np.nan_to_num(cached, nan=0.0))
+    return {"dim": int(fresh.shape[1]), "dtype": mode.embedding, "max_abs_diff": float(per_view.max()),
+            "over_tolerance": int((per_view > tol).sum()), "min_cosine": float(cos.min()),
+            "mean_cosine": float(cos.mean()),
+            "worst": {"sample": int(pairs[w, 0]), "key": keys[int(pairs[w, 0])], "view": int(pairs[w, 1]),
+                      "abs_diff": float(per_view[w]), "atol": float(tol[w]), "cosine": float(cos[w])}}
+
+
+def _compare_logits(fresh: np.ndarray, picked: Mapping[str, np.ndarray], cached: Mapping[str, np.ndarray],
+                    pairs: np.ndarray, mode: TargetMode, keys: list[str], atol: float | None) -> dict[str, Any]:
+    """The logits' part of :func:`_compare`."""
     quantised = "topk_tail" in picked  # format-2 top-k: values within TOPK_STEP / 2 of the teacher's
     if mode.kind == "full":
         diff = np.abs(fresh - cached["logits"].astype(np.float32))
@@ -301,12 +338,26 @@ def _topk_diff(fresh: np.ndarray, picked: Mapping[str, np.ndarray], *, relative:
     return np.concatenate([values, tail_diff[:, None]], axis=1)
 
 
+def replay_matches(r: Mapping[str, Any]) -> bool:
+    """Whether the compared views (``_compare``'s report) are within tolerance: logits, argmax and embedding."""
+    logits_ok = r["max_abs_diff"] is None or (np.isfinite(r["max_abs_diff"]) and r["max_abs_diff"] <= r["atol"]
+                                              and r["argmax_mismatches"] == 0)
+    emb = r.get("embedding")
+    return bool(logits_ok and (emb is None or emb["over_tolerance"] == 0))
+
+
 def _failures(r: dict[str, Any]) -> list[str]:
     out: list[str] = []
     if r["samples_checked"] == 0:
         out.append("no completed views to check (run dump-teacher first)")
     else:
-        if not r["max_abs_diff"] <= r["atol"]:
+        emb = r.get("embedding")
+        if emb is not None and emb["over_tolerance"]:
+            w = emb["worst"]
+            out.append(f"the teacher's embedding of {emb['over_tolerance']} replayed views differs from the cache "
+                       f"beyond tolerance (worst: sample {w['key']!r}, view {w['view']}: max |diff| "
+                       f"{w['abs_diff']:.4g} > {w['atol']:.4g}, cosine {w['cosine']:.6f})")
+        if r["max_abs_diff"] is not None and not r["max_abs_diff"] <= r["atol"]:
             w = r["worst"]
             hint = " (the cache was dumped with `amp`; pass a larger `atol`)" if r["dumped_with_amp"] else ""
             out.append(f"teacher output on replayed views differs from the cache by up to {r['max_abs_diff']:.4g} "

@@ -108,9 +108,10 @@ def window_blocks(memory_bytes: int, bytes_per_block: int, num_blocks: int) -> i
     return int(min(num_blocks, max(1, memory_bytes // max(1, 2 * bytes_per_block))))
 
 
-def store_window(store, memory_mb: int, slots: int = 1) -> int:
-    """:func:`window_blocks` for ``store``'s targets, ``slots`` views per sample, a budget of ``memory_mb``."""
-    per_block = store.block_size * store.layout.target_bytes_per_view * slots
+def store_window(store, memory_mb: int, slots: int = 1, names=None) -> int:
+    """:func:`window_blocks` for ``store``'s targets (those named, default all), ``slots`` views per sample, a
+    budget of ``memory_mb``."""
+    per_block = store.block_size * store.layout.bytes_per_view(names or store.layout.target_names) * slots
     return window_blocks(int(memory_mb) << 20, per_block, store.num_blocks)
 
 
