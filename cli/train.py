@@ -153,11 +153,20 @@ def _report(result: dict) -> None:
 @click.option("--student", required=True, help="Student model name (see 'kdcache models').")
 @click.option("--student-arg", "model_args", multiple=True,
               help="KEY=VALUE for the student's constructor (repeatable), e.g. small_input=true, drop_path_rate=0.1.")
-@click.option("--distill", type=click.Choice(["soft", "hard"]), default="soft", show_default=True,
-              help="soft: KL at temperature T (×T²); hard: CE on the teacher's argmax (DeiT).")
+@click.option("--distill", type=click.Choice(["soft", "hard", "none"]), default="soft", show_default=True,
+              help="soft: KL at temperature T (×T²); hard: CE on the teacher's argmax (DeiT); none: no logit "
+                   "distillation (labels, and --feature-weight).")
 @click.option("--no-distill", is_flag=True, help="Train the same student from labels only (the baseline).")
 @click.option("--alpha", type=float, default=0.5, show_default=True, help="Weight of the distillation loss.")
 @click.option("--temperature", "-T", type=float, default=4.0, show_default=True)
+@click.option("--feature-weight", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Feature distillation (timm's 'feature' task): weight of a loss between the student's pooled "
+                   "embedding, through a learned linear projection, and the teacher's cached one (a cache dumped "
+                   "with --embed pooled). The projection is not part of the exported student.")
+@click.option("--feature-loss", type=click.Choice(["cosine", "smooth_l1", "mse"]), default="cosine",
+              show_default=True, help="cosine: 1 - cosine similarity; smooth_l1; mse.")
+@click.option("--task-weight", type=click.FloatRange(min=0), default=None,
+              help="Weight of the label loss [1 - alpha while distilling logits, else 1]; 0 trains without labels.")
 @click.option("--topk-fill", type=click.Choice(["spread", "renorm"]), default="spread", show_default=True,
               help="How a top-k cache's missing classes are rebuilt (docs/cache-format.md).")
 @view_options
@@ -167,7 +176,8 @@ def _report(result: dict) -> None:
 @library_errors
 def train_student_cmd(cache, storage_options, teacher, teacher_weights, teacher_args, random_init, init_seed,
                       views_per_image, repeated_views, target_memory_mb, student,
-                      model_args, distill, no_distill, alpha, temperature, topk_fill, progress, **kw):
+                      model_args, distill, no_distill, alpha, temperature, feature_weight, feature_loss, task_weight,
+                      topk_fill, progress, **kw):
     """Train a student from a teacher cache, replaying each cached view exactly.
 
     The teacher is never loaded: each epoch takes one cached view per sample, rebuilds it from its
@@ -194,7 +204,8 @@ def train_student_cmd(cache, storage_options, teacher, teacher_weights, teacher_
                              random_init=random_init, init_seed=init_seed)
     common, ls = _common(**kw)
     loss = LossConfig(distill="none" if no_distill else distill, alpha=alpha, temperature=temperature,
-                      label_smoothing=ls, topk_fill=topk_fill)
+                      label_smoothing=ls, topk_fill=topk_fill, feature_weight=feature_weight,
+                      feature_loss=feature_loss, task_weight=task_weight)
     cfg = TrainConfig(model=student, model_kwargs=parse_model_args(model_args), cache=cache, teacher=online,
                       loss=loss, view=view, storage_options=parse_key_values(storage_options) or None,
                       views_per_image=views_per_image, repeated_views=repeated_views,

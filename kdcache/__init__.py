@@ -39,7 +39,9 @@ if TYPE_CHECKING:
     from kdcache.models import create_model, list_models, load_checkpoint, register_model, save_checkpoint
     from kdcache.train import (
         DistillationLoss,
+        Embedded,
         LossConfig,
+        StudentWithFeatures,
         TrainConfig,
         epoch_views,
         evaluate,
@@ -63,6 +65,8 @@ _LAZY: dict[str, str] = {
     "teacher_log_probs": "kdcache.train",
     "soft_labels": "kdcache.train",
     "epoch_views": "kdcache.train",
+    "StudentWithFeatures": "kdcache.train",
+    "Embedded": "kdcache.train",
     # the cache
     "CacheStore": "kdcache.cache",
     "CacheIdentity": "kdcache.cache",
@@ -99,7 +103,7 @@ __all__ = [
     "__version__",
     # training from a cache in your own code
     "open_cache", "CacheDataset", "DistillationLoss", "LossConfig", "teacher_log_probs", "soft_labels",
-    "epoch_views",
+    "epoch_views", "StudentWithFeatures", "Embedded",
     # the cache, data, views, models
     "CacheStore", "CacheIdentity", "TargetMode", "DataConfig", "ImageDataset", "open_dataset", "ViewSpec",
     "ViewParams", "ViewPipeline", "create_model", "list_models", "register_model", "load_checkpoint",

@@ -51,3 +51,27 @@ def test_readme_training_loop_runs(tmp_path, monkeypatch, capsys, tiny_h5, tiny_
     assert len(lines) == 5, lines
     assert all(math.isfinite(float(x.strip(","))) for ln in lines for x in ln.split()[3::2])
     assert namespace["train"].epoch == 4  # the loop really moved through the epochs' views
+
+
+def test_readme_feature_distillation_loop_runs(tmp_path, monkeypatch, capsys, tiny_h5, tiny_teacher):
+    """The README's feature-distillation loop, run as written on a tiny embedding cache at the path it names."""
+    import math
+
+    import torch
+
+    from kdcache import DataConfig, DumpConfig, TeacherSpec, dump_teacher
+
+    code = readme_block("readme-feature")
+    path = re.search(r'open_cache\("([^"]+)"\)', code).group(1)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+    dump_teacher(DumpConfig(data=DataConfig(source=tiny_h5), out=path, teacher=TeacherSpec(weights=tiny_teacher),
+                            views=2, view={"size": 32}, workers=0, block_size=16, targets="full+pooled:int8"),
+                 progress=False, log=lambda _m: None)
+    namespace: dict = {"__name__": "__readme__"}
+    exec(compile(code, "README.md:readme-feature", "exec"), namespace)
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("feature loss ") and math.isfinite(float(line.split()[-1]))
+    assert namespace["parts"]["feature_loss"] > 0
+    saved = torch.load(tmp_path / "student.pt", weights_only=True)
+    assert set(saved) == set(namespace["net"].student.state_dict())

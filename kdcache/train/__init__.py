@@ -2,6 +2,7 @@
 
 from kdcache.train._ema import ModelEma
 from kdcache.train._evaluate import evaluate_checkpoint, evaluate_model
+from kdcache.train._feature import Embedded, StudentWithFeatures
 from kdcache.train._loop import evaluate, train_one_epoch
 from kdcache.train._losses import DistillationLoss, LossConfig, soft_labels, teacher_log_probs
 from kdcache.train._optim import build_optimizer, param_groups
@@ -11,6 +12,7 @@ from kdcache.train._trainconfig import TrainConfig
 
 __all__ = [
     "DistillationLoss",
+    "Embedded",
     "LossConfig",
     "ModelEma",
     "TrainConfig",
@@ -20,6 +22,7 @@ __all__ = [
     "evaluate_checkpoint",
     "evaluate_model",
     "param_groups",
+    "StudentWithFeatures",
     "soft_labels",
     "teacher_log_probs",
     "train_one_epoch",

@@ -51,7 +51,7 @@ def cached_epochs(store: CacheStore, ds, pipeline: ViewPipeline, cfg: TrainConfi
     parameters of its own blocks only and streams their targets a window ahead, holding at most
     ``target_memory_mb`` of them; when the rank's targets fit, one window covers them all.
     """
-    distill = cfg.loss.distill != "none"
+    distill = cfg.loss.distill != "none" or cfg.loss.features  # streams teacher targets
     r = cfg.repeated_views
     m = cfg.views_per_image * r  # slots: views replayed from each decode
     log = log or _quiet
@@ -66,8 +66,12 @@ def cached_epochs(store: CacheStore, ds, pipeline: ViewPipeline, cfg: TrainConfi
         first = epoch * r if r > 1 else epoch
         views = [epoch_views(done, epoch=first + j, seed=cfg.seed) for j in range(m)]
         layout = store.layout
+        # what the losses read: the logits' targets for logit KD, the embedding's for feature KD
+        names = ((layout.logit_target_names if cfg.loss.distill != "none" else [])
+                 + ([n for n in layout.target_names if n not in layout.logit_target_names] if cfg.loss.features
+                    else []))
         # only streamed targets need windows: a labels-only run shuffles its whole share
-        window = store_window(store, cfg.target_memory_mb, m) if distill else store.num_blocks
+        window = store_window(store, cfg.target_memory_mb, m, names) if distill else store.num_blocks
         plan = plan_epoch(len(ds), store.block_size, epoch=epoch, seed=cfg.seed, batch_size=cfg.batch_size,
                           window=window, rank=ctx.rank, world_size=ctx.world_size)
         if r > 1:  # the head of this rank's order: 1/R of its samples, each with R of its views in one batch
@@ -86,13 +90,13 @@ def cached_epochs(store: CacheStore, ds, pipeline: ViewPipeline, cfg: TrainConfi
                     "`kdcache dump-teacher --add-views N`")
             share, mixed = window_class_coverage(plan, np.asarray(ds.labels), seed=cfg.seed)
             if share < 0.5 * mixed:
-                need = -(-2 * store.block_size * store.layout.target_bytes_per_view * m * store.num_blocks >> 20)
+                need = -(-2 * store.block_size * store.layout.bytes_per_view(names) * m * store.num_blocks >> 20)
                 log(f"warning: a target window holds {share:.0%} of the classes on average ({mixed:.0%} if the "
                     f"data were not ordered by class): batches mix few classes at a time. --target-memory-mb "
                     f"{cfg.target_memory_mb} fits {window} of {store.num_blocks} blocks per window; {need} holds "
                     "the epoch at once, or train from a top-k cache")
         replay = [store.read_views(v, names=layout.replay_names, blocks=plan.blocks) for v in views]
-        targets = StreamedTargets(store, views, layout.target_names, plan) if distill else None
+        targets = StreamedTargets(store, views, names, plan) if distill else None
         if m == 1:
             return make_loader(ReplayViews(ds, pipeline, replay[0]), plan.batches, cfg, pin), targets
         # Each worker item: one decode of a batch's images and m views of each

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from kdcache._runtime import autocast
 from kdcache._views import ViewBatch
 from kdcache.errors import KdcacheError
+from kdcache.train._feature import outputs_logits
 from kdcache.train._losses import DistillationLoss, soft_labels
 from kdcache.train._targets import CachedTargets, TargetSource
 
@@ -55,7 +56,7 @@ def _optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler, 
     optimizer.zero_grad(set_to_none=True)
 
 
-_PARTS = ("loss", "task_loss", "kd_loss")
+_PARTS = ("loss", "task_loss", "kd_loss", "feature_loss")
 
 
 def train_one_epoch(
@@ -124,6 +125,7 @@ def train_one_epoch(
         first.setdefault("t", host["t"])
 
     t0 = time.perf_counter()
+    with_argmax = False  # the teacher's targets carry an argmax (not an embedding alone)
     optimizer.zero_grad(set_to_none=True)
     bar = tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress)
     step = 0
@@ -155,8 +157,10 @@ def train_one_epoch(
                 ema.update(model)
         bs = x.shape[0]
         n_seen += bs
-        if teacher is not None:
-            logits = out[1] if isinstance(out, (tuple, list)) else out
+        if teacher is not None and "argmax" in teacher:
+            with_argmax = True
+            logits = outputs_logits(out)
+            logits = logits[1] if isinstance(logits, (tuple, list)) else logits
             agreed = (logits.detach().argmax(1) == teacher["argmax"].to(logits.device).long()).sum()
         else:
             agreed = sums.new_zeros(())
@@ -179,7 +183,7 @@ def train_one_epoch(
     if n_seen > first["n"] and host["t"] > first["t"]:
         # after the first logging interval: without worker start-up, first-batch latency and warm-up
         stats["steady_images_per_second"] = (n_seen - first["n"]) / (host["t"] - first["t"])
-    if teacher_targets is not None:
+    if teacher_targets is not None and with_argmax:
         stats["teacher_agreement"] = n_agree / max(n_seen, 1)
     return stats
 

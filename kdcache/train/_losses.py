@@ -2,9 +2,11 @@
 
 * task loss: cross-entropy against (possibly mixed, possibly smoothed) ground-truth labels;
 * soft KD: KL(teacher_T || student_T) · T² (Hinton et al.; the Keras and Hugging Face form);
-* hard KD: cross-entropy on the teacher's argmax (DeiT's hard distillation).
+* hard KD: cross-entropy on the teacher's argmax (DeiT's hard distillation);
+* feature KD: the student's projected pooled embedding against the teacher's (``kdcache.train._feature``).
 
-``loss = (1 − α) · task + α · kd``. A DeiT student returns ``(cls, dist)`` in training: the
+``loss = (1 − α) · task + α · kd + β · feature``, with β = ``feature_weight`` (0: no feature KD);
+``task_weight`` replaces 1 − α (0: no labels at all). A DeiT student returns ``(cls, dist)`` in training: the
 class head takes the task loss and the distillation head the KD loss (DeiT); with
 ``distill="none"`` both heads learn from the labels.
 """
@@ -20,6 +22,7 @@ from torch import nn
 
 from kdcache._config import ConfigBase
 from kdcache.errors import ConfigError
+from kdcache.train._feature import FEATURE_LOSSES, Embedded, feature_loss
 
 __all__ = ["LossConfig", "DistillationLoss", "teacher_log_probs", "soft_labels"]
 
@@ -31,13 +34,18 @@ _TOPK_FILL = ("spread", "renorm")
 class LossConfig(ConfigBase):
     """How a student learns: ``distill`` (``soft``, ``hard`` or ``none`` = labels only), the KD weight
     ``alpha``, the softmax ``temperature`` of soft KD, ``label_smoothing`` of the task loss and
-    ``topk_fill``, how a top-k cache's missing classes are rebuilt (see :func:`teacher_log_probs`)."""
+    ``topk_fill``, how a top-k cache's missing classes are rebuilt (see :func:`teacher_log_probs`);
+    ``feature_weight`` β of feature distillation (0: none) and its ``feature_loss``; ``task_weight``, the label
+    loss's weight when given (default: 1 − α while distilling logits, else 1; 0 trains without labels)."""
 
     distill: str = "soft"
     alpha: float = 0.5
     temperature: float = 4.0
     label_smoothing: float = 0.0
     topk_fill: str = "spread"
+    feature_weight: float = 0.0
+    feature_loss: str = "cosine"
+    task_weight: float | None = None
 
     def __post_init__(self):
         super().__post_init__()
@@ -51,6 +59,26 @@ class LossConfig(ConfigBase):
             raise ConfigError(f"label smoothing must be in [0, 1), got {self.label_smoothing!r}")
         if self.topk_fill not in _TOPK_FILL:
             raise ConfigError(f"topk fill must be one of {_TOPK_FILL}, got {self.topk_fill!r}")
+        if not self.feature_weight >= 0:
+            raise ConfigError(f"`feature_weight` must be >= 0, got {self.feature_weight!r}")
+        if self.feature_loss not in FEATURE_LOSSES:
+            raise ConfigError(f"`feature_loss` must be one of {', '.join(FEATURE_LOSSES)}, got {self.feature_loss!r}")
+        if self.task_weight is not None and not self.task_weight >= 0:
+            raise ConfigError(f"`task_weight` must be >= 0, got {self.task_weight!r}")
+        if self.task_weight == 0 and self.distill == "none" and self.feature_weight == 0:
+            raise ConfigError("`task_weight` 0 without distillation or feature distillation leaves nothing to learn")
+
+    @property
+    def features(self) -> bool:
+        """Whether the student learns from the teacher's embedding."""
+        return self.feature_weight > 0
+
+    @property
+    def weights(self) -> tuple[float, float, float]:
+        """(task, logit KD, feature KD) weights."""
+        kd = self.alpha if self.distill != "none" else 0.0
+        task = self.task_weight if self.task_weight is not None else (1.0 - kd)
+        return float(task), float(kd), float(self.feature_weight)
 
 
 def soft_labels(labels: torch.Tensor, num_classes: int, *, partner_labels: torch.Tensor | None = None,
@@ -115,17 +143,30 @@ class DistillationLoss(nn.Module):
 
     def forward(self, outputs, y: torch.Tensor, teacher: dict[str, torch.Tensor] | torch.Tensor | None = None
                 ) -> dict[str, torch.Tensor]:
-        """``y``: (B, C) label distribution or (B,) classes; ``teacher``: cached targets, logits or None."""
+        """``y``: (B, C) label distribution or (B,) classes; ``teacher``: cached targets, logits or None;
+        ``outputs``: the model's output, or :class:`~kdcache.train._feature.Embedded` with feature KD."""
         if isinstance(teacher, torch.Tensor):
             teacher = {"logits": teacher, "argmax": teacher.argmax(dim=1)}
+        embedding = outputs.embedding if isinstance(outputs, Embedded) else None
+        outputs = outputs.logits if isinstance(outputs, Embedded) else outputs
         two_heads = isinstance(outputs, (tuple, list))
         cls_out, dist_out = (outputs[0], outputs[1]) if two_heads else (outputs, outputs)
         task = self._task(cls_out, y)
+        w_task, w_kd, w_feat = self.cfg.weights
+        zero = task.new_zeros(())
+        feat = zero
+        if w_feat and teacher is not None:
+            if embedding is None or "embedding" not in teacher:
+                raise ConfigError("feature distillation needs the student's projected embedding and the teacher's")
+            feat = feature_loss(self.cfg.feature_loss, embedding, teacher["embedding"])
         if self.cfg.distill == "none" or teacher is None:
             if two_heads:
                 task = (task + self._task(dist_out, y)) / 2
-            zero = task.new_zeros(())
-            return {"loss": task, "task_loss": task.detach(), "kd_loss": zero}
+            # no teacher at all (a labels-only batch): the label loss alone, whatever the weights
+            loss = task if teacher is None or (w_task == 1 and not w_feat) else w_task * task + w_feat * feat
+            return {"loss": loss, "task_loss": task.detach(), "kd_loss": zero, "feature_loss": feat.detach()}
         kd = self._kd(dist_out, teacher)
-        a = self.cfg.alpha
-        return {"loss": (1 - a) * task + a * kd, "task_loss": task.detach(), "kd_loss": kd.detach()}
+        loss = w_task * task + w_kd * kd
+        if w_feat:
+            loss = loss + w_feat * feat
+        return {"loss": loss, "task_loss": task.detach(), "kd_loss": kd.detach(), "feature_loss": feat.detach()}

@@ -57,9 +57,15 @@ def scaled_lr(lr: float, global_batch: int, scale: bool) -> float:
 
 
 def build_optimizer(model: nn.Module, name: str, *, lr: float, weight_decay: float, momentum: float = 0.9,
-                    nesterov: bool = False, fused: bool | None = None, decay_rule: str = "timm") -> torch.optim.Optimizer:
-    """The optimiser ``name`` over :func:`param_groups` of ``model``."""
-    groups: Iterable[dict] = [g for g in param_groups(model, weight_decay, decay_rule) if g["params"]]
+                    nesterov: bool = False, fused: bool | None = None, decay_rule: str = "timm",
+                    extra: nn.Module | None = None) -> torch.optim.Optimizer:
+    """The optimiser ``name`` over :func:`param_groups` of ``model``, and of ``extra`` (a module trained beside
+    it, e.g. feature distillation's projection head) appended to the same two groups."""
+    both = param_groups(model, weight_decay, decay_rule)
+    if extra is not None:
+        for group, more in zip(both, param_groups(extra, weight_decay, decay_rule)):
+            group["params"] = group["params"] + more["params"]
+    groups: Iterable[dict] = [g for g in both if g["params"]]
     name = name.lower()
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, fused=fused)

@@ -26,6 +26,7 @@ from kdcache.errors import CacheMismatchError, CheckpointError, ConfigError, Kdc
 from kdcache.models import create_model, model_cfg
 from kdcache.models._checkpoint import load_checkpoint, load_weights, save_checkpoint
 from kdcache.train._ema import ModelEma
+from kdcache.train._feature import StudentWithFeatures
 from kdcache.train._heldout import TEST_FILE
 from kdcache.train._logging import MetricsLogger
 from kdcache.train._loop import evaluate, train_one_epoch
@@ -54,7 +55,11 @@ class Run:
     """State shared by teacher and student runs: model, optimiser, logging, checkpoints."""
 
     def __init__(self, cfg: TrainConfig, ctx: DistContext, *, num_classes: int, num_samples: int,
-                 kind: str, log: Callable[[str], None], extra_meta: dict[str, Any]):
+                 kind: str, log: Callable[[str], None], extra_meta: dict[str, Any],
+                 feature_dim: int | None = None, view_size: int | None = None):
+        """``feature_dim``: the teacher's embedding length, for feature distillation (a projection head from
+        the student's embedding, trained with it; ``view_size``: the training views' size, to measure the
+        student's embedding)."""
         self.cfg, self.ctx, self.kind, self.log = cfg, ctx, kind, log
         self.device = select_device(cfg.device, local_rank=ctx.local_rank)
         torch.manual_seed(cfg.seed)
@@ -64,14 +69,19 @@ class Run:
         self.model.to(self.device)
         if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        self.net: nn.Module = _compiled(self.model, cfg.compile_backend) if cfg.compile else self.model
+        # feature distillation: the student and its projection head run (and are reduced) as one module
+        self.with_head = StudentWithFeatures(self.model, feature_dim, view_size).to(self.device) \
+            if feature_dim else None
+        base = self.with_head if self.with_head is not None else self.model
+        self.net: nn.Module = _compiled(base, cfg.compile_backend) if cfg.compile else base
         if ctx.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
         global_batch = cfg.batch_size * cfg.accum_steps * ctx.world_size
         self.lr = scaled_lr(cfg.lr, global_batch, cfg.scale_lr)
         self.optimizer = build_optimizer(self.model, cfg.optimizer, lr=self.lr, weight_decay=cfg.weight_decay,
-                                         momentum=cfg.momentum, nesterov=cfg.nesterov, decay_rule=cfg.decay_rule)
+                                         momentum=cfg.momentum, nesterov=cfg.nesterov, decay_rule=cfg.decay_rule,
+                                         extra=self.with_head.head if self.with_head is not None else None)
         n_batches = len(shard_batches(num_samples, epoch=0, seed=cfg.seed, batch_size=cfg.batch_size, ctx=ctx))
         n_batches = min(n_batches, cfg.max_steps_per_epoch or n_batches)
         self.steps_per_epoch = -(-n_batches // cfg.accum_steps)  # optimiser steps
@@ -191,8 +201,17 @@ class Run:
             raise CacheMismatchError(f"`resume`: {path} was trained from another cache")
         if extra.get("online_teacher") != self.meta.get("online_teacher"):
             raise CheckpointError(f"`resume`: {path} was trained with another `teacher` (online)")
+        if ("feature_head" in extra) != (self.with_head is not None):
+            raise CheckpointError(f"`resume`: {path} was trained {'with' if 'feature_head' in extra else 'without'} "
+                                  "feature distillation; resume with the loss it was trained with")
         # With `ema_select` the checkpoint's model is the EMA and the trained weights travel beside it.
         self.model.load_state_dict(extra.get("raw_state_dict") or model.state_dict())
+        if self.with_head is not None:
+            try:
+                self.with_head.head.load_state_dict(extra["feature_head"])
+            except RuntimeError as e:
+                raise CheckpointError(f"`resume`: {path}'s feature projection does not fit this run's (another "
+                                      "teacher embedding or student)") from e
         if self.ema is not None:
             if "ema" not in extra:
                 raise CheckpointError(f"`resume`: {path} was trained without an EMA; resume without `ema_decay`")
@@ -241,6 +260,8 @@ class Run:
                      optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict())
         if self.scaler.is_enabled():
             state["scaler"] = self.scaler.state_dict()
+        if self.with_head is not None:  # for resume; the exported student is the model alone
+            state["feature_head"] = {k: v.detach().cpu() for k, v in self.with_head.head.state_dict().items()}
         saved = self.model
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()

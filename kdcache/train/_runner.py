@@ -56,7 +56,7 @@ def train_student(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str
     online = cfg.teacher is not None
     if not cfg.cache and not online:
         raise ConfigError("a student run needs `cache` (a teacher cache) or `teacher` (an online teacher)")
-    if online and cfg.loss.distill == "none":
+    if online and cfg.loss.distill == "none" and not cfg.loss.features:
         raise ConfigError("`teacher` (an online teacher) is only used for distillation; choose soft or hard "
                           "distillation, or drop it to train from labels")
     if online and cfg.repeated_views > 1:
@@ -72,6 +72,13 @@ def train_student(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str
             ds = cfg.data.open().preload()  # resident before forking workers: one shared copy
             meta: dict[str, Any] = {"class_names": list(ds.class_names)}
             if store is not None:
+                if cfg.loss.features and not store.target_mode.embedding:
+                    raise ConfigError(f"{cfg.cache} holds no embeddings (targets {store.target_mode}): "
+                                      "`feature_weight` needs a cache dumped with `embed` pooled")
+                if cfg.loss.distill != "none" and not store.target_mode.has_logits:
+                    raise ConfigError(f"{cfg.cache} holds the teacher's embeddings only (targets "
+                                      f"{store.target_mode}): `distill` {cfg.loss.distill} learns from logits; "
+                                      "train from labels only (no distillation), or from a cache with logits")
                 _check_asked_views(cfg, store)
                 store.check_dataset(ds)
                 meta["cache_fingerprint"] = store.identity.fingerprint
@@ -90,11 +97,18 @@ def train_student(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str
             cfg = _resolve_heldout(cfg, log if ctx.is_main else _quiet)
             # config.json records the views used: a cached run's are the cache's, whatever options were given
             recorded = replace(cfg, view=_cache_views(store)) if store is not None else cfg
+            feature_dim = None
+            if cfg.loss.features:  # the teacher's embedding length: the cache's, or the online teacher's
+                feature_dim = (store.layout.embedding_dim if not online else
+                               _teacher.embedding_dim(teacher.model, spec.size, logits=cfg.loss.distill != "none"))
+                meta["feature_dim"] = feature_dim
             run = Run(recorded, ctx, num_classes=ds.num_classes, num_samples=len(ds), kind="student",
-                       log=log if ctx.is_main else _quiet, extra_meta=meta)
+                       log=log if ctx.is_main else _quiet, extra_meta=meta, feature_dim=feature_dim,
+                       view_size=spec.size)
             pin = run.device.type == "cuda"
             if online:
-                targets = OnlineTargets(teacher.model.to(run.device), amp=cfg.amp, precision=run.precision)
+                targets = OnlineTargets(teacher.model.to(run.device), amp=cfg.amp, precision=run.precision,
+                                        logits=cfg.loss.distill != "none", embedding=cfg.loss.features)
                 epoch_data = fresh_view_epochs(ds, pipeline, targets, cfg, ctx, pin)
             else:
                 epoch_data = cached_epochs(store, ds, pipeline, cfg, ctx, pin, run.log)

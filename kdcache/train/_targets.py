@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from kdcache._runtime import autocast
+from kdcache._teacher import target_forward
 from kdcache._views import ViewBatch, split_batch
 from kdcache.cache._targets import decode_targets
 
@@ -56,16 +57,24 @@ class CachedTargets:
 
 
 class OnlineTargets:
-    """Full targets (float32 ``logits`` and their ``argmax``) from the teacher's forward pass on the
-    batch's views. The teacher runs in eval mode under ``inference_mode`` on the images' device."""
+    """Full targets (float32 ``logits`` and their ``argmax``, and with ``embedding`` the teacher's pooled
+    ``embedding``) from the teacher's forward pass on the batch's views, the same targets a cache holds. The
+    teacher runs in eval mode under ``inference_mode`` on the images' device."""
 
-    def __init__(self, model: nn.Module, *, amp: bool = False, precision: str | None = None):
+    def __init__(self, model: nn.Module, *, amp: bool = False, precision: str | None = None, logits: bool = True,
+                 embedding: bool = False):
         self.model = model.eval()
         self.amp, self.precision = amp, precision
+        self.forward = target_forward(self.model, logits=logits, embedding=embedding)
 
     def __call__(self, batch: ViewBatch, images: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.inference_mode(), autocast(images.device, self.amp, precision=self.precision):
-            out = self.model(images)
-        # A normal tensor (not an inference tensor), so the loss may save it for its backward pass.
-        logits = out.float().clone()
-        return {"logits": logits, "argmax": logits.argmax(dim=1)}
+            out, emb = self.forward(images)
+        # Normal tensors (not inference tensors), so the loss may save them for its backward pass.
+        targets = {}
+        if out is not None:
+            logits = out.float().clone()
+            targets.update(logits=logits, argmax=logits.argmax(dim=1))
+        if emb is not None:
+            targets["embedding"] = emb.float().clone()
+        return targets
