@@ -39,10 +39,14 @@ from kdcache.train import evaluate_checkpoint, evaluate_model
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--ema", is_flag=True, help="Evaluate the model EMA the CHECKPOINT carries (train-student --ema-decay).")
+@click.option("--knn", type=click.IntRange(min=0), default=0, show_default=True, metavar="K",
+              help="Also score the model's pooled embeddings by weighted k-nearest-neighbour vote (cosine, K "
+                   "neighbours; 20 is usual), with the data's train split as the memory bank: compares encoders "
+                   "without a class head, or a student distilled from one.")
 @runtime_options
 @library_errors
 def evaluate_cmd(checkpoint, model_name, weights, model_args, random_init, data, split, limit, subset_seed,
-                 val_fraction, batch_size, as_json, ema, device, workers, progress, **view_kw):
+                 val_fraction, batch_size, as_json, ema, knn, device, workers, progress, **view_kw):
     """Top-1 / top-5 accuracy of a kdcache CHECKPOINT (on its own eval views), or of any --model with
     --weights from any file (on the model's default eval view; the eval view options override it).
     A DeiT student averages its two heads.
@@ -74,7 +78,8 @@ def evaluate_cmd(checkpoint, model_name, weights, model_args, random_init, data,
     given = dict(source=data, split=split, limit=limit, subset_seed=subset_seed, val_fraction=val_fraction)
     if checkpoint:
         what = checkpoint
-        stats = evaluate_checkpoint(checkpoint, given, batch_size=batch_size, workers=workers, device=device, ema=ema)
+        stats = evaluate_checkpoint(checkpoint, given, batch_size=batch_size, workers=workers, device=device, ema=ema,
+                                    knn=knn)
     else:
         if data is None:
             raise click.UsageError("--model needs --data (the dataset to score it on)")
@@ -82,9 +87,12 @@ def evaluate_cmd(checkpoint, model_name, weights, model_args, random_init, data,
         what = f"{model_name} ({weights or 'random init'})"
         stats = evaluate_model(TeacherSpec(name=model_name, weights=weights, kwargs=parse_model_args(model_args),
                                            random_init=random_init),
-                               dc, view=view, batch_size=batch_size, workers=workers, device=device)
+                               dc, view=view, batch_size=batch_size, workers=workers, device=device, knn=knn)
     if as_json:
         echo_json(stats)
     else:
         click.echo(f"{what} on {stats['data']} [{stats['split']}]: top-1 {stats['top1']:.2f}%  top-5 {stats['top5']:.2f}%  "
                    f"({stats['images']} images)")
+        if knn:
+            click.echo(f"k-NN top-1 {stats['knn_top1']:.2f}% (k = {knn}, cosine, weighted vote; memory bank: the train "
+                       f"split, {stats['knn_bank_images']} images; embedding dim {stats['knn_dim']})")
