@@ -105,6 +105,19 @@ def _common(data, split, limit, subset_seed, val_fraction, out, val_split, test_
         log_interval=log_interval), label_smoothing
 
 
+def _student_data(cache: str | None, storage_options, kw: dict) -> DataConfig:
+    """train-student's data: with --cache, the data the cache records (its source, split and subset), each data
+    option given replacing its part; without, the options (digits' train split by default)."""
+    given = {k: kw[k] for k in ("split", "limit", "subset_seed", "val_fraction")} | {"source": kw["data"]}
+    if cache is None:
+        defaults = {"source": "digits", "split": "train", "subset_seed": 0, "val_fraction": 0.0}
+        return DataConfig(**{k: v if v is not None else defaults.get(k) for k, v in given.items()})
+    from kdcache.cache import CacheStore
+    from kdcache.engine._verify import cache_data
+
+    return cache_data(CacheStore.open(cache, storage_options=parse_key_values(storage_options) or None), given)
+
+
 def _split_option(given: str | None) -> str | None:
     if given is None:
         return "auto"  # the library's default (kdcache.train._heldout)
@@ -123,7 +136,7 @@ def _report(result: dict) -> None:
 
 @click.command("train-student", cls=SectionedCommand)
 @config_option
-@data_options()
+@data_options(from_cache=True)
 @section(
     "Teacher (a cache, or the online reference)",
     click.option("--cache", default=None,
@@ -190,7 +203,7 @@ def train_student_cmd(cache, storage_options, teacher, teacher_weights, teacher_
 
     \b
     Example:
-      kdcache train-student --cache cifar-r56.zarr --data hdf5:cifar10.h5 \\
+      kdcache train-student --cache cifar-r56.zarr \\
           --student deit_tiny_patch4_32_distilled --distill hard --epochs 100 --out runs/deit
     """
     view = view_overrides(kw)
@@ -202,7 +215,11 @@ def train_student_cmd(cache, storage_options, teacher, teacher_weights, teacher_
     if teacher is not None:
         online = TeacherSpec(name=teacher, weights=teacher_weights, kwargs=parse_model_args(teacher_args),
                              random_init=random_init, init_seed=init_seed)
+    data = _student_data(cache, storage_options, kw)
+    kw.update(data=data.source, split=data.split, limit=data.limit, subset_seed=data.subset_seed,
+              val_fraction=data.val_fraction)
     common, ls = _common(**kw)
+    common["data"] = data
     loss = LossConfig(distill="none" if no_distill else distill, alpha=alpha, temperature=temperature,
                       label_smoothing=ls, topk_fill=topk_fill, feature_weight=feature_weight,
                       feature_loss=feature_loss, task_weight=task_weight)

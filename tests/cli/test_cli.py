@@ -364,3 +364,26 @@ def test_train_teacher_validates_on_a_held_out_folder_split(tmp_path):
     res = run("evaluate", out / "best.pt", "--data", f"folder:{root}", "--val-fraction", "0.34", "--split", "val",
               "--workers", "0", "--json")
     assert json.loads(res.output)["images"] == 6
+
+
+def test_train_student_takes_the_data_the_cache_records_unless_told(tmp_path, tiny_h5, tiny_teacher):
+    """Without data options a cached run trains on the cache's own data (source, split, subset, held-out val);
+    data given that is not the cache's is refused in one line, as before."""
+    from kdcache.data import DataConfig
+    from kdcache.engine import DumpConfig, TeacherSpec, dump_teacher
+
+    out = str(tmp_path / "sub.zarr")
+    dump_teacher(DumpConfig(data=DataConfig(source=tiny_h5, limit=30, subset_seed=2, val_fraction=0.2), out=out,
+                            teacher=TeacherSpec(weights=tiny_teacher), views=1, view={"size": 16}, workers=0,
+                            block_size=16), progress=False, log=lambda _m: None)
+    runner = CliRunner()
+    base = ["train-student", "--cache", out, "--student", "cnn_tiny", "--epochs", "1", "--batch-size", "8",
+            "--workers", "0", "--device", "cpu", "--no-progress"]
+    r = runner.invoke(cli, base + ["--out", str(tmp_path / "run")])
+    assert r.exit_code == 0, r.output
+    data = json.loads((tmp_path / "run" / "config.json").read_text())["config"]["data"]
+    assert data == {"source": tiny_h5, "split": "train", "limit": 30, "subset_seed": 2, "val_fraction": 0.2}
+    assert "best val top-1" in r.output  # the recorded held-out val split selects best.pt
+    r = runner.invoke(cli, base + ["--out", str(tmp_path / "other"), "--data", "digits"])
+    assert r.exit_code == 1 and "was made from other data" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "other").exists()
