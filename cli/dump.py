@@ -9,16 +9,19 @@ from kdcache.cli.options import (
     data_options,
     echo_json,
     library_errors,
-    random_init_options,
     runtime_options,
     section,
+    target_options,
+    targets_of,
+    teacher_options,
+    teacher_spec,
     view_options,
     view_overrides,
 )
 
-from kdcache._utils import human_bytes, parse_key_values, parse_model_args
+from kdcache._utils import human_bytes, parse_key_values
 from kdcache.data import DataConfig
-from kdcache.engine import DumpConfig, TeacherSpec, dump_teacher
+from kdcache.engine import DumpConfig, dump_teacher
 
 
 @click.command("dump-teacher", cls=SectionedCommand)
@@ -26,16 +29,7 @@ from kdcache.engine import DumpConfig, TeacherSpec, dump_teacher
 @data_options()
 @section(
     "Teacher",
-    click.option("--teacher", default=None,
-                 help="Teacher model name (registered, torchvision, timm:NAME, hf:DIR_OR_HUB_ID, python:mod:fn)."),
-    click.option("--teacher-weights", type=click.Path(exists=True), default=None,
-                 help="Teacher weights: a kdcache or torch checkpoint, a state dict, a .safetensors file, or a "
-                      "timm/Hugging Face checkpoint directory (torch files load with weights_only=True)."),
-    click.option("--teacher-arg", "teacher_args", multiple=True,
-                 help="KEY=VALUE passed to the teacher's constructor (repeatable), e.g. pretrained=true."),
-    *random_init_options,
-    click.option("--amp/--no-amp", default=False, show_default=True, help="Mixed precision on CUDA."),
-    click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True),
+    *teacher_options,
 )
 @section(
     "Cache",
@@ -45,14 +39,7 @@ from kdcache.engine import DumpConfig, TeacherSpec, dump_teacher
     click.option("--add-views", type=click.IntRange(min=0), default=0, show_default=True,
                  help="Compute this many more views for an existing cache."),
     click.option("--seed", type=int, default=0, show_default=True, help="Base seed of every view's parameters."),
-    click.option("--targets", default="full", show_default=True,
-                 help="The teacher's logits: full | topk:K (the top K, quantised) | none (with --embed only)."),
-    click.option("--embed", type=click.Choice(["pooled"]), default=None,
-                 help="Also store the teacher's pooled embedding of every view: its pre-logits features, as timm's "
-                      "forward_head(pre_logits=True) gives them (the input of a torchvision or Hugging Face "
-                      "classifier; a python: model's forward_embedding(x))."),
-    click.option("--embed-dtype", type=click.Choice(["float16", "int8"]), default="float16", show_default=True,
-                 help="How the embedding is stored: 2 bytes a value, or 1 plus a 4-byte scale per vector."),
+    *target_options,
     click.option("--block-size", type=click.IntRange(min=1), default=1024, show_default=True,
                  help="Samples per chunk (the unit of writing, resuming and reading)."),
     click.option("--storage-option", "storage_options", multiple=True,
@@ -82,14 +69,10 @@ def dump_teacher_cmd(data, split, limit, subset_seed, val_fraction, teacher, tea
       # logits and pooled embeddings (int8) of every view
       kdcache dump-teacher ... --embed pooled --embed-dtype int8
     """
-    if embed and "+" in targets:
-        raise click.UsageError(f"--targets {targets} names an embedding already; drop --embed")
-    if embed:
-        targets = f"{targets}+{embed}:{embed_dtype}"
+    targets = targets_of(targets, embed, embed_dtype)
     cfg = DumpConfig(
         data=DataConfig(source=data, split=split, limit=limit, subset_seed=subset_seed, val_fraction=val_fraction),
-        out=out, teacher=TeacherSpec(name=teacher, weights=teacher_weights, kwargs=parse_model_args(teacher_args),
-                                     random_init=random_init, init_seed=init_seed),
+        out=out, teacher=teacher_spec(teacher, teacher_weights, teacher_args, random_init, init_seed),
         views=views, add_views=add_views,
         seed=seed, targets=targets, view=view_overrides(view_kw), batch_size=batch_size, workers=workers,
         block_size=block_size, device=device, amp=amp, storage_options=parse_key_values(storage_options) or None,

@@ -42,4 +42,10 @@ def info_cmd(cache, as_json, storage_options):
         f"coverage     {100 * i['done_fraction']:.1f}% done ({i['views_done']} views; per view index: "
         f"{i['views_done_per_view']})\n"
         f"on disk      {human_bytes(i['bytes_on_disk'])}{bpv}\n"
-        f"agreement    {agree} (teacher argmax == label)")
+        f"agreement    {agree} (teacher argmax == label)"
+        + "".join(f"\nadded        teacher {t['name']!r}: {t['teacher']} (weights sha256 "
+                  f"{str(t['weights_sha256'])[:16]}), targets {t['targets']}"
+                  f"{', embedding ' + str(t['embedding_dim']) if t['embedding_dim'] else ''}, "
+                  f"{100 * t['done_fraction']:.1f}% of the views, agreement "
+                  f"{'n/a' if t['label_agreement'] is None else format(100 * t['label_agreement'], '.2f') + '%'}, "
+                  f"{human_bytes(t['bytes_on_disk'])}" for t in i["teachers"][1:]))

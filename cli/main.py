@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import click
+from kdcache.cli.add_teacher import add_teacher_cmd
 from kdcache.cli.check import check_data_cmd
 from kdcache.cli.dump import dump_teacher_cmd
 from kdcache.cli.evaluate import evaluate_cmd
@@ -31,7 +32,7 @@ def cli():
     """
 
 
-for _cmd in (quickstart_cmd, dump_teacher_cmd, train_student_cmd, train_teacher_cmd, evaluate_cmd, info_cmd,
+for _cmd in (quickstart_cmd, dump_teacher_cmd, add_teacher_cmd, train_student_cmd, train_teacher_cmd, evaluate_cmd, info_cmd,
              models_cmd, verify_cmd, export_cmd, plot_cmd, check_data_cmd):
     cli.add_command(_cmd)
 

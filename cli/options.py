@@ -23,13 +23,15 @@ import click
 
 from kdcache._progress import hugging_face_bars_off, stderr_is_terminal
 from kdcache._runtime import unwrap_worker_error
+from kdcache._teacher import TeacherSpec
+from kdcache._utils import parse_model_args
 from kdcache.augment import ViewSpec
 from kdcache.augment._presets import PRESETS
 from kdcache.errors import KdcacheError
 
 __all__ = ["config_option", "data_options", "runtime_options", "view_options", "eval_view_options", "view_overrides",
            "library_errors", "echo_json", "load_config_file", "SectionedCommand", "section", "random_init_options",
-           "progress_option"]
+           "progress_option", "teacher_options", "teacher_spec", "target_options", "targets_of"]
 
 
 class SectionedCommand(click.Command):
@@ -304,6 +306,45 @@ random_init_options = (
     click.option("--init-seed", type=int, default=0, show_default=True,
                  help="Seed of --random-init's initialisation (the same weights in every process)."),
 )
+
+
+teacher_options = (
+    click.option("--teacher", default=None,
+                 help="Teacher model name (registered, torchvision, timm:NAME, hf:DIR_OR_HUB_ID, python:mod:fn)."),
+    click.option("--teacher-weights", type=click.Path(exists=True), default=None,
+                 help="Teacher weights: a kdcache or torch checkpoint, a state dict, a .safetensors file, or a "
+                      "timm/Hugging Face checkpoint directory (torch files load with weights_only=True)."),
+    click.option("--teacher-arg", "teacher_args", multiple=True,
+                 help="KEY=VALUE passed to the teacher's constructor (repeatable), e.g. pretrained=true."),
+    *random_init_options,
+    click.option("--amp/--no-amp", default=False, show_default=True, help="Mixed precision on CUDA."),
+    click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True),
+)
+
+
+def teacher_spec(teacher, teacher_weights, teacher_args, random_init, init_seed):
+    """The :class:`~kdcache.engine.TeacherSpec` of the :data:`teacher_options` given."""
+    return TeacherSpec(name=teacher, weights=teacher_weights, kwargs=parse_model_args(teacher_args),
+                       random_init=random_init, init_seed=init_seed)
+
+
+target_options = (
+    click.option("--targets", default="full", show_default=True,
+                 help="The teacher's logits: full | topk:K (the top K, quantised) | none (with --embed only)."),
+    click.option("--embed", type=click.Choice(["pooled"]), default=None,
+                 help="Also store the teacher's pooled embedding of every view: its pre-logits features, as timm's "
+                      "forward_head(pre_logits=True) gives them (the input of a torchvision or Hugging Face "
+                      "classifier; a python: model's forward_embedding(x))."),
+    click.option("--embed-dtype", type=click.Choice(["float16", "int8"]), default="float16", show_default=True,
+                 help="How the embedding is stored: 2 bytes a value, or 1 plus a 4-byte scale per vector."),
+)
+
+
+def targets_of(targets: str, embed: str | None, embed_dtype: str) -> str:
+    """The targets string of :data:`target_options` (``full+pooled:int8`` ...)."""
+    if embed and "+" in targets:
+        raise click.UsageError(f"--targets {targets} names an embedding already; drop --embed")
+    return f"{targets}+{embed}:{embed_dtype}" if embed else targets
 
 
 def _ignore(_signum: int, _frame: Any) -> None:

@@ -172,6 +172,14 @@ def _report(result: dict) -> None:
 @click.option("--no-distill", is_flag=True, help="Train the same student from labels only (the baseline).")
 @click.option("--alpha", type=float, default=0.5, show_default=True, help="Weight of the distillation loss.")
 @click.option("--temperature", "-T", type=float, default=4.0, show_default=True)
+@click.option("--teachers", default="main", show_default=True,
+              help="Whose logits to distil, by name in the cache ('main': the dump's teacher; others added with "
+                   "add-teacher); several, comma-separated, distil their ensemble: the weighted mean of their "
+                   "probabilities at temperature T.")
+@click.option("--ensemble-weights", default=None, metavar="W1,W2,...",
+              help="One weight per --teachers entry [equal].")
+@click.option("--feature-teacher", default="main", show_default=True,
+              help="Whose embedding --feature-weight matches (a teacher of the cache with an embedding).")
 @click.option("--feature-weight", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Feature distillation (timm's 'feature' task): weight of a loss between the student's pooled "
                    "embedding, through a learned linear projection, and the teacher's cached one (a cache dumped "
@@ -189,8 +197,8 @@ def _report(result: dict) -> None:
 @library_errors
 def train_student_cmd(cache, storage_options, teacher, teacher_weights, teacher_args, random_init, init_seed,
                       views_per_image, repeated_views, target_memory_mb, student,
-                      model_args, distill, no_distill, alpha, temperature, feature_weight, feature_loss, task_weight,
-                      topk_fill, progress, **kw):
+                      model_args, distill, no_distill, alpha, temperature, teachers, ensemble_weights, feature_teacher,
+                      feature_weight, feature_loss, task_weight, topk_fill, progress, **kw):
     """Train a student from a teacher cache, replaying each cached view exactly.
 
     The teacher is never loaded: each epoch takes one cached view per sample, rebuilds it from its
@@ -205,6 +213,8 @@ def train_student_cmd(cache, storage_options, teacher, teacher_weights, teacher_
     Example:
       kdcache train-student --cache cifar-r56.zarr \\
           --student deit_tiny_patch4_32_distilled --distill hard --epochs 100 --out runs/deit
+      # an ensemble of the cache's teachers (kdcache add-teacher)
+      kdcache train-student --cache cifar-r56.zarr --teachers main,r20,r32 --student resnet8 --out runs/ens
     """
     view = view_overrides(kw)
     if teacher is None and (teacher_weights or teacher_args or random_init):
@@ -222,7 +232,8 @@ def train_student_cmd(cache, storage_options, teacher, teacher_weights, teacher_
     common["data"] = data
     loss = LossConfig(distill="none" if no_distill else distill, alpha=alpha, temperature=temperature,
                       label_smoothing=ls, topk_fill=topk_fill, feature_weight=feature_weight,
-                      feature_loss=feature_loss, task_weight=task_weight)
+                      feature_loss=feature_loss, task_weight=task_weight, teachers=_names(teachers),
+                      ensemble_weights=_weights(ensemble_weights), feature_teacher=feature_teacher)
     cfg = TrainConfig(model=student, model_kwargs=parse_model_args(model_args), cache=cache, teacher=online,
                       loss=loss, view=view, storage_options=parse_key_values(storage_options) or None,
                       views_per_image=views_per_image, repeated_views=repeated_views,
@@ -253,3 +264,17 @@ def train_teacher_cmd(teacher, model_args, init_weights, progress, **kw):
     cfg = TrainConfig(model=teacher, model_kwargs=parse_model_args(model_args), init_weights=init_weights, view=view,
                       loss=LossConfig(distill="none", label_smoothing=ls), **common)
     _report(train_teacher(cfg, progress=progress, log=click.echo))
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in text.split(",") if n.strip())
+
+
+def _weights(text: str | None) -> tuple[float, ...]:
+    if not text:
+        return ()
+    try:
+        return tuple(float(w) for w in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of numbers",
+                                 param_hint="--ensemble-weights") from None

@@ -20,6 +20,8 @@ from kdcache.engine._verify import verify_cache, verify_integrity
 @random_init_options[0]
 @random_init_options[1]
 @data_options(from_cache=True)
+@click.option("--name", default="main", show_default=True,
+              help="Which of the cache's teachers to check: 'main' (the dump's) or one added with add-teacher.")
 @click.option("--samples", type=click.IntRange(min=1), default=64, show_default=True,
               help="Completed (sample, view) pairs to replay through the teacher.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the choice of pairs.")
@@ -35,7 +37,7 @@ from kdcache.engine._verify import verify_cache, verify_integrity
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @library_errors
 def verify_cmd(cache, teacher, teacher_weights, teacher_args, random_init, init_seed, data, split, limit, subset_seed,
-               val_fraction, samples, seed, atol, allow_incomplete, integrity_only, batch_size, device,
+               val_fraction, name, samples, seed, atol, allow_incomplete, integrity_only, batch_size, device,
                storage_options, as_json):
     """Check a cache against its teacher: replay sampled views from their recorded parameters.
 
@@ -47,6 +49,7 @@ def verify_cmd(cache, teacher, teacher_weights, teacher_args, random_init, init_
     \b
     Example:
       kdcache verify cifar-r56.zarr --samples 256
+      kdcache verify cifar-r56.zarr --name r20     # a teacher added with add-teacher
 
     The teacher and the data are the ones recorded in the cache (its weights file where the dump found it);
     --teacher, --teacher-weights, --teacher-arg and --data, --split, --limit, --subset-seed override them.
@@ -72,7 +75,7 @@ def verify_cmd(cache, teacher, teacher_weights, teacher_args, random_init, init_
     r = verify_cache(cache, given,
                      dict(source=data, split=split, limit=limit, subset_seed=subset_seed, val_fraction=val_fraction),
                      samples=samples, seed=seed, batch_size=batch_size, device=device, atol=atol,
-                     allow_incomplete=allow_incomplete, storage_options=opts)
+                     allow_incomplete=allow_incomplete, storage_options=opts, name=name)
     if as_json:
         echo_json(r)
     else:

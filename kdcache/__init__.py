@@ -34,7 +34,14 @@ if TYPE_CHECKING:
     from kdcache.augment import ViewParams, ViewPipeline, ViewSpec
     from kdcache.cache import CacheIdentity, CacheStore, TargetMode
     from kdcache.data import DataConfig, ImageDataset, open_dataset
-    from kdcache.engine import DumpConfig, DumpSummary, TeacherSpec, dump_teacher
+    from kdcache.engine import (
+        AddTeacherConfig,
+        DumpConfig,
+        DumpSummary,
+        TeacherSpec,
+        add_teacher,
+        dump_teacher,
+    )
     from kdcache.engine._verify import verify_cache
     from kdcache.models import create_model, list_models, load_checkpoint, register_model, save_checkpoint
     from kdcache.train import (
@@ -43,6 +50,7 @@ if TYPE_CHECKING:
         LossConfig,
         StudentWithFeatures,
         TrainConfig,
+        ensemble_logits,
         epoch_views,
         evaluate,
         evaluate_checkpoint,
@@ -63,6 +71,7 @@ _LAZY: dict[str, str] = {
     "DistillationLoss": "kdcache.train",
     "LossConfig": "kdcache.train",
     "teacher_log_probs": "kdcache.train",
+    "ensemble_logits": "kdcache.train",
     "soft_labels": "kdcache.train",
     "epoch_views": "kdcache.train",
     "StudentWithFeatures": "kdcache.train",
@@ -89,6 +98,8 @@ _LAZY: dict[str, str] = {
     "DumpSummary": "kdcache.engine",
     "TeacherSpec": "kdcache.engine",
     "dump_teacher": "kdcache.engine",
+    "AddTeacherConfig": "kdcache.engine",
+    "add_teacher": "kdcache.engine",
     "verify_cache": "kdcache.engine._verify",
     "TrainConfig": "kdcache.train",
     "train_student": "kdcache.train",
@@ -103,13 +114,13 @@ __all__ = [
     "__version__",
     # training from a cache in your own code
     "open_cache", "CacheDataset", "DistillationLoss", "LossConfig", "teacher_log_probs", "soft_labels",
-    "epoch_views", "StudentWithFeatures", "Embedded",
+    "epoch_views", "StudentWithFeatures", "Embedded", "ensemble_logits",
     # the cache, data, views, models
     "CacheStore", "CacheIdentity", "TargetMode", "DataConfig", "ImageDataset", "open_dataset", "ViewSpec",
     "ViewParams", "ViewPipeline", "create_model", "list_models", "register_model", "load_checkpoint",
     "save_checkpoint",
     # the commands, as library calls
-    "DumpConfig", "DumpSummary", "TeacherSpec", "dump_teacher", "verify_cache", "TrainConfig",
+    "DumpConfig", "DumpSummary", "TeacherSpec", "dump_teacher", "AddTeacherConfig", "add_teacher", "verify_cache", "TrainConfig",
     "train_student", "train_teacher", "evaluate", "evaluate_checkpoint", "evaluate_model",
     # errors
     "KdcacheError", "ConfigError", "DataError", "DataNotFoundError", "ModelError", "CheckpointError",

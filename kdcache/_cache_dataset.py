@@ -29,6 +29,7 @@ from torch.utils.data import Dataset
 from kdcache._views import ReplayViews
 from kdcache.augment import ViewPipeline, ViewSpec
 from kdcache.cache import CacheStore
+from kdcache.cache._teachers import open_teachers
 from kdcache.data import DataConfig, ImageDataset
 from kdcache.errors import CacheMismatchError, ConfigError
 from kdcache.train._loop import label_targets
@@ -69,6 +70,10 @@ class CacheDataset(Dataset):
             its image once and yields the cached views of M consecutive epochs, ``set_epoch(e)`` (``e`` a
             multiple of M) covering epochs ``e .. e + M − 1``.
         storage_options: fsspec options for a cache given by URL.
+        teachers: names of the cache's teachers (``"main"``, the dump's, and those added with ``kdcache
+            add-teacher``) whose targets each item carries, by name: ``item["targets"][name]``. The epoch's
+            views are then those every named teacher covers. None (the default): the main teacher's targets,
+            as ``item["targets"]`` itself.
 
     Item ``i`` is a dict that :func:`torch.utils.data.default_collate` batches:
 
@@ -96,7 +101,8 @@ class CacheDataset(Dataset):
 
     def __init__(self, cache: str | CacheStore, data: ImageDataset | DataConfig | str | None = None, *,
                  seed: int = 0, epoch: int = 0, targets: bool = True,
-                 storage_options: Mapping[str, Any] | None = None, views_per_image: int = 1) -> None:
+                 storage_options: Mapping[str, Any] | None = None, views_per_image: int = 1,
+                 teachers: Sequence[str] | None = None) -> None:
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
             raise ConfigError(f"seed must be an integer, got {seed!r}")
         m = views_per_image
@@ -109,6 +115,11 @@ class CacheDataset(Dataset):
         self.storage_options = dict(storage_options) if storage_options else None
         self.seed = int(seed)
         self.with_targets = bool(targets)
+        self.teachers = None if teachers is None else list(teachers)
+        if isinstance(teachers, str):
+            raise ConfigError(f"teachers must be a list of names, got the string {teachers!r}")
+        if self.teachers is not None:
+            open_teachers(store, self.teachers)  # each exists and belongs to this cache (one line otherwise)
         self.dataset = _open_data(store, data)
         store.check_dataset(self.dataset)
         self.num_classes = store.num_classes
@@ -144,9 +155,15 @@ class CacheDataset(Dataset):
             raise CacheMismatchError(f"{self.path} was replaced by another cache since this dataset "
                                      "opened it; create a new CacheDataset")
         # train-student's passes: epochs epoch..epoch+m-1, each with its own view per block
-        reads = [read_epoch(store, epoch=int(epoch) + j, seed=self.seed, targets=self.with_targets) for j in range(m)]
+        stores = open_teachers(store, self.teachers) if self.teachers is not None else None
+        reads = [read_epoch(store, epoch=int(epoch) + j, seed=self.seed, targets=self.with_targets, teachers=stores)
+                 for j in range(m)]
         self._replay = ReplayViews(self.dataset, self.pipeline, [arrays for _, arrays, _ in reads])
-        self._teacher = CachedTargets([t for _, _, t in reads]) if reads[0][2] else None
+        if stores is None:
+            self._teacher = CachedTargets([t for _, _, t in reads]) if reads[0][2] else None
+        else:  # one source per teacher, by name
+            self._teacher = ({n: CachedTargets([t[n] for _, _, t in reads]) for n in stores}
+                             if self.with_targets else None)
         self._slot_views = np.stack([v for v, _, _ in reads])  # (M, num_blocks)
         self.views = self._slot_views[0] if m == 1 else self._slot_views  # (num_blocks,), or (M, num_blocks)
         self.epoch = int(epoch)
@@ -166,8 +183,10 @@ class CacheDataset(Dataset):
         for batch in slots:
             images.append(batch.images)
             labels.append(label_targets(batch, self.labels, self.num_classes, _CPU))
-            cached = self._teacher(batch, batch.images) if self._teacher is not None else {}
-            teachers.append({k: v.float() if v.is_floating_point() else v.long() for k, v in cached.items()})
+            if isinstance(self._teacher, dict):
+                teachers.append({n: _typed(src(batch, batch.images)) for n, src in self._teacher.items()})
+            else:
+                teachers.append(_typed(self._teacher(batch, batch.images)) if self._teacher is not None else {})
         one = self.views_per_image == 1
 
         def pick(rows: list[torch.Tensor], row: int) -> torch.Tensor:
@@ -178,7 +197,10 @@ class CacheDataset(Dataset):
             views = self._slot_views[:, i // self.block_size]
             item: dict[str, Any] = {"image": pick(images, row), "label": pick(labels, row), "index": i,
                                     "view": int(views[0]) if one else torch.as_tensor(views)}
-            if self._teacher is not None:
+            if isinstance(self._teacher, dict):
+                item["targets"] = {n: {k: pick([t[n][k] for t in teachers], row) for k in teachers[0][n]}
+                                   for n in self._teacher}
+            elif self._teacher is not None:
                 item["targets"] = {k: pick([t[k] for t in teachers], row) for k in teachers[0]}
             items.append(item)
         return items
@@ -190,6 +212,10 @@ class CacheDataset(Dataset):
         m = f", views_per_image={self.views_per_image}" if self.views_per_image > 1 else ""
         return (f"CacheDataset({self.path!r}, samples={len(self)}, classes={self.num_classes}, "
                 f"targets={self.target_mode if self.with_targets else None}, epoch={self.epoch}{m})")
+
+
+def _typed(targets: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.float() if v.is_floating_point() else v.long() for k, v in targets.items()}
 
 
 def _open_data(store: CacheStore, data: ImageDataset | DataConfig | str | None) -> ImageDataset:

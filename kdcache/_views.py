@@ -26,7 +26,7 @@ from kdcache.errors import ConfigError, DataError
 if TYPE_CHECKING:
     from kdcache.models import ModelCfg
 
-__all__ = ["ViewDraws", "ViewBatch", "BlockBatches", "FlatBatches", "merge_batches", "split_batch", "ReplayViews",
+__all__ = ["ViewDraws", "RecordedViews", "ViewBatch", "BlockBatches", "FlatBatches", "merge_batches", "split_batch", "ReplayViews",
            "EvalViews", "identity_collate",
            "build_views", "resolve_view_spec", "resolve_view_sources", "describe_view_sources"]
 
@@ -196,6 +196,21 @@ class ViewDraws(Dataset):
 
     def __getitem__(self, pair: tuple[int, int]) -> ViewBatch:
         return self.__getitems__([pair])
+
+
+class RecordedViews(ViewDraws):
+    """Items are (sample index, view index) pairs, each rebuilt from the view's *recorded* parameters: a teacher
+    added to a cache sees the views its main teacher saw. ``units`` maps (block, view) to that unit's replay
+    arrays as read from the cache (by the parent: workers never touch the store)."""
+
+    def __init__(self, dataset, pipeline: ViewPipeline, units: Mapping[tuple[int, int], Mapping[str, np.ndarray]],
+                 block_size: int):
+        super().__init__(dataset, pipeline, 0)
+        self.units, self.block_size = dict(units), int(block_size)
+
+    def _draw(self, i: int, v: int) -> tuple[int, ViewParams]:
+        b = i // self.block_size
+        return 0, self.pipeline.params_from_arrays(self.units[b, v], i - b * self.block_size)
 
 
 def identity_collate(batch):

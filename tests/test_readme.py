@@ -75,3 +75,30 @@ def test_readme_feature_distillation_loop_runs(tmp_path, monkeypatch, capsys, ti
     assert namespace["parts"]["feature_loss"] > 0
     saved = torch.load(tmp_path / "student.pt", weights_only=True)
     assert set(saved) == set(namespace["net"].student.state_dict())
+
+
+def test_readme_several_teachers_loop_runs(tmp_path, monkeypatch, capsys, tiny_h5, tiny_teacher):
+    """The README's loop over two teachers of one cache, run as written at the path it names."""
+    import math
+
+    import torch
+
+    from kdcache import AddTeacherConfig, DataConfig, DumpConfig, TeacherSpec, add_teacher, dump_teacher
+    from kdcache.models import create_model
+    from kdcache.models._checkpoint import save_checkpoint
+
+    code = readme_block("readme-teachers")
+    path = re.search(r'CacheDataset\("([^"]+)"', code).group(1)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+    dump_teacher(DumpConfig(data=DataConfig(source=tiny_h5), out=path, teacher=TeacherSpec(weights=tiny_teacher),
+                            views=2, view={"size": 16}, workers=0, block_size=16), progress=False, log=lambda _m: None)
+    torch.manual_seed(7)
+    save_checkpoint(str(tmp_path / "r20.pt"), create_model("cnn_tiny", num_classes=3))
+    add_teacher(AddTeacherConfig(cache=path, name="r20", teacher=TeacherSpec(weights=str(tmp_path / "r20.pt")),
+                                 workers=0, device="cpu"), progress=False, log=lambda _m: None)
+    namespace: dict = {"__name__": "__readme__"}
+    exec(compile(code, "README.md:readme-teachers", "exec"), namespace)
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("kd loss ") and math.isfinite(float(line.split()[-1]))
+    assert set(namespace["t"]) == {"main", "r20"} and namespace["parts"]["kd_loss"] > 0

@@ -6,7 +6,8 @@ gzip (+ byte shuffle) or lzf. Group and array attributes are copied; HDF5 attrib
 only scalars and flat arrays, so every attribute that is not a plain scalar (dicts, lists,
 None) is stored as a JSON string and named in the root attribute ``kdcache_json_attrs``;
 the root attribute ``kdcache_attrs_encoding = "json"`` says so. :func:`read_hdf5_attrs`
-decodes them back.
+decodes them back. A teacher added over the cache's views is the group ``teachers/NAME`` with its own arrays
+and attributes, as in the cache.
 
 The copy goes chunk row by chunk row, with as many whole chunk columns (views) per read as
 fit a fixed byte budget, so memory stays bounded however large the cache is. The output is
@@ -32,6 +33,7 @@ from tqdm import tqdm
 from kdcache._utils import temp_file
 from kdcache.cache._integrity import damage_error, scan_cache
 from kdcache.cache._store import CacheStore
+from kdcache.cache._teachers import TEACHERS, open_teacher, teacher_names
 from kdcache.errors import CacheError, ConfigError
 
 __all__ = ["export_hdf5", "read_hdf5_attrs", "ATTRS_ENCODING", "COMPRESSIONS"]
@@ -64,7 +66,13 @@ def export_hdf5(path: str, out_h5: str | os.PathLike[str], *, storage_options: M
     if damage:
         raise damage_error(store.path, damage)
     arrays = store.arrays()
-    steps = sum(len(list(_blocks(a))) for a in arrays.values())
+    # the teachers added over the cache's views: each its own group teachers/NAME, as in the cache
+    teachers = {n: open_teacher(store, n) for n in teacher_names(store.path, store.storage_options)[1:]}
+    for t in teachers.values():
+        if damage := scan_cache(t, decode=False).damage:
+            raise damage_error(t.path, damage)
+    added = {n: t.arrays() for n, t in teachers.items()}
+    steps = sum(len(list(_blocks(a))) for a in [*arrays.values(), *(a for d in added.values() for a in d.values())])
     try:
         tmp = temp_file(parent, os.path.basename(out))  # the umask's mode, as a file written in place gets
     except OSError as e:
@@ -76,6 +84,10 @@ def export_hdf5(path: str, out_h5: str | os.PathLike[str], *, storage_options: M
             f.attrs[_ENCODING_ATTR] = ATTRS_ENCODING
             for name, arr in arrays.items():
                 _copy_array(f, store, name, arr, compression, bar)
+            for n, t in teachers.items():
+                _write_attrs(f.require_group(f"{TEACHERS}/{n}"), dict(t.attrs))
+                for name, arr in added[n].items():
+                    _copy_array(f, t, name, arr, compression, bar, dest=f"{TEACHERS}/{n}/{name}")
         os.replace(tmp, out)
     except BaseException as e:
         if os.path.exists(tmp):
@@ -91,6 +103,7 @@ def export_hdf5(path: str, out_h5: str | os.PathLike[str], *, storage_options: M
         "compression": compression,
         "arrays": {n: {"shape": list(a.shape), "dtype": "str" if _is_text(a) else str(a.dtype),
                        "chunks": list(a.chunks)} for n, a in arrays.items()},
+        "teachers": sorted(teachers),
         "bytes": os.path.getsize(out),
         "seconds": time.perf_counter() - t0,
     }
@@ -159,7 +172,7 @@ def _is_text(arr: zarr.Array) -> bool:
 
 
 def _copy_array(f: h5py.File, store: CacheStore, name: str, arr: zarr.Array, compression: str,
-                bar: tqdm) -> None:
+                bar: tqdm, dest: str | None = None) -> None:
     is_str = _is_text(arr)
     dtype = h5py.string_dtype("utf-8") if is_str else np.dtype(arr.dtype)
     chunks = tuple(max(1, min(c, s)) for c, s in zip(arr.chunks, arr.shape)) if arr.shape else None
@@ -167,7 +180,7 @@ def _copy_array(f: h5py.File, store: CacheStore, name: str, arr: zarr.Array, com
     if compression == "gzip":
         kw["compression_opts"] = 4
         kw["shuffle"] = not is_str  # byte shuffle helps fixed-width numbers, not string heap pointers
-    dset = f.create_dataset(name, shape=arr.shape, dtype=dtype, chunks=chunks, **(kw if chunks else {}))
+    dset = f.create_dataset(dest or name, shape=arr.shape, dtype=dtype, chunks=chunks, **(kw if chunks else {}))
     for sel in _blocks(arr):
         try:
             block = np.asarray(arr[sel])

@@ -10,6 +10,7 @@ from kdcache.cache._identity import recorded_subset
 from kdcache.cache._integrity import damage_error, scan_cache
 from kdcache.cache._store import CacheStore
 from kdcache.cache._targets import stored_argmax
+from kdcache.cache._teachers import MAIN, open_teacher, teacher_names
 
 __all__ = ["cache_info", "label_agreement"]
 
@@ -23,7 +24,12 @@ def cache_info(path: str, *, storage_options: dict[str, Any] | None = None) -> d
     a = store.attrs
     done = store.done()
     n_views_done = int(done.sum())
+    teachers = [_teacher_entry(store, MAIN, done)] + [
+        _teacher_entry(open_teacher(store, n), n) for n in teacher_names(store.path, store.storage_options)[1:]]
     size = store.nbytes_on_disk()
+    if size is not None and all(t["bytes_on_disk"] is not None for t in teachers[1:]):
+        size -= sum(t["bytes_on_disk"] for t in teachers[1:])  # the main cache's own bytes
+    teachers[0]["bytes_on_disk"] = size
     per_array: dict[str, dict[str, Any]] = {}
     for name in [*store.view_array_names, "done"]:
         arr = store.array(name)
@@ -58,7 +64,25 @@ def cache_info(path: str, *, storage_options: dict[str, Any] | None = None) -> d
         "bytes_per_view": (size / n_views_done) if size is not None and n_views_done else None,  # None: no view
         "arrays": per_array,
         "label_agreement": label_agreement(store, done),
+        # main (the cache's own teacher, described above) and the teachers added over its views
+        "teachers": teachers,
     }
+
+
+def _teacher_entry(t: CacheStore, name: str, done: np.ndarray | None = None) -> dict[str, Any]:
+    """One teacher's line of ``info``: who, which targets, how much of the cache's views it covers."""
+    if done is None:
+        damage = scan_cache(t, decode=False).damage
+        if damage:
+            raise damage_error(t.path, damage)
+        done = t.done()
+    mode = t.target_mode
+    return {"name": name, "path": t.path, "teacher": (t.attrs.get("teacher") or {}).get("name"),
+            "weights_sha256": t.identity.teacher.get("weights_sha256"), "targets": str(mode),
+            "fingerprint": t.identity.fingerprint,
+            "embedding_dim": t.layout.embedding_dim, "views_done": int(done.sum()),
+            "done_fraction": float(done.mean()) if done.size else 0.0, "label_agreement": label_agreement(t, done),
+            "bytes_on_disk": t.nbytes_on_disk() if name != MAIN else None}
 
 
 def _view_ops(store: CacheStore) -> str:

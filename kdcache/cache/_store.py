@@ -53,8 +53,9 @@ from kdcache.errors import (
 __all__ = ["CacheStore", "FORMAT_VERSION", "DEFAULT_BLOCK_SIZE", "is_url", "array_recipes", "format_of"]
 
 # 2: no `view_seed` array (derived); 3: per-sample op arrays (auto-augment, colour, erasing), pad-crop;
-# 4: embedding targets. Format-1, -2 and -3 caches stay readable and writable.
-FORMAT_VERSION = 4
+# 4: embedding targets; 5: an added teacher's group (teachers/<name>/, kdcache.cache._teachers). Format-1 to -4
+# caches stay readable and writable (a main cache keeps its format when teachers are added to it).
+FORMAT_VERSION = 5
 
 
 def format_of(mode: TargetMode) -> int:

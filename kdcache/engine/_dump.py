@@ -162,7 +162,8 @@ def _unit_arrays(layout: UnitLayout, logits: torch.Tensor | None, embedding: tor
         raise TeacherOutputError(f"teacher embeddings of {where} overflow float16 (|x| > 65504); store them as "
                                  "int8 (targets '...+pooled:int8')")
     out = layout.encode_targets(logits, embedding)
-    out.update(pipeline.params_to_arrays(params))
+    # an added teacher's layout holds no parameters: they are the main cache's
+    out.update({k: v for k, v in pipeline.params_to_arrays(params).items() if k in layout.specs})
     if VIEW_SEED in layout.specs:  # derivable from (seed, key, view): stored by format 1 only
         out[VIEW_SEED] = seeds
     return out

@@ -41,6 +41,7 @@ from kdcache.cache import CacheStore, TargetMode, canonical_json
 from kdcache.cache._embcodec import row_cosine
 from kdcache.cache._integrity import scan_cache
 from kdcache.cache._targets import TOPK_STEP, decode_targets
+from kdcache.cache._teachers import MAIN, open_teacher, teacher_names
 from kdcache.data import DataConfig
 from kdcache.errors import CacheMismatchError, ConfigError, DataNotFoundError, ModelError
 
@@ -69,6 +70,14 @@ def verify_integrity(path: str, *, storage_options: Mapping[str, Any] | None = N
     report: dict[str, Any] = {"path": store.path, "fingerprint": store.identity.fingerprint,
                               "num_samples": store.num_samples, "num_views": store.num_views,
                               "num_blocks": store.num_blocks, **rep.to_dict()}
+    # every added teacher's arrays too: its damage is named by its own path (CACHE/teachers/NAME/...)
+    report["teachers"] = {}
+    for name in teacher_names(store.path, store.storage_options)[1:]:
+        sub = scan_cache(open_teacher(store, name)).to_dict()
+        report["teachers"][name] = sub
+        report["chunks_checked"] += sub["chunks_checked"]
+        report["nonfinite_values"] += sub["nonfinite_values"]
+        report["damage"] += sub["damage"]
     report["failures"] = _damage_failures(report)
     report["ok"] = not report["failures"]
     return report
@@ -122,8 +131,8 @@ def verify_cache(path: str, teacher: TeacherSpec | Mapping[str, Any] | None = No
                  data: DataConfig | Mapping[str, Any] | None = None, *,
                  samples: int = 64, seed: int = 0,
                  batch_size: int = 64, device: str = "auto", atol: float | None = None,
-                 allow_incomplete: bool = False, storage_options: Mapping[str, Any] | None = None
-                 ) -> dict[str, Any]:
+                 allow_incomplete: bool = False, storage_options: Mapping[str, Any] | None = None,
+                 name: str = MAIN) -> dict[str, Any]:
     """Replay ``samples`` random completed views through ``teacher`` and compare with the cache.
 
     ``teacher`` and ``data`` default to the teacher and data recorded in the cache (a mapping overrides
@@ -137,8 +146,9 @@ def verify_cache(path: str, teacher: TeacherSpec | Mapping[str, Any] | None = No
         raise ConfigError(f"samples and batch size must be >= 1, got {samples} and {batch_size}")
     if atol is not None and not atol >= 0:
         raise ConfigError(f"atol must be >= 0, got {atol!r}")
-    store = CacheStore.open(path, mode="r", storage_options=storage_options)
-    data_cfg = cache_data(store, data)
+    root = CacheStore.open(path, mode="r", storage_options=storage_options)
+    store = open_teacher(root, name)  # the teacher whose targets are checked (`main`: the cache's own)
+    data_cfg = cache_data(root, data)
     try:
         ds = data_cfg.open()
     except DataNotFoundError as e:
@@ -157,12 +167,16 @@ def verify_cache(path: str, teacher: TeacherSpec | Mapping[str, Any] | None = No
     for b, v in integrity.damaged_units:
         b0, b1 = store.block_bounds(b)
         usable[b0:b1, v] = False
+    if store is not root:  # an added teacher's views are the main cache's: replayed from its parameters
+        usable &= root.done()[:, : store.num_views]
     pairs = _sample_pairs(usable, samples, seed)
-    picked = _read_units(store, pairs)
+    picked = {**(_read_units(root, pairs, root.layout.replay_names) if store is not root else {}),
+              **_read_units(store, pairs)}
     fresh = _replay(loaded.model, pipeline, ds, pairs, picked, batch_size=batch_size, device=device, mode=mode)
 
     report: dict[str, Any] = {
         "path": store.path,
+        "name": name,
         "fingerprint": store.identity.fingerprint,
         "teacher": loaded.cfg.name,
         "targets": str(mode),
@@ -212,9 +226,10 @@ def _sample_pairs(done: np.ndarray, samples: int, seed: int) -> np.ndarray:
     return np.stack(np.divmod(chosen, done.shape[1]), axis=1).astype(np.int64).reshape(-1, 2)
 
 
-def _read_units(store: CacheStore, pairs: np.ndarray) -> dict[str, np.ndarray]:
-    """The rows of the sampled pairs, in the order of ``pairs``; each unit read once, chunk-aligned."""
-    gather = store.layout.names
+def _read_units(store: CacheStore, pairs: np.ndarray, names: list[str] | None = None) -> dict[str, np.ndarray]:
+    """The rows of the sampled pairs (of arrays ``names``, default all), in the order of ``pairs``; each unit read
+    once, chunk-aligned."""
+    gather = store.layout.names if names is None else list(names)
     wanted: dict[tuple[int, int], list[int]] = defaultdict(list)
     for j, (i, v) in enumerate(pairs):
         wanted[(int(i) // store.block_size, int(v))].append(j)

@@ -19,16 +19,19 @@ from kdcache._runtime import DistContext
 from kdcache._views import FlatBatches, ReplayViews, ViewDraws, identity_collate
 from kdcache.augment import ViewPipeline
 from kdcache.cache import CacheStore
+from kdcache.cache._teachers import common_done_units, open_teachers
+from kdcache.train._losses import LossConfig
 from kdcache.train._run import shard_batches
 from kdcache.train._schedule import epoch_views
 from kdcache.train._stream import (
     StreamedTargets,
+    block_target_bytes,
     plan_epoch,
     store_window,
     truncate_plan,
     window_class_coverage,
 )
-from kdcache.train._targets import OnlineTargets
+from kdcache.train._targets import OnlineTargets, TeacherTargets
 from kdcache.train._trainconfig import TrainConfig
 
 __all__ = ["REPLAYS_WARN", "cached_epochs", "fresh_view_epochs", "make_loader"]
@@ -60,18 +63,16 @@ def cached_epochs(store: CacheStore, ds, pipeline: ViewPipeline, cfg: TrainConfi
     def epoch_data(epoch: int):
         # Reopen each epoch: views another process added (and marked done) become eligible.
         store = CacheStore.open(cfg.cache, mode="r", storage_options=cfg.storage_options)
-        done = store.done_units()
+        wanted = teacher_arrays(store, cfg.loss)  # each teacher's store and the target arrays read from it
+        done = common_done_units(store, [t for t, _ in wanted.values()])
         # Epochs epoch..epoch+m-1 train on the views epoch_views picks for them, whatever m is; with repeated
         # views epoch e trains on the R views epoch_views picks for e*R .. e*R+R-1 (distinct within a cycle).
         first = epoch * r if r > 1 else epoch
         views = [epoch_views(done, epoch=first + j, seed=cfg.seed) for j in range(m)]
         layout = store.layout
-        # what the losses read: the logits' targets for logit KD, the embedding's for feature KD
-        names = ((layout.logit_target_names if cfg.loss.distill != "none" else [])
-                 + ([n for n in layout.target_names if n not in layout.logit_target_names] if cfg.loss.features
-                    else []))
-        # only streamed targets need windows: a labels-only run shuffles its whole share
-        window = store_window(store, cfg.target_memory_mb, m, names) if distill else store.num_blocks
+        # only streamed targets need windows (every teacher's within one budget): a labels-only run shuffles
+        # its whole share
+        window = store_window(store, cfg.target_memory_mb, m, wanted) if distill else store.num_blocks
         plan = plan_epoch(len(ds), store.block_size, epoch=epoch, seed=cfg.seed, batch_size=cfg.batch_size,
                           window=window, rank=ctx.rank, world_size=ctx.world_size)
         if r > 1:  # the head of this rank's order: 1/R of its samples, each with R of its views in one batch
@@ -90,13 +91,13 @@ def cached_epochs(store: CacheStore, ds, pipeline: ViewPipeline, cfg: TrainConfi
                     "`kdcache dump-teacher --add-views N`")
             share, mixed = window_class_coverage(plan, np.asarray(ds.labels), seed=cfg.seed)
             if share < 0.5 * mixed:
-                need = -(-2 * store.block_size * store.layout.bytes_per_view(names) * m * store.num_blocks >> 20)
+                need = -(-2 * block_target_bytes(store, m, wanted) * store.num_blocks >> 20)
                 log(f"warning: a target window holds {share:.0%} of the classes on average ({mixed:.0%} if the "
                     f"data were not ordered by class): batches mix few classes at a time. --target-memory-mb "
                     f"{cfg.target_memory_mb} fits {window} of {store.num_blocks} blocks per window; {need} holds "
                     "the epoch at once, or train from a top-k cache")
         replay = [store.read_views(v, names=layout.replay_names, blocks=plan.blocks) for v in views]
-        targets = StreamedTargets(store, views, names, plan) if distill else None
+        targets = teacher_targets(wanted, views, plan, cfg, store.num_classes) if distill else None
         if m == 1:
             return make_loader(ReplayViews(ds, pipeline, replay[0]), plan.batches, cfg, pin), targets
         # Each worker item: one decode of a batch's images and m views of each
@@ -106,6 +107,29 @@ def cached_epochs(store: CacheStore, ds, pipeline: ViewPipeline, cfg: TrainConfi
         return FlatBatches(make_loader(ReplayViews(ds, pipeline, replay), plan.batches, cfg, pin), m), targets
 
     return epoch_data
+
+
+def teacher_arrays(store: CacheStore, loss: LossConfig) -> dict[str, tuple[CacheStore, list[str]]]:
+    """For each of the cache's teachers the run learns from, its store and the target arrays it reads: the
+    logits' targets of the logit teachers (``loss.teachers``), the embedding of the feature teacher."""
+    logit = list(loss.teachers) if loss.distill != "none" else []
+    names = logit + ([loss.feature_teacher] if loss.features and loss.feature_teacher not in logit else [])
+    stores = open_teachers(store, names)
+    return {n: (t, (t.layout.logit_target_names if n in logit else [])
+                + ([a for a in t.layout.target_names if a not in t.layout.logit_target_names]
+                   if loss.features and n == loss.feature_teacher else [])) for n, t in stores.items()}
+
+
+def teacher_targets(wanted: dict[str, tuple[CacheStore, list[str]]], views, plan, cfg: TrainConfig,
+                    num_classes: int):
+    """The epoch's target source: one teacher's streamed targets as they are, or several joined."""
+    streams = {n: StreamedTargets(t, views, names, plan) for n, (t, names) in wanted.items()}
+    loss = cfg.loss
+    if len(streams) == 1 and (loss.distill == "none" or len(loss.teachers) == 1):
+        return next(iter(streams.values()))
+    return TeacherTargets(streams, list(loss.teachers) if loss.distill != "none" else [], loss.ensemble_weights,
+                          loss.feature_teacher if loss.features else None, num_classes=num_classes,
+                          temperature=loss.temperature, fill=loss.topk_fill)
 
 
 def fresh_view_epochs(ds, pipeline: ViewPipeline, targets: OnlineTargets | None, cfg: TrainConfig,

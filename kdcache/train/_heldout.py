@@ -45,7 +45,7 @@ def resolve_heldout(data: DataConfig, val_split: str | None, test_split: str | N
     if val is None and val_split == AUTO:  # said when defaulted, not when asked for
         log("no validation split: best.pt is the last epoch (hold one out of the training data with "
             "`val_fraction`, or name one with `val_split`)")
-    elif val == test:
+    elif val is not None and val == test:
         log(f"warning: best.pt is selected on the test split {test!r}: its test top-1 is optimistic; hold a "
             "validation split out of the training data with `val_fraction` instead")
     if val is not None and val == data.split:

@@ -3,6 +3,7 @@
 * task loss: cross-entropy against (possibly mixed, possibly smoothed) ground-truth labels;
 * soft KD: KL(teacher_T || student_T) · T² (Hinton et al.; the Keras and Hugging Face form);
 * hard KD: cross-entropy on the teacher's argmax (DeiT's hard distillation);
+* an ensemble of a cache's teachers: the weighted mean of their probabilities at T (:func:`ensemble_logits`);
 * feature KD: the student's projected pooled embedding against the teacher's (``kdcache.train._feature``).
 
 ``loss = (1 − α) · task + α · kd + β · feature``, with β = ``feature_weight`` (0: no feature KD);
@@ -14,6 +15,7 @@ class head takes the task loss and the distillation head the KD loss (DeiT); wit
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -24,7 +26,7 @@ from kdcache._config import ConfigBase
 from kdcache.errors import ConfigError
 from kdcache.train._feature import FEATURE_LOSSES, Embedded, feature_loss
 
-__all__ = ["LossConfig", "DistillationLoss", "teacher_log_probs", "soft_labels"]
+__all__ = ["LossConfig", "DistillationLoss", "teacher_log_probs", "ensemble_logits", "soft_labels"]
 
 _DISTILL = ("soft", "hard", "none")
 _TOPK_FILL = ("spread", "renorm")
@@ -46,6 +48,9 @@ class LossConfig(ConfigBase):
     feature_weight: float = 0.0
     feature_loss: str = "cosine"
     task_weight: float | None = None
+    teachers: tuple[str, ...] = ("main",)        # whose logits: one, or an ensemble (a cache's teachers by name)
+    ensemble_weights: tuple[float, ...] = ()     # the ensemble's weights (default equal), one per teacher
+    feature_teacher: str = "main"                # whose embedding feature distillation matches
 
     def __post_init__(self):
         super().__post_init__()
@@ -65,6 +70,12 @@ class LossConfig(ConfigBase):
             raise ConfigError(f"`feature_loss` must be one of {', '.join(FEATURE_LOSSES)}, got {self.feature_loss!r}")
         if self.task_weight is not None and not self.task_weight >= 0:
             raise ConfigError(f"`task_weight` must be >= 0, got {self.task_weight!r}")
+        if not self.teachers or len(set(self.teachers)) != len(self.teachers):
+            raise ConfigError(f"`teachers` must name each teacher once, got {list(self.teachers)}")
+        if self.ensemble_weights and (len(self.ensemble_weights) != len(self.teachers)
+                                      or min(self.ensemble_weights) < 0 or not sum(self.ensemble_weights) > 0):
+            raise ConfigError(f"`ensemble_weights` {list(self.ensemble_weights)} must be one weight >= 0 per teacher "
+                              f"({len(self.teachers)}: {', '.join(self.teachers)}), not all 0")
         if self.task_weight == 0 and self.distill == "none" and self.feature_weight == 0:
             raise ConfigError("`task_weight` 0 without distillation or feature distillation leaves nothing to learn")
 
@@ -112,6 +123,18 @@ def teacher_log_probs(targets: dict[str, torch.Tensor], num_classes: int, temper
         full = tail.unsqueeze(1).expand(-1, num_classes).clone()
     full.scatter_(1, indices, values)
     return F.log_softmax(full / temperature, dim=1)
+
+
+def ensemble_logits(parts: Sequence[dict[str, torch.Tensor]], weights: Sequence[float], num_classes: int,
+                    temperature: float, fill: str = "spread") -> torch.Tensor:
+    """An ensemble's targets as logits: ``T · log Σ_i w_i softmax(z_i / T)`` (weights normalised to sum 1), so
+    soft KD at ``T`` learns exactly the weighted mean of the teachers' probabilities at ``T``, and the argmax
+    of these logits is the mean's. Each part is one teacher's cached targets (full or top-k)."""
+    w = torch.as_tensor([float(x) for x in weights], dtype=torch.float32)
+    log_w = torch.log(w / w.sum())
+    lp = torch.stack([teacher_log_probs(p, num_classes, temperature, fill)
+                      + log_w[i].to(next(iter(p.values())).device) for i, p in enumerate(parts)]).logsumexp(dim=0)
+    return lp * temperature
 
 
 class DistillationLoss(nn.Module):

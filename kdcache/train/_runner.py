@@ -26,6 +26,7 @@ from kdcache._views import resolve_view_spec
 from kdcache.augment import ViewPipeline, ViewSpec
 from kdcache.augment._match import view_conflicts
 from kdcache.cache import CacheStore
+from kdcache.cache._teachers import MAIN, open_teacher, open_teachers
 from kdcache.errors import ConfigError
 from kdcache.models import model_cfg
 from kdcache.train._epochs import cached_epochs, fresh_view_epochs
@@ -65,6 +66,9 @@ def train_student(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str
     if online and cfg.views_per_image > 1:
         raise ConfigError("`views_per_image` replays several cached views per decode; an online teacher draws "
                           "fresh views instead: use it with `cache` only")
+    if online and (tuple(cfg.loss.teachers) != (MAIN,) or cfg.loss.feature_teacher != MAIN):
+        raise ConfigError("`teachers` and `feature_teacher` name a cache's teachers; an online teacher is one "
+                          "model: drop them, or train from the cache")
     ctx = DistContext.from_env(cfg.device)
     try:
         with run_directory(cfg, ctx, log):
@@ -72,16 +76,13 @@ def train_student(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str
             ds = cfg.data.open().preload()  # resident before forking workers: one shared copy
             meta: dict[str, Any] = {"class_names": list(ds.class_names)}
             if store is not None:
-                if cfg.loss.features and not store.target_mode.embedding:
-                    raise ConfigError(f"{cfg.cache} holds no embeddings (targets {store.target_mode}): "
-                                      "`feature_weight` needs a cache dumped with `embed` pooled")
-                if cfg.loss.distill != "none" and not store.target_mode.has_logits:
-                    raise ConfigError(f"{cfg.cache} holds the teacher's embeddings only (targets "
-                                      f"{store.target_mode}): `distill` {cfg.loss.distill} learns from logits; "
-                                      "train from labels only (no distillation), or from a cache with logits")
+                if not online:
+                    _check_teachers(cfg, store)
                 _check_asked_views(cfg, store)
                 store.check_dataset(ds)
                 meta["cache_fingerprint"] = store.identity.fingerprint
+                if not online:  # which of the cache's teachers the run learns from, each by its fingerprint
+                    meta["teachers"] = _teacher_fingerprints(cfg, store)
             teacher = None
             if online:
                 # Looked up on the module so a test can prove that a cached run never calls it.
@@ -99,7 +100,7 @@ def train_student(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str
             recorded = replace(cfg, view=_cache_views(store)) if store is not None else cfg
             feature_dim = None
             if cfg.loss.features:  # the teacher's embedding length: the cache's, or the online teacher's
-                feature_dim = (store.layout.embedding_dim if not online else
+                feature_dim = (open_teacher(store, cfg.loss.feature_teacher).layout.embedding_dim if not online else
                                _teacher.embedding_dim(teacher.model, spec.size, logits=cfg.loss.distill != "none"))
                 meta["feature_dim"] = feature_dim
             run = Run(recorded, ctx, num_classes=ds.num_classes, num_samples=len(ds), kind="student",
@@ -116,6 +117,30 @@ def train_student(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str
             return run.fit(epoch_data, np.asarray(ds.labels, dtype=np.int64), val, progress, test)
     finally:
         ctx.close()
+
+
+def _check_teachers(cfg: TrainConfig, store: CacheStore) -> None:
+    """The teachers asked for exist in the cache and hold what the losses read (one line each otherwise)."""
+    loss = cfg.loss
+    if loss.distill != "none":
+        for name, t in open_teachers(store, list(loss.teachers)).items():
+            if not t.target_mode.has_logits:
+                raise ConfigError(f"teacher {name!r} of {cfg.cache} holds embeddings only (targets "
+                                  f"{t.target_mode}): `distill` {loss.distill} learns from logits; leave it out of "
+                                  "`teachers`, train from labels only, or use it for feature distillation")
+    if loss.features:
+        t = open_teacher(store, loss.feature_teacher)
+        if not t.target_mode.embedding:
+            raise ConfigError(f"teacher {loss.feature_teacher!r} of {cfg.cache} holds no embeddings (targets "
+                              f"{t.target_mode}): `feature_weight` needs a teacher dumped or added with `embed` "
+                              "pooled")
+
+
+def _teacher_fingerprints(cfg: TrainConfig, store: CacheStore) -> dict[str, str]:
+    loss = cfg.loss
+    logit = list(loss.teachers) if loss.distill != "none" else []
+    names = logit + ([loss.feature_teacher] if loss.features and loss.feature_teacher not in logit else [])
+    return {n: open_teacher(store, n).identity.fingerprint for n in names}
 
 
 def _check_asked_views(cfg: TrainConfig, store: CacheStore) -> None:

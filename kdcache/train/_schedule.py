@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from kdcache.cache._teachers import common_done_units
 from kdcache.errors import CacheIncompleteError
 
 __all__ = ["epoch_views", "read_epoch"]
@@ -31,14 +32,21 @@ def epoch_views(done_units: np.ndarray, *, epoch: int, seed: int) -> np.ndarray:
     return out
 
 
-def read_epoch(store, *, epoch: int, seed: int, targets: bool = True
+def read_epoch(store, *, epoch: int, seed: int, targets: bool = True, teachers=None
                ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
     """What a cached run trains on in ``epoch``: (view per block, replay arrays, target arrays).
 
     The views are :func:`epoch_views` of the store's done units; every array is read once per block
     (one chunk each), in the calling process. Without ``targets`` only the replay arrays are read.
+    ``teachers`` (name -> a teacher's store, ``kdcache.cache._teachers``): the views are those every one of
+    them covers, and the targets are a mapping of each teacher's arrays by name.
     """
-    views = epoch_views(store.done_units(), epoch=epoch, seed=seed)
-    names = store.layout.names if targets else store.layout.replay_names
-    replay, teacher = store.layout.split(store.read_views(views, names=names))
-    return views, replay, teacher
+    if teachers is None:
+        views = epoch_views(store.done_units(), epoch=epoch, seed=seed)
+        names = store.layout.names if targets else store.layout.replay_names
+        replay, teacher = store.layout.split(store.read_views(views, names=names))
+        return views, replay, teacher
+    views = epoch_views(common_done_units(store, list(teachers.values())), epoch=epoch, seed=seed)
+    replay = store.read_views(views, names=store.layout.replay_names)
+    return views, replay, ({n: t.read_views(views, names=t.layout.target_names) for n, t in teachers.items()}
+                           if targets else {})

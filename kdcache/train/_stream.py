@@ -33,7 +33,7 @@ from kdcache._views import ViewBatch
 from kdcache.cache._targets import decode_targets
 from kdcache.train._targets import by_slot
 
-__all__ = ["EpochPlan", "plan_epoch", "truncate_plan", "window_blocks", "store_window", "window_class_coverage", "StreamedTargets"]
+__all__ = ["EpochPlan", "plan_epoch", "truncate_plan", "window_blocks", "store_window", "block_target_bytes", "window_class_coverage", "StreamedTargets"]
 
 _READ_GROUP = 2  # blocks read at a time while a window is assembled (their transient copies count too)
 
@@ -109,10 +109,19 @@ def window_blocks(memory_bytes: int, bytes_per_block: int, num_blocks: int) -> i
 
 
 def store_window(store, memory_mb: int, slots: int = 1, names=None) -> int:
-    """:func:`window_blocks` for ``store``'s targets (those named, default all), ``slots`` views per sample, a
-    budget of ``memory_mb``."""
-    per_block = store.block_size * store.layout.bytes_per_view(names or store.layout.target_names) * slots
-    return window_blocks(int(memory_mb) << 20, per_block, store.num_blocks)
+    """:func:`window_blocks` for ``store``'s targets (those named, default all; or a mapping of a cache's
+    teachers to ``(teacher store, names)``: all of them within the budget), ``slots`` views per sample, a budget
+    of ``memory_mb``."""
+    return window_blocks(int(memory_mb) << 20, block_target_bytes(store, slots, names), store.num_blocks)
+
+
+def block_target_bytes(store, slots: int = 1, names=None) -> int:
+    """Bytes of one block's targets in memory (see :func:`store_window` for ``names``)."""
+    if isinstance(names, dict):
+        per_view = sum(t.layout.bytes_per_view(n) for t, n in names.values())
+    else:
+        per_view = store.layout.bytes_per_view(names or store.layout.target_names)
+    return store.block_size * per_view * slots
 
 
 def window_class_coverage(plan: EpochPlan, labels: np.ndarray, *, seed: int = 0) -> tuple[float, float]:

@@ -6,6 +6,9 @@ device of ``images`` (the batch's views as the student receives them).
 
 * :class:`CachedTargets` looks the epoch's cached targets up by sample index (arrays read
   from the cache once per epoch) and decodes them (``decode_targets``); it never sees a teacher.
+* :class:`TeacherTargets` joins several teachers' sources (a cache's teachers by name): the logit teachers'
+  targets, one passed through or several as their ensemble (``ensemble_logits``), and the feature teacher's
+  embedding.
 * :class:`OnlineTargets` runs the teacher on the very views the student trains on, every step
   (online, "consistent teaching" distillation): the reference that cached training is measured
   against, through the same loop, loss, optimiser and schedule.
@@ -24,8 +27,9 @@ from kdcache._runtime import autocast
 from kdcache._teacher import target_forward
 from kdcache._views import ViewBatch, split_batch
 from kdcache.cache._targets import decode_targets
+from kdcache.train._losses import ensemble_logits
 
-__all__ = ["TargetSource", "CachedTargets", "OnlineTargets", "by_slot"]
+__all__ = ["TargetSource", "CachedTargets", "OnlineTargets", "TeacherTargets", "by_slot"]
 
 
 class TargetSource(Protocol):
@@ -78,3 +82,36 @@ class OnlineTargets:
         if emb is not None:
             targets["embedding"] = emb.float().clone()
         return targets
+
+
+class TeacherTargets:
+    """Targets from several of a cache's teachers: ``sources[name]`` gives teacher ``name``'s decoded targets.
+
+    ``logit_teachers``: whose logits the loss learns from (one: its targets as they are; several: the weighted
+    mean of their probabilities at ``loss.temperature``, as logits with their argmax, ``ensemble_logits``);
+    ``feature_teacher``: whose ``embedding`` feature distillation matches (None: none)."""
+
+    def __init__(self, sources: Mapping[str, TargetSource], logit_teachers: Sequence[str], weights: Sequence[float],
+                 feature_teacher: str | None, *, num_classes: int, temperature: float, fill: str = "spread"):
+        self.sources = dict(sources)
+        self.logit_teachers, self.feature_teacher = list(logit_teachers), feature_teacher
+        self.weights = list(weights) or [1.0] * len(self.logit_teachers)
+        self.num_classes, self.temperature, self.fill = num_classes, temperature, fill
+
+    def __call__(self, batch: ViewBatch, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        got = {n: src(batch, images) for n, src in self.sources.items()}
+        parts = [{k: v for k, v in got[t].items() if k != "embedding"} for t in self.logit_teachers]
+        out: dict[str, torch.Tensor] = {}
+        if len(parts) == 1:
+            out.update(parts[0])
+        elif parts:
+            logits = ensemble_logits(parts, self.weights, self.num_classes, self.temperature, self.fill)
+            out.update(logits=logits, argmax=logits.argmax(dim=1))
+        if self.feature_teacher is not None:
+            out["embedding"] = got[self.feature_teacher]["embedding"]
+        return out
+
+    def close(self) -> None:
+        for src in self.sources.values():
+            if hasattr(src, "close"):
+                src.close()

@@ -34,7 +34,7 @@ def test_a_format_1_cache_opens_verifies_trains_and_stays_format_1(tmp_path, tin
     cache, data, teacher = str(tmp_path / "v1.zarr"), tiny_h5, str(FIXTURES / "v1_teacher.pt")
     shutil.copytree(FIXTURES / "v1_cache.zarr", cache)  # tiny_h5 is make_h5's dataset, the one it was made from
     store = CacheStore.open(cache)
-    assert FORMAT_VERSION == 4 and store.attrs["kdcache_format"] == 1
+    assert FORMAT_VERSION == 5 and store.attrs["kdcache_format"] == 1
     assert "view_seed" in store.layout.names and "view_seed" in store.layout.replay_names
     seeds = store.read_array("view_seed")
     assert seeds.shape == (48, 2)

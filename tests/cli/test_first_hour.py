@@ -56,14 +56,19 @@ def test_a_cache_of_a_subset_says_which_flags_train_on_it(tmp_path, tiny_h5, tin
     assert "48" not in info.output.split("dataset")[1].split("\n")[0]
     assert ("30 samples (a 30-image subset, seed 0: train with --limit 30 --subset-seed 0), 3 classes"
             in info.output), info.output
-    res = invoke("train-student", "--cache", out, "--data", tiny_h5, "--student", "cnn_tiny", "--out",
-                 tmp_path / "run", *TRAIN)
+    # another subset given: refused, naming the flags of the cache's own subset
+    res = invoke("train-student", "--cache", out, "--data", tiny_h5, "--limit", "20", "--student", "cnn_tiny",
+                 "--out", tmp_path / "run", *TRAIN)
     line = one_line_error(res)
     assert line.startswith(f"Error: {out} was made from other data: manifest_sha256: ")
-    assert line.endswith("; the cache was made from a 30-image subset (seed 0) of its split and this data has 48 "
+    assert line.endswith("; the cache was made from a 30-image subset (seed 0) of its split and this data has 20 "
                          "images: give --limit 30 and --subset-seed 0"), line
     ok = invoke("train-student", "--cache", out, "--data", tiny_h5, "--limit", "30", "--subset-seed", "0",
                 "--student", "cnn_tiny", "--out", tmp_path / "run", *TRAIN)
+    assert ok.exit_code == 0, ok.output
+    # --data alone: the subset the cache records applies (a data option given replaces only its own part)
+    ok = invoke("train-student", "--cache", out, "--data", tiny_h5, "--student", "cnn_tiny", "--out",
+                tmp_path / "run2", *TRAIN)
     assert ok.exit_code == 0, ok.output
 
 

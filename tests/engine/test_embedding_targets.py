@@ -183,7 +183,7 @@ def test_cli_embed_options_info_and_bad_input(world, tmp_path):
     # an embedding-only cache cannot feed logit distillation; labels-only training still works from it
     run_dir = tmp_path / "run"
     line = _one_line_error(runner.invoke(cli, world.train_args(out, run_dir)))
-    assert "holds the teacher's embeddings only (targets none+pooled:float16)" in line and "--distill soft" in line
+    assert "holds embeddings only (targets none+pooled:float16)" in line and "--distill soft" in line
     assert not run_dir.exists()
     r = runner.invoke(cli, world.train_args(out, run_dir) + ["--no-distill"])
     assert r.exit_code == 0, r.output

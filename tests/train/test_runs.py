@@ -117,6 +117,12 @@ def test_selecting_on_the_test_split_is_said(tmp_path, tiny_h5, tiny_teacher):
                               cache=cache, epochs=1, batch_size=16, workers=0, val_split="test"),
                   progress=False, log=logs.append)
     assert any("best.pt is selected on the test split 'test': its test top-1 is optimistic" in m for m in logs)
+    # neither a validation nor a test split: nothing is selected on the test split, and nothing says so
+    logs.clear()
+    train_student(TrainConfig(data=DataConfig(source=tiny_h5), out=str(tmp_path / "n"), model="cnn_tiny",
+                              cache=cache, epochs=1, batch_size=16, workers=0, val_split=None, test_split=None),
+                  progress=False, log=logs.append)
+    assert not any("selected on the test split" in m for m in logs), logs
 
 
 def test_tensorboard_event_files_when_the_extra_is_installed(tmp_path, tiny_h5, tiny_teacher):
