@@ -58,6 +58,8 @@ def add_teacher_cmd(cache, name, teacher, teacher_weights, teacher_args, random_
         data=DataConfig(source=data) if data else None, batch_size=batch_size, workers=workers, device=device,
         amp=amp, storage_options=parse_key_values(storage_options) or None)
     s = add_teacher(cfg, progress=progress, log=lambda m: click.echo(m, err=as_json))
+    if s.rank != 0:
+        return  # under torchrun, rank 0 reports
     if as_json:
         echo_json(s.to_dict())
         return

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from kdcache._config import ConfigBase
 from kdcache._orphans import exit_with_parent
-from kdcache._runtime import select_device
+from kdcache._runtime import DistContext, select_device
 from kdcache._teacher import TeacherSpec, build_teacher, embedding_dim
 from kdcache._utils import recordable_config
 from kdcache._views import BlockBatches, RecordedViews, identity_collate
@@ -71,14 +71,30 @@ class AddTeacherConfig(ConfigBase):
 
 
 def add_teacher(cfg: AddTeacherConfig, *, progress: bool = True, log: Callable[[str], None] = print) -> DumpSummary:
-    """Compute teacher ``cfg.name``'s targets for every done view of the cache ``cfg.cache`` not yet computed."""
-    name = check_name(cfg.name, adding=True)
+    """Compute teacher ``cfg.name``'s targets for every done view of the cache ``cfg.cache`` not yet computed.
+
+    Under torchrun, rank 0 prepares the teacher's group (and holds its writer lock), then every rank takes its
+    share of the blocks with pending units, as ``dump_teacher`` does: the result is the single-process group."""
+    check_name(cfg.name, adding=True)
     if cfg.batch_size < 1 or cfg.workers < 0:
         raise ConfigError("batch size must be >= 1 and workers >= 0")
+    TargetMode.parse(cfg.targets)
+    ctx = DistContext.from_env(cfg.device)
+    try:
+        return _add(cfg, ctx, progress=progress and ctx.is_main, log=log if ctx.is_main else _quiet)
+    finally:
+        ctx.close()
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+def _add(cfg: AddTeacherConfig, ctx: DistContext, *, progress: bool, log: Callable[[str], None]) -> DumpSummary:
     mode = TargetMode.parse(cfg.targets)
     root = CacheStore.open(cfg.cache, mode="r", storage_options=cfg.storage_options)
-    path = teacher_path(root.path, name)
-    preflight(path, cfg.device)
+    path = teacher_path(root.path, cfg.name)
+    preflight(path, cfg.device, local_rank=ctx.local_rank)
     data_cfg = cache_data(root, cfg.data)
     ds = data_cfg.open().preload()  # resident before forking workers
     root.check_dataset(ds)
@@ -91,21 +107,38 @@ def add_teacher(cfg: AddTeacherConfig, *, progress: bool = True, log: Callable[[
     # the views are the main cache's: its dataset, view spec and seed; its fingerprint in `views_of`
     identity = CacheIdentity(teacher=teacher.identity(), dataset=root.identity.dataset,
                              view_spec=root.identity.view_spec, seed=root.identity.seed, targets=str(mode))
-    attrs = {"kdcache_format": TEACHERS_FORMAT, "teacher_name": name, "views_of": root.identity.fingerprint,
+    attrs = {"kdcache_format": TEACHERS_FORMAT, "teacher_name": cfg.name, "views_of": root.identity.fingerprint,
              "teacher": teacher.describe(), "dataset": root.attrs.get("dataset"),
              "config": {**cfg.recorded(), "data": data_cfg.to_dict()}, "software": kernel_versions()}
-    make_teachers_group(root.path, cfg.storage_options)  # teachers/: the lock folder sits beside the group
-    lock = WriterLock(path, storage_options=cfg.storage_options)
-    try:
-        lock.hold_meta(log=log)
+    lock, error, created = None, None, False
+    if ctx.is_main:  # rank 0 alone touches metadata, under the group's writer lock
         try:
-            lock.acquire()
-            store, created = _prepare(cfg, root, path, ds, identity, layout, attrs, log)
-        finally:
-            lock.release_meta()
-        return _compute(cfg, root, store, created, ds, pipeline, teacher, progress=progress)
+            make_teachers_group(root.path, cfg.storage_options)  # teachers/: the lock folder sits beside the group
+            lock = WriterLock(path, storage_options=cfg.storage_options)
+            lock.hold_meta(log=log)
+            try:
+                lock.acquire()
+                store, created = _prepare(cfg, root, path, ds, identity, layout, attrs, log)
+            finally:
+                lock.release_meta()
+        except KdcacheError as e:
+            error = e
+            if lock is not None:
+                lock.release()
+    if ctx.distributed:
+        msg = ctx.broadcast_object(None if error is None else f"{type(error).__name__}: {error}")
+        if msg is not None and error is None:
+            raise CacheError(f"rank 0 failed: {msg}")
+    if error is not None:
+        raise error
+    ctx.barrier()
+    try:
+        if not ctx.is_main:
+            store = CacheStore.open(path, mode="r+", storage_options=cfg.storage_options)
+        return _compute(cfg, ctx, root, store, created, ds, pipeline, teacher, progress=progress)
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
 
 
 def _prepare(cfg: AddTeacherConfig, root: CacheStore, path: str, ds, identity: CacheIdentity, layout: UnitLayout,
@@ -140,19 +173,26 @@ def _prepare(cfg: AddTeacherConfig, root: CacheStore, path: str, ds, identity: C
     return store, False
 
 
-def _compute(cfg: AddTeacherConfig, root: CacheStore, store: CacheStore, created: bool, ds, pipeline: ViewPipeline,
-             teacher, *, progress: bool) -> DumpSummary:
-    """The added teacher's forward over every unit done in the main cache and not in the teacher's group."""
+def _compute(cfg: AddTeacherConfig, ctx: DistContext, root: CacheStore, store: CacheStore, created: bool, ds,
+             pipeline: ViewPipeline, teacher, *, progress: bool) -> DumpSummary:
+    """The added teacher's forward over every unit done in the main cache and not in the teacher's group (this
+    rank's share of the blocks)."""
     pending = root.done_units() & ~store.done_units()[:, : root.num_views]
-    work = _block_work([(int(b), int(v)) for b, v in zip(*pending.nonzero())])
+    all_work = _block_work([(int(b), int(v)) for b, v in zip(*pending.nonzero())])
+    ctx.barrier()  # every rank has read the same pending units before any writes
+    work = all_work[ctx.rank::ctx.world_size]
     units = {(b, v): root.read_unit(b, v, root.layout.replay_names) for b, vs in work for v in vs}
-    n_views = sum((store.block_bounds(b)[1] - store.block_bounds(b)[0]) * len(vs) for b, vs in work)
-    bar = tqdm(total=n_views, desc=f"add-teacher {cfg.name}", unit="view", disable=not progress)
+
+    def views_of(w) -> int:
+        return sum((store.block_bounds(b)[1] - store.block_bounds(b)[0]) * len(vs) for b, vs in w)
+
+    bar = tqdm(total=views_of(work), desc=f"add-teacher {cfg.name}", unit="view", disable=not progress)
     t0 = time.perf_counter()
+    failure: BaseException | None = None
     writer = _Writer(store, store.path, bar)
     try:
         try:
-            device = select_device(cfg.device)
+            device = select_device(cfg.device, local_rank=ctx.local_rank)
             loader = DataLoader(RecordedViews(ds, pipeline, units, root.block_size),
                                 batch_sampler=BlockBatches(work, store.block_bounds, cfg.batch_size),
                                 num_workers=cfg.workers, collate_fn=identity_collate,
@@ -161,22 +201,32 @@ def _compute(cfg: AddTeacherConfig, root: CacheStore, store: CacheStore, created
         finally:
             writer.close(raise_error=False)
         writer._raise()
-    except BaseException as e:
-        if created and not CacheStore.open(store.path, mode="r", storage_options=cfg.storage_options
-                                           ).done_units().any() and _remove(store.path):
-            if isinstance(e, KdcacheError):
-                raise type(e)(f"{e}; nothing was computed, so {store.path} was removed") from e
-        raise
+    except Exception as e:  # noqa: BLE001 - re-raised below, after telling the other ranks
+        failure = e
+    others_failed = ctx.any(failure is not None)  # a failed rank never leaves the others at a barrier
+    removed = False
+    if (failure is not None or others_failed) and ctx.is_main and created:
+        if not CacheStore.open(store.path, mode="r", storage_options=cfg.storage_options).done_units().any():
+            removed = _remove(store.path)
+    if failure is not None:
+        if removed and isinstance(failure, KdcacheError):
+            raise type(failure)(f"{failure}; nothing was computed, so {store.path} was removed") from failure
+        raise failure
+    if others_failed:
+        raise CacheError("another rank failed (see its message); units written so far are intact, rerun to resume")
     bar.close()
     seconds = time.perf_counter() - t0
+    ctx.barrier()
     store = CacheStore.open(store.path, mode="r", storage_options=cfg.storage_options)
     done = store.done()
+    n_views = views_of(all_work)
     return DumpSummary(
         out=store.path, num_samples=store.num_samples, num_views=store.num_views, num_classes=store.num_classes,
-        targets=str(store.target_mode), units_computed=sum(len(vs) for _, vs in work), views_computed=int(n_views),
-        seconds=seconds, images_per_second=n_views / seconds if seconds > 0 and n_views else 0.0,
+        targets=str(store.target_mode), units_computed=sum(len(vs) for _, vs in all_work),
+        views_computed=int(n_views), seconds=seconds,
+        images_per_second=n_views / seconds if seconds > 0 and n_views else 0.0,
         label_agreement=label_agreement(store, done), bytes_on_disk=store.nbytes_on_disk(),
-        done_fraction=float(done.mean()), fingerprint=store.identity.fingerprint)
+        done_fraction=float(done.mean()), fingerprint=store.identity.fingerprint, rank=ctx.rank)
 
 
 def _remove(path: str) -> bool:

@@ -23,10 +23,12 @@ from engine_support import (
     BATCH,
     VIEWS,
     assert_bitwise_equal,
+    helper_env,
     kdcache_cmd,
     logs,
     run,
     start,
+    torchrun_cmd,
     tree_digest,
     wait_for,
 )
@@ -272,3 +274,16 @@ def test_export_writes_each_added_teacher_as_its_own_group(world, second, tmp_pa
             assert_bitwise_equal(name, f[f"teachers/t2/{name}"][...], np.asarray(t.array(name)[...]))
         attrs = read_hdf5_attrs(f["teachers/t2"])
         assert attrs["views_of"] == CacheStore.open(cache).identity.fingerprint and attrs["teacher_name"] == "t2"
+
+
+@pytest.mark.slow
+def test_torchrun_add_teacher_equals_the_single_process_one(world, second, tmp_path):
+    cache = _copy(world, tmp_path)
+    args = ["add-teacher", cache, "--name", "t2", "--teacher-weights", second["weights"], "--targets", "full",
+            "--embed", "pooled", "--embed-dtype", "int8", "--batch-size", str(BATCH), "--device", "cpu",
+            "--workers", "0", "--no-progress", "--json"]
+    result = run(torchrun_cmd(2, args), env=helper_env())
+    assert result.returncode == 0, result.stdout + result.stderr
+    s = json.loads(result.stdout[result.stdout.index("{"):])  # rank 0's summary only
+    assert s["units_computed"] == world.num_units and s["done_fraction"] == 1.0
+    _assert_targets_equal(cache, second["direct"], TARGETS + ("embedding", "embedding_scale"))
