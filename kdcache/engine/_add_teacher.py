@@ -43,6 +43,7 @@ from kdcache.engine._dumpconfig import DumpSummary
 from kdcache.engine._lock import WriterLock
 from kdcache.engine._preflight import preflight
 from kdcache.engine._space import space_hint
+from kdcache.engine._teacher_input import teacher_on_views
 from kdcache.engine._verify import cache_data
 from kdcache.engine._writer import _Writer
 from kdcache.errors import CacheError, CacheMetadataError, ConfigError, KdcacheError
@@ -102,7 +103,9 @@ def _add(cfg: AddTeacherConfig, ctx: DistContext, *, progress: bool, log: Callab
     teacher = build_teacher(cfg.teacher, num_classes=ds.num_classes)
     spec = ViewSpec.from_dict(root.identity.view_spec)
     pipeline = ViewPipeline(spec)
-    emb_dim = embedding_dim(teacher.model, spec.size, logits=mode.has_logits) if mode.embedding else None
+    # the teacher as it takes the cache's views (renormalised to its own mean/std; a size it cannot take refused)
+    model = teacher_on_views(teacher, spec, logits=mode.has_logits, embedding=bool(mode.embedding), log=log)
+    emb_dim = embedding_dim(model, spec.size, logits=mode.has_logits) if mode.embedding else None
     layout = UnitLayout.build(mode, ds.num_classes, {}, embedding_dim=emb_dim)  # targets only
     # the views are the main cache's: its dataset, view spec and seed; its fingerprint in `views_of`
     identity = CacheIdentity(teacher=teacher.identity(), dataset=root.identity.dataset,
@@ -135,7 +138,7 @@ def _add(cfg: AddTeacherConfig, ctx: DistContext, *, progress: bool, log: Callab
     try:
         if not ctx.is_main:
             store = CacheStore.open(path, mode="r+", storage_options=cfg.storage_options)
-        return _compute(cfg, ctx, root, store, created, ds, pipeline, teacher, progress=progress)
+        return _compute(cfg, ctx, root, store, created, ds, pipeline, model, progress=progress)
     finally:
         if lock is not None:
             lock.release()
@@ -174,7 +177,7 @@ def _prepare(cfg: AddTeacherConfig, root: CacheStore, path: str, ds, identity: C
 
 
 def _compute(cfg: AddTeacherConfig, ctx: DistContext, root: CacheStore, store: CacheStore, created: bool, ds,
-             pipeline: ViewPipeline, teacher, *, progress: bool) -> DumpSummary:
+             pipeline: ViewPipeline, model, *, progress: bool) -> DumpSummary:
     """The added teacher's forward over every unit done in the main cache and not in the teacher's group (this
     rank's share of the blocks)."""
     pending = root.done_units() & ~store.done_units()[:, : root.num_views]
@@ -197,7 +200,7 @@ def _compute(cfg: AddTeacherConfig, ctx: DistContext, root: CacheStore, store: C
                                 batch_sampler=BlockBatches(work, store.block_bounds, cfg.batch_size),
                                 num_workers=cfg.workers, collate_fn=identity_collate,
                                 pin_memory=device.type == "cuda", worker_init_fn=exit_with_parent())
-            _run_blocks(teacher.model.to(device), iter(loader), work, store, pipeline, device, cfg, writer)
+            _run_blocks(model.to(device), iter(loader), work, store, pipeline, device, cfg, writer)
         finally:
             writer.close(raise_error=False)
         writer._raise()

@@ -43,6 +43,7 @@ from kdcache.cache._integrity import scan_cache
 from kdcache.cache._targets import TOPK_STEP, decode_targets
 from kdcache.cache._teachers import MAIN, open_teacher, teacher_names
 from kdcache.data import DataConfig
+from kdcache.engine._teacher_input import teacher_on_views
 from kdcache.errors import CacheMismatchError, ConfigError, DataNotFoundError, ModelError
 
 __all__ = ["verify_cache", "verify_integrity", "cache_data", "cache_teacher", "default_atol", "FP16_ULP",
@@ -172,7 +173,9 @@ def verify_cache(path: str, teacher: TeacherSpec | Mapping[str, Any] | None = No
     pairs = _sample_pairs(usable, samples, seed)
     picked = {**(_read_units(root, pairs, root.layout.replay_names) if store is not root else {}),
               **_read_units(store, pairs)}
-    fresh = _replay(loaded.model, pipeline, ds, pairs, picked, batch_size=batch_size, device=device, mode=mode)
+    model = loaded.model if store is root else teacher_on_views(  # as add-teacher ran it on the cache's views
+        loaded, pipeline.spec, logits=mode.has_logits, embedding=bool(mode.embedding), log=lambda _m: None)
+    fresh = _replay(model, pipeline, ds, pairs, picked, batch_size=batch_size, device=device, mode=mode)
 
     report: dict[str, Any] = {
         "path": store.path,

@@ -41,6 +41,31 @@ class HFImageClassifier(nn.Module):
         return self.model(pixel_values=x).logits
 
 
+class HFBackbone(HFImageClassifier):
+    """A ``transformers`` vision model loaded without a class head (``headless=true``: CLIP's, DINOv2's or SigLIP's
+    image tower, any ``AutoModel``): it gives pooled embeddings (``kdcache.models._embed``), no logits."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise ModelError("this Hugging Face model was loaded without a class head (headless=true): it gives "
+                         "embeddings only; store them with targets none+pooled (--targets none --embed pooled)")
+
+
+def _check_loaded(model: nn.Module, loading: Mapping[str, Any], ref: str, headless: bool) -> None:
+    """Weights the checkpoint lacks would be random: refused by name, never used silently. A classifier's
+    checkpoint loaded headless lacks only the backbone's pooler: the pooler is dropped (the embedding is then the
+    first token of the last hidden state, kdcache.models._embed), not run with random weights."""
+    missing = sorted(str(k) for k in loading.get("missing_keys") or ())
+    if headless and missing and all(k.startswith("pooler.") for k in missing) and hasattr(model, "pooler"):
+        model.pooler = None
+        return
+    if missing:
+        hint = ("a checkpoint without a class head? Load it with headless=true for embedding targets "
+                "(targets none+pooled), or fine-tune a head first" if not headless else
+                "is it a checkpoint of this architecture?")
+        raise ModelError(f"hf model {ref!r}: {len(missing)} weights are not in the checkpoint and would be random "
+                         f"({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}); {hint}")
+
+
 def _looks_like_path(ref: str) -> bool:
     """A Hub id is ``name`` or ``namespace/name``; anything else is meant as a directory."""
     return ref.startswith(("/", ".", "~")) or ref.count("/") > 1 or (os.sep != "/" and os.sep in ref)
@@ -88,11 +113,12 @@ def _input_spec(processor: Any, ref: str) -> dict[str, Any]:
     return spec
 
 
-def create_hf_model(ref: str, *, num_classes: int, **kw: Any) -> nn.Module:
+def create_hf_model(ref: str, *, num_classes: int, headless: bool = False, **kw: Any) -> nn.Module:
     """Load ``transformers.AutoModelForImageClassification`` from a local directory or a Hub id.
 
-    The model keeps its own head, so its ``num_labels`` must equal ``num_classes``. Keyword
-    arguments go to ``from_pretrained`` (e.g. ``revision``).
+    The model keeps its own head, so its ``num_labels`` must equal ``num_classes``. ``headless``: load
+    ``transformers.AutoModel`` instead (no class head, whatever the data's classes): a teacher of embeddings
+    only (:class:`HFBackbone`). Other keyword arguments go to ``from_pretrained`` (e.g. ``revision``).
     """
     if not ref:
         raise ModelError("hf: needs a model directory or a Hub id, e.g. 'hf:./my-vit' or "
@@ -109,7 +135,8 @@ def create_hf_model(ref: str, *, num_classes: int, **kw: Any) -> nn.Module:
     # must then be given explicitly (--size, --mean, --std), which resolve_view_sources enforces.
     has_processor = not offline or (local / "preprocessor_config.json").is_file()
     try:
-        model = tf.AutoModelForImageClassification.from_pretrained(source, local_files_only=offline, **kw)
+        auto = tf.AutoModel if headless else tf.AutoModelForImageClassification
+        model, loading = auto.from_pretrained(source, local_files_only=offline, output_loading_info=True, **kw)
         processor = tf.AutoImageProcessor.from_pretrained(source, local_files_only=offline) if has_processor \
             else None
     except (OSError, ValueError) as e:
@@ -120,12 +147,15 @@ def create_hf_model(ref: str, *, num_classes: int, **kw: Any) -> nn.Module:
                 f"cannot load Hugging Face model {ref!r} ({first}); when offline, download it elsewhere, "
                 f"save it with save_pretrained and pass its directory as hf:DIR") from e
         raise ModelError(f"hf model {ref!r}: {first}") from e
+    _check_loaded(model, loading, ref, headless)
     labels = int(model.config.num_labels)
-    if labels != num_classes:
+    if not headless and labels != num_classes:
         raise ModelError(f"hf model {ref!r} predicts {labels} classes (config num_labels) but the data has "
-                         f"{num_classes}; fine-tune it with a {num_classes}-way head first")
+                         f"{num_classes}; fine-tune it with a {num_classes}-way head first, or load it without "
+                         "its head for embedding targets (headless=true, targets none+pooled)")
+    wrapped = (HFBackbone if headless else HFImageClassifier)(model)
     if processor is None:
         side = getattr(model.config, "image_size", None)
-        return set_model_cfg(HFImageClassifier(model), input_size=side if isinstance(side, int) else 224,
+        return set_model_cfg(wrapped, input_size=side if isinstance(side, int) else 224,
                              requires_input=("size", "mean", "std"))
-    return set_model_cfg(HFImageClassifier(model), **_input_spec(processor, ref))
+    return set_model_cfg(wrapped, **_input_spec(processor, ref))

@@ -287,3 +287,58 @@ def test_torchrun_add_teacher_equals_the_single_process_one(world, second, tmp_p
     s = json.loads(result.stdout[result.stdout.index("{"):])  # rank 0's summary only
     assert s["units_computed"] == world.num_units and s["done_fraction"] == 1.0
     _assert_targets_equal(cache, second["direct"], TARGETS + ("embedding", "embedding_scale"))
+
+
+def test_a_teacher_of_another_normalisation_gets_the_cache_views_renormalised(world, tmp_path):
+    """cifar_resnet20 expects ImageNet's mean/std, the cache's views are normalised with cnn_tiny's: the added
+    teacher's targets are those of a dump of it with its own normalisation over the same pixels."""
+    cache = _copy(world, tmp_path)
+    r20 = TeacherSpec(name="cifar_resnet20", random_init=True, init_seed=4)
+    logs: list[str] = []
+    add_teacher(AddTeacherConfig(cache=cache, name="r20", teacher=r20, batch_size=BATCH, workers=0, device="cpu"),
+                progress=False, log=logs.append)
+    root = CacheStore.open(cache)
+    assert any("renormalised to its own mean 0.485 0.456 0.406" in m for m in logs), logs
+    direct = tmp_path / "direct.zarr"
+    world.dump(direct, teacher=r20)  # the same seed and ops: the same pixels, normalised as r20 expects
+    d = CacheStore.open(str(direct))
+    assert d.identity.view_spec["mean"] != root.identity.view_spec["mean"]
+    t = open_teacher(root, "r20")
+    for v in range(VIEWS):
+        mine, theirs = t.read_views([v] * t.num_blocks, ["logits"]), d.read_views([v] * d.num_blocks, ["logits"])
+        np.testing.assert_allclose(mine["logits"].astype(np.float32), theirs["logits"].astype(np.float32),
+                                   atol=2e-2, rtol=1e-3)
+    r = verify_cache(cache, name="r20", device="cpu", samples=32)  # verify renormalises the same way
+    assert r["ok"] and r["max_abs_diff"] < r["atol"], r["failures"]
+
+
+def test_hugging_face_backbone_without_a_head_as_an_embedding_teacher(world, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1,
+                                    num_attention_heads=2, intermediate_size=64)
+    backbone = tmp_path / "vit"
+    transformers.ViTModel(config).save_pretrained(backbone)
+    transformers.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(backbone)
+    runner = CliRunner()
+    base = ["add-teacher", "--name", "vit", "--teacher", f"hf:{backbone}", "--device", "cpu", "--workers", "0",
+            "--no-progress"]
+    # the world's cache has 64-px views: a 32-px ViT cannot take them, and they are never resized for it
+    line = _one_line_error(runner.invoke(cli, [base[0], _copy(world, tmp_path / "a"), *base[1:], "--teacher-arg",
+                                               "headless=true", "--targets", "none", "--embed", "pooled"]))
+    assert "cannot run on the cache's 64-px views" in line and "never resized" in line
+    cache = str(tmp_path / "c32.zarr")
+    world.dump(cache, view={"size": 32})
+    # loaded as a classifier, its head would be random: refused by name
+    line = _one_line_error(runner.invoke(cli, [base[0], cache, *base[1:]]))
+    assert "weights are not in the checkpoint and would be random (classifier.bias" in line and "headless" in line
+    # headless: logits asked for are refused; the embedding alone is stored and replays
+    line = _one_line_error(runner.invoke(cli, [base[0], cache, *base[1:], "--teacher-arg", "headless=true"]))
+    assert "without a class head" in line
+    r = runner.invoke(cli, [base[0], cache, *base[1:], "--teacher-arg", "headless=true", "--targets", "none",
+                            "--embed", "pooled"])
+    assert r.exit_code == 0, r.output
+    t = open_teacher(CacheStore.open(cache), "vit")
+    assert t.target_mode.embedding == "float16" and t.layout.embedding_dim == 32 and not t.target_mode.has_logits
+    rep = verify_cache(cache, name="vit", device="cpu", samples=32)
+    assert rep["ok"] and rep["embedding"]["min_cosine"] > 0.999, rep["failures"]
