@@ -29,6 +29,58 @@ def add_teacher_args(ap: argparse.ArgumentParser, *, student: bool = True) -> No
         ap.add_argument("--student", default="cifar_resnet20")
 
 
+def add_main_protocol_args(ap: argparse.ArgumentParser, *, workdir: str, json_path: str) -> None:
+    """The main protocol of ``bench/cifar10.py`` (2,000 training images, 8 cached views of resized-crop 0.6-1 and
+    flip at 32 px, the ResNet-20 student for 20 epochs) and a run's folders, for scripts that share its cache."""
+    ap.add_argument("--data", default=f"hdf5:{SHARED / 'data' / 'cifar10.h5'}")
+    ap.add_argument("--weights", default="bench/teachers/cifar_resnet56_ft50k.pt", help="the main teacher")
+    ap.add_argument("--limit", type=int, default=2000)
+    ap.add_argument("--test-limit", type=int, default=None, help="a stratified test subset (smoke runs)")
+    ap.add_argument("--views", type=int, default=8)
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--student", default="cifar_resnet20")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--workdir", default=os.path.expanduser(workdir))
+    ap.add_argument("--json", default=json_path)
+
+
+def main_protocol_cache(args: argparse.Namespace):
+    """(cache path, train data, test data, main teacher, the dump's summary) of the main protocol's cache in
+    ``args.workdir`` (dumped, or resumed, here: every script with these arguments shares it)."""
+    from kdcache.data import DataConfig
+    from kdcache.engine import DumpConfig, TeacherSpec, dump_teacher
+
+    train = DataConfig(source=args.data, limit=args.limit)
+    test = DataConfig(source=args.data, split="test", limit=args.test_limit)
+    spec = TeacherSpec(name="cifar_resnet56", weights=args.weights)
+    cache = os.path.join(args.workdir, f"main_V{args.views}.zarr")
+    os.makedirs(args.workdir, exist_ok=True)
+    s = dump_teacher(DumpConfig(data=train, out=cache, teacher=spec, views=args.views, seed=0,
+                                view={"scale": (0.6, 1.0)}, batch_size=args.batch_size, workers=args.workers),
+                     progress=False, log=print)
+    return cache, train, test, spec, s
+
+
+def main_protocol_student(args: argparse.Namespace, cache: str, train, out: str, seed: int, loss):
+    """The main protocol's student run (AdamW 3e-3, batch 128, no validation split; ``last.pt`` is scored)."""
+    from kdcache.train import TrainConfig
+
+    return TrainConfig(data=train, out=out, model=args.student, cache=cache, epochs=args.epochs, batch_size=128,
+                       lr=3e-3, seed=seed, workers=args.workers, val_split=None, test_split=None,
+                       resume=os.path.exists(os.path.join(out, "last.pt")), loss=loss)
+
+
+def load_results(path: str, keys) -> dict[str, Any]:
+    """The parts ``keys`` of a resumable script's JSON (``rows`` always, empty at first)."""
+    done = json.load(open(path)) if os.path.exists(path) else {}
+    out = {k: done[k] for k in keys if k in done}
+    out.setdefault("rows", {})
+    return out
+
+
 def teacher_spec(args: argparse.Namespace):
     """The teacher the arguments name: --weights, or a seeded random initialisation with --random-init."""
     from kdcache.engine import TeacherSpec

@@ -25,15 +25,24 @@ from typing import Any
 
 import numpy as np
 import torch
-from _common import SHARED, alternate, run, write_json
+from _common import (
+    SHARED,
+    add_main_protocol_args,
+    alternate,
+    load_results,
+    main_protocol_cache,
+    main_protocol_student,
+    run,
+    write_json,
+)
 
 from kdcache._teacher import build_teacher
 from kdcache._views import EvalViews, identity_collate
 from kdcache.augment import ViewPipeline, ViewSpec
 from kdcache.cache import CacheStore
 from kdcache.data import DataConfig
-from kdcache.engine import AddTeacherConfig, DumpConfig, TeacherSpec, add_teacher, dump_teacher
-from kdcache.train import LossConfig, TrainConfig, evaluate_checkpoint, train_student
+from kdcache.engine import AddTeacherConfig, TeacherSpec, add_teacher
+from kdcache.train import LossConfig, evaluate_checkpoint, train_student
 
 WEIGHTS = SHARED / "weights"
 ADDED = {"r56": ("cifar_resnet56", WEIGHTS / "resnet56-4bfd9763.th"),
@@ -103,42 +112,21 @@ def part_cost(args, cache: str, spec: TeacherSpec) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=f"hdf5:{SHARED / 'data' / 'cifar10.h5'}")
-    ap.add_argument("--weights", default="bench/teachers/cifar_resnet56_ft50k.pt", help="the main teacher")
+    add_main_protocol_args(ap, workdir="~/.cache/kdcache-bench/ensemble", json_path="bench/results/ensemble.json")
     ap.add_argument("--added", nargs="+", default=["r56", "r44"], choices=sorted(ADDED))
     ap.add_argument("--parts", nargs="+", default=["teachers", "cost", "students"],
                     choices=["teachers", "cost", "students"])
-    ap.add_argument("--limit", type=int, default=2000)
-    ap.add_argument("--test-limit", type=int, default=None, help="a stratified test subset (smoke runs)")
-    ap.add_argument("--views", type=int, default=8)
-    ap.add_argument("--epochs", type=int, default=20)
-    ap.add_argument("--student", default="cifar_resnet20")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--batch-size", type=int, default=256)
-    ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--workdir", default=os.path.expanduser("~/.cache/kdcache-bench/ensemble"))
-    ap.add_argument("--json", default="bench/results/ensemble.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    os.makedirs(args.workdir, exist_ok=True)
-    train = DataConfig(source=args.data, limit=args.limit)
-    test = DataConfig(source=args.data, split="test", limit=args.test_limit)
-    main_spec = TeacherSpec(name="cifar_resnet56", weights=args.weights)
-    teachers = {"main": main_spec, **{n: TeacherSpec(name=ADDED[n][0], weights=str(ADDED[n][1])) for n in args.added}}
-    done: dict[str, Any] = json.load(open(args.json)) if os.path.exists(args.json) else {}
-    results: dict[str, Any] = {k: done[k] for k in ("cache", "teachers", "cost", "rows") if k in done}
-    results.setdefault("rows", {})
+    results = load_results(args.json, ("cache", "teachers", "cost", "rows"))
 
     def save() -> None:
         write_json(args.json, args, **results)
 
-    cache = os.path.join(args.workdir, f"main_V{args.views}.zarr")
     t0 = time.perf_counter()
-    s = dump_teacher(DumpConfig(data=train, out=cache, teacher=main_spec, views=args.views, seed=0,
-                                view={"scale": (0.6, 1.0)}, batch_size=args.batch_size, workers=args.workers),
-                     progress=False, log=print)
+    cache, train, test, main_spec, s = main_protocol_cache(args)
+    teachers = {"main": main_spec, **{n: TeacherSpec(name=ADDED[n][0], weights=str(ADDED[n][1])) for n in args.added}}
     info = results.setdefault("cache", {"dump_seconds": {}})
     if s.views_computed:
         info["dump_seconds"]["main"] = time.perf_counter() - t0
@@ -166,10 +154,8 @@ def main() -> None:
                 if rid in results["rows"]:
                     continue
                 out = os.path.join(args.workdir, "runs", rid.replace("/", "__"))
-                cfg = TrainConfig(data=train, out=out, model=args.student, cache=cache, epochs=args.epochs,
-                                  batch_size=128, lr=3e-3, seed=seed, workers=args.workers, val_split=None,
-                                  test_split=None, resume=os.path.exists(os.path.join(out, "last.pt")),
-                                  loss=LossConfig(distill="soft", alpha=0.7, temperature=4.0, teachers=names))
+                cfg = main_protocol_student(args, cache, train, out, seed,
+                                            LossConfig(distill="soft", alpha=0.7, temperature=4.0, teachers=names))
                 print(f"== {rid}", flush=True)
                 t0 = time.perf_counter()
                 train_student(cfg, progress=False, log=print)

@@ -23,22 +23,26 @@ kept in the JSON as they finish; a rerun resumes.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
-from typing import Any
 
 import torch
-from _common import SHARED, run, write_json
+from _common import (
+    add_main_protocol_args,
+    load_results,
+    main_protocol_cache,
+    main_protocol_student,
+    run,
+    write_json,
+)
 
 from kdcache._teacher import build_teacher
 from kdcache.augment import ViewSpec
 from kdcache.cache import CacheStore
-from kdcache.data import DataConfig
-from kdcache.engine import AddTeacherConfig, DumpConfig, TeacherSpec, add_teacher, dump_teacher
+from kdcache.engine import AddTeacherConfig, add_teacher
 from kdcache.models._checkpoint import load_checkpoint
-from kdcache.train import LossConfig, TrainConfig, evaluate_checkpoint, train_student
+from kdcache.train import LossConfig, evaluate_checkpoint, train_student
 from kdcache.train._knn import knn_accuracy
 
 ROWS = {
@@ -52,37 +56,17 @@ ROWS = {
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=f"hdf5:{SHARED / 'data' / 'cifar10.h5'}")
-    ap.add_argument("--weights", default="bench/teachers/cifar_resnet56_ft50k.pt")
-    ap.add_argument("--limit", type=int, default=2000)
-    ap.add_argument("--test-limit", type=int, default=None, help="a stratified test subset (smoke runs)")
-    ap.add_argument("--views", type=int, default=8)
-    ap.add_argument("--epochs", type=int, default=20)
-    ap.add_argument("--student", default="cifar_resnet20")
+    add_main_protocol_args(ap, workdir="~/.cache/kdcache-bench/ensemble", json_path="bench/results/feature_kd.json")
     ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--k", type=int, default=20)
-    ap.add_argument("--batch-size", type=int, default=256)
-    ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--workdir", default=os.path.expanduser("~/.cache/kdcache-bench/ensemble"))
-    ap.add_argument("--json", default="bench/results/feature_kd.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    os.makedirs(args.workdir, exist_ok=True)
-    train = DataConfig(source=args.data, limit=args.limit)
-    test = DataConfig(source=args.data, split="test", limit=args.test_limit)
-    spec = TeacherSpec(name="cifar_resnet56", weights=args.weights)
-    done: dict[str, Any] = json.load(open(args.json)) if os.path.exists(args.json) else {}
-    results: dict[str, Any] = {k: done[k] for k in ("teacher", "rows") if k in done}
-    results.setdefault("rows", {})
+    results = load_results(args.json, ("teacher", "rows"))
 
     def save() -> None:
         write_json(args.json, args, **results)
 
-    cache = os.path.join(args.workdir, f"main_V{args.views}.zarr")
-    dump_teacher(DumpConfig(data=train, out=cache, teacher=spec, views=args.views, seed=0, view={"scale": (0.6, 1.0)},
-                            batch_size=args.batch_size, workers=args.workers), progress=False, log=print)
+    cache, train, test, spec, _ = main_protocol_cache(args)  # bench/ensemble.py's cache, whichever makes it
     a = add_teacher(AddTeacherConfig(cache=cache, name="emb", teacher=spec, targets="none+pooled:float16",
                                      batch_size=args.batch_size, workers=args.workers, device="cpu"),
                     progress=False, log=print)
@@ -101,10 +85,7 @@ def main() -> None:
             if rid in results["rows"]:
                 continue
             out = os.path.join(args.workdir, "feature_runs", rid.replace("/", "__"))
-            cfg = TrainConfig(data=train, out=out, model=args.student, cache=cache, epochs=args.epochs,
-                              batch_size=128, lr=3e-3, seed=seed, workers=args.workers, val_split=None,
-                              test_split=None, resume=os.path.exists(os.path.join(out, "last.pt")),
-                              loss=LossConfig(**ROWS[label]))
+            cfg = main_protocol_student(args, cache, train, out, seed, LossConfig(**ROWS[label]))
             print(f"== {rid}", flush=True)
             t0 = time.perf_counter()
             train_student(cfg, progress=False, log=print)

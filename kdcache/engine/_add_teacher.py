@@ -28,7 +28,6 @@ from kdcache._utils import recordable_config
 from kdcache._views import BlockBatches, RecordedViews, identity_collate
 from kdcache.augment import ViewPipeline, ViewSpec, kernel_versions
 from kdcache.cache import CacheIdentity, CacheStore, TargetMode, UnitLayout, is_url
-from kdcache.cache._info import label_agreement
 from kdcache.cache._restore import restore_metadata
 from kdcache.cache._teachers import (
     TEACHERS_FORMAT,
@@ -38,8 +37,8 @@ from kdcache.cache._teachers import (
     teacher_path,
 )
 from kdcache.data import DataConfig
-from kdcache.engine._dump import _block_work, _repair, _run_blocks
-from kdcache.engine._dumpconfig import DumpSummary
+from kdcache.engine._dump import _block_work, _repair, _run_blocks, after_rank0
+from kdcache.engine._dumpconfig import DumpSummary, summarize
 from kdcache.engine._lock import WriterLock
 from kdcache.engine._preflight import preflight
 from kdcache.engine._space import space_hint
@@ -128,13 +127,7 @@ def _add(cfg: AddTeacherConfig, ctx: DistContext, *, progress: bool, log: Callab
             error = e
             if lock is not None:
                 lock.release()
-    if ctx.distributed:
-        msg = ctx.broadcast_object(None if error is None else f"{type(error).__name__}: {error}")
-        if msg is not None and error is None:
-            raise CacheError(f"rank 0 failed: {msg}")
-    if error is not None:
-        raise error
-    ctx.barrier()
+    after_rank0(ctx, error)
     try:
         if not ctx.is_main:
             store = CacheStore.open(path, mode="r+", storage_options=cfg.storage_options)
@@ -220,16 +213,8 @@ def _compute(cfg: AddTeacherConfig, ctx: DistContext, root: CacheStore, store: C
     bar.close()
     seconds = time.perf_counter() - t0
     ctx.barrier()
-    store = CacheStore.open(store.path, mode="r", storage_options=cfg.storage_options)
-    done = store.done()
-    n_views = views_of(all_work)
-    return DumpSummary(
-        out=store.path, num_samples=store.num_samples, num_views=store.num_views, num_classes=store.num_classes,
-        targets=str(store.target_mode), units_computed=sum(len(vs) for _, vs in all_work),
-        views_computed=int(n_views), seconds=seconds,
-        images_per_second=n_views / seconds if seconds > 0 and n_views else 0.0,
-        label_agreement=label_agreement(store, done), bytes_on_disk=store.nbytes_on_disk(),
-        done_fraction=float(done.mean()), fingerprint=store.identity.fingerprint, rank=ctx.rank)
+    return summarize(store.path, cfg.storage_options, units=sum(len(vs) for _, vs in all_work),
+                     views=views_of(all_work), seconds=seconds, rank=ctx.rank)
 
 
 def _remove(path: str) -> bool:

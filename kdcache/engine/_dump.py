@@ -42,14 +42,13 @@ from kdcache._views import (
 from kdcache.augment import ViewParams, ViewPipeline, ViewSpec, kernel_versions, param_array_specs
 from kdcache.augment._ops import pad_canvas
 from kdcache.cache import CacheIdentity, CacheStore, TargetMode, dataset_identity, is_url
-from kdcache.cache._info import label_agreement
 from kdcache.cache._integrity import scan_cache
 from kdcache.cache._layout import VIEW_SEED, UnitLayout
 from kdcache.cache._remote import storage_errors
 from kdcache.cache._restore import restore_metadata
 from kdcache.engine._advice import from_the_rerun
 from kdcache.engine._cache_views import existing_views, views_of_cache
-from kdcache.engine._dumpconfig import DumpConfig, DumpSummary
+from kdcache.engine._dumpconfig import DumpConfig, DumpSummary, summarize
 from kdcache.engine._lock import WriterLock, parse_shard
 from kdcache.engine._preflight import make_parents, preflight, remove_empty
 from kdcache.engine._reseal import confirm_reseal
@@ -255,6 +254,18 @@ def _run_blocks(model, loader, work: list[tuple[int, list[int]]], store: CacheSt
         writer.submit(block, units)
 
 
+def after_rank0(ctx: DistContext, error: BaseException | None) -> None:
+    """After rank 0 prepared a store (``error``: how it failed, on rank 0): every rank raises (rank 0 its own
+    error, the others one naming it) or all go on together, past a barrier."""
+    if ctx.distributed:
+        msg = ctx.broadcast_object(None if error is None else f"{type(error).__name__}: {error}")
+        if msg is not None and error is None:
+            raise CacheError(f"rank 0 failed: {msg}")
+    if error is not None:
+        raise error
+    ctx.barrier()
+
+
 def _block_work(units: list[tuple[int, int]]) -> list[tuple[int, list[int]]]:
     """Pending units grouped by block (block order; views ascending): the dump's unit of decoding."""
     by_block: dict[int, list[int]] = {}
@@ -322,13 +333,7 @@ def _dump_locked(cfg: DumpConfig, ds, mode: TargetMode, ctx: DistContext, teache
                     lock.release_meta()
         except KdcacheError as e:
             error = e
-    if ctx.distributed:
-        msg = ctx.broadcast_object(None if error is None else f"{type(error).__name__}: {error}")
-        if msg is not None and error is None:
-            raise CacheError(f"rank 0 failed: {msg}")
-    if error is not None:
-        raise error
-    ctx.barrier()
+    after_rank0(ctx, error)
     if not ctx.is_main:
         store = CacheStore.open(cfg.out, mode="r+", storage_options=cfg.storage_options)
         store.check_identity(identity)
@@ -380,13 +385,5 @@ def _dump_locked(cfg: DumpConfig, ds, mode: TargetMode, ctx: DistContext, teache
     bar.close()
     seconds = time.perf_counter() - t0
     ctx.barrier()
-    store = CacheStore.open(cfg.out, mode="r", storage_options=cfg.storage_options)
-    done = store.done()
-    agreement = label_agreement(store, done)
-    return DumpSummary(
-        out=cfg.out, num_samples=store.num_samples, num_views=store.num_views, num_classes=store.num_classes,
-        targets=str(mode), units_computed=len(all_units), views_computed=total_views,
-        seconds=seconds, images_per_second=(total_views / seconds) if seconds > 0 and total_views else 0.0,
-        label_agreement=agreement, bytes_on_disk=store.nbytes_on_disk(), done_fraction=float(done.mean()),
-        fingerprint=store.identity.fingerprint, rank=ctx.rank)
-
+    return summarize(cfg.out, cfg.storage_options, units=len(all_units), views=total_views, seconds=seconds,
+                     rank=ctx.rank)

@@ -8,9 +8,11 @@ from typing import Any
 from kdcache._config import ConfigBase
 from kdcache._teacher import TeacherSpec
 from kdcache._utils import recordable_config
+from kdcache.cache import CacheStore
+from kdcache.cache._info import label_agreement
 from kdcache.data import DataConfig
 
-__all__ = ["DumpConfig", "DumpSummary"]
+__all__ = ["DumpConfig", "DumpSummary", "summarize"]
 
 
 @dataclass(frozen=True)
@@ -58,3 +60,17 @@ class DumpSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def summarize(path: str, storage_options: dict[str, Any] | None, *, units: int, views: int, seconds: float,
+              rank: int = 0) -> DumpSummary:
+    """The summary of a finished dump (or added teacher) into the store at ``path``: ``units`` and ``views``
+    computed in ``seconds`` by all ranks, and what the store now holds."""
+    store = CacheStore.open(path, mode="r", storage_options=storage_options)
+    done = store.done()
+    return DumpSummary(
+        out=path, num_samples=store.num_samples, num_views=store.num_views, num_classes=store.num_classes,
+        targets=str(store.target_mode), units_computed=int(units), views_computed=int(views), seconds=seconds,
+        images_per_second=views / seconds if seconds > 0 and views else 0.0,
+        label_agreement=label_agreement(store, done), bytes_on_disk=store.nbytes_on_disk(),
+        done_fraction=float(done.mean()), fingerprint=store.identity.fingerprint, rank=rank)
