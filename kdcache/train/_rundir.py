@@ -98,7 +98,9 @@ def run_directory(cfg: TrainConfig, ctx: DistContext, log: Callable[[str], None]
                     shutil.rmtree(os.path.join(cfg.out, d), ignore_errors=True)
             raise
         if isinstance(e, KdcacheError):
-            raise type(e)(f"{e}; {last} is kept: rerun with `resume` to continue from it") from e
+            # a resumed run that fails (its resume refused, or later) already resumes: no advice to add `resume`
+            hint = "" if cfg.resume else ": rerun with `resume` to continue from it"
+            raise type(e)(f"{e}; {last} is kept{hint}") from e
         raise
 
 

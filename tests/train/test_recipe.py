@@ -357,9 +357,10 @@ def test_resume_refuses_another_optimiser_and_an_optimiser_state_that_does_not_f
     train_student(TrainConfig(out=str(out), **base), progress=False, log=lambda _m: None)
     more = dict(base, epochs=2)
     # another optimiser would load (same groups) and continue silently as a different run
-    with pytest.raises(Exception, match=r"other optimiser options \(`optimizer` 'adamw' there, 'sgd' here"):
+    with pytest.raises(Exception, match=r"other optimiser options \(`optimizer` 'adamw' there, 'sgd' here") as e:
         train_student(TrainConfig(out=str(out), resume=True, **dict(more, optimizer="sgd")),
                       progress=False, log=lambda _m: None)
+    assert "rerun with `resume`" not in str(e.value)  # it was a resume: that advice would be circular
     with pytest.raises(Exception, match=r"`weight_decay` 0.05 there, 0.0 here"):
         train_student(TrainConfig(out=str(out), resume=True, **dict(more, weight_decay=0.0)),
                       progress=False, log=lambda _m: None)
