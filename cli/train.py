@@ -145,6 +145,9 @@ def _report(result: dict) -> None:
     click.option("--online-teacher", "teacher", default=None,
                  help="Reference run: load this teacher and pay its forward pass at every step, on fresh views "
                       "(online KD through the same loop); --cache is then optional."),
+    click.option("--online-cache-teachers", is_flag=True,
+                 help="Reference run of a cached row: the cache's own teachers (--teachers, --feature-teacher), "
+                      "built as the cache records them, run online on fresh views of its view spec at every step."),
     click.option("--teacher-weights", type=click.Path(exists=True), default=None,
                  help="Weights of the --online-teacher (checkpoint, state dict, .safetensors or checkpoint "
                       "directory; torch files load with weights_only=True)."),
@@ -195,8 +198,8 @@ def _report(result: dict) -> None:
 @recipe_options
 @runtime_options
 @library_errors
-def train_student_cmd(cache, storage_options, teacher, teacher_weights, teacher_args, random_init, init_seed,
-                      views_per_image, repeated_views, target_memory_mb, student,
+def train_student_cmd(cache, storage_options, teacher, online_cache_teachers, teacher_weights, teacher_args,
+                      random_init, init_seed, views_per_image, repeated_views, target_memory_mb, student,
                       model_args, distill, no_distill, alpha, temperature, teachers, ensemble_weights, feature_teacher,
                       feature_weight, feature_loss, task_weight, topk_fill, progress, **kw):
     """Train a student from a teacher cache, replaying each cached view exactly.
@@ -215,6 +218,8 @@ def train_student_cmd(cache, storage_options, teacher, teacher_weights, teacher_
           --student deit_tiny_patch4_32_distilled --distill hard --epochs 100 --out runs/deit
       # an ensemble of the cache's teachers (kdcache add-teacher)
       kdcache train-student --cache cifar-r56.zarr --teachers main,r20,r32 --student resnet8 --out runs/ens
+      # its online reference: the same teachers run at every step on fresh views
+      kdcache train-student --cache cifar-r56.zarr --teachers main,r20,r32 --online-cache-teachers ...
     """
     view = view_overrides(kw)
     if teacher is None and (teacher_weights or teacher_args or random_init):
@@ -235,7 +240,7 @@ def train_student_cmd(cache, storage_options, teacher, teacher_weights, teacher_
                       feature_loss=feature_loss, task_weight=task_weight, teachers=_names(teachers),
                       ensemble_weights=_weights(ensemble_weights), feature_teacher=feature_teacher)
     cfg = TrainConfig(model=student, model_kwargs=parse_model_args(model_args), cache=cache, teacher=online,
-                      loss=loss, view=view, storage_options=parse_key_values(storage_options) or None,
+                      online_cache_teachers=online_cache_teachers, loss=loss, view=view, storage_options=parse_key_values(storage_options) or None,
                       views_per_image=views_per_image, repeated_views=repeated_views,
                       target_memory_mb=target_memory_mb, **common)
     _report(train_student(cfg, progress=progress, log=click.echo))

@@ -24,6 +24,7 @@ from kdcache._config import ConfigBase
 from kdcache._orphans import exit_with_parent
 from kdcache._runtime import DistContext, select_device
 from kdcache._teacher import TeacherSpec, build_teacher, embedding_dim
+from kdcache._teacher_input import teacher_on_views
 from kdcache._utils import recordable_config
 from kdcache._views import BlockBatches, RecordedViews, identity_collate
 from kdcache.augment import ViewPipeline, ViewSpec, kernel_versions
@@ -42,7 +43,6 @@ from kdcache.engine._dumpconfig import DumpSummary, summarize
 from kdcache.engine._lock import WriterLock
 from kdcache.engine._preflight import preflight
 from kdcache.engine._space import space_hint
-from kdcache.engine._teacher_input import teacher_on_views
 from kdcache.engine._verify import cache_data
 from kdcache.engine._writer import _Writer
 from kdcache.errors import CacheError, CacheMetadataError, ConfigError, KdcacheError

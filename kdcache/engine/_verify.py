@@ -25,7 +25,6 @@ A cache dumped with ``--amp`` (bf16/fp16 compute) legitimately differs by more: 
 from __future__ import annotations
 
 import json
-import os
 from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
@@ -35,6 +34,7 @@ import torch
 
 from kdcache._runtime import select_device
 from kdcache._teacher import TeacherSpec, build_teacher, target_forward
+from kdcache._teacher_input import cache_teacher, teacher_on_views
 from kdcache._views import build_views
 from kdcache.augment import ViewPipeline, ViewSpec, kernel_versions
 from kdcache.cache import CacheStore, TargetMode, canonical_json
@@ -43,8 +43,7 @@ from kdcache.cache._integrity import scan_cache
 from kdcache.cache._targets import TOPK_STEP, decode_targets
 from kdcache.cache._teachers import MAIN, open_teacher, teacher_names
 from kdcache.data import DataConfig
-from kdcache.engine._teacher_input import teacher_on_views
-from kdcache.errors import CacheMismatchError, ConfigError, DataNotFoundError, ModelError
+from kdcache.errors import CacheMismatchError, ConfigError, DataNotFoundError
 
 __all__ = ["verify_cache", "verify_integrity", "cache_data", "cache_teacher", "default_atol", "FP16_ULP",
            "MIN_ATOL", "INT8_STEP", "replay_matches"]
@@ -106,26 +105,6 @@ def cache_data(store: CacheStore, overrides: DataConfig | Mapping[str, Any] | No
     if "source" not in recorded and "source" not in given:
         raise ConfigError(f"{store.path} does not record its data source; pass `data`")
     return DataConfig.from_dict({**recorded, **given})
-
-
-def cache_teacher(store: CacheStore, overrides: TeacherSpec | Mapping[str, Any] | None = None) -> TeacherSpec:
-    """The teacher a cache was made with, as its dump recorded it (name, weights file, constructor arguments,
-    seeded initialisation); ``overrides`` replaces single fields (``None`` values: not given), a full
-    :class:`TeacherSpec` all of them. Weights given (``weights`` or ``random_init``) replace the recorded source."""
-    if isinstance(overrides, TeacherSpec):
-        return overrides
-    given = {k: v for k, v in (overrides or {}).items() if v is not None}
-    recorded = dict((store.attrs.get("config") or {}).get("teacher") or {})
-    if given.get("weights") or given.get("random_init"):
-        for k in ("weights", "random_init", "init_seed"):
-            recorded.pop(k, None)
-    if not recorded and not (given.get("name") or given.get("weights")):
-        raise ConfigError(f"{store.path} does not record its teacher; pass `teacher` and `teacher_weights`")
-    weights = recorded.get("weights")
-    if weights and "weights" not in given and "://" not in str(weights) and not os.path.exists(weights):
-        raise ModelError(f"{store.path} was made with the teacher weights {weights}, which do not exist here; "
-                         "pass `teacher_weights`")
-    return TeacherSpec.from_dict({**recorded, **given})
 
 
 def verify_cache(path: str, teacher: TeacherSpec | Mapping[str, Any] | None = None,

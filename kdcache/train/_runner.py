@@ -22,6 +22,7 @@ import numpy as np
 
 from kdcache import _teacher
 from kdcache._runtime import DistContext
+from kdcache._teacher_input import cache_teacher, teacher_on_views
 from kdcache._views import resolve_view_spec
 from kdcache.augment import ViewPipeline, ViewSpec
 from kdcache.augment._match import view_conflicts
@@ -33,7 +34,7 @@ from kdcache.train._epochs import cached_epochs, fresh_view_epochs
 from kdcache.train._heldout import eval_loader, resolve_heldout
 from kdcache.train._run import Run
 from kdcache.train._rundir import run_directory
-from kdcache.train._targets import OnlineTargets
+from kdcache.train._targets import OnlineTargets, TeacherTargets
 from kdcache.train._trainconfig import TrainConfig
 
 __all__ = ["train_student", "train_teacher"]
@@ -54,7 +55,7 @@ def _heldout_loaders(cfg: TrainConfig, pipeline: ViewPipeline, pin: bool):
 def train_student(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str], None] = print) -> dict:
     """Distil ``cfg.model`` from the cache ``cfg.cache`` (``loss.distill="none"``: labels only), or,
     with ``cfg.teacher``, from that teacher run online on fresh views at every step."""
-    online = cfg.teacher is not None
+    online = cfg.teacher is not None or cfg.online_cache_teachers
     if not cfg.cache and not online:
         raise ConfigError("a student run needs `cache` (a teacher cache) or `teacher` (an online teacher)")
     if online and cfg.loss.distill == "none" and not cfg.loss.features:
@@ -66,7 +67,7 @@ def train_student(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str
     if online and cfg.views_per_image > 1:
         raise ConfigError("`views_per_image` replays several cached views per decode; an online teacher draws "
                           "fresh views instead: use it with `cache` only")
-    if online and (tuple(cfg.loss.teachers) != (MAIN,) or cfg.loss.feature_teacher != MAIN):
+    if cfg.teacher is not None and (tuple(cfg.loss.teachers) != (MAIN,) or cfg.loss.feature_teacher != MAIN):
         raise ConfigError("`teachers` and `feature_teacher` name a cache's teachers; an online teacher is one "
                           "model: drop them, or train from the cache")
     ctx = DistContext.from_env(cfg.device)
@@ -76,15 +77,15 @@ def train_student(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str
             ds = cfg.data.open().preload()  # resident before forking workers: one shared copy
             meta: dict[str, Any] = {"class_names": list(ds.class_names)}
             if store is not None:
-                if not online:
+                if cfg.teacher is None:
                     _check_teachers(cfg, store)
                 _check_asked_views(cfg, store)
                 store.check_dataset(ds)
                 meta["cache_fingerprint"] = store.identity.fingerprint
-                if not online:  # which of the cache's teachers the run learns from, each by its fingerprint
+                if cfg.teacher is None:  # which of the cache's teachers the run learns from, each by its fingerprint
                     meta["teachers"] = _teacher_fingerprints(cfg, store)
             teacher = None
-            if online:
+            if cfg.teacher is not None:
                 # Looked up on the module so a test can prove that a cached run never calls it.
                 teacher = _teacher.build_teacher(cfg.teacher, num_classes=ds.num_classes)
                 meta["online_teacher"] = teacher.describe()
@@ -100,14 +101,18 @@ def train_student(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str
             recorded = replace(cfg, view=_cache_views(store)) if store is not None else cfg
             feature_dim = None
             if cfg.loss.features:  # the teacher's embedding length: the cache's, or the online teacher's
-                feature_dim = (open_teacher(store, cfg.loss.feature_teacher).layout.embedding_dim if not online else
+                feature_dim = (open_teacher(store, cfg.loss.feature_teacher).layout.embedding_dim
+                               if cfg.teacher is None else
                                _teacher.embedding_dim(teacher.model, spec.size, logits=cfg.loss.distill != "none"))
                 meta["feature_dim"] = feature_dim
             run = Run(recorded, ctx, num_classes=ds.num_classes, num_samples=len(ds), kind="student",
                        log=log if ctx.is_main else _quiet, extra_meta=meta, feature_dim=feature_dim,
                        view_size=spec.size)
             pin = run.device.type == "cuda"
-            if online:
+            if cfg.online_cache_teachers:  # the cache's teachers, built from what it records, on fresh views
+                targets = online_cache_targets(store, cfg, spec, ds.num_classes, run.device, run.precision, run.log)
+                epoch_data = fresh_view_epochs(ds, pipeline, targets, cfg, ctx, pin)
+            elif online:
                 targets = OnlineTargets(teacher.model.to(run.device), amp=cfg.amp, precision=run.precision,
                                         logits=cfg.loss.distill != "none", embedding=cfg.loss.features)
                 epoch_data = fresh_view_epochs(ds, pipeline, targets, cfg, ctx, pin)
@@ -134,6 +139,28 @@ def _check_teachers(cfg: TrainConfig, store: CacheStore) -> None:
             raise ConfigError(f"teacher {loss.feature_teacher!r} of {cfg.cache} holds no embeddings (targets "
                               f"{t.target_mode}): `feature_weight` needs a teacher dumped or added with `embed` "
                               "pooled")
+
+
+def online_cache_targets(store: CacheStore, cfg: TrainConfig, spec: ViewSpec, num_classes: int, device, precision,
+                         log: Callable[[str], None]) -> TeacherTargets:
+    """The cache's teachers the loss names, each built as its cache (or group) records it and taking the cache's
+    views as an added teacher does (``kdcache._teacher_input``), run on every batch's fresh views."""
+    loss = cfg.loss
+    logit = list(loss.teachers) if loss.distill != "none" else []
+    names = logit + ([loss.feature_teacher] if loss.features and loss.feature_teacher not in logit else [])
+    sources = {}
+    for n in names:
+        t = open_teacher(store, n)
+        loaded = _teacher.build_teacher(cache_teacher(t), num_classes=num_classes)
+        if loaded.identity() != t.identity.teacher:
+            raise ConfigError(f"teacher {n!r} of {cfg.cache}: its recorded weights now give another teacher "
+                              "(weights sha256 differ); restore them")
+        model = loaded.model if n == MAIN else teacher_on_views(
+            loaded, spec, logits=n in logit, embedding=loss.features and n == loss.feature_teacher, log=log)
+        sources[n] = OnlineTargets(model.to(device), amp=cfg.amp, precision=precision, logits=n in logit,
+                                   embedding=loss.features and n == loss.feature_teacher)
+    return TeacherTargets(sources, logit, loss.ensemble_weights, loss.feature_teacher if loss.features else None,
+                          num_classes=num_classes, temperature=loss.temperature, fill=loss.topk_fill)
 
 
 def _teacher_fingerprints(cfg: TrainConfig, store: CacheStore) -> dict[str, str]:

@@ -25,6 +25,9 @@ class TrainConfig(ConfigBase):
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     cache: str | None = None            # students: the teacher cache; teachers: None
     teacher: TeacherSpec | None = None  # students: an online teacher run at every step (the reference)
+    # students: the cache's own teachers (loss.teachers, loss.feature_teacher) run online on fresh views of the
+    # cache's view spec at every step, instead of reading their cached targets: a cached row's online reference
+    online_cache_teachers: bool = False
     # Model selection (best.pt) on `val_split`, never the test split by default: "auto" is the held-out `val`
     # split when `data.val_fraction` > 0, else none (best.pt is then the last epoch). `test_split` is evaluated
     # once, on best.pt, after the last epoch: "auto" is the data's `test` split when it has one.
@@ -104,5 +107,8 @@ class TrainConfig(ConfigBase):
             raise ConfigError("`nesterov` is SGD's Nesterov momentum: it needs `optimizer` sgd and `momentum` > 0")
         if self.weight_decay < 0:
             raise ConfigError(f"`weight_decay` must be >= 0, got {self.weight_decay!r}")
+        if self.online_cache_teachers and (self.cache is None or self.teacher is not None):
+            raise ConfigError("`online_cache_teachers` runs the teachers of `cache` online: it needs `cache`, and "
+                              "excludes `teacher` (one online teacher of your choice)")
         if self.resume and self.overwrite:
             raise ConfigError("`resume` and `overwrite` exclude each other: continue the run in `out` or replace it")

@@ -200,3 +200,44 @@ def test_cache_dataset_gives_each_named_teachers_targets_for_the_same_view(tmp_p
         CacheDataset(three_teachers, teachers=["main", "nope"])
     with pytest.raises(ConfigError, match="named twice"):
         CacheDataset(three_teachers, teachers=["t2", "t2"])
+
+
+def test_the_online_reference_of_an_ensemble_row_runs_the_caches_teachers_on_fresh_views(tmp_path, tiny_h5,
+                                                                                          three_teachers, monkeypatch):
+    """--online-cache-teachers: the same loss from the same teachers, each built as the cache records it, run on
+    every batch's fresh views; the batch's targets are the ensemble of their forwards on those very images."""
+    from kdcache import _teacher
+    from kdcache.train import _runner
+
+    seen: list[tuple[dict, torch.Tensor]] = []
+    real = _runner.online_cache_targets
+
+    def recording(*a, **kw):
+        source = real(*a, **kw)
+
+        def call(batch, images):
+            out = source(batch, images)
+            seen.append(({n: s.model for n, s in source.sources.items()}, images.clone(), out))
+            return out
+        return call
+
+    monkeypatch.setattr(_runner, "online_cache_targets", recording)
+    cfg = _cfg(tmp_path, tiny_h5, three_teachers, teachers=("main", "t2"), ensemble_weights=(1.0, 3.0),
+               temperature=2.0, feature_weight=1.0, feature_teacher="t2")
+    cfg = TrainConfig(**{**cfg.__dict__, "online_cache_teachers": True})
+    train_student(cfg, progress=False, log=lambda _m: None)
+    assert seen
+    models, images, out = seen[0]
+    with torch.inference_mode():
+        parts = [{"logits": models[n](images).float()} for n in ("main", "t2")]
+        emb = _teacher.target_forward(models["t2"], logits=False, embedding=True)(images)[1]
+    for p in parts:
+        p["argmax"] = p["logits"].argmax(1)
+    want = ensemble_logits(parts, [1.0, 3.0], 3, 2.0)
+    torch.testing.assert_close(out["logits"], want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out["embedding"], emb.float())
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert recorded["config"]["online_cache_teachers"] is True and set(recorded["teachers"]) == {"main", "t2"}
+    with pytest.raises(ConfigError, match="needs `cache`"):
+        TrainConfig(data=DataConfig(source=tiny_h5), out=str(tmp_path / "x"), model="cnn_tiny",
+                    online_cache_teachers=True)

@@ -1,4 +1,5 @@
-"""An added teacher sees the cache's recorded views as its own input.
+"""A cache's teachers as models: the teacher a cache (or an added teacher's group) records, and an added
+teacher taking the cache's recorded views as its own input.
 
 The views are fixed by the cache (its main teacher's size, normalisation and ops). A teacher added over them
 (``add-teacher``, and ``verify --name`` replaying them) may expect another normalisation (a CLIP or Hugging Face
@@ -11,17 +12,20 @@ anything is written.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
-from kdcache._teacher import LoadedTeacher, target_forward
+from kdcache._teacher import LoadedTeacher, TeacherSpec, target_forward
 from kdcache._views import resolve_view_sources
 from kdcache.augment import ViewSpec
-from kdcache.errors import ConfigError, KdcacheError
+from kdcache.cache import CacheStore
+from kdcache.errors import ConfigError, KdcacheError, ModelError
 
-__all__ = ["Renormalized", "teacher_on_views"]
+__all__ = ["Renormalized", "cache_teacher", "teacher_on_views"]
 
 
 class Renormalized(nn.Module):
@@ -85,3 +89,23 @@ def teacher_on_views(teacher: LoadedTeacher, spec: ViewSpec, *, logits: bool, em
 
 def _fmt(v) -> str:
     return " ".join(f"{float(x):g}" for x in v)
+
+
+def cache_teacher(store: CacheStore, overrides: TeacherSpec | Mapping[str, Any] | None = None) -> TeacherSpec:
+    """The teacher a cache was made with, as its dump recorded it (name, weights file, constructor arguments,
+    seeded initialisation); ``overrides`` replaces single fields (``None`` values: not given), a full
+    :class:`TeacherSpec` all of them. Weights given (``weights`` or ``random_init``) replace the recorded source."""
+    if isinstance(overrides, TeacherSpec):
+        return overrides
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    recorded = dict((store.attrs.get("config") or {}).get("teacher") or {})
+    if given.get("weights") or given.get("random_init"):
+        for k in ("weights", "random_init", "init_seed"):
+            recorded.pop(k, None)
+    if not recorded and not (given.get("name") or given.get("weights")):
+        raise ConfigError(f"{store.path} does not record its teacher; pass `teacher` and `teacher_weights`")
+    weights = recorded.get("weights")
+    if weights and "weights" not in given and "://" not in str(weights) and not os.path.exists(weights):
+        raise ModelError(f"{store.path} was made with the teacher weights {weights}, which do not exist here; "
+                         "pass `teacher_weights`")
+    return TeacherSpec.from_dict({**recorded, **given})
