@@ -144,3 +144,22 @@ def test_feature_kd_needs_a_cache_with_embeddings_and_logit_kd_needs_logits(tmp_
         train_student(TrainConfig(out=str(tmp_path / "b"), cache=only, loss=LossConfig(feature_weight=1.0), **base),
                       progress=False, log=lambda _m: None)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_distilled_deit_learns_hard_kd_on_its_token_and_features_on_its_pooled_embedding(tmp_path, tiny_h5,
+                                                                                            tiny_teacher):
+    """DeiT's two heads (class token: labels; distillation token: the teacher's argmax) beside feature KD on the
+    student's pooled embedding; the exported model is the DeiT alone."""
+    cache = _cache(tmp_path, tiny_h5, tiny_teacher, targets="full+pooled:int8")
+    out = tmp_path / "deit"
+    train_student(TrainConfig(data=DataConfig(source=tiny_h5), out=str(out), model="deit_test_distilled",
+                              cache=cache, epochs=2, batch_size=16, workers=0, device="cpu", val_split=None,
+                              loss=LossConfig(distill="hard", alpha=0.5, feature_weight=1.0)),
+                  progress=False, log=lambda _m: None)
+    rows = _rows(out)
+    assert all(r["train/kd_loss"] > 0 and r["train/feature_loss"] > 0 for r in rows)
+    assert rows[-1]["train/feature_loss"] < rows[0]["train/feature_loss"] + 0.5  # finite, learning, not diverging
+    model, extra = load_checkpoint(str(out / "last.pt"))
+    assert set(model.state_dict()) == set(create_model("deit_test_distilled", num_classes=3).state_dict())
+    # deit_test's pooled embedding is 32 wide, as the teacher's: the projection is the identity (nothing to save)
+    assert extra["feature_head"] == {} and json.loads((out / "config.json").read_text())["feature_dim"] == 32
