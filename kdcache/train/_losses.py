@@ -38,7 +38,10 @@ class LossConfig(ConfigBase):
     ``alpha``, the softmax ``temperature`` of soft KD, ``label_smoothing`` of the task loss and
     ``topk_fill``, how a top-k cache's missing classes are rebuilt (see :func:`teacher_log_probs`);
     ``feature_weight`` β of feature distillation (0: none) and its ``feature_loss``; ``task_weight``, the label
-    loss's weight when given (default: 1 − α while distilling logits, else 1; 0 trains without labels)."""
+    loss's weight when given (default: 1 − α while distilling logits, else 1; 0 trains without labels);
+    ``teachers``, whose logits (a cache's teachers by name: ``main`` and those added with ``add-teacher``; several
+    make an ensemble, :func:`ensemble_logits`, weighted by ``ensemble_weights``, default equal) and
+    ``feature_teacher``, whose embedding feature distillation matches."""
 
     distill: str = "soft"
     alpha: float = 0.5
