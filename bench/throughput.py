@@ -61,6 +61,7 @@ from kdcache.models import create_model
 from kdcache.train import DistillationLoss, LossConfig, TrainConfig, epoch_views, train_one_epoch
 from kdcache.train._ema import ModelEma
 from kdcache.train._epochs import cached_epochs
+from kdcache.train._feature import StudentWithFeatures
 from kdcache.train._stream import StreamedTargets, plan_epoch, store_window
 from kdcache.train._targets import OnlineTargets
 
@@ -128,12 +129,16 @@ def step_only_rate(ds, student_name, args) -> float:
     return args.steps * args.batch_size / (time.perf_counter() - t0)
 
 
-def kdcache_rate(loader, targets, ds, student_name, args, steps: int) -> float:
+def kdcache_rate(loader, targets, ds, student_name, args, steps: int, loss: LossConfig | None = None,
+                 feature_dim: int | None = None) -> float:
     model = _student(student_name, ds, args)
+    if feature_dim is not None:  # feature KD: the student with its projection head, trained together
+        model = StudentWithFeatures(model, feature_dim, args.size)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     ema = ModelEma(model, decay=args.ema_decay) if args.ema_decay else None
     t0 = time.perf_counter()
-    stats = train_one_epoch(model, loader, loss_fn=DistillationLoss(LossConfig(distill="soft"), ds.num_classes),
+    loss = loss or LossConfig(distill="soft")
+    stats = train_one_epoch(model, loader, loss_fn=DistillationLoss(loss, ds.num_classes),
                             optimizer=opt, scheduler=None, device=torch.device("cpu"),
                             labels=np.asarray(ds.labels), teacher_targets=targets, progress=False, max_steps=steps,
                             ema=ema, channels_last=args.channels_last)
@@ -150,14 +155,15 @@ def training_modes(ds, data: DataConfig, cache: str, spec: ViewSpec, teacher, ar
     store = CacheStore.open(cache)
     ctx = DistContext.from_env("cpu")
 
-    def cached(r: int, m: int) -> float:
+    def cached(r: int, m: int, features: bool = False) -> float:
         # train-student's own epoch: plan, replay parameters and streamed targets (kdcache.train._epochs)
+        loss = LossConfig(distill="soft", feature_weight=1.0 if features else 0.0)
         cfg = TrainConfig(data=data, out="-", model=args.student, cache=cache, epochs=m, batch_size=args.batch_size,
-                          workers=args.workers, device="cpu", seed=r, views_per_image=m,
-                          loss=LossConfig(distill="soft"))
+                          workers=args.workers, device="cpu", seed=r, views_per_image=m, loss=loss)
         loader, targets = cached_epochs(store, ds, pipeline, cfg, ctx, False)(0)
         try:
-            return kdcache_rate(loader, targets, ds, args.student, args, args.steps * m)
+            return kdcache_rate(loader, targets, ds, args.student, args, args.steps * m, loss,
+                                store.layout.embedding_dim if features else None)
         finally:
             targets.close()
 
@@ -170,6 +176,8 @@ def training_modes(ds, data: DataConfig, cache: str, spec: ViewSpec, teacher, ar
     modes = {"plain": lambda r: plain_rate(ds, spec, args.student, args),
              "cached": lambda r: cached(r, 1),
              f"cached-m{args.views_per_image}": lambda r: cached(r, args.views_per_image)}
+    if args.feature:  # logit and feature KD from the cache's embedding (a learned projection): goal ≥ 0.97 cached
+        modes["cached-feature"] = lambda r: cached(r, 1, features=True)
     if not args.no_online:
         modes["online"] = online
     if args.step_only:
@@ -348,6 +356,9 @@ def main() -> None:
     ap.add_argument("--ema-decay", type=float, default=None, help="model EMA in every training mode")
     ap.add_argument("--channels-last", action="store_true", help="channels-last in every training mode")
     ap.add_argument("--no-online", action="store_true")
+    ap.add_argument("--feature", action="store_true",
+                    help="dump the teacher's pooled embedding too and time cached training with feature KD "
+                         "(cached-feature) beside plain cached training")
     ap.add_argument("--step-only", action="store_true",
                     help="also time the student's step on one in-memory batch (the ceiling of any data path)")
     ap.add_argument("--read-samples", type=int, nargs="+", default=[20000])
@@ -374,7 +385,9 @@ def main() -> None:
             cache = os.path.join(tmp, "cache.zarr")
             dump_teacher(DumpConfig(data=data, out=cache, teacher=teacher_spec, views=args.views,
                                     view={"size": args.size}, batch_size=args.batch_size, workers=args.workers,
-                                    block_size=args.block_size, device="cpu"), progress=False, log=lambda _m: None)
+                                    block_size=args.block_size, device="cpu",
+                                    targets="full+pooled:float16" if args.feature else "full"),
+                         progress=False, log=lambda _m: None)
             store = CacheStore.open(cache)
             cache_spec = ViewSpec.from_dict(store.identity.view_spec)
         if "train" in args.parts:
@@ -407,6 +420,8 @@ def main() -> None:
         ratios.update({f"{k}/plain": t[k] / t["plain"] for k in t if k != "plain"})
         if "online" in t:
             ratios["cached/online"] = t["cached"] / t["online"]
+        if "cached-feature" in t:
+            ratios["cached-feature/cached"] = t["cached-feature"] / t["cached"]
     if "data" in medians:
         d = medians["data"]
         ratios.update({f"{k}/data-plain": d[k] / d["data-plain"] for k in d if k != "data-plain"})

@@ -16,11 +16,11 @@ def test_throughput_bench_at_toy_size(tmp_path, tiny_h5):
            "--teacher", "cnn_tiny", "--student", "cnn_tiny", "--views", "2", "--views-per-image", "2",
            "--batch-size", "8", "--block-size", "16", "--workers", "0", "--steps", "3", "--rounds", "2",
            "--read-samples", "64", "200", "--read-classes", "20", "--read-block-size", "16", "--read-batch-size", "8",
-           "--target-memory-mb", "1", "--step-only", "--json", str(out)]
+           "--target-memory-mb", "1", "--step-only", "--feature", "--json", str(out)]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     r = json.loads(out.read_text())
-    assert set(r["medians"]["train"]) == {"plain", "cached", "cached-m2", "online", "step-only"}
+    assert set(r["medians"]["train"]) == {"plain", "cached", "cached-m2", "online", "step-only", "cached-feature"}
     assert set(r["medians"]["dump"]) == {"dump", "infer"}
     assert set(r["medians"]["read"]) == {f"N={n} {t} {m}" for n in (64, 200) for t in ("full", "topk:10")
                                          for m in ("whole", "stream")}
@@ -28,7 +28,7 @@ def test_throughput_bench_at_toy_size(tmp_path, tiny_h5):
     assert all(v["peak_over_baseline"] >= v["index"] and v["peak_blocks"] >= 1 for v in r["rss"].values())
     assert all(len(v) == 2 and min(v) > 0 for part in r["rounds"].values() for v in part.values())
     assert {"cached/plain", "cached-m2/plain", "online/plain", "step-only/plain", "cached/online", "dump/infer",
-            "targets rss max/min"} == set(r["ratios"])
+            "targets rss max/min", "cached-feature/plain", "cached-feature/cached"} == set(r["ratios"])
 
 
 def test_throughput_bench_data_path_with_ema_and_channels_last(tmp_path, tiny_h5):
