@@ -46,6 +46,7 @@ from torch.utils.data import DataLoader
 from torchvision import datasets
 from torchvision.transforms import v2
 
+from kdcache._orphans import exit_with_parent
 from kdcache._runtime import DistContext, autocast
 from kdcache._views import BlockBatches, ViewDraws, identity_collate
 from kdcache.augment import ViewPipeline, ViewSpec
@@ -106,7 +107,8 @@ def dump_modes(data: DataConfig, teacher: TeacherSpec, ds, args, tmp: str, devic
 
     def infer(r: int) -> float:
         loader = DataLoader(ViewDraws(ds, pipeline, r), batch_sampler=BlockBatches(work, bounds, args.batch_size),
-                            num_workers=args.workers, collate_fn=identity_collate, pin_memory=amp)
+                            num_workers=args.workers, collate_fn=identity_collate, pin_memory=amp,
+                            worker_init_fn=exit_with_parent())
         t0, n = time.perf_counter(), 0
         with torch.inference_mode(), autocast(device, amp):
             for batch in loader:
@@ -199,7 +201,7 @@ def data_modes(data: DataConfig, ds, cache: str, args, device: torch.device) -> 
     def torchvision_path(r: int) -> float:
         g = torch.Generator().manual_seed(r)
         loader = DataLoader(folder, batch_size=args.batch_size, shuffle=True, generator=g, num_workers=args.workers,
-                            pin_memory=pin, drop_last=True)
+                            pin_memory=pin, drop_last=True, worker_init_fn=exit_with_parent())
         warm = max(1, args.steps // 4)
         t0, n = time.perf_counter(), 0
         x = None

@@ -45,6 +45,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from kdcache._orphans import exit_with_parent
 from kdcache._runtime import DistContext
 from kdcache._views import (
     BlockBatches,
@@ -86,7 +87,7 @@ class PlainDataset(Dataset):
 
 def plain_rate(ds, spec, student_name, args) -> float:
     loader = DataLoader(PlainDataset(ds, spec), batch_size=args.batch_size, shuffle=True,
-                        num_workers=args.workers, drop_last=True)
+                        num_workers=args.workers, drop_last=True, worker_init_fn=exit_with_parent())
     model = _student(student_name, ds, args)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     ema = ModelEma(model, decay=args.ema_decay) if args.ema_decay else None
@@ -170,7 +171,8 @@ def training_modes(ds, data: DataConfig, cache: str, spec: ViewSpec, teacher, ar
     def online(r: int) -> float:
         draws = ViewDraws(ds, pipeline, 0)
         loader = DataLoader(draws, batch_sampler=[[(i, r) for i in b] for b in batches(len(ds), args.batch_size, r)],
-                            num_workers=args.workers, collate_fn=identity_collate)
+                            num_workers=args.workers, collate_fn=identity_collate,
+                            worker_init_fn=exit_with_parent())
         return kdcache_rate(loader, OnlineTargets(teacher.model), ds, args.student, args, args.steps)
 
     modes = {"plain": lambda r: plain_rate(ds, spec, args.student, args),
@@ -209,7 +211,7 @@ def data_modes(ds, data: DataConfig, cache: str, spec: ViewSpec, args) -> dict:
     def plain_path(r: int) -> float:
         g = torch.Generator().manual_seed(r)
         loader = DataLoader(PlainDataset(ds, spec), batch_size=args.batch_size, shuffle=True, generator=g,
-                            num_workers=args.workers, drop_last=True)
+                            num_workers=args.workers, drop_last=True, worker_init_fn=exit_with_parent())
         t0, n = time.perf_counter(), 0
         for step, (x, _y) in enumerate(loader):
             if step >= args.steps:
@@ -232,7 +234,8 @@ def dump_modes(data: DataConfig, teacher_spec: TeacherSpec, ds, spec: ViewSpec, 
 
     def infer(r: int) -> float:
         loader = DataLoader(ViewDraws(ds, pipeline, r), batch_sampler=BlockBatches(work, bounds, args.batch_size),
-                            num_workers=args.workers, collate_fn=identity_collate)
+                            num_workers=args.workers, collate_fn=identity_collate,
+                            worker_init_fn=exit_with_parent())
         t0, n = time.perf_counter(), 0
         with torch.inference_mode():
             for batch in loader:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from _common import run, write_json
 
+from kdcache._orphans import exit_with_parent
 from kdcache.data import open_dataset
 
 HERE = Path(__file__).resolve().parent
@@ -51,7 +52,8 @@ def _collate(batch):
 
 def read_all(ds, order: np.ndarray, workers: int) -> float:
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, order.tolist()), batch_size=32,
-                                         num_workers=workers, collate_fn=_collate)
+                                         num_workers=workers, collate_fn=_collate,
+                                         worker_init_fn=exit_with_parent())
     t = time.perf_counter()
     n = sum(loader)
     assert n == len(order)
