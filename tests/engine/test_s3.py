@@ -6,6 +6,7 @@ for an unreachable endpoint, wrong credentials and a missing bucket."""
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -301,3 +302,28 @@ def test_two_students_read_an_s3_cache_while_a_dump_grows_it(world, s3, two_view
         assert s.returncode == 0, logs(s)
         rows = [json.loads(line) for line in (tmp_path / f"run{i}" / "metrics.jsonl").read_text().splitlines()]
         assert [r["epoch"] for r in rows] == [0, 1] and all(np.isfinite(r["train/loss"]) for r in rows)
+
+
+def test_a_teacher_is_added_to_an_s3_cache_and_listed_verified_and_read(world, s3, s3_cache, tmp_path):
+    """add-teacher on an s3:// cache: its group teachers/NAME on the object store, the same bytes as added to the
+    local reference, found by info, verify, CacheDataset and a student run through the same storage options."""
+    url, so, opts = s3_copy(s3, s3_cache), s3.storage_options(), s3.cli_options()
+    local = tmp_path / "local.zarr"
+    shutil.copytree(world.reference, local)
+    r20 = ["--teacher", "cifar_resnet20", "--random-init", "--init-seed", "3", "--device", "cpu", "--workers", "0",
+           "--no-progress"]
+    cli_ok("add-teacher", url, "--name", "r20", *r20, *opts)
+    cli_ok("add-teacher", str(local), "--name", "r20", *r20)
+    got = read_s3_arrays(f"{url}/teachers/r20", so)
+    want = read_all_arrays(local / "teachers" / "r20")
+    assert sorted(got) == sorted(want)
+    for name in ("logits", "argmax"):
+        assert_bitwise_equal(name, got[name], want[name])
+    info = json.loads(cli_ok("info", url, "--json", *opts).stdout)
+    assert [t["name"] for t in info["teachers"]] == ["main", "r20"] and info["teachers"][1]["done_fraction"] == 1.0
+    rep = json.loads(cli_ok("verify", url, "--name", "r20", "--samples", "16", "--json", *opts).stdout)
+    assert rep["ok"] and rep["samples_checked"] == 16
+    ds = CacheDataset(url, world.data, storage_options=so, teachers=["main", "r20"])
+    assert set(ds[3]["targets"]) == {"main", "r20"}
+    cli_ok(*world.train_args(url, tmp_path / "run", epochs=1, steps=2), "--teachers", "main,r20", *opts)
+    assert (tmp_path / "run" / "last.pt").is_file()
