@@ -11,7 +11,6 @@ views were added to the cache (``dump-teacher --add-views``) and it computes the
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from kdcache._teacher_input import teacher_on_views
 from kdcache._utils import recordable_config
 from kdcache._views import BlockBatches, RecordedViews, identity_collate
 from kdcache.augment import ViewPipeline, ViewSpec, kernel_versions
-from kdcache.cache import CacheIdentity, CacheStore, TargetMode, UnitLayout, is_url
+from kdcache.cache import CacheIdentity, CacheStore, TargetMode, UnitLayout
 from kdcache.cache._restore import restore_metadata
 from kdcache.cache._teachers import (
     TEACHERS_FORMAT,
@@ -38,7 +37,7 @@ from kdcache.cache._teachers import (
     teacher_path,
 )
 from kdcache.data import DataConfig
-from kdcache.engine._dump import _block_work, _repair, _run_blocks, after_rank0
+from kdcache.engine._dump import _block_work, _remove_new_store, _repair, _run_blocks, after_rank0
 from kdcache.engine._dumpconfig import DumpSummary, summarize
 from kdcache.engine._lock import WriterLock
 from kdcache.engine._preflight import preflight
@@ -152,7 +151,7 @@ def _prepare(cfg: AddTeacherConfig, root: CacheStore, path: str, ds, identity: C
                                       num_classes=ds.num_classes, num_views=root.num_views, layout=layout,
                                       attrs=attrs, block_size=root.block_size, storage_options=cfg.storage_options)
         except OSError as e:
-            _remove(path)
+            _remove_new_store(path)
             raise CacheError(f"cannot create {path}: {e.strerror or e}{space_hint(e, path)}") from e
         log(f"{root.path}: adding teacher {cfg.name!r} ({identity.teacher.get('name')}, targets {identity.targets})")
         return store, True
@@ -203,7 +202,7 @@ def _compute(cfg: AddTeacherConfig, ctx: DistContext, root: CacheStore, store: C
     removed = False
     if (failure is not None or others_failed) and ctx.is_main and created:
         if not CacheStore.open(store.path, mode="r", storage_options=cfg.storage_options).done_units().any():
-            removed = _remove(store.path)
+            removed = _remove_new_store(store.path)
     if failure is not None:
         if removed and isinstance(failure, KdcacheError):
             raise type(failure)(f"{failure}; nothing was computed, so {store.path} was removed") from failure
@@ -215,11 +214,3 @@ def _compute(cfg: AddTeacherConfig, ctx: DistContext, root: CacheStore, store: C
     ctx.barrier()
     return summarize(store.path, cfg.storage_options, units=sum(len(vs) for _, vs in all_work),
                      views=views_of(all_work), seconds=seconds, rank=ctx.rank)
-
-
-def _remove(path: str) -> bool:
-    if is_url(path):
-        return False
-    shutil.rmtree(path, ignore_errors=True)
-    return True
-

@@ -342,3 +342,21 @@ def test_hugging_face_backbone_without_a_head_as_an_embedding_teacher(world, tmp
     assert t.target_mode.embedding == "float16" and t.layout.embedding_dim == 32 and not t.target_mode.has_logits
     rep = verify_cache(cache, name="vit", device="cpu", samples=32)
     assert rep["ok"] and rep["embedding"]["min_cosine"] > 0.999, rep["failures"]
+
+
+def test_a_teacher_that_gives_nan_leaves_no_group_and_the_cache_untouched(world, tmp_path):
+    from kdcache.models import create_model
+    from kdcache.models._checkpoint import save_checkpoint
+
+    cache = _copy(world, tmp_path)
+    before = tree_digest(cache)
+    model = create_model("cnn_tiny", num_classes=2)
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))
+    save_checkpoint(str(tmp_path / "nan.pt"), model)
+    line = _one_line_error(CliRunner().invoke(cli, ["add-teacher", cache, "--name", "bad", "--teacher-weights",
+                                                    str(tmp_path / "nan.pt"), "--device", "cpu", "--workers", "0",
+                                                    "--no-progress"]))
+    assert "NaN/Inf logits" in line and "nothing was computed, so" in line and "teachers/bad was removed" in line
+    assert not (Path(cache) / "teachers" / "bad").exists() and teacher_names(cache) == ["main"]
+    assert {k: v for k, v in tree_digest(cache).items() if not k.startswith("teachers")} == before
