@@ -1,4 +1,6 @@
-"""One-line errors for caches behind fsspec URLs (``s3://``, ...): an unreachable endpoint, refused credentials.
+"""Caches behind fsspec URLs (``s3://``, ...): one-line errors for an unreachable endpoint or refused credentials.
+
+Also the bytes a cache takes, under a folder or a URL (:func:`bytes_under`).
 
 fsspec back ends raise their client library's exceptions (botocore's ``EndpointConnectionError``,
 s3fs's ``PermissionError`` for ``InvalidAccessKeyId`` / ``SignatureDoesNotMatch``, aiohttp's
@@ -8,17 +10,31 @@ connection errors); :func:`storage_error` turns the ones a user can cause into a
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 from kdcache.errors import KdcacheError, StorageError
 
-__all__ = ["is_url", "storage_error", "storage_errors"]
+__all__ = ["is_url", "storage_error", "storage_errors", "bytes_under"]
 
 def is_url(path: str) -> bool:
     """A cache path that is an fsspec URL (``s3://bucket/c.zarr``), not a local path."""
     return "://" in str(path)
+
+
+def bytes_under(path: str, storage_options: Mapping[str, Any] | None = None) -> int | None:
+    """Bytes of every file under ``path`` (a folder or an fsspec URL); None when the filesystem cannot tell."""
+    if not is_url(path):
+        return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+    try:
+        import fsspec
+
+        fs, p = fsspec.core.url_to_fs(str(path), **dict(storage_options or {}))
+        return int(fs.du(p))
+    except Exception:  # noqa: BLE001 - size is informational; some filesystems cannot report it
+        return None
 
 
 _CONNECT_NAMES = ("EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError", "ConnectionError",

@@ -38,7 +38,7 @@ from kdcache.cache._identity import CacheIdentity, dataset_differences
 from kdcache.cache._layout import UnitLayout
 from kdcache.cache._metadata import child_nodes, metadata_error, metadata_location, metadata_problem
 from kdcache.cache._reader import UnitReader
-from kdcache.cache._remote import is_url, storage_error
+from kdcache.cache._remote import bytes_under, is_url, storage_error
 from kdcache.cache._seal import SEAL_ATTR, check_seal, make_seal, seal_copy, stored_copy
 from kdcache.cache._targets import TargetMode
 from kdcache.errors import (
@@ -52,9 +52,7 @@ from kdcache.errors import (
 
 __all__ = ["CacheStore", "FORMAT_VERSION", "DEFAULT_BLOCK_SIZE", "is_url", "array_recipes", "format_of"]
 
-# 2: no `view_seed` array (derived); 3: per-sample op arrays (auto-augment, colour, erasing), pad-crop;
-# 4: embedding targets; 5: an added teacher's group (teachers/<name>/, kdcache.cache._teachers). Format-1 to -4
-# caches stay readable and writable (a main cache keeps its format when teachers are added to it).
+# The formats and what each added: docs/cache-format.md, "Version history"; every earlier one stays readable.
 FORMAT_VERSION = 5
 
 
@@ -390,15 +388,7 @@ class CacheStore(UnitReader):
 
     def nbytes_on_disk(self) -> int | None:
         """Bytes the store takes on its filesystem (None when the store cannot tell)."""
-        if not is_url(self.path):
-            return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(self.path) for f in fs)
-        try:
-            import fsspec
-
-            fs, p = fsspec.core.url_to_fs(self.path, **getattr(self, "storage_options", {}))
-            return int(fs.du(p))
-        except Exception:  # noqa: BLE001 - size is informational; some filesystems cannot report it
-            return None
+        return bytes_under(self.path, self.storage_options)
 
 
 def _check_fits(name: str, value: np.ndarray, dtype: np.dtype) -> None:
