@@ -305,7 +305,9 @@ class CacheStore(UnitReader):
     def done(self) -> np.ndarray:
         """The (N, V) completion mask (a missing or corrupt ``done`` chunk raises :class:`CacheDamagedError`)."""
         # Views being added may lack done chunks for a moment (see settled_views): they read as not done.
-        missing = self.missing_chunks("done", [c for c in self.chunk_grid("done") if c[1] < self.settled_views])
+        # A remote store lists done/ once rather than asking for each chunk (one request, not one a block and view)
+        missing = self.missing_chunks("done", [c for c in self.chunk_grid("done") if c[1] < self.settled_views],
+                                      listing=True)
         if missing:
             raise damage_error(self.path, [self.chunk_damage("done", c, "missing") for c in missing])
         return np.asarray(self.read_array("done", check_missing=False)[:, : self.num_views], dtype=bool)
