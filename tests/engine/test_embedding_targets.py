@@ -24,10 +24,10 @@ from engine_support import (
     assert_bitwise_equal,
     assert_done_units_match,
     assert_stores_equal,
+    cli_run,
     done_chunk_count,
     kdcache_cmd,
     logs,
-    run,
     start,
     wait_for,
 )
@@ -136,15 +136,15 @@ def test_an_embedding_dump_killed_by_sigkill_resumes_bit_identically(world, tmp_
     reference = tmp_path / "ref.zarr"
     world.dump(reference, targets="full+pooled:int8")
     out = tmp_path / "c.zarr"
-    cmd = kdcache_cmd(world.dump_args(out, extra=["--embed", "pooled", "--embed-dtype", "int8"]))
-    proc = start(cmd, tmp_path, "kill")
+    args = world.dump_args(out, extra=["--embed", "pooled", "--embed-dtype", "int8"])
+    proc = start(kdcache_cmd(args), tmp_path, "kill")
     wait_for(lambda: done_chunk_count(out) >= world.num_units // 3, proc, what="a third of the units")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, logs(proc)
     done = assert_done_units_match(out, reference)
     assert 0 < done < world.num_units
-    result = run(cmd + ["--json"])
+    result = cli_run(args + ["--json"])  # the same command, in-process: the kill is what needs a process
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["units_computed"] == world.num_units - done
     assert_stores_equal(out, reference)

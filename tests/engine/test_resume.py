@@ -32,6 +32,7 @@ from engine_support import (
     assert_bitwise_equal,
     assert_done_units_match,
     assert_stores_equal,
+    cli_run,
     done_chunk_count,
     group_attrs,
     kdcache_cmd,
@@ -72,7 +73,8 @@ def test_resume_after_sigkills_matches_uninterrupted_dump(world, tmp_path):
     """Kill the same command during array creation and at two seeded points mid-dump; the rerun
     finishes a store equal, array for array and bit for bit, to the uninterrupted reference."""
     out = tmp_path / "c.zarr"
-    cmd = kdcache_cmd(world.dump_args(out))
+    args = world.dump_args(out)
+    cmd = kdcache_cmd(args)
     total = world.num_units
     rng = np.random.default_rng(2024)
     kill_points = sorted(int(k) for k in (rng.integers(total // 8, 3 * total // 8),
@@ -102,8 +104,9 @@ def test_resume_after_sigkills_matches_uninterrupted_dump(world, tmp_path):
         done = assert_done_units_match(out, world.reference)
         assert k <= done < total
 
-    # 3. The same command again, to completion: only the missing units are computed.
-    result = run(cmd + ["--json"])
+    # 3. The same command again, to completion (in-process: the kills are what need processes): only the
+    #    missing units are computed.
+    result = cli_run(args + ["--json"])
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout[result.stdout.index("{"):])
     assert summary["units_computed"] == total - done

@@ -21,6 +21,7 @@ from engine_support import (
     VIEWS,
     assert_bitwise_equal,
     check_snapshot,
+    cli_run,
     kdcache_cmd,
     logs,
     paused_writer_cmd,
@@ -143,8 +144,8 @@ def test_a_cache_on_s3_dumps_reads_trains_verifies_and_grows(world, s3, s3_cache
 @pytest.mark.slow
 def test_a_killed_dump_to_s3_resumes_to_the_same_bytes(world, s3, tmp_path):
     url, so = f"s3://{s3.new_bucket()}/c.zarr", s3.storage_options()
-    cmd = kdcache_cmd(world.dump_args(url, extra=s3.cli_options()))
-    proc = start(cmd, tmp_path, "kill")
+    args = world.dump_args(url, extra=s3.cli_options())
+    proc = start(kdcache_cmd(args), tmp_path, "kill")
     wait_for(lambda: done_units_s3(url, so) >= world.num_units // 4, proc, what="a quarter of the units",
              interval=0.05)
     proc.send_signal(signal.SIGKILL)
@@ -152,7 +153,7 @@ def test_a_killed_dump_to_s3_resumes_to_the_same_bytes(world, s3, tmp_path):
     assert proc.returncode == -signal.SIGKILL, f"the dump finished before the kill\n{logs(proc)}"
     done = done_units_s3(url, so)
     assert 0 < done < world.num_units
-    result = run(cmd + ["--json"])
+    result = cli_run(args + ["--json"])  # the same command, in-process: the kill is what needs a process
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout[result.stdout.index("{"):])
     assert summary["units_computed"] == world.num_units - done and summary["done_fraction"] == 1.0

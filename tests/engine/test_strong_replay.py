@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from engine_support import assert_stores_equal, kdcache_cmd, run, torchrun_cmd
+from engine_support import assert_stores_equal, cli_run, run, torchrun_cmd
 from torch.utils.data import DataLoader
 
 from kdcache._views import ReplayViews, identity_collate
@@ -115,7 +115,7 @@ def test_train_student_batches_are_the_views_the_teacher_saw(tmp_path, tiny_h5, 
 def test_torchrun_strong_dump_equals_a_one_process_dump_and_replays(world, tmp_path):
     extra = ["--preset", "deit-cifar", "--padding", "4", "--three-augment", "--color-jitter", "0.2"]
     ref, out = tmp_path / "one.zarr", tmp_path / "two.zarr"
-    one = run(kdcache_cmd(world.dump_args(ref, views=2, extra=extra)))
+    one = cli_run(world.dump_args(ref, views=2, extra=extra))  # the one-process reference, in this process
     assert one.returncode == 0, one.stdout + one.stderr
     two = run(torchrun_cmd(2, world.dump_args(out, views=2, extra=extra)))
     assert two.returncode == 0, two.stdout + two.stderr

@@ -23,6 +23,7 @@ from engine_support import (
     BATCH,
     VIEWS,
     assert_bitwise_equal,
+    cli_run,
     helper_env,
     kdcache_cmd,
     logs,
@@ -181,9 +182,9 @@ def test_damage_in_an_added_teacher_is_named_and_repaired_without_touching_the_c
 @pytest.mark.slow
 def test_add_teacher_killed_by_sigkill_resumes_bit_identically(world, second, tmp_path):
     cache = _copy(world, tmp_path)
-    cmd = kdcache_cmd(["add-teacher", cache, "--name", "t2", "--teacher-weights", second["weights"],
-                       "--batch-size", str(BATCH), "--device", "cpu", "--workers", "0", "--no-progress"])
-    proc = start(cmd, tmp_path, "kill")
+    args = ["add-teacher", cache, "--name", "t2", "--teacher-weights", second["weights"],
+            "--batch-size", str(BATCH), "--device", "cpu", "--workers", "0", "--no-progress"]
+    proc = start(kdcache_cmd(args), tmp_path, "kill")
 
     def units_done() -> int:
         try:
@@ -201,7 +202,7 @@ def test_add_teacher_killed_by_sigkill_resumes_bit_identically(world, second, tm
     for b, v in zip(*np.nonzero(t.done_units())):  # what was marked done holds the right bytes
         for n in TARGETS:
             assert_bitwise_equal(n, t.read_unit(int(b), int(v), [n])[n], d.read_unit(int(b), int(v), [n])[n])
-    result = run(cmd + ["--json"])
+    result = cli_run(args + ["--json"])  # the same command, in-process: the kill is what needs a process
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["units_computed"] == world.num_units - done
     _assert_targets_equal(cache, second["direct"])
