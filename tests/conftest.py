@@ -150,3 +150,41 @@ def tiny_hf_vit(tmp_path):
         return vit
 
     return make
+
+
+@pytest.fixture
+def run_bench(monkeypatch):
+    """``run_bench([python, bench/SCRIPT.py, *args], cwd=None)`` runs a benchmark script in this process, as
+    ``python SCRIPT.py args`` would (``__main__``, its argv, its folder on sys.path) and reports it as
+    :func:`subprocess.run` does: a smoke test need not pay a fresh interpreter and torch import (~3 s). Tests
+    of what a process prints when it fails (exit code, one line on stderr) keep a real process."""
+    import contextlib
+    import io
+    import runpy
+    import subprocess
+    import sys
+    import traceback
+
+    def go(cmd, *, cwd=None) -> subprocess.CompletedProcess:
+        script = str(cmd[1])
+        out, err, code = io.StringIO(), io.StringIO(), 0
+        threads = torch.get_num_threads()
+        with monkeypatch.context() as m:
+            m.setattr(sys, "argv", [script, *map(str, cmd[2:])])
+            m.syspath_prepend(str(Path(script).parent))
+            if cwd is not None:
+                m.chdir(cwd)
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                try:
+                    runpy.run_path(script, run_name="__main__")
+                except SystemExit as e:
+                    code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+                    if isinstance(e.code, str):
+                        print(e.code, file=sys.stderr)
+                except Exception:  # noqa: BLE001 - reported as a crashed process would be
+                    code = 1
+                    traceback.print_exc()
+        torch.set_num_threads(threads)  # a script's --threads must not outlive it in this worker
+        return subprocess.CompletedProcess(list(cmd), code, out.getvalue(), err.getvalue())
+
+    return go

@@ -11,13 +11,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_cifar10_bench_at_toy_size(tmp_path, tiny_h5, tiny_teacher):
+def test_cifar10_bench_at_toy_size(run_bench, tmp_path, tiny_h5, tiny_teacher):
     out = tmp_path / "r.json"
     cmd = [sys.executable, str(REPO / "bench" / "cifar10.py"), "--data", tiny_h5, "--teacher", "cnn_tiny",
            "--teacher-weights", tiny_teacher, "--student", "cnn_tiny", "--full", "--epochs", "1",
            "--batch-size", "16", "--seeds", "0", "1", "--hard-views", "4", "8", "--rows", "main", "--workers", "0",
            "--workdir", str(tmp_path / "work"), "--json", str(out), "--plots", str(tmp_path / "plots")]
-    first = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    first = run_bench(cmd)
     assert first.returncode == 0, first.stderr[-3000:]
     res = json.loads(out.read_text())
     rows = {t["row"]: t for t in res["table"]}
@@ -40,12 +40,12 @@ def test_cifar10_bench_at_toy_size(tmp_path, tiny_h5, tiny_teacher):
     for r in res["rows"].values():  # as written before train_seconds existed: the rerun fills it in
         del r["train_seconds"]
     out.write_text(json.dumps(res))
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    again = run_bench(cmd)
     assert again.returncode == 0 and "== " not in again.stdout  # nothing retrained
     assert json.loads(out.read_text())["rows"]["cnn_tiny/cached-soft-V8/s0"]["train_seconds"] == seconds
 
 
-def test_cifar10_bench_view_options_override_the_preset_in_every_cache(tmp_path, tiny_h5, tiny_teacher):
+def test_cifar10_bench_view_options_override_the_preset_in_every_cache(run_bench, tmp_path, tiny_h5, tiny_teacher):
     from kdcache.cache import CacheStore
 
     out, work = tmp_path / "r.json", tmp_path / "work"
@@ -54,7 +54,7 @@ def test_cifar10_bench_view_options_override_the_preset_in_every_cache(tmp_path,
            "--batch-size", "16", "--seeds", "0", "--rows", "main", "--workers", "0", "--view-preset", "deit-cifar",
            "--view-options", '{"mix": "none", "reprob": 0.5}', "--only", "cnn_tiny/scratch/s0",
            "--workdir", str(work), "--json", str(out)]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    res = run_bench(cmd)
     assert res.returncode == 0, res.stderr[-3000:]
     spec = CacheStore.open(str(work / "full.zarr")).identity.view_spec
     assert (spec["mix"], spec["reprob"], spec["auto_augment"], spec["crop"]) == ("none", 0.5, "rand-m9-mstd0.5-inc1",

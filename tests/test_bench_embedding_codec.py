@@ -4,19 +4,18 @@ each codec's cosine against float32 and its bytes per vector land in the JSON.""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_embedding_codec_bench_reports_cosine_and_bytes_per_codec(tmp_path, tiny_h5, tiny_teacher):
+def test_embedding_codec_bench_reports_cosine_and_bytes_per_codec(run_bench, tmp_path, tiny_h5, tiny_teacher):
     out = tmp_path / "embedding_codec.json"
     cmd = [sys.executable, str(REPO / "bench" / "embedding_codec.py"), "--data", tiny_h5, "--teacher", "cnn_tiny",
            "--weights", tiny_teacher, "--images", "12", "--batch-size", "5", "--extra", "bit_resnet_test",
            "--threads", "1", "--json", str(out)]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO / "bench")
+    res = run_bench(cmd, cwd=REPO / "bench")
     assert res.returncode == 0, res.stderr
     assert "cos mean" in res.stdout
     d = json.loads(out.read_text())

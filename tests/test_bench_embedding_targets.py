@@ -4,19 +4,18 @@ bytes per view on disk, the embedding's share and the dump rate land in the JSON
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_embedding_targets_bench_reports_bytes_and_rate_per_target_kind(tmp_path, tiny_h5, tiny_teacher):
+def test_embedding_targets_bench_reports_bytes_and_rate_per_target_kind(run_bench, tmp_path, tiny_h5, tiny_teacher):
     out = tmp_path / "embedding_targets.json"
     cmd = [sys.executable, str(REPO / "bench" / "embedding_targets.py"), "--data", tiny_h5, "--teacher", "cnn_tiny",
            "--weights", tiny_teacher, "--images", "24", "--views", "2", "--rounds", "2", "--workers", "0",
            "--threads", "1", "--kinds", "full", "full+pooled:int8", "none+pooled:float16", "--json", str(out)]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO / "bench")
+    res = run_bench(cmd, cwd=REPO / "bench")
     assert res.returncode == 0, res.stderr
     assert "embedding B/view" in res.stdout and res.stdout.count("round ") == 6  # 2 rounds x 3 kinds
     d = json.loads(out.read_text())

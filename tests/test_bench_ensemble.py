@@ -5,7 +5,6 @@ pure inference, and one student row per target (single teacher, ensemble); a rer
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_ensemble_bench_reports_teachers_cost_and_student_rows(tmp_path, shared_cifar, shared_weights):
+def test_ensemble_bench_reports_teachers_cost_and_student_rows(run_bench, tmp_path, shared_cifar, shared_weights):
     teacher = REPO / "bench" / "teachers" / "cifar_resnet56_ft50k.pt"
     if not teacher.exists():
         pytest.skip("the committed fine-tuned teacher is missing")
@@ -23,7 +22,7 @@ def test_ensemble_bench_reports_teachers_cost_and_student_rows(tmp_path, shared_
            str(teacher), "--limit", "40", "--test-limit", "50", "--views", "2", "--epochs", "1", "--seeds", "0",
            "--rounds", "1", "--workers", "0", "--batch-size", "64", "--workdir", str(tmp_path / "work"),
            "--json", str(out)]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
+    res = run_bench(cmd, cwd=REPO)
     assert res.returncode == 0, res.stderr + res.stdout
     d = json.loads(out.read_text())
     assert set(d["teachers"]["top1"]) == {"main", "r56", "r44", "main+r56", "main+r56+r44"}
@@ -32,5 +31,5 @@ def test_ensemble_bench_reports_teachers_cost_and_student_rows(tmp_path, shared_
     assert d["cost"]["views"] == 80 and d["cost"]["time_ratio"] > 0
     assert set(d["rows"]) == {"cifar_resnet20/single/s0", "cifar_resnet20/ensemble/s0"}
     assert d["rows"]["cifar_resnet20/ensemble/s0"]["teachers"] == ["main", "r56", "r44"]
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
+    again = run_bench(cmd, cwd=REPO)
     assert again.returncode == 0 and "== " not in again.stdout, again.stdout  # nothing retrained

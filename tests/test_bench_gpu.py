@@ -4,7 +4,6 @@ ratios; its test runner counts a `pytest -m cuda` run (on a small file: the suit
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,12 +13,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_gpu_bench_at_toy_size_on_cpu(tmp_path):
+def test_gpu_bench_at_toy_size_on_cpu(run_bench, tmp_path):
     out = tmp_path / "gpu.json"
     cmd = [sys.executable, str(REPO / "bench" / "gpu.py"), "--toy", "--device", "cpu", "--workers", "0",
            "--rounds", "1", "--images", "32", "--pairs", "resnet", "--tests", "none", "--work", str(tmp_path / "jpeg"),
            "--json", str(out)]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
+    res = run_bench(cmd, cwd=REPO)
     assert res.returncode == 0, res.stderr[-3000:]
     r = json.loads(out.read_text())
     assert set(r["medians"]) == {"cnn_tiny->cnn_tiny"}  # one pair: the DeiT pair is the same code

@@ -4,20 +4,19 @@ validation, constant lr, decay of every parameter, the Keras view), writes its J
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_keras_tokenlearner_bench_at_toy_size(tmp_path, tiny_h5, tiny_teacher):
+def test_keras_tokenlearner_bench_at_toy_size(run_bench, tmp_path, tiny_h5, tiny_teacher):
     cmd = [sys.executable, str(REPO / "bench" / "keras_tokenlearner.py"), "--data", tiny_h5, "--students",
            "keras_tokenlearner_vit_test", "--seeds", "0", "--epochs", "1", "--batch-size", "16", "--size", "16",
            "--crop-resize", "20", "--workers", "0", "--workdir", str(tmp_path / "w"), "--results",
            str(tmp_path / "r"), "--rows", "scratch", "cached-soft", "cached-hard", "online-soft", "--teacher",
            "cnn_tiny", "--teacher-weights", tiny_teacher, "--views", "2"]
-    first = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
+    first = run_bench(cmd, cwd=REPO)
     assert first.returncode == 0, first.stderr[-3000:]
     res = json.loads((tmp_path / "r" / "keras_tokenlearner_vit_test__scratch__s0.json").read_text())
     assert res["epochs"] == 1 and res["test"]["images"] == 24 and res["test"]["split"] == "test"
@@ -38,5 +37,5 @@ def test_keras_tokenlearner_bench_at_toy_size(tmp_path, tiny_h5, tiny_teacher):
         assert cfg["config"]["model_kwargs"]["input_mean"] == [0.5, 0.5, 0.5]
         assert cfg["config"]["loss"]["distill"] == ("hard" if "hard" in row else "soft")
         assert cfg["view_spec"]["crop_resize"] == 20 and cfg["config"]["sched"] == "constant"
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
+    again = run_bench(cmd, cwd=REPO)
     assert again.returncode == 0 and again.stdout.count("done (") == 4, again.stdout

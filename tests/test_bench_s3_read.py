@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,13 +11,13 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_s3_read_bench_reads_an_epoch_from_both_stores(tmp_path):
+def test_s3_read_bench_reads_an_epoch_from_both_stores(run_bench, tmp_path):
     pytest.importorskip("moto")
     pytest.importorskip("s3fs")
     out = tmp_path / "s3.json"
     cmd = [sys.executable, str(REPO / "bench" / "s3_read.py"), "--samples", "64", "--views", "2", "--classes", "5",
            "--block-size", "32", "--rounds", "2", "--json", str(out)]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO / "bench")
+    res = run_bench(cmd, cwd=REPO / "bench")
     assert res.returncode == 0, res.stderr
     d = json.loads(out.read_text())
     assert [r["storage"] for r in d["rows"]] == ["local", "s3"]

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_storage_bench_writes_caches_and_reports_bytes_and_kl(tmp_path):
+def test_storage_bench_writes_caches_and_reports_bytes_and_kl(run_bench, tmp_path):
     out = tmp_path / "storage.json"
     cmd = [sys.executable, str(REPO / "bench" / "storage.py"), "--samples", "96", "--views", "2", "--classes", "300",
            "--ks", "1", "10", "--block-size", "32", "--json", str(out)]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO / "bench")
+    res = run_bench(cmd, cwd=REPO / "bench")
     assert res.returncode == 0, res.stderr
     assert "top-10 arrays under candidate codecs" in res.stdout
     d = json.loads(out.read_text())

@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_throughput_bench_at_toy_size(tmp_path, tiny_h5):
+def test_throughput_bench_at_toy_size(run_bench, tmp_path, tiny_h5):
     out = tmp_path / "t.json"
     cmd = [sys.executable, str(REPO / "bench" / "throughput.py"), "--data", tiny_h5, "--size", "16",
            "--teacher", "cnn_tiny", "--student", "cnn_tiny", "--views", "2", "--views-per-image", "2",
            "--batch-size", "8", "--block-size", "16", "--workers", "0", "--steps", "3", "--rounds", "2",
            "--read-samples", "64", "200", "--read-classes", "20", "--read-block-size", "16", "--read-batch-size", "8",
            "--target-memory-mb", "1", "--step-only", "--feature", "--json", str(out)]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    res = run_bench(cmd)
     assert res.returncode == 0, res.stderr[-3000:]
     r = json.loads(out.read_text())
     assert set(r["medians"]["train"]) == {"plain", "cached", "cached-m2", "online", "step-only", "cached-feature"}
@@ -31,13 +30,13 @@ def test_throughput_bench_at_toy_size(tmp_path, tiny_h5):
             "targets rss max/min", "cached-feature/plain", "cached-feature/cached"} == set(r["ratios"])
 
 
-def test_throughput_bench_data_path_with_ema_and_channels_last(tmp_path, tiny_h5):
+def test_throughput_bench_data_path_with_ema_and_channels_last(run_bench, tmp_path, tiny_h5):
     out = tmp_path / "d.json"
     cmd = [sys.executable, str(REPO / "bench" / "throughput.py"), "--data", tiny_h5, "--size", "16",
            "--teacher", "cnn_tiny", "--student", "cnn_tiny", "--views", "2", "--views-per-image", "2",
            "--batch-size", "8", "--block-size", "16", "--workers", "0", "--steps", "2", "--rounds", "2",
            "--parts", "train", "data", "--no-online", "--ema-decay", "0.99", "--channels-last", "--json", str(out)]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    res = run_bench(cmd)
     assert res.returncode == 0, res.stderr[-3000:]
     r = json.loads(out.read_text())
     assert set(r["medians"]["data"]) == {"data-plain", "data-m1", "data-m2"}

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_views_bench_compares_timm_replay_and_draw(tmp_path, tiny_h5):
+def test_views_bench_compares_timm_replay_and_draw(run_bench, tmp_path, tiny_h5):
     out = tmp_path / "views.json"
     cmd = [sys.executable, str(REPO / "bench" / "views.py"), "--data", tiny_h5, "--size", "16", "--images", "12",
            "--rounds", "2", "--json", str(out)]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO / "bench")
+    res = run_bench(cmd, cwd=REPO / "bench")
     assert res.returncode == 0, res.stderr
     d = json.loads(out.read_text())
     rows = {r["mode"]: r for r in d["table"]}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,12 +11,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_wds_read_bench_reads_the_same_images_from_both_sources(tmp_path):
+def test_wds_read_bench_reads_the_same_images_from_both_sources(run_bench, tmp_path):
     pytest.importorskip("webdataset")
     out = tmp_path / "wds.json"
     cmd = [sys.executable, str(REPO / "bench" / "wds_read.py"), "--make", "12", "--classes", "3", "--per-shard",
            "5", "--rounds", "2", "--workers", "0", "--json", str(out)]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO / "bench")
+    res = run_bench(cmd, cwd=REPO / "bench")
     assert res.returncode == 0, res.stderr
     d = json.loads(out.read_text())
     assert [r["source"] for r in d["rows"]] == ["folder", "wds"] and d["images"] == 12
