@@ -91,6 +91,7 @@ class ChunkAccess:
         arr = self.array(name)
         prefix = f"{arr.store_path.path}/"
         present = set(sync(_collect(arr.store_path.store.list_prefix(prefix))))
+        _forget_listings(arr.store_path.store)
         return [c for c in coords if self.chunk_key(name, c) not in present]
 
     def _missing_keys(self, chunks: Sequence[tuple[str, tuple[int, ...]]]) -> list[tuple[str, tuple[int, ...]]]:
@@ -127,6 +128,15 @@ class ChunkAccess:
         detail = ("checksum mismatch: truncated or overwritten" if "checksum" in msg.lower()
                   else f"cannot be decoded: {type(e).__name__}: {msg[:120]}")
         return damage_error(self.path, [self.chunk_damage(name, coords, "corrupt", detail)])
+
+
+def _forget_listings(store) -> None:
+    """Drop what a recursive listing left in an fsspec filesystem's directory cache. s3fs keeps the listed
+    folders and answers later lookups from them, so a chunk another process writes afterwards would read as
+    absent in this process (a reader polling a growing cache saw its new views as never done)."""
+    fs = getattr(store, "fs", None)
+    if fs is not None and hasattr(fs, "invalidate_cache"):
+        fs.invalidate_cache()
 
 
 async def _collect(it) -> list[str]:

@@ -65,7 +65,10 @@ DEFAULT_BLOCK_SIZE = 1024
 def _open_group(path: str, mode: str, storage_options: Mapping[str, Any] | None,
                 attributes: Mapping[str, Any] | None = None) -> zarr.Group:
     kw: dict[str, Any] = {}
-    if storage_options and is_url(path):
+    if is_url(path) and str(path).startswith(("s3://", "s3a://")):
+        # s3fs HEADs an object before each read unless max_concurrency=1 (it splits only objects over 50 MB)
+        kw["storage_options"] = {"max_concurrency": 1, **dict(storage_options or {})}
+    elif storage_options and is_url(path):
         kw["storage_options"] = dict(storage_options)
     if attributes is not None:
         kw["attributes"] = dict(attributes)
