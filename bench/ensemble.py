@@ -161,7 +161,8 @@ def main() -> None:
                 train_student(cfg, progress=False, log=print)
                 ev = evaluate_checkpoint(os.path.join(out, "last.pt"), test, workers=args.workers)
                 results["rows"][rid] = {"teachers": list(names), "seed": seed, "top1": ev["top1"],
-                                        "top5": ev["top5"], "seconds": time.perf_counter() - t0}
+                                        "top5": ev["top5"], "seconds": time.perf_counter() - t0,
+                                        "resumed": cfg.resume}  # then seconds cover only this call's epochs
                 save()
     rows = results["rows"]
     for label in ("single", "ensemble"):

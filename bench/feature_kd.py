@@ -96,7 +96,8 @@ def main() -> None:
             knn = knn_accuracy(model.eval(), ViewSpec.from_dict(extra["view_spec"]), bank, queries, k=args.k,
                                batch_size=args.batch_size, workers=args.workers)
             results["rows"][rid] = {"row": label, "seed": seed, "loss": ROWS[label], "top1": ev["top1"],
-                                    "top5": ev["top5"], **knn, "seconds": seconds}
+                                    "top5": ev["top5"], **knn, "seconds": seconds,
+                                    "resumed": cfg.resume}  # then seconds cover only this call's epochs
             save()
     t = results["teacher"]
     print(f"teacher        k-NN top-1 {t['knn_top1']:.2f}")

@@ -31,5 +31,6 @@ def test_ensemble_bench_reports_teachers_cost_and_student_rows(run_bench, tmp_pa
     assert d["cost"]["views"] == 80 and d["cost"]["time_ratio"] > 0
     assert set(d["rows"]) == {"cifar_resnet20/single/s0", "cifar_resnet20/ensemble/s0"}
     assert d["rows"]["cifar_resnet20/ensemble/s0"]["teachers"] == ["main", "r56", "r44"]
+    assert not any(r["resumed"] for r in d["rows"].values())
     again = run_bench(cmd, cwd=REPO)
     assert again.returncode == 0 and "== " not in again.stdout, again.stdout  # nothing retrained

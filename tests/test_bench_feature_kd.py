@@ -30,5 +30,6 @@ def test_feature_kd_bench_reports_top1_and_knn_per_row(run_bench, tmp_path, shar
     assert set(rows) == {"cifar_resnet20/feature/s0", "cifar_resnet20/logit+feature/s0"}
     assert rows["cifar_resnet20/feature/s0"]["loss"]["task_weight"] == 0.0
     assert all(r["knn_dim"] == 64 and 0 <= r["knn_top1"] <= 100 for r in rows.values())  # resnet20: 64 channels
+    assert not any(r["resumed"] for r in rows.values())  # a row resumed in a later call would say so
     again = run_bench(cmd, cwd=REPO)
     assert again.returncode == 0 and "== " not in again.stdout, again.stdout
