@@ -1,6 +1,7 @@
 """Caches behind fsspec URLs (``s3://``, ...): one-line errors for an unreachable endpoint or refused credentials.
 
-Also the bytes a cache takes, under a folder or a URL (:func:`bytes_under`).
+Also the options a cache's store opens with (:func:`store_options`) and the bytes a cache takes, under a
+folder or a URL (:func:`bytes_under`).
 
 fsspec back ends raise their client library's exceptions (botocore's ``EndpointConnectionError``,
 s3fs's ``PermissionError`` for ``InvalidAccessKeyId`` / ``SignatureDoesNotMatch``, aiohttp's
@@ -17,11 +18,24 @@ from typing import Any
 
 from kdcache.errors import KdcacheError, StorageError
 
-__all__ = ["is_url", "storage_error", "storage_errors", "bytes_under"]
+__all__ = ["is_url", "store_options", "storage_error", "storage_errors", "bytes_under"]
 
 def is_url(path: str) -> bool:
     """A cache path that is an fsspec URL (``s3://bucket/c.zarr``), not a local path."""
     return "://" in str(path)
+
+
+def store_options(path: str, storage_options: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The fsspec options a cache's Zarr group opens with (None: a local path, or a URL given none).
+
+    ``s3://`` gets ``max_concurrency=1`` unless given: s3fs otherwise asks each object's size (a HEAD) before
+    reading it, to split objects over 50 MB, which no chunk is (two requests a chunk read instead of one).
+    """
+    if not is_url(path):
+        return None
+    if str(path).startswith(("s3://", "s3a://")):
+        return {"max_concurrency": 1, **dict(storage_options or {})}
+    return dict(storage_options) if storage_options else None
 
 
 def bytes_under(path: str, storage_options: Mapping[str, Any] | None = None) -> int | None:

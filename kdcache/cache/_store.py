@@ -38,7 +38,7 @@ from kdcache.cache._identity import CacheIdentity, dataset_differences
 from kdcache.cache._layout import UnitLayout
 from kdcache.cache._metadata import child_nodes, metadata_error, metadata_location, metadata_problem
 from kdcache.cache._reader import UnitReader
-from kdcache.cache._remote import bytes_under, is_url, storage_error
+from kdcache.cache._remote import bytes_under, is_url, storage_error, store_options
 from kdcache.cache._seal import SEAL_ATTR, check_seal, make_seal, seal_copy, stored_copy
 from kdcache.cache._targets import TargetMode
 from kdcache.errors import (
@@ -65,11 +65,8 @@ DEFAULT_BLOCK_SIZE = 1024
 def _open_group(path: str, mode: str, storage_options: Mapping[str, Any] | None,
                 attributes: Mapping[str, Any] | None = None) -> zarr.Group:
     kw: dict[str, Any] = {}
-    if is_url(path) and str(path).startswith(("s3://", "s3a://")):
-        # s3fs HEADs an object before each read unless max_concurrency=1 (it splits only objects over 50 MB)
-        kw["storage_options"] = {"max_concurrency": 1, **dict(storage_options or {})}
-    elif storage_options and is_url(path):
-        kw["storage_options"] = dict(storage_options)
+    if (options := store_options(path, storage_options)) is not None:
+        kw["storage_options"] = options
     if attributes is not None:
         kw["attributes"] = dict(attributes)
     return zarr.open_group(str(path), mode=mode, **kw)
@@ -307,8 +304,8 @@ class CacheStore(UnitReader):
     # ------------------------------------------------------------------ completion
     def done(self) -> np.ndarray:
         """The (N, V) completion mask (a missing or corrupt ``done`` chunk raises :class:`CacheDamagedError`)."""
-        # Views being added may lack done chunks for a moment (see settled_views): they read as not done.
-        # A remote store lists done/ once rather than asking for each chunk (one request, not one a block and view)
+        # Views being added may lack done chunks for a moment (see settled_views): they read as not done. A
+        # remote store lists done/ once, not a request per block and view.
         missing = self.missing_chunks("done", [c for c in self.chunk_grid("done") if c[1] < self.settled_views],
                                       listing=True)
         if missing:
