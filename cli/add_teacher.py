@@ -10,13 +10,14 @@ from kdcache.cli.options import (
     library_errors,
     runtime_options,
     section,
+    storage_option,
     target_options,
     targets_of,
     teacher_options,
     teacher_spec,
 )
 
-from kdcache._utils import human_bytes, parse_key_values
+from kdcache._utils import human_bytes
 from kdcache.data import DataConfig
 from kdcache.engine import AddTeacherConfig, add_teacher
 
@@ -31,7 +32,7 @@ from kdcache.engine import AddTeacherConfig, add_teacher
 @section(
     "Data",
     click.option("--data", default=None, help="The cache's data, if not where the cache records it."),
-    click.option("--storage-option", "storage_options", multiple=True, help="KEY=VALUE for fsspec URLs."),
+    storage_option,
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @runtime_options
@@ -56,7 +57,7 @@ def add_teacher_cmd(cache, name, teacher, teacher_weights, teacher_args, random_
         cache=cache, name=name, teacher=teacher_spec(teacher, teacher_weights, teacher_args, random_init, init_seed),
         targets=targets_of(targets, embed, embed_dtype),
         data=DataConfig(source=data) if data else None, batch_size=batch_size, workers=workers, device=device,
-        amp=amp, storage_options=parse_key_values(storage_options) or None)
+        amp=amp, storage_options=storage_options)
     s = add_teacher(cfg, progress=progress, log=lambda m: click.echo(m, err=as_json))
     if s.rank != 0:
         return  # under torchrun, rank 0 reports

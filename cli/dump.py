@@ -11,6 +11,7 @@ from kdcache.cli.options import (
     library_errors,
     runtime_options,
     section,
+    storage_option,
     target_options,
     targets_of,
     teacher_options,
@@ -19,7 +20,7 @@ from kdcache.cli.options import (
     view_overrides,
 )
 
-from kdcache._utils import human_bytes, parse_key_values
+from kdcache._utils import human_bytes
 from kdcache.data import DataConfig
 from kdcache.engine import DumpConfig, dump_teacher
 
@@ -42,8 +43,7 @@ from kdcache.engine import DumpConfig, dump_teacher
     *target_options,
     click.option("--block-size", type=click.IntRange(min=1), default=1024, show_default=True,
                  help="Samples per chunk (the unit of writing, resuming and reading)."),
-    click.option("--storage-option", "storage_options", multiple=True,
-                 help="KEY=VALUE for fsspec URLs (repeatable)."),
+    storage_option,
     click.option("--shard", default=None, metavar="I/N",
                  help="Compute only blocks b with b % N == I: N independent jobs (started in any order, killed and "
                       "rerun at will) fill the same store as one process."),
@@ -75,7 +75,7 @@ def dump_teacher_cmd(data, split, limit, subset_seed, val_fraction, teacher, tea
         out=out, teacher=teacher_spec(teacher, teacher_weights, teacher_args, random_init, init_seed),
         views=views, add_views=add_views,
         seed=seed, targets=targets, view=view_overrides(view_kw), batch_size=batch_size, workers=workers,
-        block_size=block_size, device=device, amp=amp, storage_options=parse_key_values(storage_options) or None,
+        block_size=block_size, device=device, amp=amp, storage_options=storage_options,
         shard=shard)
     s = dump_teacher(cfg, progress=progress, log=lambda m: click.echo(m, err=as_json))
     if s.rank != 0:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import click
-from kdcache.cli.options import config_option, echo_json, library_errors, progress_option
+from kdcache.cli.options import config_option, echo_json, library_errors, progress_option, storage_option
 
-from kdcache._utils import human_bytes, parse_key_values
+from kdcache._utils import human_bytes
 from kdcache.cache._export import COMPRESSIONS, export_hdf5
 
 
@@ -16,7 +16,7 @@ from kdcache.cache._export import COMPRESSIONS, export_hdf5
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--compression", type=click.Choice(COMPRESSIONS), default="gzip", show_default=True,
               help="HDF5 filter: gzip (smaller, with byte shuffle) or lzf (faster).")
-@click.option("--storage-option", "storage_options", multiple=True, help="KEY=VALUE for fsspec URLs.")
+@storage_option
 @progress_option("Show a progress bar")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @library_errors
@@ -29,7 +29,7 @@ def export_cmd(cache, out, overwrite, compression, storage_options, progress, as
     Example:
       kdcache export cifar-r56.zarr cifar-r56.h5
     """
-    s = export_hdf5(cache, out, storage_options=parse_key_values(storage_options) or None, overwrite=overwrite,
+    s = export_hdf5(cache, out, storage_options=storage_options, overwrite=overwrite,
                     compression=compression, progress=progress)
     if as_json:
         echo_json(s)

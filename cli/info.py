@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import click
-from kdcache.cli.options import config_option, echo_json, library_errors
+from kdcache.cli.options import config_option, echo_json, library_errors, storage_option
 
-from kdcache._utils import human_bytes, parse_key_values
+from kdcache._utils import human_bytes
 from kdcache.cache._info import cache_info
 
 
@@ -13,11 +13,11 @@ from kdcache.cache._info import cache_info
 @config_option
 @click.argument("cache")
 @click.option("--json", "as_json", is_flag=True, help="Print everything as JSON.")
-@click.option("--storage-option", "storage_options", multiple=True, help="KEY=VALUE for fsspec URLs.")
+@storage_option
 @library_errors
 def info_cmd(cache, as_json, storage_options):
     """Metadata, coverage (done fraction), size on disk and bytes per view of a cache."""
-    i = cache_info(cache, storage_options=parse_key_values(storage_options) or None)
+    i = cache_info(cache, storage_options=storage_options)
     if as_json:
         echo_json(i)
         return

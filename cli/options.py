@@ -24,7 +24,7 @@ import click
 from kdcache._progress import hugging_face_bars_off, stderr_is_terminal
 from kdcache._runtime import unwrap_worker_error
 from kdcache._teacher import TeacherSpec
-from kdcache._utils import parse_model_args
+from kdcache._utils import parse_model_args, parse_storage_options
 from kdcache.augment import ViewSpec
 from kdcache.augment._presets import PRESETS
 from kdcache.errors import KdcacheError
@@ -207,6 +207,22 @@ def _progress_cb(ctx: click.Context, _param: click.Parameter, value: bool | None
 def progress_option(help_: str = "Show progress bars (Hugging Face's loading bars too)") -> Callable:
     return click.option("--progress/--no-progress", default=None, callback=_progress_cb,
                         help=f"{help_} [on when stderr is a terminal].")
+
+
+def _storage_cb(_ctx: click.Context, _param: click.Parameter, value: tuple[str, ...]) -> dict[str, Any] | None:
+    try:
+        return parse_storage_options(value) or None
+    except KdcacheError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+def storage_option(f: Callable) -> Callable:
+    """``--storage-option KEY=VALUE`` (repeatable), read into the fsspec options a cache URL opens with."""
+    return click.option("--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE",
+                        callback=_storage_cb,
+                        help="An fsspec option for a cache URL (repeatable), e.g. endpoint_url=http://host:9000 or "
+                             "anon=true. A VALUE that parses as JSON (4, true, {...}) is that value, as in "
+                             "fsspec's FSSPEC_<PROTOCOL> settings; credentials stay strings.")(f)
 
 
 runtime_options = section(

@@ -11,11 +11,12 @@ from kdcache.cli.options import (
     random_init_options,
     runtime_options,
     section,
+    storage_option,
     view_options,
     view_overrides,
 )
 
-from kdcache._utils import parse_key_values, parse_model_args
+from kdcache._utils import parse_model_args
 from kdcache.data import DataConfig
 from kdcache.engine import TeacherSpec
 from kdcache.train import LossConfig, TrainConfig, train_student, train_teacher
@@ -115,7 +116,7 @@ def _student_data(cache: str | None, storage_options, kw: dict) -> DataConfig:
     from kdcache.cache import CacheStore
     from kdcache.engine._verify import cache_data
 
-    return cache_data(CacheStore.open(cache, storage_options=parse_key_values(storage_options) or None), given)
+    return cache_data(CacheStore.open(cache, storage_options=storage_options), given)
 
 
 def _split_option(given: str | None) -> str | None:
@@ -141,7 +142,7 @@ def _report(result: dict) -> None:
     "Teacher (a cache, or the online reference)",
     click.option("--cache", default=None,
                  help="Teacher cache made by dump-teacher (path or fsspec URL). With --online-teacher: only its views."),
-    click.option("--storage-option", "storage_options", multiple=True, help="KEY=VALUE for fsspec URLs."),
+    storage_option,
     click.option("--online-teacher", "teacher", default=None,
                  help="Reference run: load this teacher and pay its forward pass at every step, on fresh views "
                       "(online KD through the same loop); --cache is then optional."),
@@ -240,7 +241,7 @@ def train_student_cmd(cache, storage_options, teacher, online_cache_teachers, te
                       feature_loss=feature_loss, task_weight=task_weight, teachers=_names(teachers),
                       ensemble_weights=_weights(ensemble_weights), feature_teacher=feature_teacher)
     cfg = TrainConfig(model=student, model_kwargs=parse_model_args(model_args), cache=cache, teacher=online,
-                      online_cache_teachers=online_cache_teachers, loss=loss, view=view, storage_options=parse_key_values(storage_options) or None,
+                      online_cache_teachers=online_cache_teachers, loss=loss, view=view, storage_options=storage_options,
                       views_per_image=views_per_image, repeated_views=repeated_views,
                       target_memory_mb=target_memory_mb, **common)
     _report(train_student(cfg, progress=progress, log=click.echo))

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import click
-from kdcache.cli.options import config_option, data_options, echo_json, library_errors, random_init_options
+from kdcache.cli.options import (
+    config_option,
+    data_options,
+    echo_json,
+    library_errors,
+    random_init_options,
+    storage_option,
+)
 
-from kdcache._utils import parse_key_values, parse_model_args
+from kdcache._utils import parse_model_args
 from kdcache.engine._verify import verify_cache, verify_integrity
 
 
@@ -33,7 +40,7 @@ from kdcache.engine._verify import verify_cache, verify_integrity
                    "(fast; no teacher or data needed).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")
-@click.option("--storage-option", "storage_options", multiple=True, help="KEY=VALUE for fsspec URLs.")
+@storage_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @library_errors
 def verify_cmd(cache, teacher, teacher_weights, teacher_args, random_init, init_seed, data, split, limit, subset_seed,
@@ -54,9 +61,8 @@ def verify_cmd(cache, teacher, teacher_weights, teacher_args, random_init, init_
     The teacher and the data are the ones recorded in the cache (its weights file where the dump found it);
     --teacher, --teacher-weights, --teacher-arg and --data, --split, --limit, --subset-seed override them.
     """
-    opts = parse_key_values(storage_options) or None
     if integrity_only:
-        r = verify_integrity(cache, storage_options=opts)
+        r = verify_integrity(cache, storage_options=storage_options)
         if as_json:
             echo_json(r)
         else:
@@ -75,7 +81,7 @@ def verify_cmd(cache, teacher, teacher_weights, teacher_args, random_init, init_
     r = verify_cache(cache, given,
                      dict(source=data, split=split, limit=limit, subset_seed=subset_seed, val_fraction=val_fraction),
                      samples=samples, seed=seed, batch_size=batch_size, device=device, atol=atol,
-                     allow_incomplete=allow_incomplete, storage_options=opts, name=name)
+                     allow_incomplete=allow_incomplete, storage_options=storage_options, name=name)
     if as_json:
         echo_json(r)
     else:

@@ -12,7 +12,7 @@ from typing import Any
 from kdcache.errors import ConfigError, KdcacheError
 
 __all__ = ["check_model_kwargs", "human_bytes", "new_file_mode", "optional_import", "parse_key_values",
-           "parse_model_args", "recordable_config", "redact_secrets", "temp_file"]
+           "parse_model_args", "parse_storage_options", "recordable_config", "redact_secrets", "temp_file"]
 
 
 def human_bytes(n: int | float | None) -> str:
@@ -27,7 +27,7 @@ def human_bytes(n: int | float | None) -> str:
 
 
 def parse_key_values(items: Iterable[str]) -> dict[str, str]:
-    """``["a=1", "b=x"]`` -> ``{"a": "1", "b": "x"}`` (for fsspec storage options)."""
+    """``["a=1", "b=x"]`` -> ``{"a": "1", "b": "x"}`` (what :func:`parse_model_args` and :func:`parse_storage_options` read)."""
     out: dict[str, str] = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -47,6 +47,25 @@ def redact_secrets(d: Mapping[str, Any] | None) -> dict[str, Any] | None:
         return None
     return {k: (redact_secrets(v) if isinstance(v, Mapping) else
                 "<redacted>" if any(w in str(k).lower() for w in _SECRET_WORDS) else v) for k, v in d.items()}
+
+
+def parse_storage_options(items: Iterable[str]) -> dict[str, Any]:
+    """``--storage-option KEY=VALUE`` pairs read as fsspec reads its own ``FSSPEC_<PROTOCOL>`` settings: a
+    VALUE that parses as JSON is that value (``4``, ``0.5``, ``true``, ``null``, ``{"region_name": "x"}``),
+    any other is the string. Credentials (keys :func:`redact_secrets` hides) stay strings whatever they look
+    like: a secret of digits is not a number."""
+    import json
+
+    out: dict[str, Any] = {}
+    for key, raw in parse_key_values(items).items():
+        if any(w in key.lower() for w in _SECRET_WORDS):
+            out[key] = raw
+            continue
+        try:
+            out[key] = json.loads(raw)
+        except ValueError:
+            out[key] = raw
+    return out
 
 
 def recordable_config(cfg: Any) -> dict[str, Any]:

@@ -109,6 +109,8 @@ BAD_INPUTS = [
     ("a text file as data", DUMP + ["--data", "hdf5:{text}", "--teacher-weights", "{teacher}", "--out", "{tmp}/x.zarr"],
      "is not a readable HDF5 file"),
     ("a text file as a cache", ["info", "{text}"], "cache not found"),
+    ("a storage option without =", ["info", "{cache}", "--storage-option", "anon"],
+     "Invalid value for '--storage-option': expected KEY=VALUE, got 'anon'"),
     ("a text file as train-student's cache",
      ["train-student", "--data", "{data}", "--cache", "{text}", "--student", "cnn_tiny", "--out", "{tmp}/r2"] + TRAIN,
      "cache not found"),

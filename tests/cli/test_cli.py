@@ -387,3 +387,15 @@ def test_train_student_takes_the_data_the_cache_records_unless_told(tmp_path, ti
     r = runner.invoke(cli, base + ["--out", str(tmp_path / "other"), "--data", "digits"])
     assert r.exit_code == 1 and "was made from other data" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "other").exists()
+
+
+def test_storage_options_are_read_as_json_where_they_parse_and_credentials_stay_strings():
+    from kdcache._utils import parse_storage_options
+
+    got = parse_storage_options(["max_concurrency=4", "anon=true", "default_block_size=5e6",
+                                 'client_kwargs={"region_name": "eu-west-1"}', "endpoint_url=http://h:9000",
+                                 "secret=0123", "key=123", "token=null", "profile=default"])
+    assert got == {"max_concurrency": 4, "anon": True, "default_block_size": 5e6,
+                   "client_kwargs": {"region_name": "eu-west-1"}, "endpoint_url": "http://h:9000",
+                   "secret": "0123", "key": "123", "token": "null", "profile": "default"}
+    assert type(got["max_concurrency"]) is int

@@ -356,3 +356,10 @@ def test_done_lists_the_done_array_once_instead_of_asking_for_each_chunk(world, 
         CacheStore.open(url, storage_options=so8).done_units()
     s3.fs().pipe(chunk, data)  # a listing leaves nothing cached behind: this process sees the chunk again
     assert CacheStore.open(url, storage_options=so8).done_units().all()
+
+
+def test_numeric_storage_options_reach_s3fs_as_numbers(s3, s3_cache):
+    """`--storage-option max_concurrency=4` is the number 4 (s3fs compares it with 1: as the string "4" it was a
+    TypeError on opening the store) and `anon=false` the boolean; the secret stays the string it was given."""
+    res = cli_ok("info", s3_cache, "--json", *s3.cli_options(max_concurrency="4", anon="false"))
+    assert json.loads(res.stdout)["done_fraction"] == 1.0
