@@ -7,6 +7,9 @@ import json
 import sys
 from pathlib import Path
 
+import h5py
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -14,7 +17,7 @@ def test_keras_tokenlearner_bench_at_toy_size(run_bench, tmp_path, tiny_h5, tiny
     cmd = [sys.executable, str(REPO / "bench" / "keras_tokenlearner.py"), "--data", tiny_h5, "--students",
            "keras_tokenlearner_vit_test", "--seeds", "0", "--epochs", "1", "--batch-size", "16", "--size", "16",
            "--crop-resize", "20", "--workers", "0", "--workdir", str(tmp_path / "w"), "--results",
-           str(tmp_path / "r"), "--rows", "scratch", "cached-soft", "cached-hard", "online-soft", "--teacher",
+           str(tmp_path / "r"), "--rows", "scratch", "cached-soft", "cached-hard", "online-soft", "scratch-jpeg2", "--teacher",
            "cnn_tiny", "--teacher-weights", tiny_teacher, "--views", "2"]
     first = run_bench(cmd, cwd=REPO)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -37,5 +40,17 @@ def test_keras_tokenlearner_bench_at_toy_size(run_bench, tmp_path, tiny_h5, tiny
         assert cfg["config"]["model_kwargs"]["input_mean"] == [0.5, 0.5, 0.5]
         assert cfg["config"]["loss"]["distill"] == ("hard" if "hard" in row else "soft")
         assert cfg["view_spec"]["crop_resize"] == 20 and cfg["config"]["sched"] == "constant"
+    # the second JPEG generation: every image re-encoded (changed, but close), the row trained on it
+    jpeg = json.loads((tmp_path / "r" / "jpeg2_q75.json").read_text())
+    assert set(jpeg["splits"]) == {"train", "test"} and jpeg["splits"]["train"]["images"] == 48
+    assert jpeg["grid_shift_px"] == 4 and jpeg["quality"] == 75
+    assert all(0 < s["pixels_changed"] and 15 < s["psnr_db"] < 60 for s in jpeg["splits"].values()), jpeg
+    cfg = json.loads((tmp_path / "w" / "keras_tokenlearner_vit_test__scratch-jpeg2-q75__s0" / "config.json").read_text())
+    assert cfg["config"]["data"]["source"] == f"hdf5:{tmp_path / 'w'}/tiny_jpeg2_q75_shift4.h5"
+    assert cfg["config"]["loss"]["distill"] == "none"
+    with h5py.File(tiny_h5.split(":", 1)[1]) as a, h5py.File(tmp_path / "w" / "tiny_jpeg2_q75_shift4.h5") as b:
+        assert np.array_equal(a["train/labels"][()], b["train/labels"][()])
+        assert a["train/images"].shape == b["train/images"].shape
+        assert not np.array_equal(a["train/images"][()], b["train/images"][()])
     again = run_bench(cmd, cwd=REPO)
-    assert again.returncode == 0 and again.stdout.count("done (") == 4, again.stdout
+    assert again.returncode == 0 and again.stdout.count("done (") == 5, again.stdout
