@@ -194,9 +194,42 @@ def torchrun_cmd(nproc: int, args: Sequence[str]) -> list[str]:
             "-m", "kdcache", *args]
 
 
+_fork_server = None
+
+
+def _forkable(cmd: Sequence[str], env: dict[str, str] | None) -> bool:
+    """Whether ``cmd`` may start from the fork server (zygote.py): ``python -m kdcache ...`` or ``python
+    SCRIPT.py ...``, with the test's own environment; torchrun and commands given an environment start fresh."""
+    if env is not None or os.environ.get("KDCACHE_TEST_NO_FORK_SERVER") == "1" or cmd[0] != sys.executable:
+        return False
+    return list(cmd[1:3]) == ["-m", "kdcache"] or (len(cmd) > 1 and str(cmd[1]).endswith(".py"))
+
+
+def _fork(cmd: Sequence[str], out: Path, err: Path):
+    global _fork_server
+    if _fork_server is None:
+        from zygote import ForkServer
+
+        _fork_server = ForkServer()
+    return _fork_server.spawn(list(cmd[1:]), out, err)
+
+
 def run(cmd: Sequence[str], *, env: dict[str, str] | None = None, timeout: float = SUBPROCESS_TIMEOUT
         ) -> subprocess.CompletedProcess:
-    return subprocess.run(list(cmd), capture_output=True, text=True, env=env, timeout=timeout)
+    if not _forkable(cmd, env):
+        return subprocess.run(list(cmd), capture_output=True, text=True, env=env, timeout=timeout)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        out, err = Path(d) / "out", Path(d) / "err"
+        proc = _fork(cmd, out, err)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise
+        return subprocess.CompletedProcess(list(cmd), proc.returncode, out.read_text(), err.read_text())
 
 
 def cli_run(args: Sequence[str]) -> subprocess.CompletedProcess:
@@ -215,12 +248,16 @@ def cli_run(args: Sequence[str]) -> subprocess.CompletedProcess:
 
 
 def start(cmd: Sequence[str], log_dir: Path, name: str, *, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Start ``cmd`` with stdout/stderr going to files (a killed process never blocks on a pipe)."""
-    out = open(log_dir / f"{name}.out", "w")
-    err = open(log_dir / f"{name}.err", "w")
-    proc = subprocess.Popen(list(cmd), stdout=out, stderr=err, env=env)
-    out.close()
-    err.close()
+    """Start ``cmd`` with stdout/stderr going to files (a killed process never blocks on a pipe); a kdcache
+    command from the fork server where :func:`_forkable` allows."""
+    if _forkable(cmd, env):
+        proc = _fork(cmd, log_dir / f"{name}.out", log_dir / f"{name}.err")
+    else:
+        out = open(log_dir / f"{name}.out", "w")
+        err = open(log_dir / f"{name}.err", "w")
+        proc = subprocess.Popen(list(cmd), stdout=out, stderr=err, env=env)
+        out.close()
+        err.close()
     proc.log_paths = (log_dir / f"{name}.out", log_dir / f"{name}.err")  # type: ignore[attr-defined]
     return proc
 
