@@ -21,6 +21,7 @@ sys.exit(int(sys.argv[1]))
 
 
 def test_commands_fork_only_where_a_fresh_interpreter_is_not_the_point(monkeypatch):
+    monkeypatch.delenv("KDCACHE_TEST_NO_FORK_SERVER", raising=False)
     assert _forkable(kdcache_cmd(["info", "x"]), None) and _forkable([sys.executable, "s.py"], None)
     assert not _forkable(kdcache_cmd(["info", "x"]), {"PATH": "/bin"})  # an environment of its own
     assert not _forkable(torchrun_cmd(2, ["info", "x"]), None)

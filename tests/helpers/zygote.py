@@ -1,6 +1,6 @@
 """A fork server for the process-level tests: one process per test worker imports torch, torchvision and the
 kdcache CLI once, then forks a child for each command a test starts, so the kdcache processes the tests race,
-kill and resume begin with their ~3 CPU-s of imports already done (60-odd such processes per suite run).
+kill and resume begin with their ~3 CPU-s of imports already done (at least 43 such processes per suite run, besides those killed).
 
 A child is a real process: its own pid, files, signals and exit status (a SIGKILL is a SIGKILL); it runs what
 ``python -m kdcache ARGS`` or ``python SCRIPT ARGS`` would run (``runpy``, ``sys.argv`` as there, stdin from
