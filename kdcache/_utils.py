@@ -27,7 +27,8 @@ def human_bytes(n: int | float | None) -> str:
 
 
 def parse_key_values(items: Iterable[str]) -> dict[str, str]:
-    """``["a=1", "b=x"]`` -> ``{"a": "1", "b": "x"}`` (what :func:`parse_model_args` and :func:`parse_storage_options` read)."""
+    """``["a=1", "b=x"]`` -> ``{"a": "1", "b": "x"}`` (what :func:`parse_model_args` and
+    :func:`parse_storage_options` read)."""
     out: dict[str, str] = {}
     for item in items:
         key, sep, value = item.partition("=")
