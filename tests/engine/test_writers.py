@@ -130,6 +130,25 @@ def test_shards_in_any_order_give_the_lone_dump(world, tmp_path, order, kill):
     assert_stores_equal(out, world.reference)
 
 
+def test_a_held_lock_file_is_never_created_twice(tmp_path):
+    """The meta and writer locks rest on one exclusive create: a second writer's create of a lock a live writer
+    holds fails and leaves the holder's document as it was (so two dumps racing past the listing of locks in
+    `acquire` still cannot both hold it; the process-level race tests cannot make that window reliably)."""
+    out = str(tmp_path / "c.zarr")
+    a, b = WriterLock(out), WriterLock(out)
+    b.started = a.started + 1.0  # another writer of this process: alive, not a's
+    a.hold_meta(log=lambda _m: None)
+    held = open(os.path.join(lock_dir(out), "meta"), "rb").read()
+    with pytest.raises(CacheBusyError, match="being prepared by another dump-teacher"):
+        b.hold_meta(wait=0.3, poll=0.05, log=lambda _m: None)
+    a.acquire()
+    assert not b.files.create("all", b._doc()) and not b.files.create("meta", b._doc())
+    assert open(os.path.join(lock_dir(out), "meta"), "rb").read() == held
+    assert json.loads(open(os.path.join(lock_dir(out), "all")).read())["started"] == a.started
+    a.release()
+    assert not os.path.exists(lock_dir(out))
+
+
 def test_lock_staleness(tmp_path):
     out = str(tmp_path / "c.zarr")
     mine = WriterLock(out)
@@ -142,7 +161,7 @@ def test_lock_staleness(tmp_path):
     with pytest.raises(CacheBusyError, match=r"pid 1 on host .*-elsewhere, all, started .* last seen \d+ s ago"):
         mine.acquire()
     with pytest.raises(CacheBusyError, match="being written"):
-        WriterLock(out, (1, 3)).acquire()  # a shard against a whole-store dump  # a shard against a whole-store dump
+        WriterLock(out, (1, 3)).acquire()  # a shard against a whole-store dump
     other["heartbeat"] = time.time() - 3600  # a writer on another host silent for an hour: stale
     with open(path, "w") as f:
         json.dump(other, f)
