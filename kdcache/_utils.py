@@ -41,13 +41,17 @@ def parse_key_values(items: Iterable[str]) -> dict[str, str]:
 _SECRET_WORDS = ("secret", "key", "token", "password", "passwd", "credential", "session", "sas", "signature")
 
 
+def _is_secret(key: Any) -> bool:
+    return any(w in str(key).lower() for w in _SECRET_WORDS)
+
+
 def redact_secrets(d: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """A copy of fsspec storage options fit to record: values of keys that look like credentials
     (``key``, ``secret``, ``token``, ``password``, ...; nested tables included) become ``"<redacted>"``."""
     if d is None:
         return None
     return {k: (redact_secrets(v) if isinstance(v, Mapping) else
-                "<redacted>" if any(w in str(k).lower() for w in _SECRET_WORDS) else v) for k, v in d.items()}
+                "<redacted>" if _is_secret(k) else v) for k, v in d.items()}
 
 
 def parse_storage_options(items: Iterable[str]) -> dict[str, Any]:
@@ -59,11 +63,8 @@ def parse_storage_options(items: Iterable[str]) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     for key, raw in parse_key_values(items).items():
-        if any(w in key.lower() for w in _SECRET_WORDS):
-            out[key] = raw
-            continue
         try:
-            out[key] = json.loads(raw)
+            out[key] = raw if _is_secret(key) else json.loads(raw)
         except ValueError:
             out[key] = raw
     return out

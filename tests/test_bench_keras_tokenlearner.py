@@ -17,8 +17,8 @@ def test_keras_tokenlearner_bench_at_toy_size(run_bench, tmp_path, tiny_h5, tiny
     cmd = [sys.executable, str(REPO / "bench" / "keras_tokenlearner.py"), "--data", tiny_h5, "--students",
            "keras_tokenlearner_vit_test", "--seeds", "0", "--epochs", "1", "--batch-size", "16", "--size", "16",
            "--crop-resize", "20", "--workers", "0", "--workdir", str(tmp_path / "w"), "--results",
-           str(tmp_path / "r"), "--rows", "scratch", "cached-soft", "cached-hard", "online-soft", "scratch-jpeg2", "--teacher",
-           "cnn_tiny", "--teacher-weights", tiny_teacher, "--views", "2"]
+           str(tmp_path / "r"), "--rows", "scratch", "cached-soft", "cached-hard", "online-soft", "scratch-jpeg2",
+           "--teacher", "cnn_tiny", "--teacher-weights", tiny_teacher, "--views", "2"]
     first = run_bench(cmd, cwd=REPO)
     assert first.returncode == 0, first.stderr[-3000:]
     res = json.loads((tmp_path / "r" / "keras_tokenlearner_vit_test__scratch__s0.json").read_text())
@@ -45,7 +45,8 @@ def test_keras_tokenlearner_bench_at_toy_size(run_bench, tmp_path, tiny_h5, tiny
     assert set(jpeg["splits"]) == {"train", "test"} and jpeg["splits"]["train"]["images"] == 48
     assert jpeg["grid_shift_px"] == 4 and jpeg["quality"] == 75
     assert all(0 < s["pixels_changed"] and 15 < s["psnr_db"] < 60 for s in jpeg["splits"].values()), jpeg
-    cfg = json.loads((tmp_path / "w" / "keras_tokenlearner_vit_test__scratch-jpeg2-q75__s0" / "config.json").read_text())
+    run_dir = tmp_path / "w" / "keras_tokenlearner_vit_test__scratch-jpeg2-q75__s0"
+    cfg = json.loads((run_dir / "config.json").read_text())
     assert cfg["config"]["data"]["source"] == f"hdf5:{tmp_path / 'w'}/tiny_jpeg2_q75_shift4.h5"
     assert cfg["config"]["loss"]["distill"] == "none"
     with h5py.File(tiny_h5.split(":", 1)[1]) as a, h5py.File(tmp_path / "w" / "tiny_jpeg2_q75_shift4.h5") as b:

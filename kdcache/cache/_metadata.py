@@ -2,7 +2,8 @@
 
 zarr reports a bad ``zarr.json`` as a bare ``JSONDecodeError`` (no file named) and a missing group
 ``zarr.json`` as "not found" although every array is there. :func:`metadata_problem` reads the file
-itself and says what is wrong; :func:`metadata_error` turns that into a :class:`CacheMetadataError`.
+itself and says what is wrong; :func:`metadata_error` turns that into a :class:`CacheMetadataError`. Opening a
+cache runs :func:`check_group_metadata` and reads each attribute through :func:`metadata_attr`.
 
 :func:`rewrite_metadata` is the repair a dump rerun runs: the command that made a cache knows every array's
 shape, chunks, dtype and codecs and every attribute, so it rewrites a damaged ``zarr.json`` byte for byte as
@@ -21,10 +22,10 @@ import zarr
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
-from kdcache.errors import CacheMetadataError
+from kdcache.errors import CacheMetadataError, KdcacheError
 
-__all__ = ["META", "metadata_location", "metadata_problem", "metadata_error", "child_nodes", "rewrite_metadata",
-           "METADATA_HINT"]
+__all__ = ["META", "metadata_location", "metadata_problem", "metadata_error", "metadata_attr",
+           "check_group_metadata", "child_nodes", "rewrite_metadata", "METADATA_HINT"]
 
 META = "zarr.json"
 METADATA_HINT = ("rerun the dump-teacher command that made this cache to rewrite it (its chunks are kept, "
@@ -118,6 +119,33 @@ def _target_store(path: str, storage_options: Mapping[str, Any] | None):
         return zarr.storage.FsspecStore.from_url(str(path), storage_options=dict(storage_options or {}),
                                                  read_only=False)
     return zarr.storage.LocalStore(str(path), read_only=False)
+
+
+def metadata_attr(path: str, attrs: Mapping[str, Any], key: str, parse):
+    """``parse(attrs[key])``; a missing or unparsable attribute is a one-line :class:`CacheMetadataError`."""
+    loc = metadata_location(path)
+    if key not in attrs:
+        raise CacheMetadataError(f"cache {path}: attribute {key!r} is missing from {loc}; rerun the dump-teacher "
+                                 "command that made this cache to restore it", file=loc, problem="missing")
+    try:
+        return parse(attrs[key])
+    except (KeyError, TypeError, ValueError, AttributeError, KdcacheError) as e:
+        raise CacheMetadataError(f"cache {path}: attribute {key!r} of {loc} does not parse "
+                                 f"({type(e).__name__}: {str(e)[:100]}); rerun the dump-teacher command that made "
+                                 "this cache to restore it", file=loc, problem="does not parse") from None
+
+
+def check_group_metadata(path: str, storage_options: Mapping[str, Any] | None) -> None:
+    """A group ``zarr.json`` that is missing, empty, truncated or invalid: not found when nothing Zarr is
+    there, else a one-line :class:`CacheMetadataError` naming the file (and that the arrays are there)."""
+    problem = metadata_problem(path, "", node="group", storage_options=storage_options)
+    if problem is None:
+        return
+    kids = child_nodes(path, storage_options)
+    if problem == "is missing" and not kids:
+        return  # nothing Zarr here: zarr's own "not found" follows
+    there = f" (its arrays {', '.join(kids[:6])}{', ...' if len(kids) > 6 else ''} are there)" if kids else ""
+    raise metadata_error(path, "", problem + there)
 
 
 def rewrite_metadata(path: str, *, group_attrs: Mapping[str, Any] | None = None,

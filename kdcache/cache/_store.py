@@ -36,7 +36,7 @@ from kdcache.cache._codecs import array_recipes
 from kdcache.cache._damage import damage_error
 from kdcache.cache._identity import CacheIdentity, dataset_differences
 from kdcache.cache._layout import UnitLayout
-from kdcache.cache._metadata import child_nodes, metadata_error, metadata_location, metadata_problem
+from kdcache.cache._metadata import check_group_metadata, metadata_attr, metadata_error, metadata_problem
 from kdcache.cache._reader import UnitReader
 from kdcache.cache._remote import bytes_under, is_url, storage_error, store_options
 from kdcache.cache._seal import SEAL_ATTR, check_seal, make_seal, seal_copy, stored_copy
@@ -44,7 +44,6 @@ from kdcache.cache._targets import TargetMode
 from kdcache.errors import (
     CacheError,
     CacheIncompleteError,
-    CacheMetadataError,
     CacheMismatchError,
     CacheNotFoundError,
     KdcacheError,
@@ -61,7 +60,10 @@ def format_of(mode: TargetMode) -> int:
     else 3), so a cache without embeddings stays readable by a kdcache that knows format 3."""
     return 4 if mode.embedding else 3
 
+
 DEFAULT_BLOCK_SIZE = 1024
+
+
 def _open_group(path: str, mode: str, storage_options: Mapping[str, Any] | None,
                 attributes: Mapping[str, Any] | None = None) -> zarr.Group:
     kw: dict[str, Any] = {}
@@ -70,33 +72,6 @@ def _open_group(path: str, mode: str, storage_options: Mapping[str, Any] | None,
     if attributes is not None:
         kw["attributes"] = dict(attributes)
     return zarr.open_group(str(path), mode=mode, **kw)
-
-
-def _attr(path: str, attrs: Mapping[str, Any], key: str, parse):
-    """``parse(attrs[key])``; a missing or unparsable attribute is a one-line :class:`CacheMetadataError`."""
-    loc = metadata_location(path)
-    if key not in attrs:
-        raise CacheMetadataError(f"cache {path}: attribute {key!r} is missing from {loc}; rerun the dump-teacher "
-                                 "command that made this cache to restore it", file=loc, problem="missing")
-    try:
-        return parse(attrs[key])
-    except (KeyError, TypeError, ValueError, AttributeError, KdcacheError) as e:
-        raise CacheMetadataError(f"cache {path}: attribute {key!r} of {loc} does not parse "
-                                 f"({type(e).__name__}: {str(e)[:100]}); rerun the dump-teacher command that made "
-                                 "this cache to restore it", file=loc, problem="does not parse") from None
-
-
-def _check_group_metadata(path: str, storage_options: Mapping[str, Any] | None) -> None:
-    """A group ``zarr.json`` that is missing, empty, truncated or invalid: not found when nothing Zarr is
-    there, else a one-line :class:`CacheMetadataError` naming the file (and that the arrays are there)."""
-    problem = metadata_problem(path, "", node="group", storage_options=storage_options)
-    if problem is None:
-        return
-    kids = child_nodes(path, storage_options)
-    if problem == "is missing" and not kids:
-        return  # nothing Zarr here: zarr's own "not found" follows
-    there = f" (its arrays {', '.join(kids[:6])}{', ...' if len(kids) > 6 else ''} are there)" if kids else ""
-    raise metadata_error(path, "", problem + there)
 
 
 class CacheStore(UnitReader):
@@ -116,13 +91,13 @@ class CacheStore(UnitReader):
         except (KeyError, TypeError, ValueError, AttributeError):
             identity = None  # named below, unless the seal names the edit first
         check_seal(self.path, attrs, identity, stored_copy(group))  # nothing read from an edited description
-        self.identity = _attr(self.path, attrs, "identity", lambda _v: identity if identity is not None else
+        self.identity = metadata_attr(self.path, attrs, "identity", lambda _v: identity if identity is not None else
                               CacheIdentity.from_dict(_v))
-        self.target_mode = _attr(self.path, attrs, "targets", TargetMode.parse)
-        self.num_samples = _attr(self.path, attrs, "num_samples", int)
-        self.num_classes = _attr(self.path, attrs, "num_classes", int)
-        self.block_size = _attr(self.path, attrs, "block_size", int)
-        self.view_array_names: list[str] = _attr(self.path, attrs, "view_arrays", lambda v: [str(n) for n in v])
+        self.target_mode = metadata_attr(self.path, attrs, "targets", TargetMode.parse)
+        self.num_samples = metadata_attr(self.path, attrs, "num_samples", int)
+        self.num_classes = metadata_attr(self.path, attrs, "num_classes", int)
+        self.block_size = metadata_attr(self.path, attrs, "block_size", int)
+        self.view_array_names: list[str] = metadata_attr(self.path, attrs, "view_arrays", lambda v: [str(n) for n in v])
         self._layout: UnitLayout | None = None
         # Caches made with checksums write every chunk: a missing chunk is damage (integrity.py).
         self.checksums = bool(attrs.get("checksums", False))
@@ -198,7 +173,7 @@ class CacheStore(UnitReader):
         if not is_url(path) and not os.path.exists(path):
             raise CacheNotFoundError(f"cache not found: {path}")
         try:
-            _check_group_metadata(path, storage_options)
+            check_group_metadata(path, storage_options)
             g = _open_group(path, mode, storage_options)
         except KdcacheError:
             raise

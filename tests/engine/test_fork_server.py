@@ -46,8 +46,8 @@ def test_a_forked_command_is_a_process_of_its_own(tmp_path, monkeypatch):
     assert ra != rb and na != nb  # seeded afresh as a new interpreter is, not copies of the server's state
     helped = start(kdcache_cmd(["info", "--help"]), tmp_path, "help")
     assert helped.wait(60) == 0 and "Usage: kdcache info" in logs(helped)
-    paused = start([sys.executable, str(HELPERS / "paused_writer.py"), str(tmp_path), "info", "--help"], tmp_path,
-                   "paused")
+    paused = start([sys.executable, str(HELPERS / "paused_writer.py"), str(tmp_path), "info", "--help"],
+                   tmp_path, "paused")
     assert paused.wait(60) == 0 and "Usage: kdcache info" in logs(paused)  # a helper script running the CLI
 
 

@@ -360,6 +360,6 @@ def test_done_lists_the_done_array_once_instead_of_asking_for_each_chunk(world, 
 
 def test_numeric_storage_options_reach_s3fs_as_numbers(s3, s3_cache):
     """`--storage-option max_concurrency=4` is the number 4 (s3fs compares it with 1: as the string "4" it was a
-    TypeError on opening the store) and `anon=false` the boolean; the secret stays the string it was given."""
+    TypeError on opening the store) and `anon=false` the boolean."""
     res = cli_ok("info", s3_cache, "--json", *s3.cli_options(max_concurrency="4", anon="false"))
     assert json.loads(res.stdout)["done_fraction"] == 1.0

@@ -199,7 +199,8 @@ _fork_server = None
 
 def _forkable(cmd: Sequence[str], env: dict[str, str] | None) -> bool:
     """Whether ``cmd`` may start from the fork server (zygote.py): ``python -m kdcache ...`` or ``python
-    SCRIPT.py ...``, with the test's own environment; torchrun and commands given an environment start fresh."""
+    SCRIPT.py ...``, with the test's own environment; torchrun and commands given an environment start
+    fresh."""
     if env is not None or os.environ.get("KDCACHE_TEST_NO_FORK_SERVER") == "1" or cmd[0] != sys.executable:
         return False
     return list(cmd[1:3]) == ["-m", "kdcache"] or (len(cmd) > 1 and str(cmd[1]).endswith(".py"))

@@ -1,6 +1,7 @@
 """A fork server for the process-level tests: one process per test worker imports torch, torchvision and the
 kdcache CLI once, then forks a child for each command a test starts, so the kdcache processes the tests race,
-kill and resume begin with their ~3 CPU-s of imports already done (at least 43 such processes per suite run, besides those killed).
+kill and resume begin with their ~3 CPU-s of imports already done (at least 43 such processes a suite run,
+besides those killed).
 
 A child is a real process: its own pid, files, signals and exit status (a SIGKILL is a SIGKILL); it runs what
 ``python -m kdcache ARGS`` or ``python SCRIPT ARGS`` would run (``runpy``, ``sys.argv`` as there, stdin from
@@ -10,7 +11,8 @@ interpreters anyway) and the audit sitecustomize keep ``subprocess`` (:func:`eng
 ``KDCACHE_TEST_NO_FORK_SERVER=1`` sends every command through ``subprocess`` again.
 
 The server is this file run as a script; a test talks to it through :class:`ForkServer` (JSON lines on its
-stdin/stdout): ``spawn`` answers the child's pid, ``poll`` its exit status once the server has reaped it.
+stdin/stdout): ``spawn`` answers the child's pid, ``poll`` its exit status once the server has reaped it. The
+server ends when its stdin closes, i.e. with the test worker.
 """
 
 from __future__ import annotations
@@ -52,10 +54,6 @@ class ForkServer:
 
     def status(self, pid: int) -> int | None:
         return self._ask(op="poll", pid=pid)["status"]
-
-    def close(self) -> None:
-        self._proc.stdin.close()
-        self._proc.wait(timeout=30)
 
 
 class ForkedProcess:
