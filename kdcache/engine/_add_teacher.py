@@ -16,16 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from kdcache._config import ConfigBase
-from kdcache._orphans import exit_with_parent
-from kdcache._runtime import DistContext, select_device
+from kdcache._runtime import DistContext
 from kdcache._teacher import TeacherSpec, build_teacher, embedding_dim
 from kdcache._teacher_input import teacher_on_views
 from kdcache._utils import recordable_config
-from kdcache._views import BlockBatches, RecordedViews, identity_collate
+from kdcache._views import RecordedViews
 from kdcache.augment import ViewPipeline, ViewSpec, kernel_versions
 from kdcache.cache import CacheIdentity, CacheStore, TargetMode, UnitLayout
 from kdcache.cache._restore import restore_metadata
@@ -37,13 +35,13 @@ from kdcache.cache._teachers import (
     teacher_path,
 )
 from kdcache.data import DataConfig
-from kdcache.engine._dump import _block_work, _remove_new_store, _repair, _run_blocks, after_rank0
+from kdcache.engine._compute import block_views, block_work, compute_work
+from kdcache.engine._dump import _remove_new_store, _repair, after_rank0
 from kdcache.engine._dumpconfig import DumpSummary, summarize
 from kdcache.engine._lock import WriterLock
 from kdcache.engine._preflight import preflight
 from kdcache.engine._space import space_hint
 from kdcache.engine._verify import cache_data
-from kdcache.engine._writer import _Writer
 from kdcache.errors import CacheError, CacheMetadataError, ConfigError, KdcacheError
 
 __all__ = ["AddTeacherConfig", "add_teacher"]
@@ -173,32 +171,15 @@ def _compute(cfg: AddTeacherConfig, ctx: DistContext, root: CacheStore, store: C
     """The added teacher's forward over every unit done in the main cache and not in the teacher's group (this
     rank's share of the blocks)."""
     pending = root.done_units() & ~store.done_units()[:, : root.num_views]
-    all_work = _block_work([(int(b), int(v)) for b, v in zip(*pending.nonzero())])
+    all_work = block_work([(int(b), int(v)) for b, v in zip(*pending.nonzero())])
     ctx.barrier()  # every rank has read the same pending units before any writes
     work = all_work[ctx.rank::ctx.world_size]
     units = {(b, v): root.read_unit(b, v, root.layout.replay_names) for b, vs in work for v in vs}
 
-    def views_of(w) -> int:
-        return sum((store.block_bounds(b)[1] - store.block_bounds(b)[0]) * len(vs) for b, vs in w)
-
-    bar = tqdm(total=views_of(work), desc=f"add-teacher {cfg.name}", unit="view", disable=not progress)
+    bar = tqdm(total=block_views(store, work), desc=f"add-teacher {cfg.name}", unit="view", disable=not progress)
     t0 = time.perf_counter()
-    failure: BaseException | None = None
-    writer = _Writer(store, store.path, bar)
-    try:
-        try:
-            device = select_device(cfg.device, local_rank=ctx.local_rank)
-            loader = DataLoader(RecordedViews(ds, pipeline, units, root.block_size),
-                                batch_sampler=BlockBatches(work, store.block_bounds, cfg.batch_size),
-                                num_workers=cfg.workers, collate_fn=identity_collate,
-                                pin_memory=device.type == "cuda", worker_init_fn=exit_with_parent())
-            _run_blocks(model.to(device), iter(loader), work, store, pipeline, device, cfg, writer)
-        finally:
-            writer.close(raise_error=False)
-        writer._raise()
-    except Exception as e:  # noqa: BLE001 - re-raised below, after telling the other ranks
-        failure = e
-    others_failed = ctx.any(failure is not None)  # a failed rank never leaves the others at a barrier
+    views = RecordedViews(ds, pipeline, units, root.block_size)
+    failure, others_failed = compute_work(ctx, store, store.path, model, views, work, pipeline, cfg, bar)
     removed = False
     if (failure is not None or others_failed) and ctx.is_main and created:
         if not CacheStore.open(store.path, mode="r", storage_options=cfg.storage_options).done_units().any():
@@ -213,4 +194,4 @@ def _compute(cfg: AddTeacherConfig, ctx: DistContext, root: CacheStore, store: C
     seconds = time.perf_counter() - t0
     ctx.barrier()
     return summarize(store.path, cfg.storage_options, units=sum(len(vs) for _, vs in all_work),
-                     views=views_of(all_work), seconds=seconds, rank=ctx.rank)
+                     views=block_views(store, all_work), seconds=seconds, rank=ctx.rank)

@@ -5,11 +5,10 @@ every per-view array, is checked (no NaN/Inf), written, and only then marked don
 rerun of the same command computes only units that are not done, so a killed dump
 resumes; ``add_views`` grows the cache and computes only the new views.
 
-Decoding is the costly part of a data path of full-size JPEGs, so work runs block by block:
-a batch holds a few samples with *all* of their pending views, each image is decoded once
-and every view of it is drawn from that decode. When a block's views are computed, its units
-go to a background writer (a bounded queue), so the store writes overlap the teacher's
-next forward; a failed write stops the dump with that unit not done.
+Decoding is the costly part of a data path of full-size JPEGs, so work runs block by block, each image
+decoded once for all its pending views, and finished units go to a background writer while the teacher runs
+the next block (:mod:`kdcache.engine._compute`, shared with ``add-teacher``); a failed write stops the dump
+with that unit not done.
 Under torchrun, rank 0 prepares the store's metadata, then every rank takes its share of
 the blocks with pending units (``blocks[rank::world]``) — disjoint chunks — and the result
 is the same store a single process writes.
@@ -23,38 +22,31 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-import torch
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from kdcache._orphans import exit_with_parent
-from kdcache._runtime import DistContext, autocast, select_device, unwrap_worker_error
-from kdcache._teacher import build_teacher, embedding_dim, target_forward
+from kdcache._runtime import DistContext
+from kdcache._teacher import build_teacher, embedding_dim
 from kdcache._views import (
-    BlockBatches,
-    ViewBatch,
     ViewDraws,
     describe_view_sources,
-    identity_collate,
     resolve_view_sources,
 )
-from kdcache.augment import ViewParams, ViewPipeline, ViewSpec, kernel_versions, param_array_specs
+from kdcache.augment import ViewPipeline, ViewSpec, kernel_versions, param_array_specs
 from kdcache.augment._ops import pad_canvas
 from kdcache.cache import CacheIdentity, CacheStore, TargetMode, dataset_identity, is_url
 from kdcache.cache._integrity import scan_cache
-from kdcache.cache._layout import VIEW_SEED, UnitLayout
+from kdcache.cache._layout import UnitLayout
 from kdcache.cache._remote import storage_errors
 from kdcache.cache._restore import restore_metadata
 from kdcache.engine._advice import from_the_rerun
 from kdcache.engine._cache_views import existing_views, views_of_cache
+from kdcache.engine._compute import block_views, block_work, compute_work
 from kdcache.engine._dumpconfig import DumpConfig, DumpSummary, summarize
 from kdcache.engine._lock import WriterLock, parse_shard
 from kdcache.engine._preflight import make_parents, preflight, remove_empty
 from kdcache.engine._reseal import confirm_reseal
 from kdcache.engine._space import space_hint
-from kdcache.engine._writer import _Writer
-from kdcache.errors import CacheError, CacheMismatchError, ConfigError, KdcacheError, TeacherOutputError
+from kdcache.errors import CacheError, CacheMismatchError, ConfigError, KdcacheError
 
 __all__ = ["DumpConfig", "DumpSummary", "dump_teacher"]
 
@@ -145,29 +137,6 @@ def _repair(store: CacheStore, ds, log: Callable[[str], None]) -> None:
         raise CacheError(f"cannot repair {store.path}: {e.strerror or e}{space_hint(e, store.path)}") from e
 
 
-def _unit_arrays(layout: UnitLayout, logits: torch.Tensor | None, embedding: torch.Tensor | None,
-                 params: list[ViewParams], seeds: np.ndarray, pipeline: ViewPipeline, where: str
-                 ) -> dict[str, np.ndarray]:
-    """Targets + recorded parameters of one unit; refuses non-finite teacher outputs."""
-    for what, x in (("logits", logits), ("embeddings", embedding)):
-        bad = (~torch.isfinite(x)).any(dim=1) if x is not None else torch.zeros(1, dtype=torch.bool)
-        if bool(bad.any()):
-            raise TeacherOutputError(f"the teacher produced NaN/Inf {what} for {int(bad.sum())} views of {where}; "
-                                     "nothing of it was marked done (check the weights and `amp`)")
-    if logits is not None and not bool(torch.isfinite(logits.to(torch.float16)).all()):
-        raise TeacherOutputError(f"teacher logits of {where} overflow float16 (|x| > 65504)")
-    if embedding is not None and layout.mode.embedding == "float16" and \
-            not bool(torch.isfinite(embedding.to(torch.float16)).all()):
-        raise TeacherOutputError(f"teacher embeddings of {where} overflow float16 (|x| > 65504); store them as "
-                                 "int8 (targets '...+pooled:int8')")
-    out = layout.encode_targets(logits, embedding)
-    # an added teacher's layout holds no parameters: they are the main cache's
-    out.update({k: v for k, v in pipeline.params_to_arrays(params).items() if k in layout.specs})
-    if VIEW_SEED in layout.specs:  # derivable from (seed, key, view): stored by format 1 only
-        out[VIEW_SEED] = seeds
-    return out
-
-
 def dump_teacher(cfg: DumpConfig, *, progress: bool = True, log: Callable[[str], None] = print) -> DumpSummary:
     """Run the teacher over every pending (block, view) unit of ``cfg.out``. See module docstring."""
     if cfg.views is not None and cfg.views < 1:
@@ -213,47 +182,6 @@ def _quiet(_msg: str) -> None:
     pass
 
 
-def _run_blocks(model, loader, work: list[tuple[int, list[int]]], store: CacheStore,
-                pipeline: ViewPipeline, device: torch.device, cfg: DumpConfig, writer: _Writer) -> None:
-    """Teacher forward over the loader's batches (all pending views of a few samples each); when a block's
-    views are all computed, each of its units is checked and handed to the writer."""
-    mode = store.layout.mode
-    forward = target_forward(model, logits=mode.has_logits, embedding=bool(mode.embedding))
-    for block, views in work:
-        b0, b1 = store.block_bounds(block)
-        need, got = (b1 - b0) * len(views), 0
-        logits: dict[int, list[torch.Tensor]] = {v: [] for v in views}
-        embeddings: dict[int, list[torch.Tensor]] = {v: [] for v in views}
-        params: dict[int, list[ViewParams]] = {v: [] for v in views}
-        seeds: dict[int, list[np.ndarray]] = {v: [] for v in views}
-        while got < need:
-            try:
-                batch: ViewBatch = next(loader)
-            except KdcacheError as e:  # a worker's error: the one line --workers 0 gives
-                raise unwrap_worker_error(e) from None
-            with torch.inference_mode(), autocast(device, cfg.amp):
-                out, emb = forward(batch.images.to(device, non_blocking=True))
-                out = out.float().cpu() if out is not None else None
-                emb = emb.float().cpu() if emb is not None else None
-            for v in views:  # the batch is sample-major: each view's rows stay in sample order
-                rows = np.flatnonzero(batch.views == v)
-                if out is not None:
-                    logits[v].append(out[torch.from_numpy(rows)])
-                if emb is not None:
-                    embeddings[v].append(emb[torch.from_numpy(rows)])
-                params[v].extend(batch.params[r] for r in rows)
-                seeds[v].append(batch.seeds[rows])
-            got += len(batch.indices)
-        units = []
-        for v in views:
-            where = f"block {block} (samples {b0}-{b1 - 1}), view {v}"
-            arrays = _unit_arrays(store.layout, torch.cat(logits[v]) if logits[v] else None,
-                                  torch.cat(embeddings[v]) if embeddings[v] else None, params[v],
-                                  np.concatenate(seeds[v]), pipeline, where)
-            units.append((v, arrays, where))
-        writer.submit(block, units)
-
-
 def after_rank0(ctx: DistContext, error: BaseException | None) -> None:
     """After rank 0 prepared a store (``error``: how it failed, on rank 0): every rank raises (rank 0 its own
     error, the others one naming it) or all go on together, past a barrier."""
@@ -264,14 +192,6 @@ def after_rank0(ctx: DistContext, error: BaseException | None) -> None:
     if error is not None:
         raise error
     ctx.barrier()
-
-
-def _block_work(units: list[tuple[int, int]]) -> list[tuple[int, list[int]]]:
-    """Pending units grouped by block (block order; views ascending): the dump's unit of decoding."""
-    by_block: dict[int, list[int]] = {}
-    for b, v in units:
-        by_block.setdefault(b, []).append(v)
-    return [(b, sorted(vs)) for b, vs in sorted(by_block.items())]
 
 
 def _dump(cfg: DumpConfig, mode: TargetMode, ctx: DistContext, *, progress: bool,
@@ -338,40 +258,20 @@ def _dump_locked(cfg: DumpConfig, ds, mode: TargetMode, ctx: DistContext, teache
         store = CacheStore.open(cfg.out, mode="r+", storage_options=cfg.storage_options)
         store.check_identity(identity)
 
-    all_work = _block_work(store.pending_units())
+    all_work = block_work(store.pending_units())
     if shard is not None:
         all_work = [(b, vs) for b, vs in all_work if b % shard[1] == shard[0]]
     # Every rank must slice the same list: nobody writes a unit before all ranks have read it.
     ctx.barrier()
     work = all_work[ctx.rank::ctx.world_size]
 
-    def views_of(w: list[tuple[int, list[int]]]) -> int:
-        return sum((store.block_bounds(b)[1] - store.block_bounds(b)[0]) * len(vs) for b, vs in w)
-
-    my_views, total_views = views_of(work), views_of(all_work)
+    my_views, total_views = block_views(store, work), block_views(store, all_work)
     all_units = [(b, v) for b, vs in all_work for v in vs]
     bar = tqdm(total=my_views, desc=f"dump-teacher[{ctx.rank}]" if ctx.distributed else "dump-teacher",
                unit="view", disable=not progress)
     t0 = time.perf_counter()
-    failure: BaseException | None = None
-    writer = _Writer(store, cfg.out, bar)
-    try:
-        try:
-            # in the try: a failure here computed nothing, and the empty cache is removed below
-            device = select_device(cfg.device, local_rank=ctx.local_rank)
-            loader = DataLoader(ViewDraws(ds, pipeline, cfg.seed),
-                                batch_sampler=BlockBatches(work, store.block_bounds, cfg.batch_size),
-                                num_workers=cfg.workers, collate_fn=identity_collate,
-                                pin_memory=device.type == "cuda",
-                                worker_init_fn=exit_with_parent())  # no orphans when the dump is killed
-            _run_blocks(teacher.model.to(device), iter(loader), work, store, pipeline, device, cfg, writer)
-        finally:
-            writer.close(raise_error=False)
-        writer._raise()
-    except Exception as e:  # noqa: BLE001 - re-raised below, after telling the other ranks
-        failure = e
-    # A rank that failed must not leave the others waiting at a barrier forever.
-    others_failed = ctx.any(failure is not None)
+    failure, others_failed = compute_work(ctx, store, cfg.out, teacher.model, ViewDraws(ds, pipeline, cfg.seed),
+                                          work, pipeline, cfg, bar)
     # A shard never removes the store: other shards may be writing it.
     note, removed = (_after_failure(cfg, ctx) if (failure is not None or others_failed) and shard is None
                      else ("", False))

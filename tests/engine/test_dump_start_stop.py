@@ -66,7 +66,7 @@ def test_a_failure_before_the_first_view_removes_the_new_cache_and_its_folders(t
     def device_gone(*_a, **_k):
         raise ConfigError("the device went away")
 
-    monkeypatch.setattr("kdcache.engine._dump.select_device", device_gone)
+    monkeypatch.setattr("kdcache.engine._compute.select_device", device_gone)
     out = tmp_path / "new" / "c.zarr"
     res = dump(tiny_h5, tiny_teacher, out)
     assert res.exit_code == 1, res.output
@@ -132,7 +132,7 @@ def test_info_of_a_cache_with_no_view_done_gives_no_bytes_per_view(tmp_path, tin
     def interrupted(*_a, **_k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("kdcache.engine._dump._run_blocks", interrupted)
+    monkeypatch.setattr("kdcache.engine._compute._run_blocks", interrupted)
     out = tmp_path / "c.zarr"
     res = dump(tiny_h5, tiny_teacher, out)
     assert res.exit_code == 1 and res.output.endswith("Error: interrupted; rerun the same command to resume\n")
