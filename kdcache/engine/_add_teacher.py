@@ -35,9 +35,9 @@ from kdcache.cache._teachers import (
     teacher_path,
 )
 from kdcache.data import DataConfig
-from kdcache.engine._compute import block_views, block_work, compute_work
+from kdcache.engine._compute import block_views, block_work, compute_work, work_summary
 from kdcache.engine._dump import _remove_new_store, _repair, after_rank0
-from kdcache.engine._dumpconfig import DumpSummary, summarize
+from kdcache.engine._dumpconfig import DumpSummary
 from kdcache.engine._lock import WriterLock
 from kdcache.engine._preflight import preflight
 from kdcache.engine._space import space_hint
@@ -188,10 +188,4 @@ def _compute(cfg: AddTeacherConfig, ctx: DistContext, root: CacheStore, store: C
         if removed and isinstance(failure, KdcacheError):
             raise type(failure)(f"{failure}; nothing was computed, so {store.path} was removed") from failure
         raise failure
-    if others_failed:
-        raise CacheError("another rank failed (see its message); units written so far are intact, rerun to resume")
-    bar.close()
-    seconds = time.perf_counter() - t0
-    ctx.barrier()
-    return summarize(store.path, cfg.storage_options, units=sum(len(vs) for _, vs in all_work),
-                     views=block_views(store, all_work), seconds=seconds, rank=ctx.rank)
+    return work_summary(ctx, store, store.path, cfg.storage_options, all_work, bar, t0, others_failed)

@@ -9,6 +9,8 @@ to the background writer (:mod:`kdcache.engine._writer`), which marks it done af
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
@@ -20,10 +22,11 @@ from kdcache._views import BlockBatches, ViewBatch, identity_collate
 from kdcache.augment import ViewParams, ViewPipeline
 from kdcache.cache import CacheStore
 from kdcache.cache._layout import VIEW_SEED, UnitLayout
+from kdcache.engine._dumpconfig import DumpSummary, summarize
 from kdcache.engine._writer import _Writer
-from kdcache.errors import KdcacheError, TeacherOutputError
+from kdcache.errors import CacheError, KdcacheError, TeacherOutputError
 
-__all__ = ["block_views", "block_work", "compute_work"]
+__all__ = ["block_views", "block_work", "compute_work", "work_summary"]
 
 
 def block_work(units: list[tuple[int, int]]) -> list[tuple[int, list[int]]]:
@@ -128,3 +131,16 @@ def compute_work(ctx: DistContext, store: CacheStore, path: str, model, views, w
     except Exception as e:  # noqa: BLE001 - the caller raises it, after every rank has heard of it
         failure = e
     return failure, ctx.any(failure is not None)
+
+
+def work_summary(ctx: DistContext, store: CacheStore, path: str, storage_options, all_work: list[tuple[int, list[int]]],
+                 bar, t0: float, others_failed: bool) -> DumpSummary:
+    """After :func:`compute_work` succeeded on this rank: refuse if another rank failed, else wait for every rank
+    and summarise the store (``all_work``: every rank's blocks; ``t0``: when computing began)."""
+    if others_failed:
+        raise CacheError("another rank failed (see its message); units written so far are intact, rerun to resume")
+    bar.close()
+    seconds = time.perf_counter() - t0
+    ctx.barrier()
+    return summarize(path, storage_options, units=sum(len(vs) for _, vs in all_work),
+                     views=block_views(store, all_work), seconds=seconds, rank=ctx.rank)

@@ -40,8 +40,8 @@ from kdcache.cache._remote import storage_errors
 from kdcache.cache._restore import restore_metadata
 from kdcache.engine._advice import from_the_rerun
 from kdcache.engine._cache_views import existing_views, views_of_cache
-from kdcache.engine._compute import block_views, block_work, compute_work
-from kdcache.engine._dumpconfig import DumpConfig, DumpSummary, summarize
+from kdcache.engine._compute import block_views, block_work, compute_work, work_summary
+from kdcache.engine._dumpconfig import DumpConfig, DumpSummary
 from kdcache.engine._lock import WriterLock, parse_shard
 from kdcache.engine._preflight import make_parents, preflight, remove_empty
 from kdcache.engine._reseal import confirm_reseal
@@ -265,9 +265,7 @@ def _dump_locked(cfg: DumpConfig, ds, mode: TargetMode, ctx: DistContext, teache
     ctx.barrier()
     work = all_work[ctx.rank::ctx.world_size]
 
-    my_views, total_views = block_views(store, work), block_views(store, all_work)
-    all_units = [(b, v) for b, vs in all_work for v in vs]
-    bar = tqdm(total=my_views, desc=f"dump-teacher[{ctx.rank}]" if ctx.distributed else "dump-teacher",
+    bar = tqdm(total=block_views(store, work), desc=f"dump-teacher[{ctx.rank}]" if ctx.distributed else "dump-teacher",
                unit="view", disable=not progress)
     t0 = time.perf_counter()
     failure, others_failed = compute_work(ctx, store, cfg.out, teacher.model, ViewDraws(ds, pipeline, cfg.seed),
@@ -280,10 +278,4 @@ def _dump_locked(cfg: DumpConfig, ds, mode: TargetMode, ctx: DistContext, teache
         if note and isinstance(failure, KdcacheError) and (removed or not isinstance(failure, CacheError)):
             raise type(failure)(f"{failure}; {note}") from failure
         raise failure
-    if others_failed:
-        raise CacheError("another rank failed (see its message); units written so far are intact, rerun to resume")
-    bar.close()
-    seconds = time.perf_counter() - t0
-    ctx.barrier()
-    return summarize(cfg.out, cfg.storage_options, units=len(all_units), views=total_views, seconds=seconds,
-                     rank=ctx.rank)
+    return work_summary(ctx, store, cfg.out, cfg.storage_options, all_work, bar, t0, others_failed)
