@@ -87,6 +87,14 @@ def _args(argv: list[str] | None = None) -> argparse.Namespace:
                          "anew, on the machine, which the next session gets back as it was")
     ap.add_argument("--results", default="bench/results/keras_tokenlearner",
                     help="one JSON file per finished row")
+    ap.add_argument("--time-dump", action="store_true",
+                    help="instead of rows: time one whole dump of the cached rows' cache (--views views of the "
+                         "training part), from nothing and in one call, into a scratch store under --workdir that "
+                         "is removed after; writes dump_timing_<teacher>_V<views>.json to --results")
+    ap.add_argument("--table", action="store_true",
+                    help="instead of rows: print the table of every row finished in --results (mean ± std over "
+                         "seeds, gain over scratch, teacher forwards, training time at the fastest epoch, cost of "
+                         "N = 1, 5, 20 runs) and write it to --results/table.json")
     return ap.parse_args(argv)
 
 
@@ -111,27 +119,53 @@ def _view(args: argparse.Namespace, teacher: bool) -> dict:
     return view
 
 
-def dump_cache(args: argparse.Namespace, data) -> str:
-    """The teacher's cache over the training part's views (resumed, or found finished, by a rerun)."""
+def _dump_config(args: argparse.Namespace, data, out: str):
     from _common import teacher_spec
 
-    from kdcache.engine import DumpConfig, dump_teacher
+    from kdcache.engine import DumpConfig
+
+    return DumpConfig(data=data, out=out, teacher=teacher_spec(_teacher_args(args)), views=args.views,
+                      view=_view(args, teacher=True), workers=args.workers, seed=0)
+
+
+def dump_cache(args: argparse.Namespace, data) -> str:
+    """The teacher's cache over the training part's views (resumed, or found finished, by a rerun)."""
+    from kdcache.engine import dump_teacher
 
     out = os.path.join(args.workdir, f"{args.teacher}_V{args.views}.zarr")
     record = os.path.join(args.results, f"dump_{args.teacher}_V{args.views}.json")
     t0 = time.perf_counter()
-    s = dump_teacher(DumpConfig(data=data, out=out, teacher=teacher_spec(_teacher_args(args)), views=args.views,
-                                view=_view(args, teacher=True), workers=args.workers, seed=0),
-                     progress=False, log=lambda m: print(m, flush=True))
+    s = dump_teacher(_dump_config(args, data, out), progress=False, log=lambda m: print(m, flush=True))
     done = json.load(open(record)) if os.path.exists(record) else {}
     if s.num_views and not done.get("complete"):
         # a dump killed with its session and resumed in the next has no total wall time: only the completing
-        # call's is known; the dump's cost is its teacher forwards (at bench/throughput.py's measured rate)
+        # call's is known; the dump's cost in time is what --time-dump measures
         done.update(seconds_of_the_completing_call=time.perf_counter() - t0, views=s.num_views,
                     samples=s.num_samples, teacher_forwards=s.num_views * s.num_samples, complete=True)
         with open(record, "w") as f:
             json.dump(done, f, indent=2)
     return out
+
+
+def time_dump(args: argparse.Namespace) -> dict:
+    """One whole dump of the cached rows' cache, timed: from nothing, in one call (a killed timing starts over),
+    into a scratch store that is removed after. Its wall time, teacher loading included, is the cached rows' one
+    cost beyond training."""
+    import shutil
+
+    from kdcache.data import DataConfig
+    from kdcache.engine import dump_teacher
+
+    out = os.path.join(args.workdir, f"timing_{args.teacher}_V{args.views}.zarr")
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.perf_counter()
+    s = dump_teacher(_dump_config(args, DataConfig(source=args.data, val_fraction=0.2, limit=args.limit), out),
+                     progress=False, log=lambda m: print(m, flush=True))
+    seconds = time.perf_counter() - t0
+    shutil.rmtree(out)
+    return {"teacher": args.teacher, "teacher_weights": args.teacher_weights, "views": s.num_views,
+            "samples": s.num_samples, "teacher_forwards": s.views_computed, "seconds": seconds,
+            "compute_seconds": s.seconds, "views_per_second": s.images_per_second}
 
 
 # Re-encoded on the grid the first generation used, at its quality, JPEG is nearly idempotent: on the shared
@@ -245,6 +279,14 @@ def run_row(row: str, args: argparse.Namespace) -> dict:
             "val_top1_by_epoch": [e.get("val/top1") for e in epochs]}
 
 
+def _result_path(args: argparse.Namespace, row: str) -> str:
+    return os.path.join(args.results, row.replace("/", "__") + ".json")
+
+
+def _stamp(res: dict, command: str, commit: str) -> dict:
+    return {**res, "commit": commit, "command": command, "date": time.strftime("%Y-%m-%d"), "machine": machine()}
+
+
 def main() -> None:
     args = _args()
     if args.threads:
@@ -252,20 +294,30 @@ def main() -> None:
     os.makedirs(args.results, exist_ok=True)
     command = " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0])] + sys.argv[1:])
     commit = git_commit()  # the code this process runs, whatever lands while it trains
+    if args.table:
+        rows_ = table(args)
+        with open(os.path.join(args.results, "table.json"), "w") as f:
+            json.dump(rows_, f, indent=2)
+        print(format_summary(rows_))
+        return
+    if args.time_dump:
+        path = os.path.join(args.results, f"dump_timing_{args.teacher}_V{args.views}.json")
+        with open(path, "w") as f:
+            json.dump(_stamp(time_dump(args), command, commit), f, indent=2)
+        print(f"wrote {path}", flush=True)
+        return
     todo = rows(args)
     for row in todo:
-        path = os.path.join(args.results, row.replace("/", "__") + ".json")
+        path = _result_path(args, row)
         if os.path.exists(path):
             print(f"== {row}: done ({path})", flush=True)
             continue
         print(f"== {row}", flush=True)
         res = run_row(row, args)
-        res.update(commit=commit, command=command, date=time.strftime("%Y-%m-%d"), machine=machine())
         with open(path, "w") as f:
-            json.dump(res, f, indent=2)
+            json.dump(_stamp(res, command, commit), f, indent=2)
         print(f"wrote {path}", flush=True)
-    print(format_table([json.load(open(os.path.join(args.results, r.replace("/", "__") + ".json")))
-                        for r in todo if os.path.exists(os.path.join(args.results, r.replace("/", "__") + ".json"))]))
+    print(format_table([json.load(open(_result_path(args, r))) for r in todo if os.path.exists(_result_path(args, r))]))
 
 
 def format_table(results: list[dict]) -> str:
@@ -273,6 +325,68 @@ def format_table(results: list[dict]) -> str:
     for r in results:
         lines.append(f"{r['row']:<40} {r['test']['top1']:>9.2f}% {r['best_val_top1']:>8.2f}% "
                      f"{r['test']['epoch']:>6} {r['fastest_epoch_seconds']:>13.1f}s")
+    return "\n".join(lines)
+
+
+def table(args: argparse.Namespace) -> list[dict]:
+    """One line per student and targets over the rows finished in ``--results``: test top-1 per seed, mean and
+    sample std, the mean gain over the scratch row of the same seeds; teacher forwards (the cache's once, an online
+    row's each run); a run's training time as its epochs times its fastest epoch (the cost on a quiet machine, as
+    bench/cifar10.py counts it; mean over seeds); the cost of N = 1, 5, 20 runs: the timed dump once
+    (``--time-dump``; None until timed) plus N runs."""
+    import glob
+    import statistics
+
+    results = [json.load(open(p)) for p in sorted(glob.glob(os.path.join(args.results, "*__*__s*.json")))]
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in results:
+        groups.setdefault((r["student"], r["targets"]), []).append(r)
+    scratch = {(r["student"], r["seed"]): r["test"]["top1"] for r in results if r["targets"] == "scratch"}
+    out = []
+    def order(key: tuple[str, str]) -> tuple:
+        return key[0], [i for i, k in enumerate(KINDS) if key[1].startswith(k)][-1], key[1]
+
+    for (student, targets), rs in sorted(groups.items(), key=lambda kv: order(kv[0])):
+        rs = sorted(rs, key=lambda r: r["seed"])
+        top1 = [r["test"]["top1"] for r in rs]
+        gains = [r["test"]["top1"] - scratch[(student, r["seed"])] for r in rs if (student, r["seed"]) in scratch]
+        run_s = statistics.mean(r["epochs"] * r["fastest_epoch_seconds"] for r in rs)
+        once, per_run, dump_s = 0, 0, 0.0
+        if targets.startswith("cached"):
+            views = int(targets.rsplit("-V", 1)[1])
+            dump = _read(os.path.join(args.results, f"dump_{args.teacher}_V{views}.json"))
+            timing = _read(os.path.join(args.results, f"dump_timing_{args.teacher}_V{views}.json"))
+            once = dump.get("teacher_forwards", 0)
+            dump_s = timing["seconds"] if timing.get("teacher_forwards") == once and once else None
+        elif targets.startswith("online"):
+            # the teacher's forward on every training view of every epoch: the cache's training part
+            samples = _read(os.path.join(args.results, f"dump_{args.teacher}_V{args.views}.json")).get("samples")
+            per_run = rs[0]["epochs"] * samples if samples else None
+        out.append({"student": student, "targets": targets, "seeds": [r["seed"] for r in rs], "top1": top1,
+                    "top1_mean": statistics.mean(top1), "top1_std": statistics.stdev(top1) if len(top1) > 1 else None,
+                    "gain_over_scratch": statistics.mean(gains) if gains and targets != "scratch" else None,
+                    "teacher_forwards_once": once, "teacher_forwards_per_run": per_run, "run_seconds": run_s,
+                    **{f"cost_{n}_seconds": None if dump_s is None else dump_s + n * run_s for n in (1, 5, 20)}})
+    return out
+
+
+def _read(path: str) -> dict:
+    return json.load(open(path)) if os.path.exists(path) else {}
+
+
+def format_summary(rows_: list[dict]) -> str:
+    def num(x, fmt: str = ",.0f") -> str:
+        return "-" if x is None else format(x, fmt)
+
+    head = (f"{'student / targets':<44} {'seeds':>5} {'top-1':>14} {'gain':>6} {'fwd once':>9} {'fwd/run':>9} "
+            f"{'run s':>7} {'N=1 s':>7} {'N=5 s':>7} {'N=20 s':>8}")
+    lines = [head, "-" * len(head)]
+    for t in rows_:
+        acc = f"{t['top1_mean']:.2f}" + (f" ± {t['top1_std']:.2f}" if t["top1_std"] is not None else "")
+        lines.append(f"{t['student'] + ' / ' + t['targets']:<44} {len(t['seeds']):>5} {acc:>14} "
+                     f"{num(t['gain_over_scratch'], '+.2f'):>6} {num(t['teacher_forwards_once']):>9} "
+                     f"{num(t['teacher_forwards_per_run']):>9} {t['run_seconds']:>7.0f} {num(t['cost_1_seconds']):>7} "
+                     f"{num(t['cost_5_seconds']):>7} {num(t['cost_20_seconds']):>8}")
     return "\n".join(lines)
 
 

@@ -55,3 +55,20 @@ def test_keras_tokenlearner_bench_at_toy_size(run_bench, tmp_path, tiny_h5, tiny
         assert not np.array_equal(a["train/images"][()], b["train/images"][()])
     again = run_bench(cmd, cwd=REPO)
     assert again.returncode == 0 and again.stdout.count("done (") == 5, again.stdout
+    # the dump timed whole, into a scratch store removed after; the table with its cost columns
+    timed = run_bench(cmd + ["--time-dump"], cwd=REPO)
+    assert timed.returncode == 0, timed.stderr[-3000:]
+    timing = json.loads((tmp_path / "r" / "dump_timing_cnn_tiny_V2.json").read_text())
+    assert timing["teacher_forwards"] == 2 * 39 and timing["seconds"] > timing["compute_seconds"] > 0
+    assert not (tmp_path / "w" / "timing_cnn_tiny_V2.zarr").exists() and timing["commit"]
+    shown = run_bench(cmd + ["--table"], cwd=REPO)
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    rows = {t["targets"]: t for t in json.loads((tmp_path / "r" / "table.json").read_text())}
+    assert list(rows) == ["scratch", "cached-soft-V2", "cached-hard-V2", "online-soft", "scratch-jpeg2-q75"]
+    scratch, cached, online = rows["scratch"], rows["cached-soft-V2"], rows["online-soft"]
+    assert scratch["gain_over_scratch"] is None and scratch["cost_5_seconds"] == 5 * scratch["run_seconds"]
+    assert cached["gain_over_scratch"] == cached["top1_mean"] - scratch["top1_mean"]
+    assert cached["teacher_forwards_once"] == 78 and cached["teacher_forwards_per_run"] == 0
+    assert cached["cost_20_seconds"] == timing["seconds"] + 20 * cached["run_seconds"]
+    assert online["teacher_forwards_once"] == 0 and online["teacher_forwards_per_run"] == 1 * 39
+    assert "cached-soft-V2" in shown.stdout and "78" in shown.stdout
