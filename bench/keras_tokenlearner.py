@@ -276,7 +276,15 @@ def run_row(row: str, args: argparse.Namespace) -> dict:
     return {"row": row, "student": student, "targets": kind, "seed": int(seed[1:]), "test": result["test"],
             "best_val_top1": result["best_top1"], "epochs": len(epochs), "epoch_seconds": seconds,
             "fastest_epoch_seconds": min(seconds), "wall_seconds_this_session": time.perf_counter() - t0,
-            "val_top1_by_epoch": [e.get("val/top1") for e in epochs]}
+            "val_top1_by_epoch": [e.get("val/top1") for e in epochs], **fit_by_epoch(epochs)}
+
+
+def fit_by_epoch(epochs: list[dict]) -> dict:
+    """How well the student fits, per epoch, from its metrics: the mean training loss on labels (train mode, on
+    the training views) against the validation loss, and how often its argmax agrees with the teacher's."""
+    return {"train_task_loss_by_epoch": [e.get("train/task_loss") for e in epochs],
+            "val_loss_by_epoch": [e.get("val/loss") for e in epochs],
+            "teacher_agreement_by_epoch": [e.get("train/teacher_agreement") for e in epochs]}
 
 
 def _result_path(args: argparse.Namespace, row: str) -> str:

@@ -25,6 +25,8 @@ def test_keras_tokenlearner_bench_at_toy_size(run_bench, tmp_path, tiny_h5, tiny
     assert res["epochs"] == 1 and res["test"]["images"] == 24 and res["test"]["split"] == "test"
     assert res["test"]["selected_by"] == "val top-1 on 'val'" and len(res["val_top1_by_epoch"]) == 1
     assert res["command"].startswith("bench/keras_tokenlearner.py") and res["commit"]
+    assert len(res["train_task_loss_by_epoch"]) == len(res["val_loss_by_epoch"]) == 1
+    assert res["train_task_loss_by_epoch"][0] > 0 and res["teacher_agreement_by_epoch"] == [None]
     cfg = json.loads((tmp_path / "w" / "keras_tokenlearner_vit_test__scratch__s0" / "config.json").read_text())
     c = cfg["config"]
     assert (c["sched"], c["decay_rule"], c["weight_decay"], c["warmup_epochs"]) == ("constant", "all", 0.1, 0.0)
@@ -40,6 +42,7 @@ def test_keras_tokenlearner_bench_at_toy_size(run_bench, tmp_path, tiny_h5, tiny
         assert cfg["config"]["model_kwargs"]["input_mean"] == [0.5, 0.5, 0.5]
         assert cfg["config"]["loss"]["distill"] == ("hard" if "hard" in row else "soft")
         assert cfg["view_spec"]["crop_resize"] == 20 and cfg["config"]["sched"] == "constant"
+        assert 0 <= res["teacher_agreement_by_epoch"][0] <= 1
     # the second JPEG generation: every image re-encoded (changed, but close), the row trained on it
     jpeg = json.loads((tmp_path / "r" / "jpeg2_q75.json").read_text())
     assert set(jpeg["splits"]) == {"train", "test"} and jpeg["splits"]["train"]["images"] == 48
