@@ -39,7 +39,7 @@ def test_initialisation_follows_keras():
     assert attn.q.weight.abs().max() <= q_limit and attn.q.weight.abs().max() > 0.9 * q_limit
     o_limit = math.sqrt(6 / (512 + 512))  # a (4, 128, 128) kernel
     assert o_limit * 0.9 < attn.proj.weight.abs().max() <= o_limit
-    assert m.pos_embed.abs().max() <= 0.05 and float(attn.q.bias.abs().sum()) == 0.0
+    assert m.pos_embed.abs().max() <= 0.05 and float(attn.q.bias.detach().abs().sum()) == 0.0
 
 
 def test_bad_arguments_are_model_errors():
