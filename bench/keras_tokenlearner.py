@@ -29,6 +29,9 @@ Rows (``--only`` picks them by substring), the same loop and schedule, only the 
   first, on a block grid shifted by ``JPEG_SHIFT`` px; made once into ``--workdir``, its PSNR against the
   first generation written to ``--results``): what one more compression costs this protocol.
 
+A distilled row run with another ``--alpha`` or ``--temperature`` than the protocol's (0.7, 4) is another row:
+its kind carries the change (``cached-soft-V8-T1``), so it never stands in for the protocol's row.
+
 The teacher sees the views normalised with its own mean and std (the cache's view spec); the student
 undoes that normalisation first (``input_mean``/``input_std``), so its layers see [0, 1] as in the example
 and as in the scratch rows.
@@ -46,6 +49,7 @@ import io
 import json
 import math
 import os
+import re
 import shlex
 import sys
 import time
@@ -54,6 +58,7 @@ import torch
 from _common import SHARED, git_commit, machine, run
 
 STUDENTS = ("keras_tokenlearner_vit", "keras_vit")
+DEFAULT_ALPHA, DEFAULT_TEMPERATURE = 0.7, 4.0  # the distilled rows' loss (bench/cifar10.py's)
 KERAS_VIEW = {"size": 48, "crop": "pad", "padding": 0, "crop_resize": 52, "mean": (0.0, 0.0, 0.0),
               "std": (1.0, 1.0, 1.0), "interpolation": "bilinear", "flip_prob": 0.5}
 
@@ -78,8 +83,10 @@ def _args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--teacher", default="cifar_resnet56")
     ap.add_argument("--teacher-weights", default="bench/teachers/cifar_resnet56_ft50k.pt")
     ap.add_argument("--views", type=int, default=8, help="cached views per image (20 epochs: 2.5 replays each)")
-    ap.add_argument("--alpha", type=float, default=0.7)
-    ap.add_argument("--temperature", type=float, default=4.0)
+    ap.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
+                    help="the KD weight (another value than the default names the row: ...-a0.9)")
+    ap.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE,
+                    help="soft KD's temperature (another value than the default names the row: ...-T1)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None, help="torch threads of this process (default: torch's)")
     ap.add_argument("--workdir", default=os.path.expanduser("~/.cache/kdcache-bench/keras_tokenlearner"),
@@ -107,6 +114,10 @@ def rows(args: argparse.Namespace) -> list[str]:
         raise SystemExit(f"error: unknown --rows {bad}; choose from {', '.join(KINDS)}")
     kinds = [f"{k}-V{args.views}" if k.startswith("cached") else f"{k}-q{args.jpeg_quality}" if k.endswith("jpeg2")
              else k for k in KINDS if k in args.rows]
+    # a distilled row with another alpha or temperature than the protocol's is another row, never the same file
+    variant = (f"-a{args.alpha:g}" if args.alpha != DEFAULT_ALPHA else "") + \
+        (f"-T{args.temperature:g}" if args.temperature != DEFAULT_TEMPERATURE else "")
+    kinds = [k + variant if not k.startswith("scratch") else k for k in kinds]
     ids = [f"{s}/{k}/s{seed}" for k in kinds for s in args.students for seed in args.seeds]
     return [r for r in ids if not args.only or any(o in r for o in args.only)]
 
@@ -361,7 +372,7 @@ def table(args: argparse.Namespace) -> list[dict]:
         run_s = statistics.mean(r["epochs"] * r["fastest_epoch_seconds"] for r in rs)
         once, per_run, dump_s = 0, 0, 0.0
         if targets.startswith("cached"):
-            views = int(targets.rsplit("-V", 1)[1])
+            views = int(re.search(r"-V(\d+)", targets).group(1))
             dump = _read(os.path.join(args.results, f"dump_{args.teacher}_V{views}.json"))
             timing = _read(os.path.join(args.results, f"dump_timing_{args.teacher}_V{views}.json"))
             once = dump.get("teacher_forwards", 0)

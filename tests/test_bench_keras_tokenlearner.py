@@ -75,3 +75,20 @@ def test_keras_tokenlearner_bench_at_toy_size(run_bench, tmp_path, tiny_h5, tiny
     assert cached["cost_20_seconds"] == timing["seconds"] + 20 * cached["run_seconds"]
     assert online["teacher_forwards_once"] == 0 and online["teacher_forwards_per_run"] == 1 * 39
     assert "cached-soft-V2" in shown.stdout and "78" in shown.stdout
+
+
+def test_rows_with_another_loss_are_other_rows():
+    """A distilled row run with another alpha or temperature gets its own id (its own JSON and run directory),
+    so it can never be skipped as, or overwrite, the protocol's row; scratch rows have no loss to vary."""
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        from keras_tokenlearner import _args, rows
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    kinds = ["--rows", "scratch", "cached-soft", "online-soft", "--seeds", "0"]
+    assert rows(_args(kinds)) == ["keras_tokenlearner_vit/scratch/s0", "keras_tokenlearner_vit/cached-soft-V8/s0",
+                                  "keras_tokenlearner_vit/online-soft/s0"]
+    assert rows(_args(kinds + ["--temperature", "1"]))[1:] == [
+        "keras_tokenlearner_vit/cached-soft-V8-T1/s0", "keras_tokenlearner_vit/online-soft-T1/s0"]
+    assert rows(_args(kinds + ["--alpha", "0.9", "--temperature", "2"]))[0] == "keras_tokenlearner_vit/scratch/s0"
+    assert rows(_args(kinds + ["--alpha", "0.9", "--temperature", "2"]))[1].endswith("cached-soft-V8-a0.9-T2/s0")
