@@ -321,8 +321,9 @@ def main() -> None:
         return
     if args.time_dump:
         path = os.path.join(args.results, f"dump_timing_{args.teacher}_V{args.views}.json")
+        res = _stamp(time_dump(args), command, commit)  # before the file is opened: a killed timing writes nothing
         with open(path, "w") as f:
-            json.dump(_stamp(time_dump(args), command, commit), f, indent=2)
+            json.dump(res, f, indent=2)
         print(f"wrote {path}", flush=True)
         return
     todo = rows(args)

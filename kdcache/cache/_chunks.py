@@ -71,10 +71,9 @@ class ChunkAccess:
                       block=int(coords[0]), view=int(coords[1]), samples=self.block_bounds(int(coords[0])),
                       detail=detail)
 
-    def read_chunk(self, name: str, coords: tuple[int, ...], *, check_exists: bool = True) -> np.ndarray:
-        """One chunk's values (per-view arrays: without the view axis), checked."""
-        if check_exists and self._missing_keys([(name, coords)]):
-            raise damage_error(self.path, [self.chunk_damage(name, coords, "missing")])
+    def read_chunk(self, name: str, coords: tuple[int, ...]) -> np.ndarray:
+        """One chunk's values (per-view arrays: without the view axis), its bytes checked; the caller has
+        checked that it exists (zarr reads a missing chunk as the fill value)."""
         return self._decode(self.array(name), name, coords)
 
     def missing_chunks(self, name: str, coords: Sequence[tuple[int, ...]], *, listing: bool = False

@@ -155,6 +155,6 @@ def _unit_values(store: CacheStore, rep: IntegrityReport, name: str, units: list
                     yield (b, v), slab[b0 - r0:b1 - r0, v]
                     continue
                 try:
-                    yield (b, v), store.read_chunk(name, store.unit_chunk(name, b, v), check_exists=False)
+                    yield (b, v), store.read_chunk(name, store.unit_chunk(name, b, v))
                 except CacheDamagedError as e:
                     rep.damage.extend(e.damage)

@@ -1,6 +1,6 @@
-"""Reading units of a cache: one chunk read per (block, view) and array, in bulk; a local store's chunks are
-decoded here through the arrays' own codecs, without zarr's event loop (``UnitReader``, a part of
-:class:`~kdcache.cache._store.CacheStore`)."""
+"""Reading units of a cache: one chunk read per (block, view) and array, in bulk; chunks are fetched (one GET
+each on a remote store, its existence check) and decoded here through the arrays' own codecs, without zarr's
+event loop (``UnitReader``, a part of :class:`~kdcache.cache._store.CacheStore`)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from zarr.core.sync import sync
 
 from kdcache.cache._chunks import ChunkAccess
 from kdcache.cache._damage import damage_error
-from kdcache.errors import CacheDamagedError, CacheError
+from kdcache.errors import CacheError
 
 __all__ = ["UnitReader"]
 
@@ -30,12 +30,7 @@ class UnitReader(ChunkAccess):
 
     def read_unit(self, block: int, view: int, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
         """One unit's per-view arrays; a missing or corrupt chunk raises :class:`CacheDamagedError`."""
-        names = list(names or self.view_array_names)
-        coords = {n: self.unit_chunk(n, block, view) for n in names}
-        missing = self._missing_keys([(n, c) for n, c in coords.items()])
-        if missing:
-            raise damage_error(self.path, [self.chunk_damage(n, c, "missing") for n, c in missing])
-        return {n: self.read_chunk(n, c, check_exists=False) for n, c in coords.items()}
+        return self.read_units([(block, view)], names)[int(block), int(view)]
 
     def read_views(self, views_per_block: Sequence[int], names: Iterable[str] | None = None, *,
                    blocks: Iterable[int] | None = None) -> dict[str, np.ndarray]:
@@ -66,54 +61,51 @@ class UnitReader(ChunkAccess):
                    ) -> dict[tuple[int, int], dict[str, np.ndarray]]:
         """The arrays of these (block, view) units: one chunk read each (remote stores: all in flight at once).
 
-        Existence is checked for all of them at once first (a missing chunk is damage, never the
-        fill value); a chunk whose bytes fail their checksum raises :class:`CacheDamagedError`.
+        Reading a chunk is its existence check (a remote store gets one GET a chunk, no HEAD before it): a
+        missing chunk is damage, never the fill value, and every missing one of the read is named; a chunk
+        whose bytes fail their checksum raises :class:`CacheDamagedError`.
         """
         names = list(names or self.view_array_names)
         units = [(int(b), int(v)) for b, v in units]
         wanted = [(n, self.unit_chunk(n, b, v)) for b, v in units for n in names]
         arrays = {n: self.array(n) for n in names}
-        out: dict[tuple[int, int], dict[str, np.ndarray]] = {u: {} for u in units}
-        root = self._local_root()
-        if root is not None:
-            # A local store: each chunk file read and decoded here by the array's own codecs, without a
-            # trip through zarr's event loop (about a millisecond a chunk; reads of small chunks are all
-            # overhead otherwise). Opening the file is the existence check; at the first missing chunk,
-            # every missing one of the read is named.
-            try:
-                for n, c in wanted:
-                    out[c[0], c[1]][n] = self._decode_local(root, arrays[n], n, c)
-            except CacheDamagedError:
-                missing = self._missing_keys(wanted)
-                if missing:
-                    raise damage_error(self.path, [self.chunk_damage(n, c, "missing") for n, c in missing]) from None
-                raise
-            return out
-        missing = self._missing_keys(wanted)
-        if missing:
+        raws = self._fetch(wanted)
+        missing = [w for w, raw in zip(wanted, raws) if raw is None]
+        if missing and self.checksums:
             raise damage_error(self.path, [self.chunk_damage(n, c, "missing") for n, c in missing])
-        # Other stores: all chunks in one trip through zarr's event loop, requests in flight at once.
-        results = sync(_gather([arrays[n].async_array.getitem(self._chunk_selection(arrays[n], c))
-                                for n, c in wanted]))
-        for (n, c), a in zip(wanted, results):
-            out[c[0], c[1]][n] = np.asarray(a) if not isinstance(a, BaseException) else self._decode(arrays[n], n, c)
+        out: dict[tuple[int, int], dict[str, np.ndarray]] = {u: {} for u in units}
+        for (n, c), raw in zip(wanted, raws):
+            # no bytes: the fill value of a cache made before checksums; a failed request: zarr's own read,
+            # which raises the store's error (or finds the bytes bad)
+            out[c[0], c[1]][n] = (self._decode(arrays[n], n, c) if raw is None or isinstance(raw, BaseException)
+                                  else self._decode_raw(arrays[n], n, c, raw))
         return out
 
     def _local_root(self) -> str | None:
         store = self._g.store_path.store
         return str(store.root) if isinstance(store, zarr.storage.LocalStore) else None
 
-    def _decode_local(self, root: str, arr: zarr.Array, name: str, coords: tuple[int, ...]) -> np.ndarray:
-        """One chunk of a local store through the array's codecs (zarr's synchronous codec methods)."""
-        path = os.path.join(root, self.chunk_key(name, coords))
+    def _fetch(self, chunks: Sequence[tuple[str, tuple[int, ...]]]) -> list[Any]:
+        """The stored bytes of these chunks, a buffer each, None for one that is not there. A local store's
+        files are read in this thread, without a trip through zarr's event loop (about a millisecond a chunk;
+        reads of small chunks are all overhead otherwise); a remote store's objects are all requested at once,
+        and a request that failed comes back as its exception."""
+        root = self._local_root()
+        if root is None:
+            store = self._g.store_path.store
+            return sync(_gather([store.get(self.chunk_key(n, c), prototype=_PROTOTYPE) for n, c in chunks]))
+        out: list[Any] = []
+        for n, c in chunks:
+            try:
+                with open(os.path.join(root, self.chunk_key(n, c)), "rb") as f:
+                    out.append(_PROTOTYPE.buffer.from_bytes(f.read()))
+            except FileNotFoundError:
+                out.append(None)
+        return out
+
+    def _decode_raw(self, arr: zarr.Array, name: str, coords: tuple[int, ...], buf: Any) -> np.ndarray:
+        """One chunk's stored bytes through the array's codecs (zarr's synchronous codec methods)."""
         aa = arr.async_array
-        try:
-            with open(path, "rb") as f:
-                raw = f.read()
-        except FileNotFoundError:
-            if not self.checksums:  # a cache made before checksums: an unwritten chunk is its fill value
-                return self._decode(arr, name, coords)
-            raise damage_error(self.path, [self.chunk_damage(name, coords, "missing")]) from None
         try:
             spec = self._chunk_specs.get(name)
             if spec is None:  # a regular grid: every chunk (edge ones too) is stored at the full chunk shape
@@ -122,7 +114,6 @@ class UnitReader(ChunkAccess):
             if not isinstance(to_bytes, ArrayBytesCodec) or not all(isinstance(c, BytesBytesCodec)
                                                                     for c in from_bytes):
                 return self._decode(arr, name, coords)  # other codec chains: zarr's own path
-            buf = _PROTOTYPE.buffer.from_bytes(raw)
             for codec in reversed(from_bytes):
                 buf = codec._decode_sync(buf, spec)
             chunk = to_bytes._decode_sync(buf, spec).as_numpy_array()
@@ -147,13 +138,14 @@ class UnitReader(ChunkAccess):
         missing = self._missing_keys([(name, c) for c in grid]) if check_missing else []
         if missing:
             raise damage_error(self.path, [self.chunk_damage(n, c, "missing") for n, c in missing])
-        root = self._local_root()
-        if root is not None and arr.ndim >= 2 and check_missing:
+        if self._local_root() is not None and arr.ndim >= 2 and check_missing:
             # per-view arrays and `done` (chunks of one block and one view) of a local store, chunk by chunk
             out = np.empty(arr.shape, dtype=arr.dtype)
-            for c in grid:
+            for c, raw in zip(grid, self._fetch([(name, c) for c in grid])):
+                if raw is None:  # deleted since the check above
+                    raise damage_error(self.path, [self.chunk_damage(name, c, "missing")])
                 b0, b1 = self.block_bounds(c[0])
-                out[b0:b1, c[1]] = self._decode_local(root, arr, name, c)
+                out[b0:b1, c[1]] = self._decode_raw(arr, name, c, raw)
             return out
         try:
             return np.asarray(arr[...])

@@ -363,3 +363,34 @@ def test_numeric_storage_options_reach_s3fs_as_numbers(s3, s3_cache):
     TypeError on opening the store) and `anon=false` the boolean."""
     res = cli_ok("info", s3_cache, "--json", *s3.cli_options(max_concurrency="4", anon="false"))
     assert json.loads(res.stdout)["done_fraction"] == 1.0
+
+
+def test_reading_units_from_s3_is_one_get_a_chunk_and_no_existence_check(world, s3, s3_cache, caplog):
+    """A reader's units (a training window, an added teacher's replay parameters) come from an object store in
+    one GET per chunk, all in flight at once, with no HEAD before each (reading is the existence check: half
+    the requests the store is billed for); a chunk deleted behind the cache's back is still named as missing
+    (never read as the fill value), a corrupted one as corrupt, and the values equal a local copy's."""
+    import logging
+
+    url, so = s3_copy(s3, s3_cache), s3.storage_options()
+    store = CacheStore.open(url, storage_options=so)
+    units = [(b, v) for b in range(store.num_blocks) for v in range(store.num_views)]
+    with caplog.at_level(logging.DEBUG, logger="s3fs"):
+        got = store.read_units(units)
+    calls = [r.getMessage() for r in caplog.records if r.getMessage().startswith("CALL: ")]
+    names = store.view_array_names
+    chunk_calls = [c for c in calls if any(f"/{n}/c/" in c for n in names)]
+    assert not [c for c in chunk_calls if c.startswith("CALL: head_object")], chunk_calls
+    assert sum(c.startswith("CALL: get_object") for c in chunk_calls) == len(units) * len(names), chunk_calls
+    want = CacheStore.open(world.reference).read_units(units)
+    for u in units:
+        for n in names:
+            assert np.array_equal(got[u][n], want[u][n]), (u, n)
+    gone = store.chunk_location(names[0], store.unit_chunk(names[0], 1, 0))
+    bad = store.chunk_location(names[-1], store.unit_chunk(names[-1], 0, 1))
+    s3.fs().rm(gone)
+    s3.fs().pipe(bad, b"\x00" * 16)
+    with pytest.raises(CacheDamagedError, match=rf"{names[0]} chunk of block 1, view 0 is missing"):
+        CacheStore.open(url, storage_options=so).read_units(units)
+    with pytest.raises(CacheDamagedError, match=rf"{names[-1]} chunk of block 0, view 1 is corrupt"):
+        CacheStore.open(url, storage_options=so).read_unit(0, 1)
