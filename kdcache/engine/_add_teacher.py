@@ -174,7 +174,7 @@ def _compute(cfg: AddTeacherConfig, ctx: DistContext, root: CacheStore, store: C
     all_work = block_work([(int(b), int(v)) for b, v in zip(*pending.nonzero())])
     ctx.barrier()  # every rank has read the same pending units before any writes
     work = all_work[ctx.rank::ctx.world_size]
-    units = {(b, v): root.read_unit(b, v, root.layout.replay_names) for b, vs in work for v in vs}
+    units = root.read_units([(b, v) for b, vs in work for v in vs], root.layout.replay_names)  # one round trip
 
     bar = tqdm(total=block_views(store, work), desc=f"add-teacher {cfg.name}", unit="view", disable=not progress)
     t0 = time.perf_counter()
