@@ -69,17 +69,24 @@ class UnitReader(ChunkAccess):
         units = [(int(b), int(v)) for b, v in units]
         wanted = [(n, self.unit_chunk(n, b, v)) for b, v in units for n in names]
         arrays = {n: self.array(n) for n in names}
-        raws = self._fetch(wanted)
-        missing = [w for w, raw in zip(wanted, raws) if raw is None]
-        if missing and self.checksums:
-            raise damage_error(self.path, [self.chunk_damage(n, c, "missing") for n, c in missing])
+        # a remote store's chunks all at once; a local store's one at a time, each decoded before the next is
+        # read (a window's compressed bytes are never all held beside its decoded arrays)
+        raws = self._fetch(wanted) if self._local_root() is None else None
+        if raws is not None and self.checksums and any(r is None for r in raws):
+            self._raise_missing([w for w, r in zip(wanted, raws) if r is None])
         out: dict[tuple[int, int], dict[str, np.ndarray]] = {u: {} for u in units}
-        for (n, c), raw in zip(wanted, raws):
+        for i, (n, c) in enumerate(wanted):
+            raw = raws[i] if raws is not None else self._fetch([(n, c)])[0]
+            if raw is None and self.checksums:  # every missing chunk of the read named, not just this one
+                self._raise_missing(self._missing_keys(wanted))
             # no bytes: the fill value of a cache made before checksums; a failed request: zarr's own read,
             # which raises the store's error (or finds the bytes bad)
             out[c[0], c[1]][n] = (self._decode(arrays[n], n, c) if raw is None or isinstance(raw, BaseException)
                                   else self._decode_raw(arrays[n], n, c, raw))
         return out
+
+    def _raise_missing(self, missing: Sequence[tuple[str, tuple[int, ...]]]) -> None:
+        raise damage_error(self.path, [self.chunk_damage(n, c, "missing") for n, c in missing])
 
     def _local_root(self) -> str | None:
         store = self._g.store_path.store
@@ -137,13 +144,13 @@ class UnitReader(ChunkAccess):
         grid = self.chunk_grid(name)
         missing = self._missing_keys([(name, c) for c in grid]) if check_missing else []
         if missing:
-            raise damage_error(self.path, [self.chunk_damage(n, c, "missing") for n, c in missing])
+            self._raise_missing(missing)
         if self._local_root() is not None and arr.ndim >= 2 and check_missing:
             # per-view arrays and `done` (chunks of one block and one view) of a local store, chunk by chunk
             out = np.empty(arr.shape, dtype=arr.dtype)
             for c, raw in zip(grid, self._fetch([(name, c) for c in grid])):
                 if raw is None:  # deleted since the check above
-                    raise damage_error(self.path, [self.chunk_damage(name, c, "missing")])
+                    self._raise_missing([(name, c)])
                 b0, b1 = self.block_bounds(c[0])
                 out[b0:b1, c[1]] = self._decode_raw(arr, name, c, raw)
             return out
