@@ -5,7 +5,8 @@ local directory and into ``s3://BUCKET/c.zarr`` on a moto S3 server started on 1
 (the tests' server, ``tests/helpers/s3_server.py``: a child process, nothing outside the machine). Then, in
 alternating rounds (local, s3, local, s3, ...), opens the cache afresh and reads what ``train-student`` reads
 for one epoch (``read_epoch``: the epoch's view of every block, every replay and target array, one chunk per
-block and array) and reports the median seconds, MB/s of stored target bytes and the ratio.
+block and array) and reports the median seconds, MB/s of stored target bytes, the ratio, and the requests an
+epoch takes from S3 by operation (counted from s3fs's debug log: HEAD, GET, LIST, ...).
 
 Moto is a Python server on the same 2 cores, so the S3 figure is a floor on a real endpoint's overheads
 (per-request latency of a local HTTP round trip, no network bandwidth limit), not a figure for AWS.
@@ -16,6 +17,8 @@ Moto is a Python server on the same 2 cores, so the S3 figure is a floor on a re
 from __future__ import annotations
 
 import argparse
+import collections
+import logging
 import statistics
 import sys
 import tempfile
@@ -59,12 +62,35 @@ def write_cache(path: str, *, samples: int, views: int, classes: int, block: int
     return store
 
 
-def read_once(path: str, epoch: int, storage_options: dict | None) -> tuple[float, int]:
-    t = time.perf_counter()
-    store = CacheStore.open(path, storage_options=storage_options)
-    _, replay, teacher = read_epoch(store, epoch=epoch, seed=0)
-    seconds = time.perf_counter() - t
-    return seconds, int(sum(a.nbytes for a in teacher.values()))
+class _Calls(logging.Handler):
+    """Counts s3fs's requests by S3 operation (its debug log says ``CALL: <operation> - ...`` for each)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        if msg.startswith("CALL: "):
+            self.counts[msg[6:].split(" ", 1)[0]] += 1
+
+
+def read_once(path: str, epoch: int, storage_options: dict | None) -> tuple[float, int, dict[str, int]]:
+    """Open the cache afresh and read one epoch: seconds, decoded target bytes, and the S3 requests it took by
+    operation (none for a local cache)."""
+    log, calls = logging.getLogger("s3fs"), _Calls()
+    level = log.level
+    log.addHandler(calls)
+    log.setLevel(logging.DEBUG)
+    try:
+        t = time.perf_counter()
+        store = CacheStore.open(path, storage_options=storage_options)
+        _, replay, teacher = read_epoch(store, epoch=epoch, seed=0)
+        seconds = time.perf_counter() - t
+    finally:
+        log.removeHandler(calls)
+        log.setLevel(level)
+    return seconds, int(sum(a.nbytes for a in teacher.values())), dict(calls.counts)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -88,23 +114,28 @@ def main(argv: list[str] | None = None) -> dict:
             for path, opts in paths.values():
                 write_cache(path, storage_options=opts, **kw)
             times: dict[str, list[float]] = {m: [] for m in paths}
+            requests: dict[str, list[dict[str, int]]] = {m: [] for m in paths}
             nbytes = 0
             for r in range(args.rounds):
                 for mode, (path, opts) in paths.items():  # alternating: local, s3, local, s3, ...
-                    s, nbytes = read_once(path, r, opts)
+                    s, nbytes, calls = read_once(path, r, opts)
                     times[mode].append(s)
+                    requests[mode].append(calls)
     finally:
         server.stop()
     rows = []
     for mode, ts in times.items():
         med = statistics.median(ts)
-        rows.append({"storage": mode, "median_s": med, "rounds_s": ts, "target_mb_per_s": nbytes / med / 1e6})
+        rows.append({"storage": mode, "median_s": med, "rounds_s": ts, "target_mb_per_s": nbytes / med / 1e6,
+                     "requests_by_round": requests[mode],
+                     "median_requests": statistics.median(sum(c.values()) for c in requests[mode])})
     ratio = rows[1]["median_s"] / rows[0]["median_s"]
     print(f"epoch of targets: {args.samples} samples x 1 view (of {args.views}), {args.classes} classes, "
           f"{args.targets}, blocks of {args.block_size}: {nbytes / 1e6:.1f} MB decoded")
-    print(f"{'storage':8} {'median s':>9} {'MB/s':>8}")
+    print(f"{'storage':8} {'median s':>9} {'MB/s':>8} {'requests':>9}  by operation (first round)")
     for r in rows:
-        print(f"{r['storage']:8} {r['median_s']:9.3f} {r['target_mb_per_s']:8.1f}")
+        ops = ", ".join(f"{k} {v}" for k, v in sorted(r["requests_by_round"][0].items())) or "-"
+        print(f"{r['storage']:8} {r['median_s']:9.3f} {r['target_mb_per_s']:8.1f} {r['median_requests']:9.0f}  {ops}")
     print(f"s3 / local time: {ratio:.2f}x")
     out = {"rows": rows, "s3_over_local": ratio, "target_bytes": nbytes}
     if args.json:

@@ -24,3 +24,8 @@ def test_s3_read_bench_reads_an_epoch_from_both_stores(run_bench, tmp_path):
     assert all(len(r["rounds_s"]) == 2 and r["median_s"] > 0 for r in d["rows"])
     assert d["target_bytes"] == 64 * (5 * 2 + 1)  # per sample: 5 float16 logits and an int8 argmax
     assert "s3 / local time" in res.stdout
+    local, s3 = d["rows"]
+    assert local["requests_by_round"] == [{}, {}] and local["median_requests"] == 0
+    # every round reads 2 blocks' chunks, one GET each, and asks nothing about each chunk before reading it
+    assert all(c["get_object"] >= 2 and c.get("head_object", 0) <= 1 for c in s3["requests_by_round"]), s3
+    assert s3["median_requests"] == sum(s3["requests_by_round"][0].values())
