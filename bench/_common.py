@@ -90,6 +90,20 @@ def teacher_spec(args: argparse.Namespace):
     return TeacherSpec(name=args.teacher, weights=args.weights)
 
 
+COST_HEAD = f"{'run s':>7} {'N=1 s':>7} {'N=5 s':>7} {'N=20 s':>8}"  # a table's cost columns
+
+
+def accuracy_text(mean: float, std: float | None) -> str:
+    """``mean ± std`` over seeds, or the mean alone for one seed."""
+    return f"{mean:.2f}" + (f" ± {std:.2f}" if std is not None else "")
+
+
+def cost_text(run_s: float, costs: list[float | None]) -> str:
+    """A run's seconds and the cost of N = 1, 5, 20 runs under :data:`COST_HEAD` (``-`` where not known)."""
+    return " ".join([f"{run_s:>7.0f}", *(f"{'-' if c is None else format(c, ',.0f'):>{w}}"
+                                          for c, w in zip(costs, (7, 7, 8)))])
+
+
 def git_commit() -> str:
     """The checkout's commit (short), or "unknown" outside a git checkout."""
     try:

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from _common import SHARED, run, write_json
+from _common import COST_HEAD, SHARED, accuracy_text, cost_text, run, write_json
 
 from kdcache._report import read_metrics
 from kdcache.data import DataConfig
@@ -261,13 +261,12 @@ def table(results: dict[str, dict], dumps: dict[str, dict], args) -> list[dict[s
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    head = (f"{'row':<44} {'seeds':>5} {'top-1':>14} {'top-5':>7} {'teacher fwd':>11} {'run s':>7} "
-            f"{'N=1 s':>7} {'N=5 s':>7} {'N=20 s':>8}")
+    head = f"{'row':<44} {'seeds':>5} {'top-1':>14} {'top-5':>7} {'teacher fwd':>11} {COST_HEAD}"
     lines = [head, "-" * len(head)]
     for t in rows:
-        acc = f"{t['top1']:.2f}" + (f" ± {t['top1_std']:.2f}" if t["top1_std"] is not None else "")
-        lines.append(f"{t['row']:<44} {t['seeds']:>5} {acc:>14} {t['top5']:>7.2f} {t['teacher_forwards']:>11,} "
-                     f"{t['run_seconds']:>7.0f} {t['cost_1']:>7.0f} {t['cost_5']:>7.0f} {t['cost_20']:>8.0f}")
+        lines.append(f"{t['row']:<44} {t['seeds']:>5} {accuracy_text(t['top1'], t['top1_std']):>14} "
+                     f"{t['top5']:>7.2f} {t['teacher_forwards']:>11,} "
+                     + cost_text(t["run_seconds"], [t["cost_1"], t["cost_5"], t["cost_20"]]))
     return "\n".join(lines)
 
 

@@ -55,7 +55,7 @@ import sys
 import time
 
 import torch
-from _common import SHARED, git_commit, machine, run
+from _common import COST_HEAD, SHARED, accuracy_text, cost_text, git_commit, machine, run
 
 STUDENTS = ("keras_tokenlearner_vit", "keras_vit")
 DEFAULT_ALPHA, DEFAULT_TEMPERATURE = 0.7, 4.0  # the distilled rows' loss (bench/cifar10.py's)
@@ -398,15 +398,13 @@ def format_summary(rows_: list[dict]) -> str:
     def num(x, fmt: str = ",.0f") -> str:
         return "-" if x is None else format(x, fmt)
 
-    head = (f"{'student / targets':<44} {'seeds':>5} {'top-1':>14} {'gain':>6} {'fwd once':>9} {'fwd/run':>9} "
-            f"{'run s':>7} {'N=1 s':>7} {'N=5 s':>7} {'N=20 s':>8}")
+    head = f"{'student / targets':<44} {'seeds':>5} {'top-1':>14} {'gain':>6} {'fwd once':>9} {'fwd/run':>9} {COST_HEAD}"
     lines = [head, "-" * len(head)]
     for t in rows_:
-        acc = f"{t['top1_mean']:.2f}" + (f" ± {t['top1_std']:.2f}" if t["top1_std"] is not None else "")
-        lines.append(f"{t['student'] + ' / ' + t['targets']:<44} {len(t['seeds']):>5} {acc:>14} "
-                     f"{num(t['gain_over_scratch'], '+.2f'):>6} {num(t['teacher_forwards_once']):>9} "
-                     f"{num(t['teacher_forwards_per_run']):>9} {t['run_seconds']:>7.0f} {num(t['cost_1_seconds']):>7} "
-                     f"{num(t['cost_5_seconds']):>7} {num(t['cost_20_seconds']):>8}")
+        lines.append(f"{t['student'] + ' / ' + t['targets']:<44} {len(t['seeds']):>5} "
+                     f"{accuracy_text(t['top1_mean'], t['top1_std']):>14} {num(t['gain_over_scratch'], '+.2f'):>6} "
+                     f"{num(t['teacher_forwards_once']):>9} {num(t['teacher_forwards_per_run']):>9} "
+                     + cost_text(t["run_seconds"], [t[f"cost_{n}_seconds"] for n in (1, 5, 20)]))
     return "\n".join(lines)
 
 
