@@ -148,7 +148,8 @@ class UnitReader(ChunkAccess):
         if self._local_root() is not None and arr.ndim >= 2 and check_missing:
             # per-view arrays and `done` (chunks of one block and one view) of a local store, chunk by chunk
             out = np.empty(arr.shape, dtype=arr.dtype)
-            for c, raw in zip(grid, self._fetch([(name, c) for c in grid])):
+            for c in grid:
+                raw = self._fetch([(name, c)])[0]
                 if raw is None:  # deleted since the check above
                     self._raise_missing([(name, c)])
                 b0, b1 = self.block_bounds(c[0])
