@@ -29,6 +29,20 @@ class MetricsLogger:
     def tensorboard(self) -> bool:
         return self._tb is not None
 
+    def keep_before(self, epoch: int) -> None:
+        """Drop the rows of ``epoch`` and later: a run killed after writing an epoch's row but before its
+        checkpoint trains that epoch again on resume, and must not list it twice."""
+        if not self.enabled or not os.path.exists(self.path):
+            return
+        with open(self.path) as f:
+            lines = f.readlines()
+        kept = [line for line in lines if line.strip() and json.loads(line).get("epoch", -1) < epoch]
+        if len(kept) != len(lines):
+            tmp = self.path + ".tmp"
+            with open(tmp, "w") as f:
+                f.writelines(kept)
+            os.replace(tmp, self.path)
+
     def write(self, row: dict[str, Any], *, step: int) -> None:
         if not self.enabled:
             return

@@ -48,6 +48,13 @@ def shard_batches(n: int, *, epoch: int, seed: int, batch_size: int, ctx: DistCo
     return [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
 
 
+def seed_epoch(seed: int, epoch: int, rank: int) -> None:
+    """Seed torch's generator for one epoch (or pass) from (seed, epoch, rank): dropout, drop-path and any other
+    random op of the training step then draw the same whatever ran before, so a resumed run trains its epochs
+    exactly as an uninterrupted one (the checkpoint holds no generator state to restore)."""
+    torch.manual_seed(int(np.random.default_rng([int(seed), int(epoch), int(rank), 0x6470]).integers(2**63)))
+
+
 _OPTIMIZER_FIELDS = ("optimizer", "weight_decay", "momentum", "nesterov", "decay_rule", "sched")  # checked on resume
 
 
@@ -100,6 +107,7 @@ class Run:
         if cfg.resume:
             self._resume()
         self.metrics = MetricsLogger(cfg.out, enabled=ctx.is_main)
+        self.metrics.keep_before(self.start_epoch)  # rows of epochs after last.pt are trained again
 
     def fit(self, epoch_data: Callable[[int], tuple[DataLoader, TargetSource | None]],
             labels: np.ndarray, val: DataLoader | None, progress: bool, test: DataLoader | None = None) -> dict[str, Any]:
@@ -129,6 +137,7 @@ class Run:
                                   f"of `views_per_image` {m}; resume with the run's own setting")
         for epoch in range(self.start_epoch, cfg.epochs, m):
             t0 = time.perf_counter()
+            seed_epoch(cfg.seed, epoch, self.ctx.rank)
             loader, teacher = epoch_data(epoch)
             last = epoch + m - 1
             desc = f"epoch {epoch + 1}/{cfg.epochs}" if m == 1 else f"epochs {epoch + 1}-{last + 1}/{cfg.epochs}"

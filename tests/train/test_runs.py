@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from kdcache.data import DataConfig
@@ -36,13 +37,14 @@ def test_hard_distillation_of_a_deit_student_raises_teacher_agreement(tmp_path, 
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 3)
 
 
-def test_resume_after_interruption_reproduces_an_uninterrupted_run(tmp_path, tiny_h5, tiny_teacher, monkeypatch):
-    import pytest
-
+@pytest.mark.parametrize("model", ["cnn_tiny", "keras_tokenlearner_vit_test"])  # the second with dropout
+def test_resume_after_interruption_reproduces_an_uninterrupted_run(tmp_path, tiny_h5, tiny_teacher, monkeypatch,
+                                                                     model):
     from kdcache.train import _run as runner
 
     cache = _cache(tmp_path, tiny_h5, tiny_teacher)
-    base = dict(data=DataConfig(source=tiny_h5), model="cnn_tiny", cache=cache, batch_size=16, workers=0,
+    kwargs = {"img_size": 32} if model.startswith("keras") else {}  # the cache's views are 32 px
+    base = dict(data=DataConfig(source=tiny_h5), model=model, model_kwargs=kwargs, cache=cache, batch_size=16, workers=0,
                 val_split="test", epochs=3)
     train_student(TrainConfig(out=str(tmp_path / "full"), **base), progress=False, log=lambda _m: None)
 
@@ -67,6 +69,33 @@ def test_resume_after_interruption_reproduces_an_uninterrupted_run(tmp_path, tin
     assert extra["epoch"] == 2
     for (k, a), (_, b) in zip(full.state_dict().items(), cut.state_dict().items()):
         assert torch.equal(a, b), k
+
+
+def test_a_run_killed_between_an_epochs_metrics_and_its_checkpoint_lists_the_epoch_once(tmp_path, tiny_h5,
+                                                                                       tiny_teacher, monkeypatch):
+    """metrics.jsonl gets the epoch's row before last.pt is written: resumed from the older last.pt, the run
+    trains that epoch again and its row appears once, as in an uninterrupted run."""
+    from kdcache.train import _run as runner
+
+    cache = _cache(tmp_path, tiny_h5, tiny_teacher)
+    base = dict(data=DataConfig(source=tiny_h5), model="cnn_tiny", cache=cache, batch_size=16, workers=0,
+                val_split="test", epochs=3, out=str(tmp_path / "cut"))
+    real_save = runner.save_checkpoint
+
+    def killed_saving_epoch_1(path, model, **state):
+        if state["epoch"] == 1:
+            raise KeyboardInterrupt
+        real_save(path, model, **state)
+
+    monkeypatch.setattr(runner, "save_checkpoint", killed_saving_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        train_student(TrainConfig(**base), progress=False, log=lambda _m: None)
+    rows = [json.loads(x) for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1]  # epoch 1's row, but no checkpoint of it
+    monkeypatch.setattr(runner, "save_checkpoint", real_save)
+    train_student(TrainConfig(resume=True, **base), progress=False, log=lambda _m: None)
+    rows = [json.loads(x) for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
 
 
 def test_by_default_nothing_is_selected_on_test_and_best_pt_is_tested_once(tmp_path, tiny_h5, tiny_teacher):
