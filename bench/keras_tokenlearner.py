@@ -37,9 +37,12 @@ undoes that normalisation first (``input_mean``/``input_std``), so its layers se
 and as in the scratch rows.
 
 Every row's run directory lives under ``--workdir`` (by default ``~/.cache/kdcache-bench/keras_tokenlearner``,
-outside the checkout: a new session gets the machine back as it was but its work tree laid anew); rerunning the
-same command resumes an interrupted row from its last epoch (``--resume``) and skips finished ones, whose JSON
-sits in ``--results`` (one file per row, with the commit, machine and exact command; commit it at once).
+outside the checkout, which a new session lays anew); rerunning the same command resumes an interrupted row from
+its last epoch (``--resume``) and skips finished ones, whose JSON sits in ``--results`` (one file per row, with the
+commit, machine and exact command; commit it at once). A session may also get a new machine, with nothing of
+``--workdir`` left: ``--save-state`` copies every unfinished row's resume files (checkpoints, metrics, config) into
+``--state`` in the checkout, to commit before a session ends, and a row whose run directory holds fewer epochs than
+its saved state starts from that state.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ import math
 import os
 import re
 import shlex
+import shutil
 import sys
 import time
 
@@ -94,6 +98,12 @@ def _args(argv: list[str] | None = None) -> argparse.Namespace:
                          "anew, on the machine, which the next session gets back as it was")
     ap.add_argument("--results", default="bench/results/keras_tokenlearner",
                     help="one JSON file per finished row")
+    ap.add_argument("--state", default="bench/state/keras_tokenlearner",
+                    help="unfinished rows' resume files, in the checkout (to commit): a row starts from here when "
+                         "its run directory under --workdir holds fewer epochs (a new machine)")
+    ap.add_argument("--save-state", action="store_true",
+                    help="instead of rows: copy every unfinished row's resume files from --workdir into --state "
+                         "(and drop the state of finished rows), to commit before a session ends")
     ap.add_argument("--time-dump", action="store_true",
                     help="instead of rows: time one whole dump of the cached rows' cache (--views views of the "
                          "training part), from nothing and in one call, into a scratch store under --workdir that "
@@ -254,6 +264,7 @@ def run_row(row: str, args: argparse.Namespace) -> dict:
 
     student, kind, seed = row.split("/")
     out = os.path.join(args.workdir, row.replace("/", "__"))
+    restore_state(args, row)
     source = second_generation(args) if kind.endswith(f"jpeg2-q{args.jpeg_quality}") else args.data
     data = DataConfig(source=source, val_fraction=0.2, limit=args.limit)
     kwargs = parse_model_args(args.student_arg)
@@ -298,6 +309,74 @@ def fit_by_epoch(epochs: list[dict]) -> dict:
             "teacher_agreement_by_epoch": [e.get("train/teacher_agreement") for e in epochs]}
 
 
+STATE_FILES = ("last.pt", "best.pt", "metrics.jsonl", "config.json")  # what --resume reads (kdcache/train/_run.py)
+
+
+def _epochs_done(run_dir: str) -> int:
+    """How many epochs the ``last.pt`` of a run directory holds (0 where it has none)."""
+    path = os.path.join(run_dir, "last.pt")
+    return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"]) + 1 if os.path.exists(path) else 0
+
+
+def _copy_run_state(src: str, dest: str) -> int:
+    """Copy a run directory's resume files into a new ``dest``, consistent with each other: the same epoch end
+    (a copy that overlapped the run writing its checkpoints is taken again), ``metrics.jsonl`` cut to the epochs
+    of ``last.pt``. Returns the epochs copied."""
+    for _ in range(5):
+        shutil.rmtree(dest, ignore_errors=True)
+        os.makedirs(dest)
+        stats = [os.stat(os.path.join(src, f)) for f in STATE_FILES]
+        for f in STATE_FILES:
+            shutil.copy2(os.path.join(src, f), os.path.join(dest, f))
+        last = torch.load(os.path.join(dest, "last.pt"), map_location="cpu", weights_only=True)
+        best = torch.load(os.path.join(dest, "best.pt"), map_location="cpu", weights_only=True)
+        unchanged = stats == [os.stat(os.path.join(src, f)) for f in STATE_FILES]
+        if unchanged and best["epoch"] <= last["epoch"] and best["best_top1"] == last["best_top1"]:
+            epochs = int(last["epoch"]) + 1
+            with open(os.path.join(dest, "metrics.jsonl")) as f:
+                lines = [line for line in f if json.loads(line)["epoch"] < epochs]
+            with open(os.path.join(dest, "metrics.jsonl"), "w") as f:
+                f.writelines(lines)
+            return epochs
+        time.sleep(2.0)  # the run was writing its epoch's files
+    raise SystemExit(f"error: {src} kept changing while its state was copied; try again")
+
+
+def save_state(args: argparse.Namespace) -> list[str]:
+    """``--save-state``: every unfinished row's resume files from ``--workdir`` into ``--state`` (where they hold
+    more epochs than the state already saved); the state of rows finished since is removed."""
+    os.makedirs(args.state, exist_ok=True)
+    lines = []
+    for name in sorted(os.listdir(args.state)):
+        if os.path.exists(_result_path(args, name.replace("__", "/"))):
+            shutil.rmtree(os.path.join(args.state, name))
+            lines.append(f"{name}: finished, its state removed")
+    for name in sorted(os.listdir(args.workdir)) if os.path.isdir(args.workdir) else []:
+        src, dest = os.path.join(args.workdir, name), os.path.join(args.state, name)
+        if not os.path.exists(os.path.join(src, "last.pt")) or os.path.exists(_result_path(args, name.replace("__", "/"))):
+            continue
+        if _epochs_done(dest) >= _epochs_done(src):
+            lines.append(f"{name}: state already holds {_epochs_done(dest)} epochs")
+            continue
+        epochs = _copy_run_state(src, dest + ".tmp")
+        shutil.rmtree(dest, ignore_errors=True)
+        os.replace(dest + ".tmp", dest)
+        size = sum(os.path.getsize(os.path.join(dest, f)) for f in STATE_FILES)
+        lines.append(f"{name}: saved {epochs} epochs ({size / 2**20:.1f} MiB) to {dest}")
+    return lines
+
+
+def restore_state(args: argparse.Namespace, row: str) -> None:
+    """Start a row from its saved state where its run directory holds fewer epochs (a new machine)."""
+    name = row.replace("/", "__")
+    src, out = os.path.join(args.state, name), os.path.join(args.workdir, name)
+    if _epochs_done(src) > _epochs_done(out):
+        print(f"{row}: starting from the state saved in {src} ({_epochs_done(src)} epochs; the run directory held "
+              f"{_epochs_done(out)})", flush=True)
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.copytree(src, out)
+
+
 def _result_path(args: argparse.Namespace, row: str) -> str:
     return os.path.join(args.results, row.replace("/", "__") + ".json")
 
@@ -318,6 +397,9 @@ def main() -> None:
         with open(os.path.join(args.results, "table.json"), "w") as f:
             json.dump(rows_, f, indent=2)
         print(format_summary(rows_))
+        return
+    if args.save_state:
+        print("\n".join(save_state(args)) or "no unfinished row", flush=True)
         return
     if args.time_dump:
         path = os.path.join(args.results, f"dump_timing_{args.teacher}_V{args.views}.json")

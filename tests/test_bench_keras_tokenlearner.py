@@ -4,6 +4,7 @@ validation, constant lr, decay of every parameter, the Keras view), writes its J
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -17,7 +18,7 @@ def test_keras_tokenlearner_bench_at_toy_size(run_bench, tmp_path, tiny_h5, tiny
     cmd = [sys.executable, str(REPO / "bench" / "keras_tokenlearner.py"), "--data", tiny_h5, "--students",
            "keras_tokenlearner_vit_test", "--seeds", "0", "--epochs", "1", "--batch-size", "16", "--size", "16",
            "--crop-resize", "20", "--workers", "0", "--workdir", str(tmp_path / "w"), "--results",
-           str(tmp_path / "r"), "--rows", "scratch", "cached-soft", "cached-hard", "online-soft", "scratch-jpeg2",
+           str(tmp_path / "r"), "--state", str(tmp_path / "s"), "--rows", "scratch", "cached-soft", "cached-hard", "online-soft", "scratch-jpeg2",
            "--teacher", "cnn_tiny", "--teacher-weights", tiny_teacher, "--views", "2"]
     first = run_bench(cmd, cwd=REPO)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -75,6 +76,39 @@ def test_keras_tokenlearner_bench_at_toy_size(run_bench, tmp_path, tiny_h5, tiny
     assert cached["cost_20_seconds"] == timing["seconds"] + 20 * cached["run_seconds"]
     assert online["teacher_forwards_once"] == 0 and online["teacher_forwards_per_run"] == 1 * 39
     assert "cached-soft-V2" in shown.stdout and "78" in shown.stdout
+
+
+def test_an_unfinished_row_continues_on_a_new_machine_from_its_saved_state(run_bench, tmp_path, tiny_h5):
+    """--save-state copies an unfinished row's resume files into the checkout's --state; with its --workdir gone
+    (a new machine) the row starts from that state and ends exactly as a run never interrupted; once finished,
+    --save-state removes its state."""
+    def cmd(name: str, epochs: int) -> list[str]:
+        return [sys.executable, str(REPO / "bench" / "keras_tokenlearner.py"), "--data", tiny_h5, "--students",
+                "keras_tokenlearner_vit_test", "--seeds", "0", "--epochs", str(epochs), "--batch-size", "16",
+                "--size", "16", "--crop-resize", "20", "--workers", "0", "--workdir", str(tmp_path / f"w{name}"),
+                "--results", str(tmp_path / f"r{name}"), "--state", str(tmp_path / f"s{name}")]
+
+    row = "keras_tokenlearner_vit_test__scratch__s0"
+    whole = run_bench(cmd("a", 2), cwd=REPO)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    first = run_bench(cmd("b", 1), cwd=REPO)
+    assert first.returncode == 0, first.stderr[-3000:]
+    (tmp_path / "rb" / f"{row}.json").unlink()  # one epoch of two done: unfinished
+    saved = run_bench(cmd("b", 2) + ["--save-state"], cwd=REPO)
+    assert saved.returncode == 0 and f"{row}: saved 1 epochs" in saved.stdout, saved.stdout + saved.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "sb" / row).iterdir()) == sorted(
+        ["best.pt", "config.json", "last.pt", "metrics.jsonl"])
+    again = run_bench(cmd("b", 2) + ["--save-state"], cwd=REPO)
+    assert f"{row}: state already holds 1 epochs" in again.stdout, again.stdout
+    shutil.rmtree(tmp_path / "wb")  # a new machine
+    resumed = run_bench(cmd("b", 2), cwd=REPO)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "starting from the state saved in" in resumed.stdout and "resumed from" in resumed.stdout
+    a, b = (json.loads((tmp_path / f"r{n}" / f"{row}.json").read_text()) for n in "ab")
+    assert b["epochs"] == 2 and b["val_top1_by_epoch"] == a["val_top1_by_epoch"] and b["test"] == a["test"]
+    assert b["train_task_loss_by_epoch"] == a["train_task_loss_by_epoch"]
+    done = run_bench(cmd("b", 2) + ["--save-state"], cwd=REPO)
+    assert f"{row}: finished, its state removed" in done.stdout and not (tmp_path / "sb" / row).exists()
 
 
 def test_rows_with_another_loss_are_other_rows():
