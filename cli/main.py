@@ -2,25 +2,57 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
-from kdcache.cli.add_teacher import add_teacher_cmd
-from kdcache.cli.check import check_data_cmd
-from kdcache.cli.dump import dump_teacher_cmd
-from kdcache.cli.evaluate import evaluate_cmd
-from kdcache.cli.export import export_cmd
-from kdcache.cli.info import info_cmd
-from kdcache.cli.models import models_cmd
-from kdcache.cli.plot import plot_cmd
-from kdcache.cli.quickstart import quickstart_cmd
-from kdcache.cli.train import train_student_cmd, train_teacher_cmd
-from kdcache.cli.verify import verify_cmd
 
 from kdcache import __version__
 
+# name: (module under kdcache.cli, command object, the line `kdcache --help` lists). A command's module (and
+# torch, torchvision, zarr with it) is imported only when that command runs or shows its own help, so
+# `kdcache`, `kdcache --help`, `--version` and an unknown command answer at once.
+COMMANDS = {
+    "quickstart": ("quickstart", "quickstart_cmd", "Offline demo on scikit-learn's digits: teacher, cache, scratch vs "
+                   "distilled student."),
+    "dump-teacher": ("dump", "dump_teacher_cmd", "Run a teacher once over V augmented views of a dataset and cache "
+                     "its outputs."),
+    "add-teacher": ("add_teacher", "add_teacher_cmd", "Add a teacher's targets to a cache over the views it already "
+                    "recorded."),
+    "train-student": ("train", "train_student_cmd", "Train a student from a teacher cache, replaying each cached view "
+                      "exactly."),
+    "train-teacher": ("train", "train_teacher_cmd", "Train or fine-tune a teacher on labels (a checkpoint dump-teacher "
+                      "accepts)."),
+    "evaluate": ("evaluate", "evaluate_cmd", "Top-1 / top-5 of a checkpoint, or of any model with weights from any "
+                 "file."),
+    "info": ("info", "info_cmd", "Metadata, coverage, size on disk and bytes per view of a cache."),
+    "models": ("models", "models_cmd", "List every registered model; with --flops its parameters and GFLOPs."),
+    "verify": ("verify", "verify_cmd", "Check a cache against its teacher: replay sampled views, check its chunks."),
+    "export": ("export", "export_cmd", "Write a cache to one HDF5 file."),
+    "plot": ("plot", "plot_cmd", "Draw runs' curves into a PNG; print their final and best figures."),
+    "check-data": ("check", "check_data_cmd", "List every unreadable or suspicious image of a dataset before a long "
+                   "dump."),
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+
+class LazyGroup(click.Group):
+    """The ``kdcache`` group over :data:`COMMANDS`, importing a command's module when it is looked up."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context | None, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module, attr, _ = COMMANDS[name]
+        return getattr(importlib.import_module(f"kdcache.cli.{module}"), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, COMMANDS[name][2]) for name in self.list_commands(ctx)])
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="kdcache")
 def cli():
     """kdcache: run a vision teacher once over augmented views, cache its outputs, distil many students.
@@ -32,9 +64,10 @@ def cli():
     """
 
 
-for _cmd in (quickstart_cmd, dump_teacher_cmd, add_teacher_cmd, train_student_cmd, train_teacher_cmd, evaluate_cmd, info_cmd,
-             models_cmd, verify_cmd, export_cmd, plot_cmd, check_data_cmd):
-    cli.add_command(_cmd)
+def load_commands() -> None:
+    """Import every command's module (a process about to fork many commands pays the imports once)."""
+    for name in COMMANDS:
+        cli.get_command(None, name)
 
 
 def _drop_abandoned_s3_requests() -> None:

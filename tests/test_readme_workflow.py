@@ -41,7 +41,7 @@ def toy(argv: list[str]) -> list[str]:
     for i, a in enumerate(out[:-1]):
         if a in TOY:
             out[i + 1] = TOY[a]
-    params = {p.name for p in cli.commands[name].params}
+    params = {p.name for p in cli.get_command(None, name).params}
     if "limit" in params and ("--data" in out or name == "evaluate"):
         out += ["--limit", LIMIT]
     if "workers" in params:

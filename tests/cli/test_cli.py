@@ -45,10 +45,33 @@ def cache(tmp_path, tiny_h5, tiny_teacher) -> str:
 
 
 def test_help_of_every_command():
-    for cmd in ("", "quickstart", "dump-teacher", "train-student", "train-teacher", "evaluate", "info", "models",
-                "plot"):
+    from kdcache.cli.main import COMMANDS
+
+    for cmd in ("", *COMMANDS):
         res = run(*(cmd.split() + ["--help"]))
-        assert "Usage:" in res.output
+        assert "Usage:" in res.output and (not cmd or f" {cmd} [OPTIONS]" in res.output)
+        if cmd:
+            assert cli.get_command(None, cmd).name == cmd
+
+
+def test_the_command_list_and_usage_errors_answer_without_importing_torch():
+    """`kdcache`, `kdcache --help`, `--version` and an unknown command import no command module: no torch,
+    torchvision or zarr (seconds on a loaded machine); the list shows every command's line."""
+    import subprocess
+    import sys
+
+    from kdcache.cli.main import COMMANDS
+
+    probe = ("import sys\nfrom kdcache.cli.main import main\nsys.argv = ['kdcache'] + sys.argv[1:]\ntry:\n    main()\n"
+             "finally:\n    heavy = sorted(m for m in ('torch', 'torchvision', 'zarr', 'numpy') if m in sys.modules)\n"
+             "    print('heavy:', heavy, file=sys.stderr)")
+    for argv, code in ([], 2), (["--help"], 0), (["--version"], 0), (["dump-tacher"], 2):  # [] shows the help
+        res = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, timeout=120)
+        assert res.returncode == code and "heavy: []" in res.stderr, (argv, res.stdout, res.stderr)
+        if argv in ([], ["--help"]):
+            assert all(name in res.stdout + res.stderr for name in COMMANDS)
+        if argv == ["dump-tacher"]:
+            assert "No such command 'dump-tacher'" in res.stderr and "Traceback" not in res.stderr
 
 
 def test_dump_info_train_evaluate(tmp_path, tiny_h5, cache):

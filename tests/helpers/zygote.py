@@ -90,9 +90,11 @@ class ForkedProcess:
 # ---------------------------------------------------------------------- the server
 def _serve() -> tuple[list[str], str, dict[str, str], str, str] | None:
     """Answer requests until stdin closes (returns None) or, in a forked child, return what it must run."""
-    import kdcache.cli.main  # noqa: F401
+    import kdcache.cli.main
     import torch  # noqa: F401  - the imports every child would otherwise pay
     import torchvision  # noqa: F401
+
+    kdcache.cli.main.load_commands()
 
     done: dict[int, int] = {}
     print("ready", flush=True)
