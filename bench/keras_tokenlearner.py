@@ -321,7 +321,7 @@ def _epochs_done(run_dir: str) -> int:
 def _copy_run_state(src: str, dest: str) -> int:
     """Copy a run directory's resume files into a new ``dest``, consistent with each other: the same epoch end
     (a copy that overlapped the run writing its checkpoints is taken again), ``metrics.jsonl`` cut to the epochs
-    of ``last.pt``. Returns the epochs copied."""
+    of ``last.pt``, ``best.pt`` without its optimiser state. Returns the epochs copied."""
     for _ in range(5):
         shutil.rmtree(dest, ignore_errors=True)
         os.makedirs(dest)
@@ -333,6 +333,9 @@ def _copy_run_state(src: str, dest: str) -> int:
         unchanged = stats == [os.stat(os.path.join(src, f)) for f in STATE_FILES]
         if unchanged and best["epoch"] <= last["epoch"] and best["best_top1"] == last["best_top1"]:
             epochs = int(last["epoch"]) + 1
+            # best.pt is only tested at the end (resume reads last.pt): its optimiser state is dead weight
+            slim = {k: v for k, v in best.items() if k not in ("optimizer", "scheduler", "scaler")}
+            torch.save(slim, os.path.join(dest, "best.pt"))
             with open(os.path.join(dest, "metrics.jsonl")) as f:
                 lines = [line for line in f if json.loads(line)["epoch"] < epochs]
             with open(os.path.join(dest, "metrics.jsonl"), "w") as f:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -98,6 +99,8 @@ def test_an_unfinished_row_continues_on_a_new_machine_from_its_saved_state(run_b
     assert saved.returncode == 0 and f"{row}: saved 1 epochs" in saved.stdout, saved.stdout + saved.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "sb" / row).iterdir()) == sorted(
         ["best.pt", "config.json", "last.pt", "metrics.jsonl"])
+    best = torch.load(tmp_path / "sb" / row / "best.pt", weights_only=True)  # model only: tested at the end
+    assert "optimizer" not in best and "optimizer" in torch.load(tmp_path / "sb" / row / "last.pt", weights_only=True)
     again = run_bench(cmd("b", 2) + ["--save-state"], cwd=REPO)
     assert f"{row}: state already holds 1 epochs" in again.stdout, again.stdout
     shutil.rmtree(tmp_path / "wb")  # a new machine
