@@ -22,6 +22,7 @@ import zarr
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
+from kdcache.cache._remote import is_url
 from kdcache.errors import CacheMetadataError, KdcacheError
 
 __all__ = ["META", "metadata_location", "metadata_problem", "metadata_error", "metadata_attr",
@@ -33,13 +34,9 @@ METADATA_HINT = ("rerun the dump-teacher command that made this cache to rewrite
 _PROTOTYPE = default_buffer_prototype()
 
 
-def _is_url(path: str) -> bool:
-    return "://" in str(path)
-
-
 def metadata_location(path: str, name: str = "") -> str:
     """The path (or URL) of the ``zarr.json`` of node ``name`` ("" for the group)."""
-    if _is_url(path):
+    if is_url(path):
         return "/".join(p for p in (str(path).rstrip("/"), name, META) if p)
     return os.path.join(str(path), name, META) if name else os.path.join(str(path), META)
 
@@ -52,7 +49,7 @@ def _fs(path: str, storage_options: Mapping[str, Any] | None):
 
 def _read(path: str, name: str, storage_options: Mapping[str, Any] | None) -> bytes | None:
     loc = metadata_location(path, name)
-    if not _is_url(path):
+    if not is_url(path):
         try:
             with open(loc, "rb") as f:
                 return f.read()
@@ -103,7 +100,7 @@ def child_nodes(path: str, storage_options: Mapping[str, Any] | None = None) -> 
     """Names of the folders directly under ``path`` that look like Zarr arrays (a ``zarr.json`` or a ``c``
     chunk folder): what is there even when the group's own metadata is lost."""
     try:
-        if not _is_url(path):
+        if not is_url(path):
             names = [n for n in sorted(os.listdir(path)) if os.path.isdir(os.path.join(path, n))]
             return [n for n in names if os.path.exists(os.path.join(path, n, META))
                     or os.path.isdir(os.path.join(path, n, "c"))]
@@ -115,7 +112,7 @@ def child_nodes(path: str, storage_options: Mapping[str, Any] | None = None) -> 
 
 
 def _target_store(path: str, storage_options: Mapping[str, Any] | None):
-    if _is_url(path):
+    if is_url(path):
         return zarr.storage.FsspecStore.from_url(str(path), storage_options=dict(storage_options or {}),
                                                  read_only=False)
     return zarr.storage.LocalStore(str(path), read_only=False)
