@@ -318,6 +318,11 @@ def _epochs_done(run_dir: str) -> int:
     return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"]) + 1 if os.path.exists(path) else 0
 
 
+def _written(run_dir: str) -> list[tuple[int, int, int]]:
+    """When and what the run last wrote to its resume files (a checkpoint is replaced by a rename: new inode)."""
+    return [(st.st_ino, st.st_size, st.st_mtime_ns) for st in (os.stat(os.path.join(run_dir, f)) for f in STATE_FILES)]
+
+
 def _copy_run_state(src: str, dest: str) -> int:
     """Copy a run directory's resume files into a new ``dest``, consistent with each other: the same epoch end
     (a copy that overlapped the run writing its checkpoints is taken again), ``metrics.jsonl`` cut to the epochs
@@ -325,12 +330,12 @@ def _copy_run_state(src: str, dest: str) -> int:
     for _ in range(5):
         shutil.rmtree(dest, ignore_errors=True)
         os.makedirs(dest)
-        stats = [os.stat(os.path.join(src, f)) for f in STATE_FILES]
+        stats = _written(src)
         for f in STATE_FILES:
             shutil.copy2(os.path.join(src, f), os.path.join(dest, f))
         last = torch.load(os.path.join(dest, "last.pt"), map_location="cpu", weights_only=True)
         best = torch.load(os.path.join(dest, "best.pt"), map_location="cpu", weights_only=True)
-        unchanged = stats == [os.stat(os.path.join(src, f)) for f in STATE_FILES]
+        unchanged = stats == _written(src)
         if unchanged and best["epoch"] <= last["epoch"] and best["best_top1"] == last["best_top1"]:
             epochs = int(last["epoch"]) + 1
             # best.pt is only tested at the end (resume reads last.pt): its optimiser state is dead weight

@@ -114,6 +114,33 @@ def test_an_unfinished_row_continues_on_a_new_machine_from_its_saved_state(run_b
     assert f"{row}: finished, its state removed" in done.stdout and not (tmp_path / "sb" / row).exists()
 
 
+def test_a_state_copy_that_overlaps_a_checkpoint_write_is_taken_again(run_bench, tmp_path, tiny_h5, monkeypatch):
+    """The run replaces last.pt while its state is copied: the copy is thrown away and taken again."""
+    cmd = [sys.executable, str(REPO / "bench" / "keras_tokenlearner.py"), "--data", tiny_h5, "--students",
+           "keras_tokenlearner_vit_test", "--seeds", "0", "--epochs", "1", "--batch-size", "16", "--size", "16",
+           "--crop-resize", "20", "--workers", "0", "--workdir", str(tmp_path / "w"), "--results", str(tmp_path / "r")]
+    assert run_bench(cmd, cwd=REPO).returncode == 0
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import keras_tokenlearner as bench
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    src = tmp_path / "w" / "keras_tokenlearner_vit_test__scratch__s0"
+    copies, real_copy = [], shutil.copy2
+
+    def copy_while_the_run_writes(a, b):
+        copies.append(Path(a).name)
+        real_copy(a, b)
+        if len(copies) == 2:  # the run replaces last.pt (same content: a new file by rename, as save_checkpoint)
+            real_copy(src / "last.pt", src / "last.pt.tmp")
+            (src / "last.pt.tmp").replace(src / "last.pt")
+
+    monkeypatch.setattr(bench.shutil, "copy2", copy_while_the_run_writes)
+    monkeypatch.setattr(bench.time, "sleep", lambda s: None)
+    assert bench._copy_run_state(str(src), str(tmp_path / "copy")) == 1
+    assert len(copies) == 2 * len(bench.STATE_FILES)  # taken twice
+
+
 def test_rows_with_another_loss_are_other_rows():
     """A distilled row run with another alpha or temperature gets its own id (its own JSON and run directory),
     so it can never be skipped as, or overwrite, the protocol's row; scratch rows have no loss to vary."""
