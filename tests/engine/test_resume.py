@@ -37,6 +37,7 @@ from engine_support import (
     group_attrs,
     kdcache_cmd,
     logs,
+    paused_writer_cmd,
     read_all_arrays,
     run,
     start,
@@ -123,8 +124,11 @@ def test_random_init_teacher_dump_resumes_after_sigkill(world, tmp_path):
     world.dump(reference, teacher=TeacherSpec(name="cnn_tiny", random_init=True, init_seed=7))
     out = tmp_path / "c.zarr"
     cmd = kdcache_cmd(world.dump_args(out, teacher=teacher))
-    proc = start(cmd, tmp_path, "kill")
-    wait_for(lambda: done_chunk_count(out) >= world.num_units // 3, proc, what="a third of the units")
+    # held after its first unit (a loaded machine can finish the 32 units between two polls), then killed
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    proc = start(paused_writer_cmd(markers, world.dump_args(out, teacher=teacher)), tmp_path, "kill")
+    wait_for(lambda: (markers / "wrote-one").exists(), proc, what="the first unit")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, logs(proc)
