@@ -19,7 +19,6 @@ from kdcache.cli.options import (
 
 from kdcache._utils import human_bytes
 from kdcache.data import DataConfig
-from kdcache.engine import AddTeacherConfig, add_teacher
 
 
 @click.command("add-teacher", cls=SectionedCommand)
@@ -53,6 +52,8 @@ def add_teacher_cmd(cache, name, teacher, teacher_weights, teacher_args, random_
           --targets none --embed pooled --embed-dtype int8
       kdcache train-student --cache c.zarr --teachers main,r20 --student resnet8 --out runs/ens
     """
+    from kdcache.engine import AddTeacherConfig, add_teacher
+
     cfg = AddTeacherConfig(
         cache=cache, name=name, teacher=teacher_spec(teacher, teacher_weights, teacher_args, random_init, init_seed),
         targets=targets_of(targets, embed, embed_dtype),

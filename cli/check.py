@@ -13,7 +13,6 @@ from kdcache.cli.options import (
 )
 
 from kdcache.data import DataConfig
-from kdcache.data._check import check_data
 
 
 @click.command("check-data", cls=SectionedCommand)
@@ -35,6 +34,8 @@ def check_data_cmd(data, split, limit, subset_seed, val_fraction, decode, worker
     Example:
       kdcache check-data --data folder:photos --decode
     """
+    from kdcache.data._check import check_data
+
     ds = DataConfig(source=data, split=split, limit=limit, subset_seed=subset_seed, val_fraction=val_fraction).open()
     r = check_data(ds, decode=decode, workers=workers, progress=progress)
     if as_json:

@@ -22,7 +22,6 @@ from kdcache.cli.options import (
 
 from kdcache._utils import human_bytes
 from kdcache.data import DataConfig
-from kdcache.engine import DumpConfig, dump_teacher
 
 
 @click.command("dump-teacher", cls=SectionedCommand)
@@ -69,6 +68,8 @@ def dump_teacher_cmd(data, split, limit, subset_seed, val_fraction, teacher, tea
       # logits and pooled embeddings (int8) of every view
       kdcache dump-teacher ... --embed pooled --embed-dtype int8
     """
+    from kdcache.engine import DumpConfig, dump_teacher
+
     targets = targets_of(targets, embed, embed_dtype)
     cfg = DumpConfig(
         data=DataConfig(source=data, split=split, limit=limit, subset_seed=subset_seed, val_fraction=val_fraction),

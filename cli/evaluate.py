@@ -17,8 +17,6 @@ from kdcache.cli.options import (
 
 from kdcache._utils import parse_model_args
 from kdcache.data import DataConfig
-from kdcache.engine import TeacherSpec
-from kdcache.train import evaluate_checkpoint, evaluate_model
 
 
 @click.command("evaluate", cls=SectionedCommand)
@@ -60,6 +58,9 @@ def evaluate_cmd(checkpoint, model_name, weights, model_args, random_init, data,
       kdcache evaluate runs/deit/best.pt
       kdcache evaluate --model cifar_resnet56 --weights resnet56-4bfd9763.th --data hdf5:cifar10.h5
     """
+    from kdcache._teacher_spec import TeacherSpec
+    from kdcache.train import evaluate_checkpoint, evaluate_model
+
     view = view_overrides(view_kw)
     model_opts = [o for o, v in (("--weights", weights), ("--model-arg", model_args), ("--random-init", random_init))
                   if v] + ["--" + k.replace("_", "-") for k in view]

@@ -6,7 +6,7 @@ import click
 from kdcache.cli.options import config_option, echo_json, library_errors, progress_option, storage_option
 
 from kdcache._utils import human_bytes
-from kdcache.cache._export import COMPRESSIONS, export_hdf5
+from kdcache.cache._hdf5_options import COMPRESSIONS
 
 
 @click.command("export")
@@ -29,6 +29,8 @@ def export_cmd(cache, out, overwrite, compression, storage_options, progress, as
     Example:
       kdcache export cifar-r56.zarr cifar-r56.h5
     """
+    from kdcache.cache._export import export_hdf5
+
     s = export_hdf5(cache, out, storage_options=storage_options, overwrite=overwrite,
                     compression=compression, progress=progress)
     if as_json:

@@ -6,7 +6,6 @@ import click
 from kdcache.cli.options import config_option, echo_json, library_errors, storage_option
 
 from kdcache._utils import human_bytes
-from kdcache.cache._info import cache_info
 
 
 @click.command("info")
@@ -17,6 +16,8 @@ from kdcache.cache._info import cache_info
 @library_errors
 def info_cmd(cache, as_json, storage_options):
     """Metadata, coverage (done fraction), size on disk and bytes per view of a cache."""
+    from kdcache.cache._info import cache_info
+
     i = cache_info(cache, storage_options=storage_options)
     if as_json:
         echo_json(i)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import click
 from kdcache.cli.options import config_option, echo_json, library_errors
 
-from kdcache.models._summary import format_table, model_table
-
 
 @click.command("models")
 @config_option
@@ -27,6 +25,7 @@ def models_cmd(flops, input_size, num_classes, tag, as_json):
     is accepted.
     """
     from kdcache.models import list_models
+    from kdcache.models._summary import format_table, model_table
 
     if input_size is not None and not flops:
         raise click.UsageError("--input-size needs --flops")

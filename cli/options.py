@@ -22,11 +22,9 @@ from typing import Any
 import click
 
 from kdcache._progress import hugging_face_bars_off, stderr_is_terminal
-from kdcache._runtime import unwrap_worker_error
-from kdcache._teacher import TeacherSpec
 from kdcache._utils import parse_model_args, parse_storage_options
-from kdcache.augment import ViewSpec
 from kdcache.augment._presets import PRESETS
+from kdcache.augment._spec import ViewSpec
 from kdcache.errors import KdcacheError
 
 __all__ = ["config_option", "data_options", "runtime_options", "view_options", "eval_view_options", "view_overrides",
@@ -340,6 +338,8 @@ teacher_options = (
 
 def teacher_spec(teacher, teacher_weights, teacher_args, random_init, init_seed):
     """The :class:`~kdcache.engine.TeacherSpec` of the :data:`teacher_options` given."""
+    from kdcache._teacher import TeacherSpec
+
     return TeacherSpec(name=teacher, weights=teacher_weights, kwargs=parse_model_args(teacher_args),
                        random_init=random_init, init_seed=init_seed)
 
@@ -395,6 +395,8 @@ def library_errors(f: Callable) -> Callable:
         try:
             return f(*args, **kwargs)
         except KdcacheError as e:  # a DataLoader worker's error reads as the main process's one line
+            from kdcache._runtime import unwrap_worker_error
+
             raise click.ClickException(_flag_names(str(unwrap_worker_error(e)), click.get_current_context())) from e
         except KeyboardInterrupt:
             raise click.ClickException(_interrupted()) from None

@@ -8,8 +8,6 @@ import os
 import click
 from kdcache.cli.options import config_option, library_errors, progress_option
 
-from kdcache._quickstart import QuickstartConfig, format_table, run_quickstart
-
 
 @click.command("quickstart")
 @config_option
@@ -30,6 +28,8 @@ def quickstart_cmd(out, teacher_epochs, student_epochs, views, limit, workers, d
     Trains a small CNN teacher, dumps it over several augmented views, trains a smaller student
     from labels only and the same student from the cache, and prints their test accuracy.
     """
+    from kdcache._quickstart import QuickstartConfig, format_table, run_quickstart
+
     cfg = QuickstartConfig(out=out, teacher_epochs=teacher_epochs, student_epochs=student_epochs, views=views,
                            limit=limit, workers=workers, device=device)
     result = run_quickstart(cfg, progress=progress, log=click.echo)

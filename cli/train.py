@@ -16,10 +16,14 @@ from kdcache.cli.options import (
     view_overrides,
 )
 
+from kdcache._config import PRECISIONS
+from kdcache._teacher_spec import TeacherSpec
 from kdcache._utils import parse_model_args
 from kdcache.data import DataConfig
-from kdcache.engine import TeacherSpec
-from kdcache.train import LossConfig, TrainConfig, train_student, train_teacher
+from kdcache.train._lossconfig import DISTILL, FEATURE_LOSSES, TOPK_FILL, LossConfig
+from kdcache.train._trainconfig import DECAY_RULES, SCHEDULES, TrainConfig
+
+# The library (and torch with it) is imported when a command runs: --help and usage errors answer at once.
 
 optim_options = section(
     "Training",
@@ -56,9 +60,9 @@ recipe_options = section(
     "Recipe",
     click.option("--optimizer", default=TrainConfig.optimizer, show_default=True,
                  help="adamw | sgd, or any timm optimizer (lamb, lars, adan, ...) when timm is installed."),
-    click.option("--sched", type=click.Choice(["cosine", "constant"]), default=TrainConfig.sched, show_default=True,
+    click.option("--sched", type=click.Choice(SCHEDULES), default=TrainConfig.sched, show_default=True,
                  help="Learning rate after the warm-up: cosine decay to --min-lr, or constant at --lr."),
-    click.option("--decay-rule", type=click.Choice(["timm", "all"]), default=TrainConfig.decay_rule,
+    click.option("--decay-rule", type=click.Choice(DECAY_RULES), default=TrainConfig.decay_rule,
                  show_default=True,
                  help="timm: no weight decay on norms, biases, ViT tokens and position embeddings; all: decay "
                       "every parameter (Keras's and TF-Addons' AdamW)."),
@@ -77,7 +81,7 @@ recipe_options = section(
     click.option("--ema-select", is_flag=True,
                  help="The EMA is the checkpoints' model: best.pt is chosen by its val top-1; evaluate, "
                       "dump-teacher and the Python API load it."),
-    click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+    click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
                  help="Autocast precision on any device; fp16 uses a grad scaler."),
     click.option("--channels-last", is_flag=True, help="Model and inputs in channels-last memory format."),
     click.option("--compile", "compile_", is_flag=True,
@@ -170,7 +174,7 @@ def _report(result: dict) -> None:
 @click.option("--student", required=True, help="Student model name (see 'kdcache models').")
 @click.option("--student-arg", "model_args", multiple=True,
               help="KEY=VALUE for the student's constructor (repeatable), e.g. small_input=true, drop_path_rate=0.1.")
-@click.option("--distill", type=click.Choice(["soft", "hard", "none"]), default="soft", show_default=True,
+@click.option("--distill", type=click.Choice(DISTILL), default="soft", show_default=True,
               help="soft: KL at temperature T (×T²); hard: CE on the teacher's argmax (DeiT); none: no logit "
                    "distillation (labels, and --feature-weight).")
 @click.option("--no-distill", is_flag=True, help="Train the same student from labels only (the baseline).")
@@ -188,11 +192,11 @@ def _report(result: dict) -> None:
               help="Feature distillation (timm's 'feature' task): weight of a loss between the student's pooled "
                    "embedding, through a learned linear projection, and the teacher's cached one (a cache dumped "
                    "with --embed pooled). The projection is not part of the exported student.")
-@click.option("--feature-loss", type=click.Choice(["cosine", "smooth_l1", "mse"]), default="cosine",
+@click.option("--feature-loss", type=click.Choice(FEATURE_LOSSES), default="cosine",
               show_default=True, help="cosine: 1 - cosine similarity; smooth_l1; mse.")
 @click.option("--task-weight", type=click.FloatRange(min=0), default=None,
               help="Weight of the label loss [1 - alpha while distilling logits, else 1]; 0 trains without labels.")
-@click.option("--topk-fill", type=click.Choice(["spread", "renorm"]), default="spread", show_default=True,
+@click.option("--topk-fill", type=click.Choice(TOPK_FILL), default="spread", show_default=True,
               help="How a top-k cache's missing classes are rebuilt (docs/cache-format.md).")
 @view_options
 @optim_options
@@ -244,6 +248,8 @@ def train_student_cmd(cache, storage_options, teacher, online_cache_teachers, te
                       online_cache_teachers=online_cache_teachers, loss=loss, view=view, storage_options=storage_options,
                       views_per_image=views_per_image, repeated_views=repeated_views,
                       target_memory_mb=target_memory_mb, **common)
+    from kdcache.train import train_student
+
     _report(train_student(cfg, progress=progress, log=click.echo))
 
 
@@ -269,6 +275,8 @@ def train_teacher_cmd(teacher, model_args, init_weights, progress, **kw):
     common, ls = _common(**kw)
     cfg = TrainConfig(model=teacher, model_kwargs=parse_model_args(model_args), init_weights=init_weights, view=view,
                       loss=LossConfig(distill="none", label_smoothing=ls), **common)
+    from kdcache.train import train_teacher
+
     _report(train_teacher(cfg, progress=progress, log=click.echo))
 
 

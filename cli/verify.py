@@ -13,7 +13,6 @@ from kdcache.cli.options import (
 )
 
 from kdcache._utils import parse_model_args
-from kdcache.engine._verify import verify_cache, verify_integrity
 
 
 @click.command("verify")
@@ -61,6 +60,8 @@ def verify_cmd(cache, teacher, teacher_weights, teacher_args, random_init, init_
     The teacher and the data are the ones recorded in the cache (its weights file where the dump found it);
     --teacher, --teacher-weights, --teacher-arg and --data, --split, --limit, --subset-seed override them.
     """
+    from kdcache.engine._verify import verify_cache, verify_integrity
+
     if integrity_only:
         r = verify_integrity(cache, storage_options=storage_options)
         if as_json:

@@ -22,7 +22,10 @@ from typing import Any, ClassVar, Union
 
 from kdcache.errors import ConfigError
 
-__all__ = ["ConfigBase"]
+__all__ = ["ConfigBase", "PRECISIONS"]
+
+# The numeric precisions of a run or a dump (kdcache._runtime applies them); here, torch-free, for configs.
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 class ConfigBase:

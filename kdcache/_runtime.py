@@ -13,9 +13,10 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from kdcache._config import PRECISIONS
 from kdcache.errors import ConfigError
 
-__all__ = ["PRECISIONS", "select_device", "resolve_precision", "autocast", "DistContext", "unwrap_worker_error"]
+__all__ = ["select_device", "resolve_precision", "autocast", "DistContext", "unwrap_worker_error"]
 
 
 def unwrap_worker_error(e: BaseException) -> BaseException:
@@ -54,8 +55,6 @@ def select_device(name: str = "auto", *, local_rank: int = 0) -> torch.device:
         raise ConfigError(f"unknown device {name!r}: expected auto, cpu, cuda or cuda:N")
     return torch.device("cpu")
 
-
-PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 def resolve_precision(device: torch.device, precision: str = "fp32", amp: bool = False) -> str:

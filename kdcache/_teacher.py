@@ -18,9 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdcache._config import ConfigBase
-from kdcache._utils import check_model_kwargs
-from kdcache.errors import ConfigError, ModelError
+from kdcache._teacher_spec import TeacherSpec, truthy
+from kdcache.errors import ModelError
 from kdcache.models import ModelCfg, create_model, model_cfg
 from kdcache.models._checkpoint import is_kdcache_checkpoint, load_checkpoint, load_weights
 
@@ -38,40 +37,14 @@ def state_dict_sha256(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-@dataclass(frozen=True)
-class TeacherSpec(ConfigBase):
-    """Which teacher: a registered/torchvision/timm/hf/python name and/or a weights file or directory."""
-
-    name: str | None = None
-    weights: str | None = None
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    random_init: bool = False    # no weights on purpose: a seeded initialisation (tests, benchmarks)
-    init_seed: int = 0           # the seed of that initialisation
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_model_kwargs(self.kwargs, "teacher_args")
-        if self.random_init and self.weights:
-            raise ConfigError("`random_init` and `teacher_weights` exclude each other: a teacher either loads "
-                              "weights or is initialised at random")
-        if self.random_init and _truthy(self.kwargs.get("pretrained")):
-            raise ConfigError("`random_init` and pretrained=true exclude each other")
-        if not self.random_init and self.init_seed != 0:
-            raise ConfigError("`init_seed` only applies with `random_init`")
-
-
 # Input settings a teacher checkpoint's recorded training views hand to the dump as defaults.
 VIEW_INPUT_KEYS = ("size", "mean", "std", "interpolation", "crop_pct")
-
-
-def _truthy(v: Any) -> bool:
-    return v is True or (isinstance(v, str) and v.lower() in ("1", "true", "yes"))
 
 
 def _loads_own_weights(spec: TeacherSpec) -> bool:
     """Constructors that bring real weights without a weights file."""
     name = spec.name or ""
-    return _truthy((spec.kwargs or {}).get("pretrained")) or name.startswith(("python:", "hf:"))
+    return truthy((spec.kwargs or {}).get("pretrained")) or name.startswith(("python:", "hf:"))
 
 
 @dataclass

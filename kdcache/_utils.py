@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import numbers
 import os
 import tempfile
 from collections.abc import Iterable, Mapping
@@ -11,7 +12,7 @@ from typing import Any
 
 from kdcache.errors import ConfigError, KdcacheError
 
-__all__ = ["check_model_kwargs", "human_bytes", "new_file_mode", "optional_import", "parse_key_values",
+__all__ = ["check_model_kwargs", "check_subset_args", "human_bytes", "new_file_mode", "optional_import", "parse_key_values",
            "parse_model_args", "parse_storage_options", "recordable_config", "redact_secrets", "temp_file"]
 
 
@@ -96,6 +97,14 @@ def parse_model_args(items: Iterable[str]) -> dict[str, object]:
 
 # Constructor arguments a run sets from its data: given by hand they would clash with the run's own value.
 DATA_SET_KWARGS = ("num_classes",)
+
+
+def check_subset_args(limit: Any, subset_seed: Any, error: type[Exception]) -> None:
+    """A data subset's `limit` (a positive integer or None) and `subset_seed` (an integer), or ``error``."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, numbers.Integral) or limit <= 0):
+        raise error(f"limit must be a positive integer or None (all samples), got {limit!r}")
+    if isinstance(subset_seed, bool) or not isinstance(subset_seed, numbers.Integral):
+        raise error(f"subset_seed must be an integer, got {subset_seed!r}")
 
 
 def check_model_kwargs(kwargs: Mapping[str, Any], option: str) -> None:

@@ -1,9 +1,21 @@
 """The teacher cache (the only package that imports zarr). Format: docs/cache-format.md."""
 
-from kdcache.cache._identity import CacheIdentity, canonical_json, dataset_identity, sha256_json
-from kdcache.cache._layout import UnitLayout
-from kdcache.cache._store import DEFAULT_BLOCK_SIZE, FORMAT_VERSION, CacheStore, is_url
-from kdcache.cache._targets import TargetMode, smallest_int_dtype
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kdcache.cache._identity import CacheIdentity, canonical_json, dataset_identity, sha256_json
+    from kdcache.cache._layout import UnitLayout
+    from kdcache.cache._store import DEFAULT_BLOCK_SIZE, FORMAT_VERSION, CacheStore, is_url
+    from kdcache.cache._targets import TargetMode, smallest_int_dtype
+
+# name -> the module that defines it, imported on first access (the CLI's options import no zarr)
+_LAZY = {"CacheIdentity": "_identity", "canonical_json": "_identity", "dataset_identity": "_identity",
+         "sha256_json": "_identity", "UnitLayout": "_layout", "DEFAULT_BLOCK_SIZE": "_store",
+         "FORMAT_VERSION": "_store", "CacheStore": "_store", "is_url": "_store", "TargetMode": "_targets",
+         "smallest_int_dtype": "_targets"}
 
 __all__ = [
     "CacheIdentity",
@@ -18,3 +30,15 @@ __all__ = [
     "sha256_json",
     "smallest_int_dtype",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

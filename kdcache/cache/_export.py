@@ -31,15 +31,15 @@ import zarr
 from tqdm import tqdm
 
 from kdcache._utils import temp_file
+from kdcache.cache._hdf5_options import COMPRESSIONS
 from kdcache.cache._integrity import damage_error, scan_cache
 from kdcache.cache._store import CacheStore
 from kdcache.cache._teachers import TEACHERS, open_teacher, teacher_names
 from kdcache.errors import CacheError, ConfigError
 
-__all__ = ["export_hdf5", "read_hdf5_attrs", "ATTRS_ENCODING", "COMPRESSIONS"]
+__all__ = ["export_hdf5", "read_hdf5_attrs", "ATTRS_ENCODING"]
 
 ATTRS_ENCODING = "json"
-COMPRESSIONS = ("gzip", "lzf")
 _JSON_ATTRS = "kdcache_json_attrs"
 _ENCODING_ATTR = "kdcache_attrs_encoding"
 _READ_BUDGET = 64 << 20  # bytes per block read: a few dozen chunks of a typical (1024, 1, 1000) fp16 array

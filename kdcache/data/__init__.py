@@ -5,9 +5,20 @@ string keys per sample, int64 labels, uint8 RGB (3, H, W) images and a manifest 
 identifies its index. See ``data/README.md`` for the supported layouts.
 """
 
-from kdcache.data._dataset import ImageDataset
-from kdcache.data._open import SOURCE_SCHEMES, DataConfig, open_dataset, parse_source
-from kdcache.data._subset import stratified_subset
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kdcache.data._config import DataConfig
+    from kdcache.data._dataset import ImageDataset
+    from kdcache.data._open import SOURCE_SCHEMES, open_dataset, parse_source
+    from kdcache.data._subset import stratified_subset
+
+# name -> the module that defines it, imported on first access (DataConfig needs no torch; the datasets do)
+_LAZY = {"SOURCE_SCHEMES": "_open", "DataConfig": "_config", "ImageDataset": "_dataset", "open_dataset": "_open",
+         "parse_source": "_open", "stratified_subset": "_subset"}
 
 __all__ = [
     "SOURCE_SCHEMES",
@@ -17,3 +28,15 @@ __all__ = [
     "parse_source",
     "stratified_subset",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,4 +1,4 @@
-"""Opening a dataset from its source spec: :func:`open_dataset` and :class:`DataConfig`.
+"""Opening a dataset from its source spec: :func:`open_dataset` (what :meth:`DataConfig.open` calls).
 
 A source spec is one string, so it fits a CLI flag, a config file and a cache's attributes:
 ``digits``, ``hdf5:PATH``, ``folder:PATH``, ``cifar10:ROOT``, ``hfds:PATH_OR_NAME`` or ``wds:PATTERN``.
@@ -6,19 +6,16 @@ A source spec is one string, so it fits a CLI flag, a config file and a cache's 
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from kdcache._config import ConfigBase
+from kdcache._utils import check_subset_args
 from kdcache.data._dataset import ImageDataset
 from kdcache.data._subset import held_out, stratified_subset
-from kdcache.errors import ConfigError, DataError
+from kdcache.errors import DataError
 
-__all__ = ["SOURCE_SCHEMES", "DataConfig", "open_dataset", "parse_source"]
+__all__ = ["SOURCE_SCHEMES", "open_dataset", "parse_source"]
 
 SOURCE_SCHEMES = ("digits", "hdf5:PATH", "folder:PATH", "cifar10:ROOT", "hfds:PATH_OR_NAME", "wds:PATTERN")
 
@@ -86,13 +83,6 @@ def parse_source(source: str) -> tuple[str, str]:
     return scheme, arg
 
 
-def _check_subset_args(limit: Any, subset_seed: Any, error: type[Exception]) -> None:
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, numbers.Integral) or limit <= 0):
-        raise error(f"limit must be a positive integer or None (all samples), got {limit!r}")
-    if isinstance(subset_seed, bool) or not isinstance(subset_seed, numbers.Integral):
-        raise error(f"subset_seed must be an integer, got {subset_seed!r}")
-
-
 def open_dataset(source: str, split: str = "train", *, limit: int | None = None,
                  subset_seed: int = 0, val_fraction: float = 0.0) -> ImageDataset:
     """Open ``split`` of ``source``, optionally a seeded stratified subset of ``limit`` samples.
@@ -103,7 +93,7 @@ def open_dataset(source: str, split: str = "train", *, limit: int | None = None,
     held-out ``val`` split, per class and by key (:func:`~kdcache.data._subset.held_out`): model selection
     then never sees the test split. Other splits are unaffected; ``limit`` applies after the division.
     """
-    _check_subset_args(limit, subset_seed, DataError)
+    check_subset_args(limit, subset_seed, DataError)
     if not isinstance(split, str) or not split:
         raise DataError(f"split must be a non-empty string such as 'train', got {split!r}")
     scheme, arg = parse_source(source)
@@ -126,27 +116,3 @@ def _hold_out(ds: ImageDataset, split: str, fraction: float) -> ImageDataset:
     part = ds.select(np.flatnonzero(held == (split == "val")))
     part.split, part.val_fraction = split, fraction
     return part
-
-
-@dataclass(frozen=True)
-class DataConfig(ConfigBase):
-    """Which data to use: the arguments of :func:`open_dataset`, as a round-trippable config."""
-
-    source: str
-    split: str = "train"
-    limit: int | None = None
-    subset_seed: int = 0
-    val_fraction: float = 0.0   # > 0: hold out this fraction of `train` (per class, by key) as the `val` split
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not self.source:
-            raise ConfigError(f"data source must be a non-empty string such as 'digits', got {self.source!r}")
-        if not self.split:
-            raise ConfigError(f"split must be a non-empty string such as 'train', got {self.split!r}")
-        _check_subset_args(self.limit, self.subset_seed, ConfigError)
-
-    def open(self, split: str | None = None) -> ImageDataset:
-        """Open this config's data; ``split`` overrides the configured split (limit still applies)."""
-        return open_dataset(self.source, self.split if split is None else split,
-                            limit=self.limit, subset_seed=self.subset_seed, val_fraction=self.val_fraction)

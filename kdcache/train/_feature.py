@@ -23,11 +23,11 @@ from torch import nn
 
 from kdcache.errors import ConfigError
 from kdcache.models import pooled_embedder
+from kdcache.train._lossconfig import FEATURE_LOSSES
 
-__all__ = ["FEATURE_LOSSES", "Embedded", "StudentWithFeatures", "feature_loss", "student_embedding_dim",
+__all__ = ["Embedded", "StudentWithFeatures", "feature_loss", "student_embedding_dim",
            "outputs_logits"]
 
-FEATURE_LOSSES = ("cosine", "smooth_l1", "mse")
 
 
 @dataclass

@@ -20,13 +20,12 @@ import torch
 from torch import nn
 
 from kdcache.errors import ConfigError
+from kdcache.train._trainconfig import SCHEDULES
 
-__all__ = ["BUILTIN_OPTIMIZERS", "DECAY_RULES", "LR_BASE_BATCH", "SCHEDULES", "build_optimizer", "build_scheduler",
+__all__ = ["BUILTIN_OPTIMIZERS", "LR_BASE_BATCH", "build_optimizer", "build_scheduler",
            "param_groups", "scaled_lr"]
 
 BUILTIN_OPTIMIZERS = ("adamw", "sgd")
-DECAY_RULES = ("timm", "all")
-SCHEDULES = ("cosine", "constant")
 LR_BASE_BATCH = 512  # DeiT: lr = base_lr × global batch / 512
 
 

@@ -5,16 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from kdcache._config import ConfigBase
-from kdcache._runtime import PRECISIONS
-from kdcache._teacher import TeacherSpec
+from kdcache._config import PRECISIONS, ConfigBase
+from kdcache._teacher_spec import TeacherSpec
 from kdcache._utils import check_model_kwargs
-from kdcache.data import DataConfig
+from kdcache.data._config import DataConfig
 from kdcache.errors import ConfigError
-from kdcache.train._losses import LossConfig
-from kdcache.train._optim import DECAY_RULES, SCHEDULES
+from kdcache.train._lossconfig import LossConfig
 
-__all__ = ["TrainConfig"]
+__all__ = ["DECAY_RULES", "SCHEDULES", "TrainConfig"]
+
+DECAY_RULES = ("timm", "all")        # which parameters weight decay applies to (kdcache.train._optim)
+SCHEDULES = ("cosine", "constant")   # the learning-rate schedules after warm-up
 
 
 @dataclass(frozen=True)
