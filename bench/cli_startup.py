@@ -85,7 +85,7 @@ def main() -> None:
                     print(f"round {r + 1}/{args.rounds}  kdcache {c or '(list)':<14} {name:<6} {seconds:6.2f} s  "
                           f"heavy: {','.join(heavy) or '-'}", flush=True)
     out = []
-    print(f"\n{'command':<22} {'mode':<6} {'commit':<8} {'median s':>9} {'this / other':>13}  heavy modules imported")
+    print(f"\n{'command':<30} {'mode':<6} {'commit':<8} {'median s':>9} {'this / other':>13}  heavy modules imported")
     for c in args.commands:
         this = statistics.median(rows[(c, "this")]["seconds"])
         for name in checkouts:
@@ -94,7 +94,7 @@ def main() -> None:
             out.append({"command": c, "mode": name, "commit": _commit(checkouts[name]), "median_s": med,
                         "rounds_s": rows[(c, name)]["seconds"], "heavy_imported": rows[(c, name)]["heavy"],
                         "this_over_other": ratio})
-            print(f"{'kdcache ' + (c or '') + ' --help':<22} {name:<6} {out[-1]['commit']:<8} {med:9.2f} "
+            print(f"{' '.join(['kdcache', *([c] if c else []), '--help']):<30} {name:<6} {out[-1]['commit']:<8} {med:9.2f} "
                   f"{'' if ratio is None else format(ratio, '.3f'):>13}  {','.join(out[-1]['heavy_imported']) or '-'}")
     write_json(args.json, args, rows=out)
 
