@@ -8,8 +8,9 @@ parameters and sees pixel-identical input. Parameters depend only on
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from kdcache._lazy import lazy_names
 
 if TYPE_CHECKING:
     from kdcache.augment._describe import describe_spec, kernel_versions
@@ -21,21 +22,12 @@ if TYPE_CHECKING:
 
 # name -> the module that defines it, imported on first access: the view spec and presets (what the CLI's
 # options are built from) need neither torch nor torchvision, the pipeline both
-_LAZY = {"describe_spec": "_describe", "kernel_versions": "_describe", "ViewParams": "_params",
-         "param_array_specs": "_params", "ViewPipeline": "_pipeline", "PRESETS": "_presets",
-         "derive_view_seed": "_seeding", "ViewSpec": "_spec"}
+_LAZY = {"describe_spec": "._describe", "kernel_versions": "._describe", "ViewParams": "._params",
+         "param_array_specs": "._params", "ViewPipeline": "._pipeline", "PRESETS": "._presets",
+         "derive_view_seed": "._seeding", "ViewSpec": "._spec"}
 
 __all__ = ["PRESETS", "describe_spec", "kernel_versions", "ViewParams", "ViewPipeline", "ViewSpec", "derive_view_seed",
            "param_array_specs"]
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_names(globals(), _LAZY)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from kdcache._lazy import lazy_names
 
 if TYPE_CHECKING:
     from kdcache.cache._identity import CacheIdentity, canonical_json, dataset_identity, sha256_json
@@ -12,10 +13,10 @@ if TYPE_CHECKING:
     from kdcache.cache._targets import TargetMode, smallest_int_dtype
 
 # name -> the module that defines it, imported on first access (the CLI's options import no zarr)
-_LAZY = {"CacheIdentity": "_identity", "canonical_json": "_identity", "dataset_identity": "_identity",
-         "sha256_json": "_identity", "UnitLayout": "_layout", "DEFAULT_BLOCK_SIZE": "_store",
-         "FORMAT_VERSION": "_store", "CacheStore": "_store", "is_url": "_store", "TargetMode": "_targets",
-         "smallest_int_dtype": "_targets"}
+_LAZY = {"CacheIdentity": "._identity", "canonical_json": "._identity", "dataset_identity": "._identity",
+         "sha256_json": "._identity", "UnitLayout": "._layout", "DEFAULT_BLOCK_SIZE": "._store",
+         "FORMAT_VERSION": "._store", "CacheStore": "._store", "is_url": "._store", "TargetMode": "._targets",
+         "smallest_int_dtype": "._targets"}
 
 __all__ = [
     "CacheIdentity",
@@ -32,13 +33,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_names(globals(), _LAZY)

@@ -7,8 +7,9 @@ identifies its index. See ``data/README.md`` for the supported layouts.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from kdcache._lazy import lazy_names
 
 if TYPE_CHECKING:
     from kdcache.data._config import DataConfig
@@ -17,8 +18,8 @@ if TYPE_CHECKING:
     from kdcache.data._subset import stratified_subset
 
 # name -> the module that defines it, imported on first access (DataConfig needs no torch; the datasets do)
-_LAZY = {"SOURCE_SCHEMES": "_open", "DataConfig": "_config", "ImageDataset": "_dataset", "open_dataset": "_open",
-         "parse_source": "_open", "stratified_subset": "_subset"}
+_LAZY = {"SOURCE_SCHEMES": "._open", "DataConfig": "._config", "ImageDataset": "._dataset", "open_dataset": "._open",
+         "parse_source": "._open", "stratified_subset": "._subset"}
 
 __all__ = [
     "SOURCE_SCHEMES",
@@ -30,13 +31,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_names(globals(), _LAZY)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from kdcache._lazy import lazy_names
 
 if TYPE_CHECKING:
     from kdcache.train._ema import ModelEma
@@ -18,12 +19,12 @@ if TYPE_CHECKING:
     from kdcache.train._trainconfig import TrainConfig
 
 # name -> the module that defines it, imported on first access (the configs need no torch; training does)
-_LAZY = {"ModelEma": "_ema", "evaluate_checkpoint": "_evaluate", "evaluate_model": "_evaluate",
-         "Embedded": "_feature", "StudentWithFeatures": "_feature", "LossConfig": "_lossconfig", "evaluate": "_loop",
-         "train_one_epoch": "_loop", "DistillationLoss": "_losses", "ensemble_logits": "_losses",
-         "soft_labels": "_losses", "teacher_log_probs": "_losses", "build_optimizer": "_optim",
-         "param_groups": "_optim", "train_student": "_runner", "train_teacher": "_runner", "epoch_views": "_schedule",
-         "TrainConfig": "_trainconfig"}
+_LAZY = {"ModelEma": "._ema", "evaluate_checkpoint": "._evaluate", "evaluate_model": "._evaluate",
+         "Embedded": "._feature", "StudentWithFeatures": "._feature", "LossConfig": "._lossconfig", "evaluate": "._loop",
+         "train_one_epoch": "._loop", "DistillationLoss": "._losses", "ensemble_logits": "._losses",
+         "soft_labels": "._losses", "teacher_log_probs": "._losses", "build_optimizer": "._optim",
+         "param_groups": "._optim", "train_student": "._runner", "train_teacher": "._runner", "epoch_views": "._schedule",
+         "TrainConfig": "._trainconfig"}
 
 __all__ = [
     "ensemble_logits",
@@ -47,13 +48,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_names(globals(), _LAZY)
