@@ -96,7 +96,7 @@ _LAZY: dict[str, str] = {
     # the commands, as library calls
     "DumpConfig": "kdcache.engine",
     "DumpSummary": "kdcache.engine",
-    "TeacherSpec": "kdcache.engine",
+    "TeacherSpec": "kdcache._teacher_spec",
     "dump_teacher": "kdcache.engine",
     "AddTeacherConfig": "kdcache.engine",
     "add_teacher": "kdcache.engine",

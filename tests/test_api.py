@@ -88,11 +88,19 @@ def test_public_callables_are_typed():
 
 
 def test_import_kdcache_stays_cheap():
-    """Public names load on first use: importing the package (and its errors) loads neither torch nor zarr."""
-    code = "import sys, kdcache, kdcache.errors; print(sorted({'torch', 'zarr'} & set(sys.modules)))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+    """Public names load on first use: importing the package (and its errors), the subpackages and the configs
+    loads neither torch nor zarr; a name no package has is an AttributeError naming the package."""
+    code = ("import sys, kdcache, kdcache.errors, kdcache.augment, kdcache.cache, kdcache.data, kdcache.train\n"
+            "from kdcache.train import TrainConfig, LossConfig\nfrom kdcache.data import DataConfig\n"
+            "from kdcache.augment import ViewSpec, PRESETS\nfrom kdcache import TeacherSpec\n"
+            "print(sorted({'torch', 'zarr'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
-    assert out.stdout.strip() == "[]"
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
+    for pkg in (kdcache, kdcache.augment, kdcache.cache, kdcache.data, kdcache.train):
+        with pytest.raises(AttributeError, match=f"module '{pkg.__name__}' has no attribute 'no_such_name'"):
+            pkg.no_such_name  # noqa: B018
+        assert set(pkg.__all__) <= set(dir(pkg))
 
 
 # ---------------------------------------------------------------------- CacheDataset
