@@ -1,4 +1,5 @@
-"""How long ``kdcache [CMD] --help`` takes, this checkout against another, alternating rounds (a b a b ...).
+"""How long ``kdcache [CMD] --help`` (or any kdcache command line) takes, this checkout against another,
+alternating rounds (a b a b ...).
 
 A command's help and its usage errors need only its options; since the CLI imports the library inside the
 command bodies they answer without torch, torchvision, zarr or numpy. Each mode runs the same probe in a fresh
@@ -8,12 +9,14 @@ it imported.
 
     git worktree add /tmp/kdcache-old COMMIT
     python bench/cli_startup.py --other /tmp/kdcache-old          # bench/results/cli_startup.json
+    python bench/cli_startup.py --other /tmp/kdcache-old --command="info CACHE.zarr" --json /tmp/info.json
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -25,6 +28,7 @@ from _common import write_json
 
 REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "torchvision", "zarr", "h5py", "numpy")
+DEFAULT_COMMANDS = ("--help", "dump-teacher --help", "train-student --help", "info --help")
 PROBE = ("import sys\nfrom kdcache.cli.main import main\nsys.argv = ['kdcache'] + sys.argv[1:]\ntry:\n    main()\n"
          f"except SystemExit:\n    pass\nprint('heavy=' + ','.join(m for m in {HEAVY!r} if m in sys.modules), file=sys.stderr)\n"
          "import kdcache.cli.main as m\nprint('from=' + m.__file__, file=sys.stderr)")
@@ -33,11 +37,14 @@ PROBE = ("import sys\nfrom kdcache.cli.main import main\nsys.argv = ['kdcache'] 
 def _args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--other", default=None, help="a checkout of another commit to compare with (git worktree add)")
-    ap.add_argument("--commands", nargs="+", default=["", "dump-teacher", "train-student", "info"],
-                    help="commands whose --help is timed ('' = the command list)")
+    ap.add_argument("--command", dest="commands", action="append", default=None,
+                    help="a kdcache command line to time, as one string (repeatable; --command='info c.zarr') "
+                         f"[{'; '.join(DEFAULT_COMMANDS)}]")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--json", default="bench/results/cli_startup.json")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    args.commands = args.commands or list(DEFAULT_COMMANDS)
+    return args
 
 
 def _overlay(checkout: Path, into: Path) -> Path:
@@ -59,12 +66,12 @@ def _commit(checkout: Path) -> str:
 def _once(command: str, root: Path, cwd: str) -> tuple[float, list[str], str]:
     env = dict(os.environ, PYTHONPATH=str(root))
     t0 = time.perf_counter()
-    res = subprocess.run([sys.executable, "-c", PROBE, *([command] if command else []), "--help"], env=env, cwd=cwd,
+    res = subprocess.run([sys.executable, "-c", PROBE, *shlex.split(command)], env=env, cwd=cwd,
                          capture_output=True, text=True, timeout=300)
     seconds = time.perf_counter() - t0
     lines = dict(line.split("=", 1) for line in res.stderr.splitlines() if line.startswith(("heavy=", "from=")))
-    if "from" not in lines or "Usage:" not in res.stdout:
-        raise SystemExit(f"error: `kdcache {command} --help` failed under {root}: {res.stderr.strip()[-500:]}")
+    if "from" not in lines or not res.stdout or "Error" in res.stderr:
+        raise SystemExit(f"error: `kdcache {command}` failed under {root}: {res.stderr.strip()[-500:]}")
     return seconds, [m for m in lines["heavy"].split(",") if m], lines["from"]
 
 
@@ -82,10 +89,11 @@ def main() -> None:
                         raise SystemExit(f"error: the {name} probe ran {origin}, not {checkouts[name]}'s code")
                     rows[(c, name)]["seconds"].append(seconds)
                     rows[(c, name)]["heavy"] = heavy
-                    print(f"round {r + 1}/{args.rounds}  kdcache {c or '(list)':<14} {name:<6} {seconds:6.2f} s  "
+                    print(f"round {r + 1}/{args.rounds}  kdcache {c:<20} {name:<6} {seconds:6.2f} s  "
                           f"heavy: {','.join(heavy) or '-'}", flush=True)
     out = []
-    print(f"\n{'command':<30} {'mode':<6} {'commit':<8} {'median s':>9} {'this / other':>13}  heavy modules imported")
+    width = max(len(c) for c in args.commands) + 9
+    print(f"\n{'command':<{width}} {'mode':<6} {'commit':<8} {'median s':>9} {'this / other':>13}  heavy modules imported")
     for c in args.commands:
         this = statistics.median(rows[(c, "this")]["seconds"])
         for name in checkouts:
@@ -94,7 +102,7 @@ def main() -> None:
             out.append({"command": c, "mode": name, "commit": _commit(checkouts[name]), "median_s": med,
                         "rounds_s": rows[(c, name)]["seconds"], "heavy_imported": rows[(c, name)]["heavy"],
                         "this_over_other": ratio})
-            print(f"{' '.join(['kdcache', *([c] if c else []), '--help']):<30} {name:<6} {out[-1]['commit']:<8} {med:9.2f} "
+            print(f"{'kdcache ' + c:<{width}} {name:<6} {out[-1]['commit']:<8} {med:9.2f} "
                   f"{'' if ratio is None else format(ratio, '.3f'):>13}  {','.join(out[-1]['heavy_imported']) or '-'}")
     write_json(args.json, args, rows=out)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from kdcache.augment._oplist import build_ops
 from kdcache.augment._params import param_array_specs
 from kdcache.augment._spec import ViewSpec
 
@@ -58,6 +57,8 @@ def _crop(spec: ViewSpec) -> dict[str, Any]:
 
 
 def _ops(spec: ViewSpec) -> list[dict[str, Any]]:
+    from kdcache.augment._oplist import build_ops  # the ops need torch; a spec's one-line summary does not
+
     per_sample = build_ops(spec)
     ops: list[dict[str, Any]] = [
         _crop(spec),

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kdcache.augment._oplist import build_ops
 from kdcache.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -124,6 +123,8 @@ class ViewParams:
 def op_array_specs(spec: ViewSpec) -> dict[str, tuple[tuple[int, ...], str]]:
     """The per-sample ops' arrays (a sample's own; a partner's carry the prefix ``partner_``). Cached per spec:
     callers must not modify the result."""
+    from kdcache.augment._oplist import build_ops  # the ops import torch; reading a cache needs none
+
     out: dict[str, tuple[tuple[int, ...], str]] = {}
     for op in build_ops(spec):
         out.update(op.arrays())

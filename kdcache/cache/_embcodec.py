@@ -16,12 +16,12 @@ trainer decodes with it, the store only holds the arrays (named by the caller).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from kdcache.errors import ConfigError, TeacherOutputError
 
@@ -33,7 +33,8 @@ _QMAX = 127
 
 
 def _float32_rows(x: Any) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
+    torch = sys.modules.get("torch")  # a tensor implies torch is loaded; reading a cache needs no torch
+    if torch is not None and isinstance(x, torch.Tensor):
         x = x.detach().to("cpu", torch.float32).numpy()
     a = np.asarray(x, dtype=np.float32)
     if a.ndim != 2 or a.shape[1] < 1:

@@ -35,15 +35,18 @@ Read back, ``embedding`` is float32 (N, ..., D): the float16 values, or ``q · s
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from kdcache.cache._embcodec import EMBEDDING_DTYPES, EmbeddingCodec
 from kdcache.errors import ConfigError
+
+if TYPE_CHECKING:  # torch is imported where targets are encoded (a dump): reading a cache needs no torch
+    import torch
 
 __all__ = ["TargetMode", "smallest_int_dtype", "decode_targets", "stored_argmax", "TOPK_STEP", "TOPK_MAX_INCREMENT",
            "EMBEDDING_ARRAYS", "EMBED_KINDS"]
@@ -137,6 +140,8 @@ class TargetMode:
         """The stored targets of (B, C) finite float32 logits (and the (B, D) ``embedding`` when the mode has
         one): the arrays ``names`` (a cache's target arrays; default: this format's), so that format-1 caches
         extended today keep their own encoding."""
+        import torch
+
         out: dict[str, np.ndarray] = {}
         if self.embedding:
             if embedding is None:
@@ -207,7 +212,8 @@ def decode_targets(stored: Mapping[str, Any]) -> dict[str, Any]:
     if "topk_tail" not in stored and "embedding" not in stored:  # full, or format-1 top-k: stored as read
         return dict(stored)
     first = next(iter(stored.values()))
-    if isinstance(first, torch.Tensor):
+    torch = sys.modules.get("torch")  # a tensor implies torch is loaded; numpy arrays need no torch
+    if torch is not None and isinstance(first, torch.Tensor):
         out = decode_targets({k: v.detach().cpu().numpy() for k, v in stored.items()})
         return {k: torch.from_numpy(v).to(first.device) for k, v in out.items()}
     out = {k: v for k, v in stored.items() if k not in (*_TOPK, *EMBEDDING_ARRAYS)}

@@ -81,6 +81,19 @@ def test_help_and_usage_errors_answer_without_importing_torch():
             assert f"kdcache {argv[0]} [OPTIONS]" in res.stdout, res.stdout
 
 
+def test_info_reads_a_cache_without_torch(cache):
+    """`kdcache info` reads a cache's arrays with zarr and numpy: torch and torchvision are never imported."""
+    import subprocess
+    import sys
+
+    probe = ("import sys\nfrom kdcache.cli.main import main\nsys.argv = ['kdcache'] + sys.argv[1:]\ntry:\n    main()\n"
+             "finally:\n    print('heavy:', sorted(m for m in ('torch', 'torchvision') if m in sys.modules), file=sys.stderr)")
+    res = subprocess.run([sys.executable, "-c", probe, "info", cache, "--json"], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0 and "heavy: []" in res.stderr, res.stderr
+    assert json.loads(res.stdout)["num_views"] == 2
+
+
 def test_dump_info_train_evaluate(tmp_path, tiny_h5, cache):
     info = json.loads(run("info", cache, "--json").output)
     assert info["num_samples"] == 48 and info["num_views"] == 2 and info["done_fraction"] == 1.0
