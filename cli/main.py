@@ -9,9 +9,9 @@ import click
 
 from kdcache import __version__
 
-# name: (module under kdcache.cli, command object, the line `kdcache --help` lists). A command's module (and
-# torch, torchvision, zarr with it) is imported only when that command runs or shows its own help, so
-# `kdcache`, `kdcache --help`, `--version` and an unknown command answer at once.
+# name: (module under kdcache.cli, the command's name there, the line `kdcache --help` lists). A command's module
+# is imported only when that command is looked up, and imports the library (torch, torchvision, zarr) only in its
+# body, so the list, every `--help`, `--version` and usage errors answer at once.
 COMMANDS = {
     "quickstart": ("quickstart", "quickstart_cmd", "Offline demo on scikit-learn's digits: teacher, cache, scratch vs "
                    "distilled student."),
