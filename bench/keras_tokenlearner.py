@@ -381,8 +381,10 @@ def restore_state(args: argparse.Namespace, row: str) -> None:
     if _epochs_done(src) > _epochs_done(out):
         print(f"{row}: starting from the state saved in {src} ({_epochs_done(src)} epochs; the run directory held "
               f"{_epochs_done(out)})", flush=True)
+        shutil.rmtree(out + ".tmp", ignore_errors=True)
+        shutil.copytree(src, out + ".tmp")  # whole or not at all: a killed copy leaves no half run directory
         shutil.rmtree(out, ignore_errors=True)
-        shutil.copytree(src, out)
+        os.replace(out + ".tmp", out)
 
 
 def _result_path(args: argparse.Namespace, row: str) -> str:
